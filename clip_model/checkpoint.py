@@ -77,8 +77,11 @@ def _file_format(path: Path) -> Literal["torchscript", "pickle", "safetensors"]:
     with open(path, "rb") as f:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
-        with zipfile.ZipFile(path) as zf:
-            return "torchscript" if is_torchscript_archive(zf.namelist()) else "pickle"
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return "torchscript" if is_torchscript_archive(zf.namelist()) else "pickle"
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: unreadable zip checkpoint (truncated or corrupt): {e}") from None
     if len(head) == 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then a JSON header
         return "safetensors"
     if head[:1] == b"\x80":  # pickle protocol marker of a legacy (non-zip) torch.save file

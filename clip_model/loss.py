@@ -22,14 +22,30 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """(B, D) per rank -> (world·B, D) in rank order; gradients flow back to every rank's own part."""
-    rank, world = _world()
-    if world == 1:
-        return x
-    from torch.distributed.nn.functional import all_gather
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient for this rank's rows (all_reduce works on gloo too)."""
 
-    return torch.cat(all_gather(x), dim=0)
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # (B, D) -> (world·B, D)
+        rank, world = _world()
+        ctx.rows = slice(rank * x.shape[0], (rank + 1) * x.shape[0])
+        parts = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rows]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) per rank -> (world·B, D) in rank order; gradients flow back to every rank's own part.
+
+    Every rank must pass the same B.
+    """
+    return x if _world()[1] == 1 else _GatherWithGrad.apply(x)
 
 
 class ClipLoss(nn.Module):

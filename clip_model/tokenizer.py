@@ -2,7 +2,9 @@
 
 Text is fixed with ftfy, HTML-unescaped, whitespace-normalised and lower-cased; words are split by CLIP's regex,
 mapped byte-by-byte to printable unicode, then merged by rank from ``bpe_simple_vocab_16e6.txt.gz`` (see
-``BPE_LICENSE``). ``tokenize`` pads with 0 and brackets each text with <start_of_text> / <end_of_text>.
+``BPE_LICENSE``). ``tokenize`` pads with 0 and brackets each text with the start/end tokens. Unlike openai/CLIP, text that spells a
+special token ("<|endoftext|>") is encoded as plain text: user text can never inject the EOT id that features are
+read at.
 """
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _clean(text: str) -> str:
 
 class SimpleTokenizer:
     _WORD = regex.compile(
-        r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+        r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
         regex.IGNORECASE,
     )
 
@@ -56,7 +58,7 @@ class SimpleTokenizer:
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.decoder = {i: tok for tok, i in self.encoder.items()}
         self.bpe_ranks = {m: i for i, m in enumerate(merges)}
-        self.cache = {SOT: SOT, EOT: EOT}
+        self.cache: dict[str, str] = {}
         self.sot_token, self.eot_token = self.encoder[SOT], self.encoder[EOT]
         self.vocab_size = len(self.encoder)
 

@@ -1,0 +1,110 @@
+"""CLIP's contrastive loss: the formula, the temperature clamp, and exactness across two gloo processes."""
+from __future__ import annotations
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from clip_model import ClipLoss
+
+B, D, E, WORLD = 4, 12, 8, 2
+
+
+def _reference_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Written out from the CLIP paper's pseudo-code, independent of ClipLoss."""
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.t()
+    n = logits.shape[0]
+    li = -torch.log_softmax(logits, dim=1)[range(n), range(n)].mean()
+    lt = -torch.log_softmax(logits, dim=0)[range(n), range(n)].mean()
+    return (li + lt) / 2
+
+
+def test_matches_paper_formula():
+    g = torch.Generator().manual_seed(0)
+    img, txt = torch.randn(6, E, generator=g), torch.randn(6, E, generator=g)
+    scale = torch.tensor(math.log(1 / 0.07))
+    assert torch.allclose(ClipLoss()(img, txt, scale), _reference_loss(img, txt, scale), atol=1e-6)
+
+
+def test_perfect_alignment_gives_low_loss_and_shuffled_high():
+    x = torch.eye(5)
+    scale = torch.tensor(math.log(100.0))
+    assert ClipLoss()(x, x, scale) < 1e-10
+    assert ClipLoss()(x, x.roll(1, 0), scale) > 50
+
+
+def test_logit_scale_is_clamped_at_100():
+    g = torch.Generator().manual_seed(1)
+    img, txt = torch.randn(4, E, generator=g), torch.randn(4, E, generator=g)
+    at_cap = ClipLoss()(img, txt, torch.tensor(math.log(100.0)))
+    assert torch.allclose(ClipLoss()(img, txt, torch.tensor(10.0)), at_cap)
+    scale = torch.tensor(10.0, requires_grad=True)
+    ClipLoss()(img, txt, scale).backward()
+    assert scale.grad == 0  # no gradient pushes the temperature further past the cap
+
+
+def _setup():
+    g = torch.Generator().manual_seed(0)
+    img_enc, txt_enc = torch.nn.Linear(D, E), torch.nn.Linear(D, E)
+    with torch.no_grad():
+        for p in [*img_enc.parameters(), *txt_enc.parameters()]:
+            p.copy_(torch.randn(p.shape, generator=g))
+    scale = torch.nn.Parameter(torch.tensor(2.0))
+    x_img, x_txt = torch.randn(WORLD * B, D, generator=g), torch.randn(WORLD * B, D, generator=g)
+    return img_enc, txt_enc, scale, x_img, x_txt
+
+
+def _grads(img_enc, txt_enc, scale) -> list[torch.Tensor]:
+    return [p.grad.clone() for p in [*img_enc.parameters(), *txt_enc.parameters(), scale]]
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
+    try:
+        img_enc, txt_enc, scale, x_img, x_txt = _setup()
+        part = slice(rank * B, (rank + 1) * B)
+        loss = ClipLoss()(img_enc(x_img[part]), txt_enc(x_txt[part]), scale)
+        loss.backward()
+        grads = _grads(img_enc, txt_enc, scale)
+        for g in grads:  # what DDP does: average gradients over ranks
+            dist.all_reduce(g)
+            g /= WORLD
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        queue.put((rank, (mean_loss / WORLD).item(), [g.numpy() for g in grads]))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_over_the_concatenated_batch():
+    img_enc, txt_enc, scale, x_img, x_txt = _setup()
+    loss = ClipLoss()(img_enc(x_img), txt_enc(x_txt), scale)
+    loss.backward()
+    expected = _grads(img_enc, txt_enc, scale)
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in range(WORLD)]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    for _, dist_loss, grads in results:
+        assert abs(dist_loss - loss.item()) < 1e-5
+        for g, e in zip(grads, expected):
+            assert torch.allclose(torch.from_numpy(g), e, atol=1e-5), (g, e)

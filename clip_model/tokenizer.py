@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import gzip
 import html
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import ftfy
 import regex

@@ -1,7 +1,6 @@
 """Unsafe and malformed checkpoints are refused with one clear error, and nothing inside them runs."""
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import struct

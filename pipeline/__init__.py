@@ -1,0 +1,1 @@
+"""The video pipeline: decode → sample → transform → encode → pool → classify → write, one module per stage."""

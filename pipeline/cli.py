@@ -1,0 +1,79 @@
+"""Command-line interface: parse arguments, build settings, call the library, print or write results."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from clip_model import CheckpointError
+from datasets.labels import load_labels
+
+from .classify import Prediction
+from .run import ClassifySettings, classify_videos
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="ViT-B/32",
+                   help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=32, help="frames per image-encoder batch")
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    settings = ClassifySettings(
+        model=args.model, classnames=tuple(load_labels(args.labels)), templates=args.templates,
+        num_frames=args.num_frames, topk=args.topk, device=args.device, batch_size=args.batch_size,
+    )
+    if args.format == "csv":
+        print("path,rank,label,score")
+    failed = 0
+    for result in classify_videos(settings, args.videos):
+        if result.error:
+            print(f"error: {result.error}", file=sys.stderr)
+            failed += 1
+        else:
+            _print_prediction(result.path, result.prediction, args.format)
+    return 1 if failed else 0
+
+
+def _print_prediction(path: Path, pred: Prediction, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores)}))
+    elif fmt == "csv":
+        for rank, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
+            print(f'"{path}",{rank},"{label}",{score:.6f}')
+    else:
+        print(path)
+        for label, score in zip(pred.labels, pred.scores):
+            print(f"  {score:7.2%}  {label}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_pipeline.py", description="CLIP-based video action recognition")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("classify", help="zero-shot classify videos with your own labels")
+    p.add_argument("videos", nargs="+", help="video files")
+    p.add_argument("--labels", required=True, help="file with one label per line, or ucf101|hmdb51|kinetics400|...")
+    p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE (one template per line)")
+    p.add_argument("--num-frames", type=int, default=8, help="frames sampled, one from the middle of each segment")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_classify)
+    from .demo import add_demo_parser  # the demo is a job built on the stages above
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    torch.set_grad_enabled(False)
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

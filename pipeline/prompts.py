@@ -1,0 +1,54 @@
+"""Prompt templates and prompt-ensembled class embeddings (normalise each prompt, average per class, renormalise)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import clip_model
+from datasets import DATA_DIR
+
+VIDEO_TEMPLATES = (
+    "a video of a person {}.",
+    "a video of someone {}.",
+    "a clip of a person {}.",
+    "a photo of a person {}.",
+    "a person {}.",
+    "{}",
+)
+
+
+def load_templates(spec: str) -> list[str]:
+    """``none`` (bare name), ``video`` (a generic set), ``ucf101`` / ``kinetics700`` (CLIP's published sets) or a file
+    with one template per line, each containing ``{}``."""
+    if spec == "none":
+        return ["{}"]
+    if spec == "video":
+        return list(VIDEO_TEMPLATES)
+    if spec in ("ucf101", "kinetics700"):
+        return json.loads((DATA_DIR / "prompts" / f"{spec}_clip.json").read_text())["templates"]
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"templates {spec!r}: not none|video|ucf101|kinetics700 and no such file")
+    templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+    bad = [t for t in templates if "{}" not in t]
+    if not templates or bad:
+        raise ValueError(f"{path}: every template line must contain '{{}}'; offending: {bad[:3] or 'file is empty'}")
+    return templates
+
+
+@torch.no_grad()
+def class_embeddings(model: clip_model.CLIP, classnames: Sequence[str], templates: Sequence[str],
+                     batch_size: int = 256) -> torch.Tensor:
+    """(C, E) unit vectors: each class's prompts encoded, normalised, averaged and renormalised."""
+    device = next(model.parameters()).device
+    prompts = [t.format(c) for c in classnames for t in templates]  # class-major: (C·K,)
+    feats = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = clip_model.tokenize(prompts[start : start + batch_size], truncate=True).to(device)
+        feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # (C, K, E)
+    return F.normalize(per_prompt.mean(dim=1), dim=-1)

@@ -1,0 +1,77 @@
+"""End-to-end runs of run_pipeline.py on generated videos, and the README/CI contract."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from datasets.synthetic import moving_square_frames, write_video
+from pipeline.sample import segment_indices
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[Path]:
+    d = tmp_path_factory.mktemp("videos")
+    return [write_video(d / f"{a.replace(' ', '_')}.mp4", moving_square_frames(a, "red", num_frames=12))
+            for a in ("moving left", "moving up")]
+
+
+def test_classify_json_lines(videos, tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("jumping\nrunning\nswimming\n")
+    out = _run("classify", *map(str, videos), "--model", "random:tiny-vit", "--labels", str(labels),
+               "--format", "json", "--topk", "2", "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["path"] for r in rows] == list(map(str, videos))
+    for r in rows:
+        assert len(r["labels"]) == 2 and set(r["labels"]) <= {"jumping", "running", "swimming"}
+        assert r["scores"][0] >= r["scores"][1] > 0 and sum(r["scores"]) <= 1 + 1e-6
+
+
+def test_bad_video_is_reported_and_others_still_classified(videos, tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video")
+    out = _run("classify", str(bad), str(videos[0]), "--model", "random:tiny-vit", "--labels", "hmdb51",
+               "--format", "json", "--device", "cpu")
+    assert out.returncode == 1
+    assert len(out.stdout.splitlines()) == 1
+    assert out.stderr.strip().startswith(f"error: {bad}:") and len(out.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--labels", "/no/such/labels.txt"], "labels '/no/such/labels.txt': not one of ucf101"),
+    (["--labels", "ucf101", "--model", "/no/such.pt"], "/no/such.pt: no such file or folder"),
+    (["--labels", "ucf101", "--templates", "bogus"], "templates 'bogus': not none|video"),
+])
+def test_bad_arguments_give_one_line_errors(videos, args, message):
+    out = _run("classify", str(videos[0]), "--device", "cpu", *(["--model", "random:tiny-vit"] if "--model" not in args else []),
+               *args)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[7:]}"] and message in out.stderr
+
+
+@pytest.mark.parametrize("n, segments", [(1, 8), (7, 8), (8, 8), (100, 8), (250, 16), (3, 1)])
+def test_segment_indices_formula(n, segments):
+    expected = [int(np.floor((i + 0.5) * n / segments)) for i in range(segments)]
+    got = segment_indices(n, segments)
+    assert got.tolist() == expected and got.min() >= 0 and got.max() < n
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.S)
+    assert block, "README lacks the marked test command"
+    assert block.group(1).strip() in (ROOT / ".ci" / "run").read_text()

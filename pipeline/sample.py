@@ -1,17 +1,182 @@
-"""Frame samplers: pure functions from a video's length to frame indices. No I/O."""
+"""Frame samplers: pure functions from a video's length (or its frame timestamps) to frame indices. No I/O.
+
+Conventions: indices are int64 numpy arrays into the decoder's frame order; ``timestamps`` are seconds per frame
+(non-decreasing, from ``VideoReader.timestamps``), so time-based samplers are uniform in *time* even on
+variable-frame-rate video. Videos shorter than a sampler needs follow ``short``: ``"loop"`` wraps around,
+``"repeat_last"`` holds the last frame, ``"error"`` raises.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+Mode = Literal["test", "train"]
+ShortPolicy = Literal["loop", "repeat_last", "error"]
+SHORT_POLICIES = ("loop", "repeat_last", "error")
 
-def segment_indices(num_frames: int, num_segments: int) -> np.ndarray:
-    """TSN test-mode sampling: the middle frame of each of ``num_segments`` equal segments.
 
-    Index i is ``floor((i + 0.5) * num_frames / num_segments)``; shorter videos repeat frames.
-    """
-    if num_frames < 1:
-        raise ValueError(f"num_frames ({num_frames}) must be >= 1")
-    if num_segments < 1:
-        raise ValueError(f"num_segments ({num_segments}) must be >= 1")
+def _check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"{name} ({value}) must be > 0")
+
+
+def _rng(seed: int | np.random.Generator | None) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def segment_indices(num_frames: int, num_segments: int, *, mode: Mode = "test",
+                    seed: int | np.random.Generator | None = None) -> np.ndarray:
+    """TSN sampling over ``num_segments`` equal segments: the middle frame of each (test), or a random frame of each
+    (train, seeded). Test index i is ``floor((i + 0.5) * num_frames / num_segments)``."""
+    _check_positive(num_frames=num_frames, num_segments=num_segments)
     i = np.arange(num_segments)
-    return np.floor((i + 0.5) * num_frames / num_segments).astype(np.int64)
+    if mode == "test":
+        return np.floor((i + 0.5) * num_frames / num_segments).astype(np.int64)
+    if mode != "train":
+        raise ValueError(f"mode {mode!r}: choose 'test' or 'train'")
+    start = np.floor(i * num_frames / num_segments).astype(np.int64)
+    end = np.maximum(np.floor((i + 1) * num_frames / num_segments).astype(np.int64), start + 1)  # exclusive
+    return _rng(seed).integers(start, end).astype(np.int64)
+
+
+def apply_short_policy(indices: np.ndarray, num_frames: int, short: ShortPolicy) -> np.ndarray:
+    """Map indices at or past ``num_frames`` back into range by the policy."""
+    if short not in SHORT_POLICIES:
+        raise ValueError(f"short {short!r}: choose one of {', '.join(SHORT_POLICIES)}")
+    if indices.size == 0 or indices.max() < num_frames:
+        return indices
+    if short == "error":
+        raise ValueError(f"video has {num_frames} frames but the sampler needs index {int(indices.max())}")
+    return indices % num_frames if short == "loop" else np.minimum(indices, num_frames - 1)
+
+
+def dense_indices(num_frames: int, *, clip_len: int, frame_interval: int = 1, num_clips: int = 1, mode: Mode = "test",
+                  seed: int | np.random.Generator | None = None, short: ShortPolicy = "loop") -> np.ndarray:
+    """(num_clips, clip_len) dense clips of ``clip_len`` frames ``frame_interval`` apart.
+
+    Test: clip starts evenly spread, each centred in its share of the valid start range. Train: random starts.
+    """
+    _check_positive(num_frames=num_frames, clip_len=clip_len, frame_interval=frame_interval, num_clips=num_clips)
+    span = (clip_len - 1) * frame_interval + 1
+    room = max(num_frames - span + 1, 1)  # number of valid start positions
+    if mode == "test":
+        starts = np.floor((np.arange(num_clips) + 0.5) * room / num_clips).astype(np.int64)
+    elif mode == "train":
+        starts = _rng(seed).integers(0, room, size=num_clips).astype(np.int64)
+    else:
+        raise ValueError(f"mode {mode!r}: choose 'test' or 'train'")
+    clips = starts[:, None] + np.arange(clip_len)[None, :] * frame_interval  # (num_clips, clip_len)
+    return apply_short_policy(clips, num_frames, short)
+
+
+def time_to_index(timestamps: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The frame on screen at each time: the last frame whose timestamp is <= t."""
+    idx = np.searchsorted(timestamps, times, side="right") - 1
+    return np.clip(idx, 0, len(timestamps) - 1).astype(np.int64)
+
+
+def uniform_time_indices(timestamps: np.ndarray, num_samples: int, duration: float | None = None,
+                         start: float = 0.0) -> np.ndarray:
+    """The frame shown at the middle of each of ``num_samples`` equal time segments of [start, start + duration)."""
+    _check_positive(num_samples=num_samples)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if duration is None:
+        duration = _duration(timestamps)
+    times = start + (np.arange(num_samples) + 0.5) * duration / num_samples
+    return time_to_index(timestamps, times)
+
+
+def fps_indices(timestamps: np.ndarray, frames_per_second: float, duration: float | None = None) -> np.ndarray:
+    """``frames_per_second`` frames per second of video time: the frame on screen at t = 0, 1/k, 2/k, ..."""
+    _check_positive(frames_per_second=frames_per_second)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if duration is None:
+        duration = _duration(timestamps)
+    count = max(1, int(np.ceil(duration * frames_per_second - 1e-9)))
+    return time_to_index(timestamps, np.arange(count) / frames_per_second)
+
+
+def _duration(timestamps: np.ndarray) -> float:
+    """Length covered by the frames: last timestamp plus one typical frame interval."""
+    if len(timestamps) < 2:
+        return 1.0
+    return float(timestamps[-1] - timestamps[0] + np.median(np.diff(timestamps)))
+
+
+@dataclass(frozen=True)
+class Window:
+    start_s: float
+    end_s: float
+    indices: np.ndarray
+
+
+def sliding_windows(timestamps: np.ndarray, *, window_s: float, stride_s: float, frames_per_window: int,
+                    duration: float | None = None) -> list[Window]:
+    """Windows of ``window_s`` seconds every ``stride_s`` seconds covering the whole video; the last one ends at the
+    video's end. Each holds ``frames_per_window`` time-uniform frames. A video shorter than one window gives one
+    window over all of it."""
+    _check_positive(window_s=window_s, stride_s=stride_s, frames_per_window=frames_per_window)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if duration is None:
+        duration = _duration(timestamps)
+    if duration <= window_s:
+        starts = [0.0]
+    else:
+        last = duration - window_s
+        starts = list(np.arange(0.0, last, stride_s))
+        if not starts or starts[-1] < last - 1e-9:
+            starts.append(last)
+    windows = []
+    for s in starts:
+        length = min(window_s, duration - s)
+        windows.append(Window(float(s), float(s + length),
+                              uniform_time_indices(timestamps, frames_per_window, duration=length, start=s)))
+    return windows
+
+
+def multi_view_indices(num_frames: int, *, num_clips: int, clip_len: int, frame_interval: int = 1,
+                       short: ShortPolicy = "loop") -> np.ndarray:
+    """(num_clips, clip_len) temporal views for multi-view testing; spatial views are taken by the transform."""
+    return dense_indices(num_frames, clip_len=clip_len, frame_interval=frame_interval, num_clips=num_clips,
+                         mode="test", short=short)
+
+
+SAMPLING_KINDS = ("segments", "uniform_time", "dense", "fps")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """A picklable choice of sampler and its settings, applied once a video's length is known.
+
+    ``segments``: TSN test mode, ``num_frames`` frames; ``uniform_time``: ``num_frames`` frames uniform in time (VFR
+    safe); ``dense``: ``num_clips`` × ``clip_len`` frames ``frame_interval`` apart; ``fps``: ``fps`` frames a second.
+    """
+
+    kind: str = "segments"
+    num_frames: int = 8
+    clip_len: int = 8
+    frame_interval: int = 1
+    num_clips: int = 1
+    fps: float = 1.0
+    short: ShortPolicy = "loop"
+
+    def __post_init__(self) -> None:
+        if self.kind not in SAMPLING_KINDS:
+            raise ValueError(f"sampling kind {self.kind!r}: choose one of {', '.join(SAMPLING_KINDS)}")
+        _check_positive(num_frames=self.num_frames, clip_len=self.clip_len, frame_interval=self.frame_interval,
+                        num_clips=self.num_clips, fps=self.fps)
+        if self.short not in SHORT_POLICIES:
+            raise ValueError(f"short {self.short!r}: choose one of {', '.join(SHORT_POLICIES)}")
+
+    def indices(self, num_frames: int, timestamps: np.ndarray, duration: float | None = None) -> np.ndarray:
+        if self.kind == "segments":
+            return segment_indices(num_frames, self.num_frames)
+        if self.kind == "uniform_time":
+            return uniform_time_indices(timestamps, self.num_frames, duration=duration)
+        if self.kind == "fps":
+            return fps_indices(timestamps, self.fps, duration=duration)
+        return dense_indices(num_frames, clip_len=self.clip_len, frame_interval=self.frame_interval,
+                             num_clips=self.num_clips, short=self.short)

@@ -1,0 +1,285 @@
+"""PyAV backend: exact frame indices by keyframe seeks on a packet index, or a sequential pass where the index
+cannot be trusted.
+
+The index is every video packet's presentation timestamp, read by demuxing (no decoding). Frame i is the i-th
+smallest pts. To fetch frame i the reader seeks to the last keyframe at or before it and decodes forward, skipping
+the decode of non-reference frames that are not wanted (``skip_frame=NONREF``, set per packet, whose pts is known
+before decoding). A decoded frame whose pts is not in the index proves the index wrong: the request is redone by
+sequential decoding. Containers whose timestamps are not presentation times (AVI, raw streams, anything outside
+``INDEXED_CONTAINERS``) always decode sequentially, which is the definition of frame i.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .decode import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
+
+INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
+MAX_LOGGED_WARNINGS = 20
+
+
+def import_av() -> Any:
+    try:
+        import av
+        import av.logging
+    except ImportError:
+        raise ImportError("the PyAV backend needs PyAV: pip install av") from None
+    return av
+
+
+def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(h, w) with the short side scaled to ``short_side`` (even sizes are not required by swscale)."""
+    if short_side is None:
+        return height, width
+    if height <= width:
+        return short_side, max(1, round(width * short_side / height))
+    return max(1, round(height * short_side / width)), short_side
+
+
+class _IndexMismatch(Exception):
+    pass
+
+
+class PyAVReader(VideoReader):
+    def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS):
+        super().__init__()
+        self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames excluded): a cost meter
+        self.av = import_av()
+        self.path, self.resize = Path(path), resize
+        self._container = self._open()
+        try:
+            self._probe(max_pixels)
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------------ opening and indexing
+
+    def _open(self) -> Any:
+        try:
+            container = self.av.open(str(self.path), options={"protocol_whitelist": "file"})
+        except self.av.FFmpegError as e:
+            raise VideoDecodeError(self.path, f"cannot open: {_reason(e)}") from None
+        fmt = set(container.format.name.split(","))
+        if fmt & set(REFUSED_FORMATS):
+            container.close()
+            raise VideoDecodeError(self.path, f"container format {container.format.name!r} is refused "
+                                              "(playlists and stream descriptions can read other files)")
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+            container.close()
+            raise VideoDecodeError(self.path, f"no video stream ({', '.join(kinds)})")
+        return container
+
+    def _probe(self, max_pixels: int) -> None:
+        stream = self._container.streams.video[0]
+        self._stream = stream
+        cc = stream.codec_context
+        cc.thread_type = "AUTO"
+        h, w = cc.height, cc.width
+        if h * w == 0:
+            raise VideoDecodeError(self.path, "video stream has no frame size (corrupt header?)")
+        if h * w > max_pixels and self.resize is None:
+            raise VideoDecodeError(self.path, f"frame size {w}x{h} is over the {max_pixels}-pixel limit; "
+                                              "ask for a resize to decode it scaled down")
+        fmt = self._container.format.name
+        self._indexed = any(name in INDEXED_CONTAINERS for name in fmt.split(","))
+        pts, keys, durations = self._demux_index() if self._indexed else (None, None, None)
+        if pts is not None and (len(pts) == 0 or len(np.unique(pts)) != len(pts)):
+            self._indexed = False
+        if self._indexed:
+            self._init_indexed(pts, keys, durations)
+        else:
+            self._init_sequential()
+        header = stream.frames
+        if header and header != len(self.timestamps):
+            self.warnings.append(f"header says {header} frames but {len(self.timestamps)} are present")
+        rotation = self._rotation
+        dh, dw = scaled_size(h, w, self.resize)
+        if rotation % 180:
+            dh, dw = dw, dh
+        duration = float(self._duration)
+        fps = len(self.timestamps) / duration if duration > 0 else float(stream.average_rate or 0)
+        self.info = VideoInfo(self.path, "pyav", len(self.timestamps), fps, dh, dw, rotation, cc.name, fmt, duration)
+
+    def _demux_index(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """Every video packet's pts, keyframe flag and duration, without decoding; None if any pts is missing."""
+        pts, keys, durs = [], [], []
+        try:
+            for packet in self._container.demux(self._stream):
+                if packet.size == 0:
+                    continue
+                if packet.pts is None:
+                    return None, None, None
+                pts.append(packet.pts)
+                keys.append(packet.is_keyframe)
+                durs.append(packet.duration or 0)
+        except self.av.FFmpegError as e:
+            self.warnings.append(f"demuxing stopped after {len(pts)} packets: {_reason(e)}")
+        return np.array(pts, dtype=np.int64), np.array(keys, dtype=bool), np.array(durs, dtype=np.int64)
+
+    def _init_indexed(self, pts: np.ndarray, keys: np.ndarray, durs: np.ndarray) -> None:
+        order = np.argsort(pts, kind="stable")
+        self._pts = pts[order]  # presentation order: frame i has pts self._pts[i]
+        self._pts_to_index = {int(p): i for i, p in enumerate(self._pts)}
+        self._keyframes = np.flatnonzero(keys[order])  # frame indices of keyframes
+        if len(self._keyframes) == 0 or self._keyframes[0] != 0:
+            self._keyframes = np.concatenate([[0], self._keyframes]).astype(np.int64)
+        tb = float(self._stream.time_base)
+        self.timestamps = (self._pts - self._pts[0]) * tb
+        last = int(durs[order][-1]) or (int(np.median(np.diff(self._pts))) if len(self._pts) > 1 else 0)
+        self._duration = (self._pts[-1] - self._pts[0] + last) * tb
+        self._rotation = self._first_frame_rotation()
+
+    def _init_sequential(self) -> None:
+        """Decode everything once: the frame count and timestamps are what decoding yields."""
+        times, rotation = [], 0
+        for i, frame in self._decode_from_start():
+            if i == 0:
+                rotation = _rotation_of(frame)
+            times.append(frame.time if frame.time is not None else float("nan"))
+        if not times:
+            raise VideoDecodeError(self.path, "no decodable video frames")
+        t = np.array(times, dtype=np.float64)
+        rate = float(self._stream.average_rate or self._stream.guessed_rate or 0) or 25.0
+        if np.isnan(t).any() or np.any(np.diff(t) < 0):
+            t = np.arange(len(t)) / rate
+        self.timestamps = t - t[0]
+        self._duration = self.timestamps[-1] + 1.0 / rate
+        self._rotation = rotation
+
+    def _first_frame_rotation(self) -> int:
+        self._seek(0)
+        for frame in self._frames(skip_nonref=lambda _: False):
+            return _rotation_of(frame)
+        raise VideoDecodeError(self.path, "no decodable video frames")
+
+    # ------------------------------------------------------------------ decoding
+
+    def _seek(self, frame_index: int) -> None:
+        self._container.seek(int(self._pts[frame_index]), stream=self._stream, backward=True, any_frame=False)
+
+    def _frames(self, skip_nonref) -> Iterator[Any]:
+        """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet."""
+        cc = self._stream.codec_context
+        av = self.av
+        previous = av.logging.get_level()
+        with av.logging.Capture(local=True) as logs:
+            av.logging.set_level(av.logging.ERROR)
+            try:
+                for packet in self._container.demux(self._stream):
+                    cc.skip_frame = "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
+                    try:
+                        for frame in cc.decode(packet):
+                            self.frames_decoded += 1
+                            yield frame
+                    except av.FFmpegError as e:
+                        self._warn(f"decode error: {_reason(e)}")
+                    self._collect(logs)
+            finally:
+                cc.skip_frame = "DEFAULT"
+                av.logging.set_level(previous)
+                self._collect(logs)
+
+    def _collect(self, logs: list) -> None:
+        for level, name, message in logs:
+            if level <= self.av.logging.ERROR:
+                self._warn(f"ffmpeg {name or ''}: {message.strip()}")
+        logs.clear()
+
+    def _warn(self, message: str) -> None:
+        if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:
+            self.warnings.append(message)
+
+    def _decode_from_start(self) -> Iterator[tuple[int, Any]]:
+        """(i, frame) for every frame from the start: a freshly opened container, so no seek has to be trusted."""
+        self._container.close()
+        self._container = self._open()
+        self._stream = self._container.streams.video[0]
+        self._stream.codec_context.thread_type = "AUTO"
+        yield from enumerate(self._frames(skip_nonref=lambda _: False))
+
+    def _convert(self, frame: Any) -> np.ndarray:
+        h, w = scaled_size(frame.height, frame.width, self.resize)
+        if (h, w) != (frame.height, frame.width):
+            frame = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA")
+        rgb = frame.to_ndarray(format="rgb24")
+        k = (_rotation_of(frame) // 90) % 4
+        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        try:
+            got = self._read_indexed(indices) if self._indexed else self._read_sequential(indices)
+        except _IndexMismatch as e:
+            self._warn(f"packet index disagrees with decoding ({e}); decoded sequentially")
+            self._indexed = False
+            got = self._read_sequential(indices)
+        missing = [int(i) for i in indices if int(i) not in got]
+        if missing:
+            raise VideoDecodeError(self.path, f"frames {missing[:5]} of {self.info.num_frames} could not be decoded "
+                                              f"(truncated or corrupt file?)")
+        return np.stack([got[int(i)] for i in indices])
+
+    def _key_before(self, index: int) -> int:
+        return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
+
+    def _read_indexed(self, indices: np.ndarray) -> dict[int, np.ndarray]:
+        """Seek to the keyframe before each run of targets and decode forward, skipping unwanted non-ref frames."""
+        got: dict[int, np.ndarray] = {}
+        targets = [int(i) for i in indices]  # sorted, unique
+        wanted, wanted_pts = set(targets), {int(self._pts[i]) for i in targets}
+        j = 0
+        while j < len(targets):
+            key = self._key_before(targets[j])
+            self._seek(key)
+            stream_ended = True
+            for frame in self._frames(skip_nonref=lambda p: p not in wanted_pts):
+                i = self._pts_to_index.get(frame.pts)
+                if i is None:
+                    raise _IndexMismatch(f"decoded pts {frame.pts} is not in the index")
+                if i < key:  # leading frames of an open GOP, decoded without their references
+                    continue
+                if i in wanted and i not in got:
+                    got[i] = self._convert(frame)
+                while j < len(targets) and targets[j] in got:
+                    j += 1
+                if j == len(targets) or self._key_before(targets[j]) > i + 1:  # done, or a seek skips work
+                    stream_ended = False
+                    break
+            if stream_ended:
+                break  # frames never decoded are reported by _read
+        return got
+
+    def _read_sequential(self, indices: np.ndarray) -> dict[int, np.ndarray]:
+        wanted, last = set(indices.tolist()), int(indices[-1])
+        got: dict[int, np.ndarray] = {}
+        for i, frame in self._decode_from_start():
+            if i in wanted:
+                got[i] = self._convert(frame)
+            if i >= last:
+                break
+        return got
+
+    def close(self) -> None:
+        container = getattr(self, "_container", None)
+        if container is not None:
+            container.close()
+            self._container = None
+
+
+def _rotation_of(frame: Any) -> int:
+    try:
+        return int(round(frame.rotation or 0)) % 360
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(text).split())
+

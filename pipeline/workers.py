@@ -1,0 +1,190 @@
+"""Supervised worker processes: per-task deadlines, crash detection, recycling, and one status per task.
+
+A torch DataLoader gives none of this: one segfaulting worker ends the epoch and a hanging sample blocks forever.
+Here each task runs in a worker process that the parent watches with ``multiprocessing.connection.wait``:
+
+  - ``ok``: the function returned; ``error``: it raised (the message is kept);
+  - ``timeout``: no answer by the deadline, so the worker is killed and replaced;
+  - ``crash``: the worker died (segfault, abort, OOM kill), so it is replaced.
+
+Workers are recycled after ``max_tasks`` tasks or when their resident memory passes ``max_rss_mb`` (decoders leak).
+The function must be importable (picklable by reference); tasks and results must pickle.
+"""
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Literal
+
+from .decode import DecodeRequest, decode_request
+
+Status = Literal["ok", "error", "timeout", "crash"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task_id: int
+    status: Status
+    result: Any = None
+    error: str | None = None
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    conn.send(("ready", None, rss_mb()))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        task_id, task = msg
+        try:
+            conn.send(("ok", (task_id, fn(task)), rss_mb()))
+        except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
+            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+            conn.send(("error", (task_id, " ".join(str(reason).split())), rss_mb()))
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Callable[[Any], Any]):
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, fn), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.task: tuple[int, Any] | None = None
+        self.deadline = float("inf")
+        self.done = 0
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(timeout=10)
+        self.conn.close()
+
+
+class WorkerPool:
+    """Run ``fn(task)`` for many tasks in supervised processes; ``map`` yields one Outcome per task as each ends."""
+
+    def __init__(self, fn: Callable[[Any], Any], *, num_workers: int = 2, timeout_s: float = 120.0,
+                 max_tasks: int = 500, max_rss_mb: float = 2048.0, start_method: str = "spawn"):
+        if num_workers < 1:
+            raise ValueError(f"num_workers ({num_workers}) must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s ({timeout_s}) must be > 0")
+        self.fn, self.num_workers, self.timeout_s = fn, num_workers, timeout_s
+        self.max_tasks, self.max_rss_mb = max_tasks, max_rss_mb
+        self._ctx = mp.get_context(start_method)
+        self._workers: list[_Worker] = []
+        self.restarts = 0
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for w in self._workers:
+            try:
+                w.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+        for w in self._workers:
+            w.proc.join(timeout=5)
+            w.kill()
+        self._workers = []
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._workers[self._workers.index(worker)] = _Worker(self._ctx, self.fn)
+        self.restarts += 1
+
+    def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
+        """Yield an Outcome for every task (task_id = its position in ``tasks``), in completion order."""
+        while len(self._workers) < self.num_workers:
+            self._workers.append(_Worker(self._ctx, self.fn))
+        pending: deque[tuple[int, Any]] = deque(enumerate(tasks))
+        running = 0
+        while pending or running:
+            for w in self._workers:
+                if w.ready and w.task is None and pending:
+                    w.task = pending.popleft()
+                    w.deadline = time.monotonic() + self.timeout_s
+                    w.conn.send(w.task)
+                    running += 1
+            now = time.monotonic()
+            busy = [w for w in self._workers if w.task is not None]
+            timeout = max(0.0, min((w.deadline for w in busy), default=now + 1.0) - now)
+            ready = wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout)
+            for w in list(self._workers):
+                outcome = self._poll(w, ready)
+                if outcome is not None:
+                    running -= 1
+                    yield outcome
+
+    def _poll(self, w: _Worker, ready: list) -> Outcome | None:
+        if w.conn in ready:
+            try:
+                kind, payload, rss = w.conn.recv()
+            except (EOFError, OSError):
+                kind, payload, rss = "dead", None, 0.0
+                w.proc.join(timeout=5)
+            if kind == "ready":
+                w.ready = True
+                return None
+            if kind in ("ok", "error"):
+                task_id, value = payload
+                w.task, w.done = None, w.done + 1
+                if w.done >= self.max_tasks or rss > self.max_rss_mb:
+                    self._replace(w)
+                return Outcome(task_id, "ok", result=value) if kind == "ok" else Outcome(task_id, "error", error=value)
+        if w.proc.sentinel in ready or not w.proc.is_alive():
+            task = w.task
+            code = w.proc.exitcode
+            self._replace(w)
+            if task is not None:
+                return Outcome(task[0], "crash", error=f"worker died (exit code {code}) while on this task")
+            return None
+        if w.task is not None and time.monotonic() >= w.deadline:
+            task = w.task
+            self._replace(w)
+            return Outcome(task[0], "timeout", error=f"no result within {self.timeout_s:g} s; worker killed")
+        return None
+
+
+# ---------------------------------------------------------------- decoding in workers
+
+
+def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, timeout_s: float = 120.0,
+                      max_rss_mb: float = 2048.0) -> Iterator[tuple[DecodeRequest, Outcome]]:
+    """Decode each request in a supervised worker; yields (request, outcome) as each ends.
+
+    A request on the ``auto`` backend whose worker crashed (decord can segfault) is retried once on PyAV.
+    """
+    with WorkerPool(decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
+        retry = []
+        for outcome in pool.map(requests):
+            request = requests[outcome.task_id]
+            if outcome.status == "crash" and request.backend == "auto":
+                retry.append(dataclasses.replace(request, backend="pyav"))
+            else:
+                yield request, outcome
+        for outcome in pool.map(retry):
+            yield retry[outcome.task_id], outcome

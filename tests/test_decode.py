@@ -5,11 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
 
 from pipeline.decode import VideoDecodeError, open_video
 from pipeline.sample import segment_indices, uniform_time_indices
 from pipeline.workers import rss_mb
-from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
 
 MAKERS = {"h264_bframes.mp4": h264_bframes, "mpeg4_bframes.avi": mpeg4_avi_bframes, "vfr.mp4": vfr}
 
@@ -134,7 +134,7 @@ def test_one_reader_shared_across_threads(made):
     for backend in ("pyav", "decord"):
         reader, errors = open_video(path, backend), []
 
-        def work(seed: int) -> None:
+        def work(seed: int, reader=reader, errors=errors) -> None:
             idx = np.random.default_rng(seed).integers(0, 60, 10)
             got = reader.get_frames(idx).numpy()
             if not all(np.array_equal(got[k], ref[i]) for k, i in enumerate(idx)):

@@ -171,12 +171,10 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
         pyav.warnings.append(f"auto: using PyAV ({why})")
         return pyav
     try:
-        reader = DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
+        return DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav, fallback=pyav)
     except (VideoDecodeError, ImportError) as e:
         pyav.warnings.append(f"auto: decord failed ({e}); using PyAV")
         return pyav
-    pyav.close()
-    return reader
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,11 @@ def decord_trusted(pyav: PyAVReader) -> tuple[bool, str]:
 
 class DecordReader(VideoReader):
     def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS,
-                 expected: PyAVReader | None = None):
+                 expected: PyAVReader | None = None, fallback: VideoReader | None = None):
+        """``expected``: PyAV's probe of the same file, whose frame count decord must match. ``fallback``: a reader
+        that takes over (with a warning) if decord fails while reading."""
         super().__init__()
+        self._fallback = fallback
         decord = import_decord()
         self.path = Path(path)
         kwargs: dict[str, Any] = {"ctx": decord.cpu(0), "num_threads": 0}
@@ -45,6 +48,10 @@ class DecordReader(VideoReader):
             h, w = expected.info.height, expected.info.width
         else:
             h = w = 0
+        try:
+            str(self.path).encode("utf-8")
+        except UnicodeEncodeError:
+            raise VideoDecodeError(self.path, "decord cannot open paths that are not valid UTF-8") from None
         try:
             if resize is not None:
                 if not h:
@@ -71,10 +78,21 @@ class DecordReader(VideoReader):
                               duration)
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
+        if self._vr is None:
+            return self._fallback._read(indices)
         try:
             return self._vr.get_batch(indices.tolist()).asnumpy()
         except Exception as e:  # decord raises bare DECORDError/RuntimeError subclasses from C++
-            raise VideoDecodeError(self.path, f"decord failed: {' '.join(str(e).split())[:200]}") from None
+            reason = f"decord failed: {' '.join(str(e).split())[:160]}"
+            if self._fallback is None:
+                raise VideoDecodeError(self.path, reason) from None
+        self.warnings.append(f"{reason}; continued with PyAV")
+        self._vr = None
+        frames = self._fallback._read(indices)
+        self.warnings.extend(w for w in self._fallback.warnings if w not in self.warnings)
+        return frames
 
     def close(self) -> None:
         self._vr = None
+        if self._fallback is not None:
+            self._fallback.close()

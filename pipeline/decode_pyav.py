@@ -219,10 +219,15 @@ class PyAVReader(VideoReader):
             self._warn(f"packet index disagrees with decoding ({e}); decoded sequentially")
             self._indexed = False
             got = self._read_sequential(indices)
+        if not got:
+            raise VideoDecodeError(self.path, f"none of frames {indices[:5].tolist()} of {self.info.num_frames} could "
+                                              "be decoded (truncated or corrupt file?)")
         missing = [int(i) for i in indices if int(i) not in got]
-        if missing:
-            raise VideoDecodeError(self.path, f"frames {missing[:5]} of {self.info.num_frames} could not be decoded "
-                                              f"(truncated or corrupt file?)")
+        if missing:  # best effort, never silent: the nearest decoded frame stands in, and the result says so
+            have = np.array(sorted(got))
+            for i in missing:
+                got[i] = got[int(have[np.abs(have - i).argmin()])]
+            self._warn(f"frames {missing[:10]} could not be decoded; each was replaced by the nearest decoded frame")
         return np.stack([got[int(i)] for i in indices])
 
     def _key_before(self, index: int) -> int:

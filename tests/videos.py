@@ -18,8 +18,9 @@ def pattern(i: int, h: int = 96, w: int = 128) -> np.ndarray:
 
 def encode(path: Path, n: int, *, codec: str = "libx264", fmt: str | None = None, rate: int = 25,
            options: dict | None = None, pts: list[int] | None = None, time_base: Fraction | None = None,
-           rotation: int | None = None, size: tuple[int, int] = (96, 128), pix_fmt: str = "yuv420p") -> Path:
-    with av.open(str(path), "w", format=fmt) as out:
+           rotation: int | None = None, size: tuple[int, int] = (96, 128), pix_fmt: str = "yuv420p",
+           container_options: dict | None = None) -> Path:
+    with av.open(str(path), "w", format=fmt, options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=rate)
         stream.height, stream.width = size
         stream.pix_fmt = pix_fmt
@@ -65,3 +66,8 @@ def reference_frames(path: Path) -> list[np.ndarray]:
     """Every frame by sequential PyAV decoding: the definition of frame i (rotation not applied)."""
     with av.open(str(path)) as c:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+def faststart(path: Path, n: int = 60) -> Path:
+    """H.264 MP4 with the moov atom before the media data, so a cut file keeps its full index."""
+    return encode(path, n, options={"g": "12", "bf": "3"}, container_options={"movflags": "+faststart"})

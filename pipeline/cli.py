@@ -20,12 +20,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=32, help="frames per image-encoder batch")
+    p.add_argument("--backend", choices=("auto", "pyav", "decord"), default="auto",
+                   help="video decoder: auto uses decord where it agrees with PyAV's frame index, else PyAV")
+    p.add_argument("--decode-workers", type=int, default=2, help="supervised decode processes")
+    p.add_argument("--decode-timeout", type=float, default=120.0, help="seconds allowed to decode one video")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = ClassifySettings(
         model=args.model, classnames=tuple(load_labels(args.labels)), templates=args.templates,
         num_frames=args.num_frames, topk=args.topk, device=args.device, batch_size=args.batch_size,
+        backend=args.backend, decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout,
     )
     if args.format == "csv":
         print("path,rank,label,score")

@@ -150,7 +150,8 @@ def _looks_like_text(head: bytes) -> bool:
 
 def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | None = None,
                max_pixels: int = MAX_PIXELS) -> VideoReader:
-    """Open ``path`` for frame-accurate random access. ``resize`` scales the short side in the decoder."""
+    """Open ``path`` for frame-accurate random access. ``resize`` caps the short side: larger frames are scaled down
+    in the decoder (so a clip's memory is bounded whatever the source resolution); smaller ones are left alone."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if resize is not None and resize < 1:
@@ -179,7 +180,7 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
 
 @dataclass(frozen=True)
 class DecodeRequest:
-    """One video to decode: where, how to choose frames, which backend, and an optional decoder-side resize."""
+    """One video to decode: where, how to choose frames, which backend, and an optional cap on the short side."""
 
     path: str
     sampling: Sampling

@@ -33,8 +33,8 @@ def import_av() -> Any:
 
 
 def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
-    """(h, w) with the short side scaled to ``short_side`` (even sizes are not required by swscale)."""
-    if short_side is None:
+    """(h, w) with the short side scaled down to ``short_side`` if it is longer; frames are never enlarged."""
+    if short_side is None or min(height, width) <= short_side:
         return height, width
     if height <= width:
         return short_side, max(1, round(width * short_side / height))

@@ -8,12 +8,13 @@ from pathlib import Path
 import torch
 
 from .classify import Prediction, top_k, zero_shot_probs
-from .decode import VideoDecodeError, open_video
+from .decode import Backend, DecodeRequest
 from .encode import encode_frames
 from .models import load_model, resolve_device
 from .pool import mean_pool
 from .prompts import class_embeddings, load_templates
-from .sample import segment_indices
+from .sample import Sampling
+from .workers import decode_in_workers
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,12 @@ class ClassifySettings:
     topk: int = 5
     device: str = "auto"
     batch_size: int = 32
+    backend: Backend = "auto"
+    decode_workers: int = 2
+    decode_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "topk", "batch_size"):
+        for name in ("num_frames", "topk", "batch_size", "decode_workers", "decode_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         if not self.classnames:
@@ -48,16 +52,20 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     classnames = list(settings.classnames)
     text = class_embeddings(model, classnames, load_templates(settings.templates))  # (C, E)
     scale = float(model.logit_scale.exp().clamp(max=100))
-    results = []
-    for path in paths:
-        try:
-            reader = open_video(path)
-            frames = reader.get_frames(segment_indices(reader.info.num_frames, settings.num_frames))
-        except VideoDecodeError as e:
-            results.append(VideoResult(Path(path), None, str(e)))
+    # frames larger than twice the model's input are scaled down in the decoder; the model's transform does the rest
+    cap = 2 * model.preprocess_config.image_size
+    requests = [DecodeRequest(str(p), Sampling("segments", num_frames=settings.num_frames), settings.backend, cap)
+                for p in paths]
+    results: dict[str, VideoResult] = {}
+    for request, outcome in decode_in_workers(requests, num_workers=min(settings.decode_workers, len(requests)),
+                                              timeout_s=settings.decode_timeout_s):
+        if outcome.status != "ok":
+            results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {outcome.status}: "
+                                                                          f"{outcome.error}")
             continue
         with torch.no_grad():
-            video = mean_pool(encode_frames(model, transform, frames, settings.batch_size)).to(text.device)  # (E,)
+            frame_features = encode_frames(model, transform, outcome.result.frames, settings.batch_size)  # (T, E)
+            video = mean_pool(frame_features).to(text.device)  # (E,)
         (pred,) = top_k(zero_shot_probs(video[None], text, scale), classnames, settings.topk)
-        results.append(VideoResult(Path(path), pred))
-    return results
+        results[request.path] = VideoResult(Path(request.path), pred)
+    return [results[str(p)] for p in paths]

@@ -15,14 +15,16 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from .decode import DecodeRequest, decode_request
+if TYPE_CHECKING:
+    from .decode import DecodeRequest
 
 Status = Literal["ok", "error", "timeout", "crash"]
 
@@ -157,10 +159,12 @@ class WorkerPool:
                 return Outcome(task_id, "ok", result=value) if kind == "ok" else Outcome(task_id, "error", error=value)
         if w.proc.sentinel in ready or not w.proc.is_alive():
             task = w.task
+            w.proc.join(timeout=5)
             code = w.proc.exitcode
             self._replace(w)
             if task is not None:
-                return Outcome(task[0], "crash", error=f"worker died (exit code {code}) while on this task")
+                how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+                return Outcome(task[0], "crash", error=f"worker died ({how}, exit code {code}) while on this task")
             return None
         if w.task is not None and time.monotonic() >= w.deadline:
             task = w.task
@@ -178,6 +182,7 @@ def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, ti
 
     A request on the ``auto`` backend whose worker crashed (decord can segfault) is retried once on PyAV.
     """
+    from .decode import decode_request  # imported here so that generic workers start without torch
     with WorkerPool(decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         retry = []
         for outcome in pool.map(requests):

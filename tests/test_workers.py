@@ -1,0 +1,63 @@
+"""Supervised workers: one status per task, deadlines, crash isolation, recycling; and decoding through them."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from videos import h264_bframes, reference_frames
+from worker_fns import behave
+
+from pipeline.decode import DecodeRequest
+from pipeline.sample import Sampling, segment_indices
+from pipeline.workers import WorkerPool, decode_in_workers
+
+
+def _run(tasks, **kw):
+    with WorkerPool(behave, **kw) as pool:
+        return {o.task_id: o for o in pool.map(tasks)}, pool.restarts
+
+
+def test_every_task_gets_exactly_one_status():
+    tasks = [("ok", 1), ("raise", 2), ("segfault", 0), ("ok", 3), ("sleep", 60), ("abort", 0), ("ok", 4)]
+    start = time.monotonic()
+    out, restarts = _run(tasks, num_workers=2, timeout_s=3)
+    assert time.monotonic() - start < 40  # the 60 s sleeper was cut off at its deadline
+    assert sorted(out) == list(range(len(tasks)))
+    assert [out[i].status for i in range(len(tasks))] == ["ok", "error", "crash", "ok", "timeout", "crash", "ok"]
+    assert [out[i].result for i in (0, 3, 6)] == [2, 6, 8]
+    assert out[1].error == "ValueError: bad value 2"
+    assert "killed by SIGSEGV" in out[2].error and "killed by SIGABRT" in out[5].error
+    assert "no result within 3 s" in out[4].error
+    assert restarts == 3  # two crashes and one kill, each replaced
+
+
+def test_workers_are_recycled_after_max_tasks():
+    out, restarts = _run([("pid", 0)] * 6, num_workers=1, max_tasks=2)
+    pids = [out[i].result for i in range(6)]
+    assert len(set(pids)) == 3 and restarts == 3
+
+
+def test_workers_are_recycled_over_the_memory_cap():
+    out, _ = _run([("hog", 300), ("pid", 0)], num_workers=1, max_rss_mb=250)
+    assert out[0].status == "ok" and out[1].result != out[0].result  # a fresh worker took the next task
+    out, _ = _run([("hog", 100), ("pid", 0)], num_workers=1, max_rss_mb=250)
+    assert out[1].result == out[0].result  # under the cap the worker is kept
+
+
+def test_decoding_in_workers(tmp_path):
+    good = h264_bframes(tmp_path / "good.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    requests = [DecodeRequest(str(good), Sampling("segments", num_frames=6)),
+                DecodeRequest(str(tmp_path / "bad.mp4"), Sampling()),
+                DecodeRequest(str(good), Sampling("dense", clip_len=4, frame_interval=3, num_clips=2), backend="pyav")]
+    results = {r.path + r.sampling.kind: o for r, o in decode_in_workers(requests, num_workers=2, timeout_s=60)}
+    ref = reference_frames(good)
+    ok = results[str(good) + "segments"]
+    assert ok.status == "ok"
+    idx = segment_indices(60, 6)
+    assert np.array_equal(ok.result.indices, idx)
+    assert all(np.array_equal(ok.result.frames[k].numpy(), ref[i]) for k, i in enumerate(idx))
+    dense = results[str(good) + "dense"].result
+    assert dense.indices.shape == (2, 4) and dense.frames.shape == (8, 96, 128, 3)
+    bad = results[str(tmp_path / "bad.mp4") + "segments"]
+    assert bad.status == "error" and "cannot open" in bad.error

@@ -46,6 +46,8 @@ class _IndexMismatch(Exception):
 
 
 class PyAVReader(VideoReader):
+    skip_nonref = True  # skip decoding unwanted non-reference frames while rolling forward (benchmarks toggle it)
+
     def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS):
         super().__init__()
         self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames excluded): a cost meter
@@ -243,7 +245,8 @@ class PyAVReader(VideoReader):
             key = self._key_before(targets[j])
             self._seek(key)
             stream_ended = True
-            for frame in self._frames(skip_nonref=lambda p: p not in wanted_pts):
+            skip = (lambda p: p not in wanted_pts) if self.skip_nonref else (lambda _: False)
+            for frame in self._frames(skip_nonref=skip):
                 i = self._pts_to_index.get(frame.pts)
                 if i is None:
                     raise _IndexMismatch(f"decoded pts {frame.pts} is not in the index")

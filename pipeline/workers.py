@@ -177,13 +177,14 @@ class WorkerPool:
 
 
 def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, timeout_s: float = 120.0,
-                      max_rss_mb: float = 2048.0) -> Iterator[tuple[DecodeRequest, Outcome]]:
-    """Decode each request in a supervised worker; yields (request, outcome) as each ends.
-
-    A request on the ``auto`` backend whose worker crashed (decord can segfault) is retried once on PyAV.
-    """
-    from .decode import decode_request  # imported here so that generic workers start without torch
-    with WorkerPool(decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
+                      max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], Any] | None = None,
+                      ) -> Iterator[tuple[DecodeRequest, Outcome]]:
+    """Decode each request (with ``fn``, default ``decode_request``) in a supervised worker; yields (request, outcome)
+    as each ends. A request on the ``auto`` backend whose worker crashed (decord can segfault) is retried once on
+    PyAV."""
+    if fn is None:
+        from .decode import decode_request as fn  # imported here so that generic workers start without torch
+    with WorkerPool(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         retry = []
         for outcome in pool.map(requests):
             request = requests[outcome.task_id]

@@ -61,3 +61,12 @@ def test_decoding_in_workers(tmp_path):
     assert dense.indices.shape == (2, 4) and dense.frames.shape == (8, 96, 128, 3)
     bad = results[str(tmp_path / "bad.mp4") + "segments"]
     assert bad.status == "error" and "cannot open" in bad.error
+
+
+def test_a_crash_on_auto_is_retried_on_pyav_once():
+    from worker_fns import decord_segfaults
+
+    requests = [DecodeRequest("a.mp4", Sampling()), DecodeRequest("b.mp4", Sampling(), backend="decord")]
+    out = {r.path: (r.backend, o) for r, o in decode_in_workers(requests, num_workers=1, fn=decord_segfaults)}
+    assert out["a.mp4"][0] == "pyav" and out["a.mp4"][1].status == "ok" and out["a.mp4"][1].result == "pyav"
+    assert out["b.mp4"][1].status == "ok"  # explicit decord is not second-guessed

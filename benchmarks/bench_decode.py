@@ -134,14 +134,17 @@ def main() -> None:
     if not args.skip_10min:
         videos.append(("10 min 360p GOP 250", make_long(args.workdir / "long_600s_360p.mp4", 600, 360, 640)))
     tc, tc_why = torchcodec_fn()
-    peers = {"decord get_batch": decord_batch, "PyAV decode-all": pyav_decode_all}
+    peers = {"decord": decord_batch, "decode-all": pyav_decode_all}
     if tc is not None:
-        peers["torchcodec exact"] = tc
+        peers["torchcodec"] = tc
     else:
         print(f"torchcodec unavailable here: {tc_why}")
-    variants = {"ours (auto)": ours, "ours (PyAV, no NONREF skip)": lambda p, i: ours_pyav(p, i, skip=False),
-                "ours (PyAV)": ours_pyav, "ours (PyAV, 2 threads)": ours_parallel}
-    header = f"{'video':<28}{'n':>3}" + "".join(f"{k:>16}" for k in [*variants, *peers]) + f"{'best ours/peer':>16}{'vs all':>9}"
+    variants = {"ours auto": ours, "ours noskip": lambda p, i: ours_pyav(p, i, skip=False),
+                "ours pyav": ours_pyav, "ours 2thr": ours_parallel}
+    print("columns: ours auto = open_video(auto); ours pyav = PyAV backend; ours noskip = PyAV without NONREF "
+          "skipping; ours 2thr = two target groups decoded in two threads; peers: decord get_batch, PyAV decode-all, "
+          "torchcodec exact seek")
+    header = f"{'video':<28}{'n':>3}" + "".join(f"{k:>13}" for k in [*variants, *peers]) + f"{'ours/peer':>11}{'vs all':>8}"
     print("\nms per video (open + read + close), best of", args.repeat)
     print(header)
     for name, path in videos:
@@ -152,7 +155,7 @@ def main() -> None:
             row, ref = {}, None
             for label, fn in {**peers, **variants}.items():
                 ms, frames = best_ms(fn, path, idx, args.repeat)
-                if label == "PyAV decode-all":
+                if label == "decode-all":
                     ref = frames
                 row[label] = (ms, frames)
             for label, (_, frames) in row.items():
@@ -160,8 +163,8 @@ def main() -> None:
                     row[label] = (row[label][0], "MISMATCH")
             ours_best = min(row[k][0] for k in variants)
             peer_best = min(row[k][0] for k in peers)
-            cells = "".join(f"{row[k][0]:>15.1f}{'!' if isinstance(row[k][1], str) else ' '}" for k in [*variants, *peers])
-            print(f"{name:<28}{n:>3}{cells}{peer_best / ours_best:>15.2f}x{row['PyAV decode-all'][0] / ours_best:>8.1f}x",
+            cells = "".join(f"{row[k][0]:>12.1f}{'!' if isinstance(row[k][1], str) else ' '}" for k in [*variants, *peers])
+            print(f"{name:<28}{n:>3}{cells}{peer_best / ours_best:>10.2f}x{row['decode-all'][0] / ours_best:>7.1f}x",
                   flush=True)
     print("\n'!' marks frames that differ from sequential decoding. Ratios >1 mean ours is faster.")
 

@@ -26,7 +26,6 @@ MAX_LOGGED_WARNINGS = 20
 def import_av() -> Any:
     try:
         import av
-        import av.logging
     except ImportError:
         raise ImportError("the PyAV backend needs PyAV: pip install av") from None
     return av
@@ -167,32 +166,25 @@ class PyAVReader(VideoReader):
         self._container.seek(int(self._pts[frame_index]), stream=self._stream, backward=True, any_frame=False)
 
     def _frames(self, skip_nonref) -> Iterator[Any]:
-        """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet."""
-        cc = self._stream.codec_context
-        av = self.av
-        previous = av.logging.get_level()
-        with av.logging.Capture(local=True) as logs:
-            av.logging.set_level(av.logging.ERROR)
-            try:
-                for packet in self._container.demux(self._stream):
-                    cc.skip_frame = "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
-                    try:
-                        for frame in cc.decode(packet):
-                            self.frames_decoded += 1
-                            yield frame
-                    except av.FFmpegError as e:
-                        self._warn(f"decode error: {_reason(e)}")
-                    self._collect(logs)
-            finally:
-                cc.skip_frame = "DEFAULT"
-                av.logging.set_level(previous)
-                self._collect(logs)
+        """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet.
 
-    def _collect(self, logs: list) -> None:
-        for level, name, message in logs:
-            if level <= self.av.logging.ERROR:
-                self._warn(f"ffmpeg {name or ''}: {message.strip()}")
-        logs.clear()
+        FFmpeg's decode errors arrive as exceptions and become warnings. (FFmpeg's log is not captured: PyAV's log
+        callback is process-wide and deadlocks against frame-threaded decoders freed in another thread.)
+        """
+        cc = self._stream.codec_context
+        try:
+            for packet in self._container.demux(self._stream):
+                cc.skip_frame = "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
+                try:
+                    for frame in cc.decode(packet):
+                        self.frames_decoded += 1
+                        yield frame
+                except self.av.FFmpegError as e:
+                    self._warn(f"decode error at pts {packet.pts}: {_reason(e)}")
+        except self.av.FFmpegError as e:
+            self._warn(f"demux error: {_reason(e)}")
+        finally:
+            cc.skip_frame = "DEFAULT"
 
     def _warn(self, message: str) -> None:
         if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:

@@ -1,13 +1,21 @@
-"""Class lists shipped with the code, user label files, and cleaning of class names into natural language."""
+"""Class lists shipped with the code, user label files, and cleaning of class names into natural language.
+
+``shipped_labels`` gives natural-language names: UCF101's are CLIP's published cleaned names (openai/CLIP
+data/prompts.md), matched to the raw names by their letters; HMDB51's are cleaned here; the Kinetics and SSv2 lists
+are already natural language. ``raw_labels`` gives the lists as published by mmaction2.
+"""
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from . import DATA_DIR
 
-SHIPPED = {"ucf101": "ucf101", "hmdb51": "hmdb51", "kinetics400": "kinetics400", "kinetics600": "kinetics600",
-           "kinetics700": "kinetics700", "ssv2": "sthv2", "sthv2": "sthv2"}
+RAW_FILES = {"ucf101": "ucf101", "hmdb51": "hmdb51", "kinetics400": "kinetics400", "kinetics600": "kinetics600",
+             "kinetics700": "kinetics700", "ssv2": "sthv2", "sthv2": "sthv2"}
+SHIPPED = tuple(RAW_FILES)
 
 
 def clean_name(raw: str) -> str:
@@ -17,17 +25,47 @@ def clean_name(raw: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def _compact(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+@lru_cache
+def raw_labels(name: str) -> tuple[str, ...]:
+    if name not in RAW_FILES:
+        raise ValueError(f"no shipped class list {name!r}; choose one of {', '.join(SHIPPED)}")
+    text = (DATA_DIR / "labels" / f"{RAW_FILES[name]}.txt").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+@lru_cache
+def clip_ucf101_names() -> dict[str, str]:
+    """compact raw name -> CLIP's published cleaned UCF101 name, lower-cased ("handstandpushups" -> ...)."""
+    classes = json.loads((DATA_DIR / "prompts" / "ucf101_clip.json").read_text(encoding="utf-8"))["classes"]
+    return {_compact(c): c.lower() for c in classes}
+
+
+def natural_name(raw: str, dataset: str | None = None) -> str:
+    """The natural-language name of a raw class name; UCF101 names follow CLIP's published cleaning."""
+    if dataset == "ucf101":
+        return clip_ucf101_names().get(_compact(raw), clean_name(raw))
+    return clean_name(raw) if dataset in (None, "hmdb51") else raw
+
+
+def shipped_labels(name: str) -> list[str]:
+    """Natural-language class names of a shipped list, in its published order."""
+    dataset = {"sthv2": "ssv2"}.get(name, name)
+    return [natural_name(r, dataset if dataset in ("ucf101", "hmdb51") else "as-is") for r in raw_labels(name)]
+
+
 def load_labels(spec: str) -> list[str]:
     """Class names from a shipped list (``ucf101``, ``hmdb51``, ``kinetics400/600/700``, ``ssv2``) or a file with
-    one label per line; names are cleaned into natural language."""
-    if spec in SHIPPED:
-        lines = (DATA_DIR / "labels" / f"{SHIPPED[spec]}.txt").read_text(encoding="utf-8").splitlines()
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ValueError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
-        lines = path.read_text(encoding="utf-8").splitlines()
-    names = [clean_name(line) for line in lines if line.strip()]
+    one label per line; names from a file are cleaned into natural language."""
+    if spec in RAW_FILES:
+        return shipped_labels(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
+    names = [clean_name(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not names:
         raise ValueError(f"labels {spec!r}: no labels found (expected one label per line)")
     return names

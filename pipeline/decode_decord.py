@@ -1,9 +1,9 @@
-"""decord backend, and the rule for when ``auto`` may trust it.
+"""decord backend, and the rule for when its frame indices can be trusted.
 
-decord is fast at batched random access, but it is known to return frames about one GOP early on MPEG-4 Part 2 AVIs
-with B-frames (decord#195), to hang or crash on containers whose headers over-report frames (decord#373), and to
-follow playlists to other files. ``decord_trusted`` lets ``auto`` use it only where PyAV's packet index (already built)
-says the container's timestamps are presentation times and decord counts exactly the frames that are present.
+decord is known to return frames about one GOP early on MPEG-4 Part 2 AVIs with B-frames (decord#195), to hang or
+crash on containers whose headers over-report frames (decord#373), and to follow playlists to other files.
+``decord_trusted`` judges a file from PyAV's packet index: decord agrees with PyAV where the container's timestamps are
+presentation times and decord counts exactly the frames that are present.
 """
 from __future__ import annotations
 
@@ -36,11 +36,9 @@ def decord_trusted(pyav: PyAVReader) -> tuple[bool, str]:
 
 class DecordReader(VideoReader):
     def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS,
-                 expected: PyAVReader | None = None, fallback: VideoReader | None = None):
-        """``expected``: PyAV's probe of the same file, whose frame count decord must match. ``fallback``: a reader
-        that takes over (with a warning) if decord fails while reading."""
+                 expected: PyAVReader | None = None):
+        """``expected``: PyAV's probe of the same file, whose frame count decord must match."""
         super().__init__()
-        self._fallback = fallback
         decord = import_decord()
         self.path = Path(path)
         kwargs: dict[str, Any] = {"ctx": decord.cpu(0), "num_threads": 0}
@@ -78,21 +76,10 @@ class DecordReader(VideoReader):
                               duration)
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
-        if self._vr is None:
-            return self._fallback._read(indices)
         try:
             return self._vr.get_batch(indices.tolist()).asnumpy()
         except Exception as e:  # decord raises bare DECORDError/RuntimeError subclasses from C++
-            reason = f"decord failed: {' '.join(str(e).split())[:160]}"
-            if self._fallback is None:
-                raise VideoDecodeError(self.path, reason) from None
-        self.warnings.append(f"{reason}; continued with PyAV")
-        self._vr = None
-        frames = self._fallback._read(indices)
-        self.warnings.extend(w for w in self._fallback.warnings if w not in self.warnings)
-        return frames
+            raise VideoDecodeError(self.path, f"decord failed: {' '.join(str(e).split())[:160]}") from None
 
     def close(self) -> None:
         self._vr = None
-        if self._fallback is not None:
-            self._fallback.close()

@@ -11,16 +11,18 @@ sequential decoding. Containers whose timestamps are not presentation times (AVI
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .decode import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
+from .decode import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, VideoReader
 
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
 MAX_LOGGED_WARNINGS = 20
+SEEK_COST_FRAMES = 12  # a seek (and decoder flush) costs about this many decoded frames: nearer keyframes are rolled to
 
 
 def import_av() -> Any:
@@ -47,8 +49,9 @@ class _IndexMismatch(Exception):
 class PyAVReader(VideoReader):
     skip_nonref = True  # skip decoding unwanted non-reference frames while rolling forward (benchmarks toggle it)
 
-    def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS):
+    def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS, threads: int = 1):
         super().__init__()
+        self.threads = threads  # > 1: decode runs of targets far apart in parallel threads
         self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames excluded): a cost meter
         self.av = import_av()
         self.path, self.resize = Path(path), resize
@@ -65,7 +68,7 @@ class PyAVReader(VideoReader):
         try:
             container = self.av.open(str(self.path), options={"protocol_whitelist": "file"})
         except self.av.FFmpegError as e:
-            raise VideoDecodeError(self.path, f"cannot open: {_reason(e)}") from None
+            raise VideoOpenError(self.path, f"cannot open: {_reason(e)}") from None
         fmt = set(container.format.name.split(","))
         if fmt & set(REFUSED_FORMATS):
             container.close()
@@ -208,7 +211,7 @@ class PyAVReader(VideoReader):
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:
-            got = self._read_indexed(indices) if self._indexed else self._read_sequential(indices)
+            got = self._read_parallel(indices) if self._indexed else self._read_sequential(indices)
         except _IndexMismatch as e:
             self._warn(f"packet index disagrees with decoding ({e}); decoded sequentially")
             self._indexed = False
@@ -223,6 +226,41 @@ class PyAVReader(VideoReader):
                 got[i] = got[int(have[np.abs(have - i).argmin()])]
             self._warn(f"frames {missing[:10]} could not be decoded; each was replaced by the nearest decoded frame")
         return np.stack([got[int(i)] for i in indices])
+
+    def _read_parallel(self, indices: np.ndarray) -> dict[int, np.ndarray]:
+        """Split the targets into ``threads`` runs at keyframe boundaries; each extra run gets its own container and
+        thread (FFmpeg decodes without the GIL). Worth it only where cores are idle, hence opt-in."""
+        keys = np.array([self._key_before(int(i)) for i in indices])
+        starts = np.flatnonzero(np.diff(keys)) + 1  # where a new keyframe group begins
+        if self.threads < 2 or len(starts) == 0:
+            return self._read_indexed(indices)
+        wanted = np.arange(1, self.threads) * len(indices) / self.threads  # equal shares of the targets
+        cuts = starts[np.minimum(np.searchsorted(starts, wanted), len(starts) - 1)]  # moved to a group boundary
+        runs = np.split(indices, np.unique(cuts))
+        helpers = [self._sibling() for _ in runs[1:]]
+        try:
+            with ThreadPoolExecutor(len(helpers)) as pool:
+                futures = [pool.submit(h._read_indexed, run) for h, run in zip(helpers, runs[1:])]
+                got = self._read_indexed(runs[0])
+                for future in futures:
+                    got.update(future.result())
+        finally:
+            for h in helpers:
+                self.frames_decoded += h.frames_decoded
+                for w in h.warnings:
+                    self._warn(w)
+                h.close()
+        return got
+
+    def _sibling(self) -> PyAVReader:
+        """A reader over the same file sharing this one's index, with its own container (no re-demuxing)."""
+        twin = object.__new__(PyAVReader)
+        twin.__dict__.update(self.__dict__)
+        twin.warnings, twin.frames_decoded = [], 0
+        twin._container = twin._open()
+        twin._stream = twin._container.streams.video[0]
+        twin._stream.codec_context.thread_type = "AUTO"
+        return twin
 
     def _key_before(self, index: int) -> int:
         return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
@@ -248,7 +286,7 @@ class PyAVReader(VideoReader):
                     got[i] = self._convert(frame)
                 while j < len(targets) and targets[j] in got:
                     j += 1
-                if j == len(targets) or self._key_before(targets[j]) > i + 1:  # done, or a seek skips work
+                if j == len(targets) or self._key_before(targets[j]) > i + SEEK_COST_FRAMES:  # a seek saves work
                     stream_ended = False
                     break
             if stream_ended:

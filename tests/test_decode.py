@@ -47,19 +47,43 @@ def test_exact_frames_on_real_sample_videos(sample_videos):
             assert wrong == [], (path.name, backend)
 
 
-def test_auto_does_not_trust_decord_on_mpeg4_avi(made):
-    """decord mis-seeks here (decord#195); auto must detect the file type and decode with PyAV instead."""
+def test_decord_is_wrong_on_mpeg4_avi_and_says_so_while_auto_is_exact(made):
+    """decord mis-seeks on MPEG-4 Part 2 AVIs with B-frames (decord#195): detected from PyAV's index and warned
+    about when decord is asked for; auto decodes with PyAV and is exact."""
     path = made["mpeg4_bframes.avi"]
-    _, decord_wrong = _check_exact(path, "decord")
+    reader, decord_wrong = _check_exact(path, "decord")
     assert len(decord_wrong) > 10  # the hazard is real on this file ...
+    assert any("decord may return wrong frames for this file (avi/mpeg4" in w for w in reader.warnings)
     reader, wrong = _check_exact(path, "auto")
     assert reader.info.backend == "pyav" and wrong == []  # ... and auto avoids it
-    assert any("not a presentation index" in w for w in reader.warnings)
+    reader, _ = _check_exact(made["h264_bframes.mp4"], "decord")
+    assert reader.warnings == []  # where decord agrees with the index it is not warned about
 
 
-def test_auto_uses_decord_where_it_agrees(made):
+def test_auto_falls_back_to_decord_only_when_pyav_cannot_open(made, monkeypatch):
+    from pipeline.decode import VideoOpenError
+    from pipeline.decode_pyav import PyAVReader
+
+    def refuse(self):
+        raise VideoOpenError(self.path, "cannot open: simulated")
+
+    monkeypatch.setattr(PyAVReader, "_open", refuse)
+    with pytest.raises(VideoOpenError, match="simulated"):
+        open_video(made["h264_bframes.mp4"], "pyav")
     reader = open_video(made["h264_bframes.mp4"], "auto")
     assert reader.info.backend == "decord"
+    assert reader.warnings == ["auto: PyAV could not open the file (cannot open: simulated); decoded with decord"]
+    ref = reference_frames(made["h264_bframes.mp4"])
+    assert np.array_equal(reader.get_frames([17]).numpy()[0], ref[17])
+
+
+def test_parallel_runs_give_the_same_frames(long_video):
+    ref = reference_frames(long_video)
+    idx = segment_indices(1500, 16)
+    for threads in (2, 3):
+        reader = open_video(long_video, "pyav", threads=threads)
+        frames = reader.get_frames(idx[::-1]).numpy()  # any order
+        assert all(np.array_equal(frames[k], ref[i]) for k, i in enumerate(idx[::-1]))
 
 
 @pytest.mark.parametrize("rotation", [90, 180, 270])

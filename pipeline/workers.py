@@ -180,8 +180,8 @@ def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, ti
                       max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], Any] | None = None,
                       ) -> Iterator[tuple[DecodeRequest, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``) in a supervised worker; yields (request, outcome)
-    as each ends. A request on the ``auto`` backend whose worker crashed (decord can segfault) is retried once on
-    PyAV."""
+    as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is retried once on decord, whose own
+    FFmpeg build may get through; the retried result carries decord's warnings."""
     if fn is None:
         from .decode import decode_request as fn  # imported here so that generic workers start without torch
     with WorkerPool(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
@@ -189,7 +189,7 @@ def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, ti
         for outcome in pool.map(requests):
             request = requests[outcome.task_id]
             if outcome.status == "crash" and request.backend == "auto":
-                retry.append(dataclasses.replace(request, backend="pyav"))
+                retry.append(dataclasses.replace(request, backend="decord"))
             else:
                 yield request, outcome
         for outcome in pool.map(retry):

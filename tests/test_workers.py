@@ -63,10 +63,10 @@ def test_decoding_in_workers(tmp_path):
     assert bad.status == "error" and "cannot open" in bad.error
 
 
-def test_a_crash_on_auto_is_retried_on_pyav_once():
-    from worker_fns import decord_segfaults
+def test_a_crash_on_auto_is_retried_on_decord_once():
+    from worker_fns import auto_segfaults
 
-    requests = [DecodeRequest("a.mp4", Sampling()), DecodeRequest("b.mp4", Sampling(), backend="decord")]
-    out = {r.path: (r.backend, o) for r, o in decode_in_workers(requests, num_workers=1, fn=decord_segfaults)}
-    assert out["a.mp4"][0] == "pyav" and out["a.mp4"][1].status == "ok" and out["a.mp4"][1].result == "pyav"
-    assert out["b.mp4"][1].status == "ok"  # explicit decord is not second-guessed
+    requests = [DecodeRequest("a.mp4", Sampling()), DecodeRequest("b.mp4", Sampling(), backend="pyav")]
+    out = {r.path: (r.backend, o) for r, o in decode_in_workers(requests, num_workers=1, fn=auto_segfaults)}
+    assert out["a.mp4"][0] == "decord" and out["a.mp4"][1].status == "ok" and out["a.mp4"][1].result == "decord"
+    assert out["b.mp4"][1].status == "ok"  # an explicit backend is not second-guessed

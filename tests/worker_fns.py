@@ -29,8 +29,8 @@ def behave(task: tuple[str, int]):
     raise AssertionError(kind)
 
 
-def decord_segfaults(request):
-    """Stands in for decode_request where decord segfaults: only the auto backend crashes."""
+def auto_segfaults(request):
+    """Stands in for decode_request on a file that crashes the auto (PyAV) path."""
     if request.backend == "auto":
         ctypes.string_at(0)
     return request.backend

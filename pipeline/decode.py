@@ -70,6 +70,9 @@ class VideoInfo:
 
 class VideoReader(ABC):
     info: VideoInfo
+    path: Path
+    num_frames: int
+    duration: float  # seconds
     timestamps: np.ndarray  # (num_frames,) float64 seconds from the first frame, non-decreasing
 
     def __init__(self) -> None:
@@ -85,9 +88,9 @@ class VideoReader(ABC):
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
             return torch.empty(0, self.info.height, self.info.width, 3, dtype=torch.uint8)
-        if idx.min() < 0 or idx.max() >= self.info.num_frames:
-            raise VideoDecodeError(self.info.path, f"frame indices must lie in [0, {self.info.num_frames}); "
-                                                   f"got min {idx.min()}, max {idx.max()}")
+        if idx.min() < 0 or idx.max() >= self.num_frames:
+            raise VideoDecodeError(self.path, f"frame indices must lie in [0, {self.num_frames}); "
+                                              f"got min {idx.min()}, max {idx.max()}")
         unique, inverse = np.unique(idx, return_inverse=True)
         with self._lock:
             frames = self._read(unique)
@@ -207,6 +210,6 @@ class DecodeRequest:
 def decode_request(request: DecodeRequest) -> DecodedClip:
     """Open, sample, decode and close: the unit of work a decode worker runs."""
     with open_video(request.path, request.backend, resize=request.resize, threads=request.threads) as reader:
-        idx = request.sampling.indices(reader.info.num_frames, reader.timestamps, reader.info.duration)
+        idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
         frames = reader.get_frames(idx.reshape(-1))
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))

@@ -1,6 +1,8 @@
 """Model specs accepted on the command line: a published name, a checkpoint path, or ``random:<arch>``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 import clip_model
@@ -24,3 +26,14 @@ def load_model(spec: str, device: torch.device) -> tuple[clip_model.CLIP, clip_m
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device)
         return model, clip_model.ClipTransform(model.preprocess_config)
     return clip_model.load(spec, device=device)
+
+
+def model_key(spec: str, precision: str = "fp32") -> str:
+    """Identifies a model's weights for caches: a published name (its SHA256 is fixed), ``random:<arch>``, or a
+    checkpoint path with its size and modification time (so an overwritten file is a new key)."""
+    if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
+        return f"{spec}|{precision}"
+    path = Path(spec).expanduser().resolve()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    stamps = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    return f"{path}|{stamps}|{precision}"

@@ -52,3 +52,34 @@ def class_embeddings(model: clip_model.CLIP, classnames: Sequence[str], template
         feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # (C, K, E)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
+
+
+def text_cache_key(model_key: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
+    """A stable key for one (model, labels, templates) combination."""
+    payload = json.dumps({"model": model_key, "classes": list(classnames), "templates": list(templates)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def cached_class_embeddings(model: clip_model.CLIP, model_key: str, classnames: Sequence[str],
+                            templates: Sequence[str], cache_dir: Path | None, batch_size: int = 256) -> torch.Tensor:
+    """``class_embeddings`` cached on disk under ``cache_dir``, keyed by model, labels and templates.
+
+    ``model_key`` must change whenever the weights do (see ``pipeline.models.model_key``). A Kinetics-700 ensemble is
+    19,600 prompts: worth computing once.
+    """
+    if cache_dir is None:
+        return class_embeddings(model, classnames, templates, batch_size)
+    path = cache_dir / f"text_{text_cache_key(model_key, classnames, templates)}.pt"
+    if path.is_file():
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if cached.shape[0] == len(classnames):
+                return cached.to(next(model.parameters()).device)
+        except (RuntimeError, OSError, EOFError):
+            pass  # a damaged cache entry is recomputed and rewritten
+    features = class_embeddings(model, classnames, templates, batch_size)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(features.cpu(), tmp)
+    tmp.replace(path)
+    return features

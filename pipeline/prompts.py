@@ -1,7 +1,9 @@
 """Prompt templates and prompt-ensembled class embeddings (normalise each prompt, average per class, renormalise)."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 

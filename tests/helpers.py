@@ -28,24 +28,24 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
-def open_clip_tiny(quick_gelu: bool = True) -> open_clip.CLIP:
-    """A tiny open_clip ViT with OpenAI's 64-wide heads, so every format can infer its architecture."""
+def _tiny_vit(width: int, head_width: int, quick_gelu: bool) -> open_clip.CLIP:
+    """A 2-layer open_clip ViT at 32 px with 2 text heads of ``width // 2``."""
     return open_clip.CLIP(
         embed_dim=48,
-        vision_cfg=CLIPVisionCfg(layers=2, width=128, head_width=64, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=128, heads=2, layers=2),
+        vision_cfg=CLIPVisionCfg(layers=2, width=width, head_width=head_width, patch_size=8, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=width, heads=2, layers=2),
         quick_gelu=quick_gelu,
     ).eval()
 
 
+def open_clip_tiny(quick_gelu: bool = True) -> open_clip.CLIP:
+    """A tiny open_clip ViT with OpenAI's 64-wide heads, so every format can infer its architecture."""
+    return _tiny_vit(128, 64, quick_gelu)
+
+
 def open_clip_odd_heads() -> open_clip.CLIP:
     """A tiny open_clip ViT with 32-wide heads: shapes cannot reveal its head counts, only its config can."""
-    return open_clip.CLIP(
-        embed_dim=48,
-        vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=32, patch_size=8, image_size=32),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=2, layers=2),
-        quick_gelu=False,
-    ).eval()
+    return _tiny_vit(64, 32, quick_gelu=False)
 
 
 def open_clip_model(name: str, quick_gelu: bool = True, seed: int = 0) -> open_clip.CLIP:

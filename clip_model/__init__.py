@@ -19,7 +19,7 @@ from .transform import ClipTransform
 
 __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
-    "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
+    "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
     "save_checkpoint", "tokenize",
 ]

@@ -1,10 +1,13 @@
-"""Zero-shot classification: scaled cosine similarity against class embeddings, softmax, top-k."""
+"""Zero-shot classification: scaled cosine similarity against class embeddings, softmax, views averaged, top-k."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+
+from .pool import POOLINGS, Pooling, max_pool, mean_pool
 
 
 @dataclass(frozen=True)
@@ -14,8 +17,24 @@ class Prediction:
 
 
 def zero_shot_probs(video_features: torch.Tensor, class_features: torch.Tensor, logit_scale: float) -> torch.Tensor:
-    """(N, E) and (C, E) unit vectors -> (N, C) probabilities of softmax(logit_scale · cos)."""
+    """(..., E) and (C, E) unit vectors -> (..., C) probabilities of softmax(logit_scale · cos)."""
     return (logit_scale * video_features @ class_features.t()).softmax(dim=-1)
+
+
+def video_probs(frame_features: torch.Tensor, class_features: torch.Tensor, logit_scale: float,
+                pooling: Pooling = "mean") -> torch.Tensor:
+    """(V, T, E) raw frame embeddings of V views -> (C,) probabilities, averaged over the views.
+
+    ``mean``/``max`` pool each view's embeddings over time, then score; ``frame_scores`` scores every frame and
+    averages the probabilities.
+    """
+    if pooling == "frame_scores":
+        probs = zero_shot_probs(F.normalize(frame_features, dim=-1), class_features, logit_scale)  # (V, T, C)
+        return probs.mean(dim=(0, 1))
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
+    pooled = mean_pool(frame_features) if pooling == "mean" else max_pool(frame_features)  # (V, E)
+    return zero_shot_probs(pooled, class_features, logit_scale).mean(dim=0)
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int) -> list[Prediction]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from clip_model import CheckpointError
+from clip_model import CheckpointError, cache_dir
 from datasets.labels import load_labels
 
 from .classify import Prediction
@@ -19,6 +19,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="ViT-B/32",
                    help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="model weights; bf16 keeps features within cosine 0.999 of fp32 and is ~3x faster on CPU")
     p.add_argument("--batch-size", type=int, default=32, help="frames per image-encoder batch")
     p.add_argument("--backend", choices=("auto", "pyav", "decord"), default="auto",
                    help="video decoder: auto uses decord where it agrees with PyAV's frame index, else PyAV")
@@ -29,8 +31,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def cmd_classify(args: argparse.Namespace) -> int:
     settings = ClassifySettings(
         model=args.model, classnames=tuple(load_labels(args.labels)), templates=args.templates,
-        num_frames=args.num_frames, topk=args.topk, device=args.device, batch_size=args.batch_size,
+        num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
+        unknown_below=args.unknown_below, device=args.device, precision=args.precision, batch_size=args.batch_size,
         backend=args.backend, decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout,
+        cache_dir=None if args.no_cache else cache_dir() / "features",
     )
     if args.format == "csv":
         print("path,rank,label,score")
@@ -63,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", help="video files")
     p.add_argument("--labels", required=True, help="file with one label per line, or ucf101|hmdb51|kinetics400|...")
     p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE (one template per line)")
-    p.add_argument("--num-frames", type=int, default=8, help="frames sampled, one from the middle of each segment")
+    p.add_argument("--num-frames", type=int, default=8,
+                   help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips)")
+    p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
+    p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
+    p.add_argument("--pooling", choices=("mean", "max", "frame_scores"), default="mean",
+                   help="mean/max of frame embeddings, or the mean of per-frame probabilities")
+    p.add_argument("--unknown-below", type=float, default=None, metavar="P",
+                   help="open set: answer 'unknown' when the top probability is below P")
+    p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_model_args(p)

@@ -20,12 +20,15 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def load_model(spec: str, device: torch.device) -> tuple[clip_model.CLIP, clip_model.ClipTransform]:
+def load_model(spec: str, device: torch.device, precision: str = "fp32",
+               ) -> tuple[clip_model.CLIP, clip_model.ClipTransform]:
     """``random:tiny-vit`` builds an untrained model (seed 0) for smoke tests; anything else goes to clip_model.load."""
     if spec.startswith(RANDOM_PREFIX):
-        model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device)
-        return model, clip_model.ClipTransform(model.preprocess_config)
-    return clip_model.load(spec, device=device)
+        if precision not in clip_model.PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
+        model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0)
+        return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config)
+    return clip_model.load(spec, device=device, precision=precision)
 
 
 def model_key(spec: str, precision: str = "fp32") -> str:

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import torch
 
-from .classify import Prediction, top_k, zero_shot_probs
+from .classify import Prediction, top_k, video_probs
 from .decode import Backend, DecodeRequest
-from .encode import encode_frames
-from .models import load_model, resolve_device
-from .pool import mean_pool
-from .prompts import class_embeddings, load_templates
+from .features import extract_features
+from .models import load_model, model_key, resolve_device
+from .pool import POOLINGS, Pooling
+from .prompts import cached_class_embeddings, load_templates
 from .sample import Sampling
-from .workers import decode_in_workers
 
 
 @dataclass(frozen=True)
@@ -22,20 +21,40 @@ class ClassifySettings:
     model: str
     classnames: tuple[str, ...]
     templates: str = "video"
-    num_frames: int = 8
+    num_frames: int = 8  # frames per clip
+    clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
+    crops: int = 1  # spatial views: 1 (centre) or 3
+    pooling: Pooling = "mean"
     topk: int = 5
+    unknown_below: float | None = None  # open set: answer "unknown" when the top probability is below this
     device: str = "auto"
+    precision: str = "fp32"
     batch_size: int = 32
     backend: Backend = "auto"
     decode_workers: int = 2
     decode_timeout_s: float = 120.0
+    cache_dir: Path | None = None  # text-feature cache; None disables it
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "topk", "batch_size", "decode_workers", "decode_timeout_s"):
+        for name in ("num_frames", "clips", "topk", "batch_size", "decode_workers", "decode_timeout_s"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
+        if self.crops not in (1, 3):
+            raise ValueError(f"crops ({self.crops}) must be 1 or 3")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+        if self.unknown_below is not None and not 0 < self.unknown_below < 1:
+            raise ValueError(f"unknown_below ({self.unknown_below}) must lie in (0, 1)")
         if not self.classnames:
             raise ValueError("classnames must not be empty")
+
+    def sampling(self) -> Sampling:
+        if self.clips == 1:
+            return Sampling("segments", num_frames=self.num_frames)
+        return Sampling("dense", clip_len=self.num_frames, num_clips=self.clips)
+
+
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -43,29 +62,32 @@ class VideoResult:
     path: Path
     prediction: Prediction | None
     error: str | None = None
+    probs: torch.Tensor | None = None  # (C,) averaged over views
+    warnings: tuple[str, ...] = ()
 
 
 def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> list[VideoResult]:
-    """Zero-shot classify each video: N segment-middle frames, mean-pooled, against prompt-ensembled labels."""
+    """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
+    prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     device = resolve_device(settings.device)
-    model, transform = load_model(settings.model, device)
+    model, transform = load_model(settings.model, device, settings.precision)
     classnames = list(settings.classnames)
-    text = class_embeddings(model, classnames, load_templates(settings.templates))  # (C, E)
-    scale = float(model.logit_scale.exp().clamp(max=100))
-    # frames larger than twice the model's input are scaled down in the decoder; the model's transform does the rest
-    cap = 2 * model.preprocess_config.image_size
-    requests = [DecodeRequest(str(p), Sampling("segments", num_frames=settings.num_frames), settings.backend, cap)
-                for p in paths]
+    text = cached_class_embeddings(model, model_key(settings.model, settings.precision), classnames,
+                                   load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
+    scale = float(model.logit_scale.detach().exp().clamp(max=100))
+    cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
+    requests = [DecodeRequest(str(p), settings.sampling(), settings.backend, cap) for p in paths]
     results: dict[str, VideoResult] = {}
-    for request, outcome in decode_in_workers(requests, num_workers=min(settings.decode_workers, len(requests)),
-                                              timeout_s=settings.decode_timeout_s):
-        if outcome.status != "ok":
-            results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {outcome.status}: "
-                                                                          f"{outcome.error}")
+    for request, feats, error in extract_features(model, transform, requests, crops=settings.crops,
+                                                  batch_size=settings.batch_size,
+                                                  decode_workers=settings.decode_workers,
+                                                  timeout_s=settings.decode_timeout_s):
+        if error is not None:
+            results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {error}")
             continue
-        with torch.no_grad():
-            frame_features = encode_frames(model, transform, outcome.result.frames, settings.batch_size)  # (T, E)
-            video = mean_pool(frame_features).to(text.device)  # (E,)
-        (pred,) = top_k(zero_shot_probs(video[None], text, scale), classnames, settings.topk)
-        results[request.path] = VideoResult(Path(request.path), pred)
+        probs = video_probs(feats.frame_features, text, scale, settings.pooling)  # (C,)
+        (pred,) = top_k(probs[None], classnames, settings.topk)
+        if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
+            pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))
+        results[request.path] = VideoResult(Path(request.path), pred, probs=probs, warnings=feats.warnings)
     return [results[str(p)] for p in paths]

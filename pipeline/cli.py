@@ -48,6 +48,22 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from configs.schema import load_config
+
+    from .benchmark import run_benchmark
+
+    cfg = load_config(args.config, args.set)
+    results = run_benchmark(cfg)
+    h = results["headline"]
+    for split in results["splits"]:
+        m = split["metrics"]
+        print(f"{split['name']}: top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mean class {m['mean_class_accuracy']:.4f}"
+              f"  ({split['videos']} videos, {split['skipped_missing']} missing skipped, {split['failed']} failed)")
+    print(f"{cfg.name}: {h['metric']} {h['mean']:.4f} ± {h['std']:.4f} over {h['n']} split(s); report in {cfg.out}")
+    return 0
+
+
 def _print_prediction(path: Path, pred: Prediction, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores)}))
@@ -80,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _add_model_args(p)
     p.set_defaults(func=cmd_classify)
+    p = sub.add_parser("benchmark", help="run a benchmark protocol from a YAML config and write a report")
+    p.add_argument("--config", required=True, help="a YAML file under configs/")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model=ViT-B/16 --set dataset.splits=[1]")
+    p.set_defaults(func=cmd_benchmark)
     from .demo import add_demo_parser  # the demo is a job built on the stages above
 
     add_demo_parser(sub)

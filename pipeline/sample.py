@@ -144,7 +144,7 @@ def multi_view_indices(num_frames: int, *, num_clips: int, clip_len: int, frame_
                          mode="test", short=short)
 
 
-SAMPLING_KINDS = ("segments", "uniform_time", "dense", "fps")
+SAMPLING_KINDS = ("segments", "uniform_time", "dense", "fps", "all")
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,8 @@ class Sampling:
     """A picklable choice of sampler and its settings, applied once a video's length is known.
 
     ``segments``: TSN test mode, ``num_frames`` frames; ``uniform_time``: ``num_frames`` frames uniform in time (VFR
-    safe); ``dense``: ``num_clips`` × ``clip_len`` frames ``frame_interval`` apart; ``fps``: ``fps`` frames a second.
+    safe); ``dense``: ``num_clips`` × ``clip_len`` frames ``frame_interval`` apart; ``fps``: ``fps`` frames a second;
+    ``all``: every frame (the CLIP paper's all-frames protocol).
     """
 
     kind: str = "segments"
@@ -178,5 +179,7 @@ class Sampling:
             return uniform_time_indices(timestamps, self.num_frames, duration=duration)
         if self.kind == "fps":
             return fps_indices(timestamps, self.fps, duration=duration)
+        if self.kind == "all":
+            return np.arange(num_frames, dtype=np.int64)
         return dense_indices(num_frames, clip_len=self.clip_len, frame_interval=self.frame_interval,
                              num_clips=self.num_clips, short=self.short)

@@ -1,0 +1,166 @@
+"""Benchmark configs: YAML validated into frozen dataclasses at load, with one-line errors naming the key.
+
+    cfg = load_config("configs/ucf101_zero_shot.yaml", overrides=["model=ViT-B/16", "dataset.splits=[1]"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
+PROTOCOLS = ("zero_shot", "linear_probe")
+FRAME_PROTOCOLS = ("segments", "centre", "all")
+HEADLINES = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message is one line naming the file, the key and the rule."""
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    format: str
+    root: str
+    annotations: str | None = None  # ucf101/hmdb51: split folder; kinetics/csv/list: file; ssv2: annotation JSON
+    train_annotations: str | None = None  # kinetics/ssv2/csv/list: the training file; folders: the training root
+    labels_json: str | None = None  # ssv2 labels.json
+    classes: str | None = None  # list: a labels file or shipped list; kinetics: auto|kinetics400|600|700
+    splits: tuple[int, ...] = (1,)  # ucf101/hmdb51 official splits
+    subset: str | None = None  # kinetics: the CSV's split value to keep (e.g. validate)
+    class_subsets: tuple[str, ...] = ()  # CSV/TXT files of class names: evaluate each subset (K600 zero-shot)
+    skip_missing: bool = False  # skip annotated files that do not exist (counted in the report) instead of failing
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    name: str
+    dataset: DatasetConfig
+    protocol: Literal["zero_shot", "linear_probe"] = "zero_shot"
+    model: str = "ViT-B/32"
+    templates: str = "video"
+    frames: Literal["segments", "centre", "all"] = "segments"
+    num_frames: int = 8
+    clips: int = 1
+    crops: int = 1
+    pooling: Literal["mean", "max", "frame_scores"] = "mean"
+    headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    batch_size: int = 32
+    backend: Literal["auto", "pyav", "decord"] = "auto"
+    decode_workers: int = 2
+    decode_timeout_s: float = 120.0
+    probe_c_grid: tuple[float, ...] = ()  # empty: the default grid
+    probe_val_fraction: float = 0.2
+    output_dir: str = "runs/{name}"
+    cache_dir: str | None = None  # default: $CLIP_VIDEO_CACHE/features
+
+    def __post_init__(self) -> None:
+        _check_choice("protocol", self.protocol, PROTOCOLS)
+        _check_choice("frames", self.frames, FRAME_PROTOCOLS)
+        _check_choice("headline", self.headline, HEADLINES)
+        _check_choice("dataset.format", self.dataset.format, FORMATS)
+        for key in ("num_frames", "clips", "batch_size", "decode_workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
+        if self.crops not in (1, 3):
+            raise ConfigError(f"crops ({self.crops}) must be 1 or 3")
+        if self.protocol == "linear_probe" and self.dataset.format in ("kinetics", "ssv2", "csv", "list", "folders") \
+                and not self.dataset.train_annotations:
+            raise ConfigError(f"dataset.train_annotations is required for a linear probe on {self.dataset.format}")
+        bad = [s for s in self.dataset.splits if s not in (1, 2, 3)]
+        if bad:
+            raise ConfigError(f"dataset.splits {list(self.dataset.splits)}: each must be 1, 2 or 3")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+def _check_choice(key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} {value!r} is not valid; choose one of {', '.join(map(str, choices))}")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a field's type hint; tuples accept lists, floats accept ints."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return _coerce(key, value, next(a for a in args if a is not type(None)))
+    if origin is Literal:
+        _check_choice(key, value, args)
+        return value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {'an integer' if hint is int else 'a string'}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
+    values = {}
+    for name, value in data.items():
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], value, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(prefix + name, value, hints[name])
+    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"missing required key {prefix}{missing[0]!r}")
+    return cls(**values)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """``key.sub=value`` with a YAML value (``dataset.splits=[1,2]``, ``precision=bf16``)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected key=value")
+    key, raw = override.split("=", 1)
+    target = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        target = target.setdefault(part, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"--set {override!r}: {part!r} is not a section")
+    target[parts[-1]] = yaml.safe_load(raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BenchmarkConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(e).split())}") from None
+    try:
+        for override in overrides:
+            apply_override(data, override)
+        return _build(BenchmarkConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{path}: {' '.join(str(e).split())}") from None

@@ -1,0 +1,244 @@
+"""The benchmark job: a validated config in, per-split metrics, mean ± std, predictions and an HTML report out.
+
+Zero-shot scores each test video against prompt-ensembled class names; the linear probe fits on the training
+split's pooled features and scores the test split. Frame embeddings are cached on disk per video (keyed by model,
+sampling and the file's size and mtime), so a second protocol or split over the same videos decodes nothing.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from clip_model import cache_dir as default_cache_dir
+from configs.schema import BenchmarkConfig
+from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
+from datasets.labels import clean_name, load_labels
+from datasets.records import VideoDataset, VideoRecord
+
+from .classify import video_probs
+from .decode import DecodeRequest
+from .features import extract_features
+from .metrics import compute_metrics, mean_std
+from .models import load_model, model_key, resolve_device
+from .pool import mean_pool
+from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
+from .prompts import cached_class_embeddings, load_templates
+from .report import confusion_png, per_class_png, write_reports
+from .sample import Sampling
+
+
+@dataclass(frozen=True)
+class SplitData:
+    name: str
+    test: VideoDataset
+    train: VideoDataset | None = None
+
+
+def sampling_for(cfg: BenchmarkConfig) -> Sampling:
+    if cfg.frames == "centre":
+        return Sampling("segments", num_frames=1)
+    if cfg.frames == "all":
+        return Sampling("all")
+    if cfg.clips > 1:
+        return Sampling("dense", clip_len=cfg.num_frames, num_clips=cfg.clips)
+    return Sampling("segments", num_frames=cfg.num_frames)
+
+
+def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None) -> VideoDataset:
+    d = cfg.dataset
+    if d.format == "ucf101":
+        return read_ucf101(d.root, d.annotations, split, subset)
+    if d.format == "hmdb51":
+        return read_hmdb51(d.root, d.annotations, split, subset)
+    if d.format == "folders":
+        return read_folders(annotations if subset == "train" and annotations else d.root)
+    if annotations is None:
+        raise ValueError(f"dataset.annotations is required for format {d.format}")
+    if d.format == "kinetics":
+        return read_kinetics(d.root, annotations, classes=d.classes or "auto", subset=d.subset)
+    if d.format == "ssv2":
+        if not d.labels_json:
+            raise ValueError("dataset.labels_json is required for format ssv2")
+        return read_ssv2(d.root, d.labels_json, annotations)
+    if d.format == "list":
+        if not d.classes:
+            raise ValueError("dataset.classes (a labels file or shipped list) is required for format list")
+        return read_list(d.root, annotations, load_labels(d.classes))
+    if d.format == "csv":
+        return read_csv(d.root, annotations, load_labels(d.classes) if d.classes else None)
+    raise AssertionError(d.format)  # the schema admits only the formats above
+
+
+def load_splits(cfg: BenchmarkConfig) -> list[SplitData]:
+    d = cfg.dataset
+    probe = cfg.protocol == "linear_probe"
+    if d.format in ("ucf101", "hmdb51"):
+        splits = [SplitData(f"split{s}", _read(cfg, s, "test", None), _read(cfg, s, "train", None) if probe else None)
+                  for s in d.splits]
+    else:
+        test = _read(cfg, 1, "test", d.annotations)
+        train = _read(cfg, 1, "train", d.train_annotations) if probe else None
+        splits = [SplitData(test.name, test, train)]
+    if d.class_subsets:
+        splits = [SplitData(Path(f).stem, restrict(s.test, _subset_names(f)), s.train)
+                  for s in splits for f in d.class_subsets]
+    for s in splits:
+        for ds in (s.test, s.train):
+            if ds is not None and ds.missing and not d.skip_missing:
+                raise ValueError(f"{ds.name}: {len(ds.missing)} annotated videos are missing, e.g. {ds.missing[0]}; "
+                                 "fix dataset.root or set dataset.skip_missing=true to skip them")
+            if ds is not None and not ds.records:
+                raise ValueError(f"{ds.name}: no videos found under {d.root}")
+    return splits
+
+
+def _subset_names(path: str) -> list[str]:
+    """Class names of a subset file: a CSV with a ``name`` column (ViFi-CLIP's K600 splits) or one per line."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: class subset file not found")
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            return [row["name"] for row in csv.DictReader(f)]
+    return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def restrict(ds: VideoDataset, names: list[str]) -> VideoDataset:
+    """Keep the records of ``names`` only, relabelled 0..len(names)-1 (zero-shot on a class subset)."""
+    position = {clean_name(n): i for i, n in enumerate(names)}
+    remap = {i: position[clean_name(c)] for i, c in enumerate(ds.classnames) if clean_name(c) in position}
+    unknown = sorted(set(map(clean_name, names)) - {clean_name(c) for c in ds.classnames})
+    if unknown:
+        raise ValueError(f"{ds.name}: subset classes {unknown[:3]} are not in the dataset ({len(unknown)} in all)")
+    records = tuple(dataclasses.replace(r, label=remap[r.label]) for r in ds.records if r.label in remap)
+    return VideoDataset(ds.name, tuple(names), records, ds.missing)
+
+
+class FeatureCache:
+    """Frame embeddings (V, T, E) per video on disk, keyed by model, sampling, crops and the file's size/mtime."""
+
+    def __init__(self, root: Path | None, key: str):
+        self.root, self.key = root, key
+
+    def _path(self, video: Path) -> Path | None:
+        if self.root is None:
+            return None
+        st = video.stat()
+        digest = hashlib.sha256(f"{self.key}|{video.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+        return self.root / digest[:2] / f"{digest[:32]}.pt"
+
+    def get(self, video: Path) -> torch.Tensor | None:
+        path = self._path(video)
+        if path is None or not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except (RuntimeError, OSError, EOFError):
+            return None  # a damaged entry is recomputed
+
+    def put(self, video: Path, features: torch.Tensor) -> None:
+        path = self._path(video)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(features, tmp)
+        tmp.replace(path)
+
+
+def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: BenchmarkConfig, cache: FeatureCache,
+                   desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+    """(V, T, E) frame embeddings for each record's video, from the cache or decoded now; failures by path."""
+    feats: dict[Path, torch.Tensor] = {}
+    todo = []
+    for r in records:
+        hit = cache.get(r.path)
+        if hit is not None:
+            feats[r.path] = hit
+        else:
+            todo.append(r)
+    cap = 2 * model.preprocess_config.image_size
+    requests = [DecodeRequest(str(r.path), sampling_for(cfg), cfg.backend, cap) for r in todo]
+    errors: dict[Path, str] = {}
+    with tqdm(total=len(records), initial=len(feats), desc=desc, unit="video", leave=False) as bar:
+        for request, result, error in extract_features(model, transform, requests, crops=cfg.crops,
+                                                       batch_size=cfg.batch_size, decode_workers=cfg.decode_workers,
+                                                       timeout_s=cfg.decode_timeout_s):
+            path = Path(request.path)
+            if error is not None:
+                errors[path] = error
+            else:
+                feats[path] = result.frame_features
+                cache.put(path, result.frame_features)
+            bar.update()
+    return feats, errors
+
+
+def pooled(features: torch.Tensor) -> np.ndarray:
+    """(V, T, E) -> (E,) unit vector: mean-pool each view over time, average the views, renormalise."""
+    return torch.nn.functional.normalize(mean_pool(features).mean(dim=0), dim=-1).numpy()
+
+
+def run_benchmark(cfg: BenchmarkConfig) -> dict:
+    """Run every split of the config and write the reports to ``cfg.out``; returns the results dict."""
+    splits = load_splits(cfg)
+    device = resolve_device(cfg.device)
+    model, transform = load_model(cfg.model, device, cfg.precision)
+    mkey = model_key(cfg.model, cfg.precision)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
+    sampling = sampling_for(cfg)
+    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
+    scale = float(model.logit_scale.detach().exp().clamp(max=100))
+    split_results, rows, error_rows, plots = [], [], [], []
+    for split in splits:
+        test_feats, test_errors = video_features(split.test.records, model, transform, cfg, cache, f"{split.name} test")
+        records = [r for r in split.test.records if r.path in test_feats]
+        classnames = list(split.test.classnames)
+        if cfg.protocol == "zero_shot":
+            text = cached_class_embeddings(model, mkey, classnames, load_templates(cfg.templates),
+                                           cache_root).float().cpu()
+            probs = np.stack([video_probs(test_feats[r.path], text, scale, cfg.pooling).numpy() for r in records])
+            probe_info = {}
+        else:
+            train_feats, train_errors = video_features(split.train.records, model, transform, cfg, cache,
+                                                       f"{split.name} train")
+            test_errors |= {p: f"(train) {e}" for p, e in train_errors.items()}
+            train = [r for r in split.train.records if r.path in train_feats]
+            settings = ProbeSettings(c_grid=cfg.probe_c_grid or DEFAULT_C_GRID, val_fraction=cfg.probe_val_fraction)
+            probe = fit_probe(np.stack([pooled(train_feats[r.path]) for r in train]),
+                              np.array([r.label for r in train]), tuple(classnames), settings)
+            probe.save(cfg.out / f"probe_{split.name}.npz")
+            probs = probe.predict_proba(np.stack([pooled(test_feats[r.path]) for r in records]))
+            probe_info = {"C": probe.C, "train_videos": len(train), "val_accuracy": probe.val_accuracy}
+        labels = np.array([r.label for r in records])
+        metrics = compute_metrics(probs, labels, len(classnames))
+        summary = metrics.summary() | {"mean_top1_top5": (metrics.top1 + metrics.top5) / 2}
+        split_results.append({"name": split.name, "metrics": summary, "videos": len(records),
+                              "skipped_missing": len(split.test.missing), "failed": len(test_errors), **probe_info})
+        top5 = np.argsort(-probs, axis=1)[:, :5]
+        rows += [{"split": split.name, "path": str(r.path), "label": classnames[r.label],
+                  "prediction": classnames[int(t[0])], "correct": int(t[0]) == r.label,
+                  "top5": "|".join(classnames[int(i)] for i in t), "probability": float(probs[k, t[0]])}
+                 for k, (r, t) in enumerate(zip(records, top5))]
+        error_rows += [{"split": split.name, "path": str(p), "stage": "decode", "reason": e}
+                       for p, e in test_errors.items()]
+        error_rows += [{"split": split.name, "path": str(p), "stage": "missing", "reason": "file not found"}
+                       for p in split.test.missing]
+        plots += [(f"{split.name}: confusion matrix (row-normalised)", confusion_png(metrics, classnames, split.name)),
+                  (f"{split.name}: per-class accuracy", per_class_png(metrics, classnames, split.name))]
+    keys = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
+    summary = {k: mean_std([s["metrics"][k] for s in split_results]) for k in keys}
+    results = {"name": cfg.name, "config": dataclasses.asdict(cfg), "splits": split_results, "summary": summary,
+               "headline": {"metric": cfg.headline, **summary[cfg.headline]}}
+    write_reports(cfg.out, results, pd.DataFrame(rows, columns=["split", "path", "label", "prediction", "correct",
+                                                                 "top5", "probability"]),
+                  pd.DataFrame(error_rows, columns=["split", "path", "stage", "reason"]), plots)
+    return results

@@ -54,7 +54,7 @@ def _layout_ucf101(tmp_path, clips):
         train = [f"{n}/v_{n}_g0{3 - split}_c01.avi {i + 1}" for i, n in enumerate(names)]
         (ann / f"testlist0{split}.txt").write_text("\n".join(test) + "\n")
         (ann / f"trainlist0{split}.txt").write_text("\n".join(train) + "\n")
-    for i, (a, n) in enumerate(zip(ACTIONS, names)):
+    for a, n in zip(ACTIONS, names):
         for k in range(2):
             _link(clips[(a, k)], root / n / f"v_{n}_g0{k + 1}_c01.avi")
     return {"format": "ucf101", "root": str(root), "annotations": str(ann), "splits": [1, 2]}

@@ -28,7 +28,7 @@ from .decode import DecodeRequest
 from .features import extract_features
 from .metrics import compute_metrics, mean_std
 from .models import load_model, model_key, resolve_device
-from .pool import mean_pool
+from .pool import video_embedding
 from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from .prompts import cached_class_embeddings, load_templates
 from .report import confusion_png, per_class_png, write_reports
@@ -183,8 +183,7 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
 
 
 def pooled(features: torch.Tensor) -> np.ndarray:
-    """(V, T, E) -> (E,) unit vector: mean-pool each view over time, average the views, renormalise."""
-    return torch.nn.functional.normalize(mean_pool(features).mean(dim=0), dim=-1).numpy()
+    return video_embedding(features).numpy()
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:

@@ -29,8 +29,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    if not args.labels and not args.probe:
+        raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
     settings = ClassifySettings(
-        model=args.model, classnames=tuple(load_labels(args.labels)), templates=args.templates,
+        model=args.model, classnames=tuple(load_labels(args.labels)) if args.labels else (), templates=args.templates,
+        probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
         unknown_below=args.unknown_below, device=args.device, precision=args.precision, batch_size=args.batch_size,
         backend=args.backend, decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout,
@@ -81,7 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classify", help="zero-shot classify videos with your own labels")
     p.add_argument("videos", nargs="+", help="video files")
-    p.add_argument("--labels", required=True, help="file with one label per line, or ucf101|hmdb51|kinetics400|...")
+    p.add_argument("--labels", help="file with one label per line, or ucf101|hmdb51|kinetics400|kinetics600|"
+                                    "kinetics700|ssv2 (zero-shot)")
+    p.add_argument("--probe", help="a linear probe saved by `benchmark` (probe_*.npz): classify with it instead")
     p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE (one template per line)")
     p.add_argument("--num-frames", type=int, default=8,
                    help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips)")

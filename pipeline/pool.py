@@ -19,3 +19,9 @@ def mean_pool(frame_features: torch.Tensor) -> torch.Tensor:
 def max_pool(frame_features: torch.Tensor) -> torch.Tensor:
     """(..., T, E) raw frame embeddings -> (..., E) unit vectors: element-wise max over time, then L2-normalise."""
     return F.normalize(frame_features.max(dim=-2).values, dim=-1)
+
+
+def video_embedding(frame_features: torch.Tensor) -> torch.Tensor:
+    """(V, T, E) views -> (E,) unit vector: mean-pool each view over time, average the views, renormalise.
+    The feature a linear probe is trained and applied on."""
+    return F.normalize(mean_pool(frame_features).mean(dim=0), dim=-1)

@@ -11,7 +11,8 @@ from .classify import Prediction, top_k, video_probs
 from .decode import Backend, DecodeRequest
 from .features import extract_features
 from .models import load_model, model_key, resolve_device
-from .pool import POOLINGS, Pooling
+from .pool import POOLINGS, Pooling, video_embedding
+from .probe import LinearProbe
 from .prompts import cached_class_embeddings, load_templates
 from .sample import Sampling
 
@@ -34,6 +35,7 @@ class ClassifySettings:
     decode_workers: int = 2
     decode_timeout_s: float = 120.0
     cache_dir: Path | None = None  # text-feature cache; None disables it
+    probe: Path | None = None  # a saved linear probe: classify with it instead of zero-shot (its classes win)
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "clips", "topk", "batch_size", "decode_workers", "decode_timeout_s"):
@@ -45,7 +47,7 @@ class ClassifySettings:
             raise ValueError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
             raise ValueError(f"unknown_below ({self.unknown_below}) must lie in (0, 1)")
-        if not self.classnames:
+        if not self.classnames and self.probe is None:
             raise ValueError("classnames must not be empty")
 
     def sampling(self) -> Sampling:
@@ -71,9 +73,11 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     device = resolve_device(settings.device)
     model, transform = load_model(settings.model, device, settings.precision)
-    classnames = list(settings.classnames)
-    text = cached_class_embeddings(model, model_key(settings.model, settings.precision), classnames,
-                                   load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
+    probe = LinearProbe.load(settings.probe) if settings.probe else None
+    classnames = list(probe.classnames) if probe else list(settings.classnames)
+    if probe is None:
+        text = cached_class_embeddings(model, model_key(settings.model, settings.precision), classnames,
+                                       load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
     scale = float(model.logit_scale.detach().exp().clamp(max=100))
     cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
     requests = [DecodeRequest(str(p), settings.sampling(), settings.backend, cap) for p in paths]
@@ -85,7 +89,10 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         if error is not None:
             results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {error}")
             continue
-        probs = video_probs(feats.frame_features, text, scale, settings.pooling)  # (C,)
+        if probe is not None:
+            probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features).numpy()[None])[0])
+        else:
+            probs = video_probs(feats.frame_features, text, scale, settings.pooling)  # (C,)
         (pred,) = top_k(probs[None], classnames, settings.topk)
         if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
             pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))

@@ -161,6 +161,16 @@ def test_linear_probe_and_feature_cache(tmp_path, clips):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "t: top1" in out.stdout and "over 1 split(s)" in out.stdout
+    # the saved probe classifies through the normal classify path, with the probe's own classes
+    video = next(iter(clips.values()))
+    out = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "classify", str(video), "--model",
+                          "random:tiny-vit", "--probe", str(tmp_path / "out" / "probe_split1.npz"), "--format", "json",
+                          "--num-frames", "4", "--device", "cpu", "--topk", "3"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert sorted(row["labels"]) == ["moving left", "moving right", "moving up"]
+    assert abs(sum(row["scores"]) - 1) < 1e-5
 
 
 def test_missing_videos_fail_or_are_skipped_and_counted(tmp_path, clips):

@@ -220,6 +220,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         labels = np.array([r.label for r in records])
         metrics = compute_metrics(probs, labels, len(classnames))
         summary = metrics.summary() | {"mean_top1_top5": (metrics.top1 + metrics.top5) / 2}
+        correct_conf = probs.max(axis=1)[probs.argmax(axis=1) == labels]
+        # open set: the top probability above which 95 % of this split's correct answers lie (--unknown-below)
+        summary["unknown_below_keeping_95pct_correct"] = float(np.quantile(correct_conf, 0.05)) \
+            if len(correct_conf) else float("nan")
         split_results.append({"name": split.name, "metrics": summary, "videos": len(records),
                               "skipped_missing": len(split.test.missing), "failed": len(test_errors), **probe_info})
         top5 = np.argsort(-probs, axis=1)[:, :5]

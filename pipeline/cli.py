@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_grad_enabled(False)
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # every core this process is given
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileNotFoundError) as e:

@@ -30,11 +30,18 @@ def encode_clip(model: clip_model.CLIP, transform: clip_model.ClipTransform, cli
     clips = clip.indices.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.indices.reshape(1, 1)
     n_clips, t = clips.shape
     device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    # on a GPU: pinned host memory for asynchronous copies, and fp16 autocast for fp32 weights (mixed precision)
+    amp = torch.autocast("cuda", dtype=torch.float16, enabled=cuda and model.dtype == torch.float32)
     out = []
     for start in range(0, clip.frames.shape[0], batch_size):
         frames = clip.frames[start : start + batch_size]  # (b, H, W, 3) uint8
         x = transform.video_three_crop(frames) if crops == 3 else transform.video(frames)[None]  # (crops, b, 3, S, S)
-        feats = model.encode_image(x.flatten(0, 1).to(device, non_blocking=True)).float().cpu()  # (crops·b, E)
+        x = x.flatten(0, 1)
+        if cuda:
+            x = x.pin_memory()
+        with amp:
+            feats = model.encode_image(x.to(device, non_blocking=True)).float().cpu()  # (crops·b, E)
         out.append(feats.view(crops, frames.shape[0], -1))
     feats = torch.cat(out, dim=1)  # (crops, clips·T, E)
     return feats.view(crops, n_clips, t, -1).transpose(0, 1).reshape(n_clips * crops, t, -1)  # (V, T, E)

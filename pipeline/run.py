@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from .classify import Prediction, top_k, video_probs
 from .decode import Backend, DecodeRequest
@@ -82,10 +83,10 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
     requests = [DecodeRequest(str(p), settings.sampling(), settings.backend, cap) for p in paths]
     results: dict[str, VideoResult] = {}
-    for request, feats, error in extract_features(model, transform, requests, crops=settings.crops,
-                                                  batch_size=settings.batch_size,
-                                                  decode_workers=settings.decode_workers,
-                                                  timeout_s=settings.decode_timeout_s):
+    stream = extract_features(model, transform, requests, crops=settings.crops, batch_size=settings.batch_size,
+                              decode_workers=settings.decode_workers, timeout_s=settings.decode_timeout_s)
+    for request, feats, error in tqdm(stream, total=len(requests), desc="classify", unit="video", disable=None,
+                                      leave=False):
         if error is not None:
             results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {error}")
             continue

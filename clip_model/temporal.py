@@ -1,0 +1,55 @@
+"""Learned temporal pooling over frame embeddings: ActionCLIP's "Transf" head.
+
+Frame embeddings get learned positional embeddings, pass through a small transformer, are added back to the input
+(residual), and are averaged over time. Unlike mean pooling it sees the order of frames, so it can tell an action
+from its time reversal (moving left vs moving right).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model import Transformer
+
+
+@dataclass(frozen=True)
+class TemporalConfig:
+    width: int  # the CLIP embedding size it pools
+    num_frames: int = 8  # positional embeddings; longer clips are refused
+    layers: int = 2
+    heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"temporal heads ({self.heads}) must divide width ({self.width})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class TemporalTransformer(nn.Module):
+    def __init__(self, cfg: TemporalConfig):
+        super().__init__()
+        self.config = cfg
+        self.positional_embedding = nn.Parameter(torch.zeros(cfg.num_frames, cfg.width))
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, quick_gelu=False)
+        nn.init.normal_(self.positional_embedding, std=0.02)
+        for block in self.transformer.resblocks:  # start as the identity: residual branches begin at zero
+            nn.init.zeros_(block.attn.out_proj.weight)
+            nn.init.zeros_(block.attn.out_proj.bias)
+            nn.init.zeros_(block.mlp.c_proj.weight)
+            nn.init.zeros_(block.mlp.c_proj.bias)
+            nn.init.normal_(block.attn.in_proj_weight, std=cfg.width**-0.5)
+
+    def forward(self, frame_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, E) frame embeddings -> (B, E) video embeddings (not normalised)."""
+        B, T, E = frame_features.shape
+        if T > self.config.num_frames:
+            raise ValueError(f"clip has {T} frames; this temporal pooler was built for at most "
+                             f"{self.config.num_frames}")
+        x = frame_features + self.positional_embedding[:T].to(frame_features.dtype)  # (B, T, E)
+        x = frame_features + self.transformer(x)  # residual around the whole stack, as ActionCLIP
+        return x.mean(dim=1)  # (B, E)

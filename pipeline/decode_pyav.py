@@ -103,11 +103,12 @@ class PyAVReader(VideoReader):
             self._init_indexed(pts, keys, durations)
         else:
             self._init_sequential()
+        stream = self._stream  # a sequential pass reopened the container: the old stream object is gone
         header = stream.frames
         if header and header != len(self.timestamps):
             self.warnings.append(f"header says {header} frames but {len(self.timestamps)} are present")
         self.num_frames, self.duration = len(self.timestamps), float(self._duration)
-        self._coded_size, self._codec, self._format = (h, w), cc.name, fmt
+        self._coded_size, self._codec, self._format = (h, w), stream.codec_context.name, fmt
         self._info: VideoInfo | None = None
 
     @property
@@ -334,6 +335,11 @@ class PyAVReader(VideoReader):
     def close(self) -> None:
         container = getattr(self, "_container", None)
         if container is not None:
+            if getattr(self, "_info", 0) is None:  # settle info while the file is open (it may need a decode)
+                try:
+                    _ = self.info
+                except (VideoDecodeError, self.av.FFmpegError):
+                    pass
             container.close()
             self._container = None
 

@@ -209,3 +209,13 @@ with ThreadPoolExecutor(4) as ex:
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert out.returncode == 0 and out.stdout.strip() == str(list(range(8))), out.stderr[-500:]
+
+
+def test_info_is_available_after_close(made):
+    path = made["h264_bframes.mp4"]
+    with open_video(path, "pyav") as reader:  # never read: the rotation is settled on close
+        pass
+    assert (reader.info.height, reader.info.width, reader.info.num_frames) == (96, 128, 60)
+    with open_video(made["mpeg4_bframes.avi"], "pyav") as reader:  # the sequential path reopens the container
+        pass
+    assert reader.info.codec == "mpeg4" and reader.info.num_frames == 60

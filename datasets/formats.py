@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -192,8 +192,3 @@ def read_folders(root: str | Path) -> VideoDataset:
              for p in sorted((root / cls).rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES]
     return _dataset(f"folders/{root.name}", [clean_name(c) for c in classes], items)
 
-
-READERS: dict[str, Callable[..., VideoDataset]] = {
-    "ucf101": read_ucf101, "hmdb51": read_hmdb51, "kinetics": read_kinetics, "ssv2": read_ssv2,
-    "list": read_list, "csv": read_csv, "folders": read_folders,
-}

@@ -33,6 +33,7 @@ from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from .prompts import cached_class_embeddings, load_templates
 from .report import confusion_png, per_class_png, write_reports
 from .sample import Sampling
+from .tensor_cache import load_tensor, save_tensor
 
 
 @dataclass(frozen=True)
@@ -137,21 +138,12 @@ class FeatureCache:
 
     def get(self, video: Path) -> torch.Tensor | None:
         path = self._path(video)
-        if path is None or not path.is_file():
-            return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError):
-            return None  # a damaged entry is recomputed
+        return None if path is None else load_tensor(path)
 
     def put(self, video: Path, features: torch.Tensor) -> None:
         path = self._path(video)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(features, tmp)
-        tmp.replace(path)
+        if path is not None:
+            save_tensor(path, features)
 
 
 def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: BenchmarkConfig, cache: FeatureCache,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import torch.nn.functional as F
 
 import clip_model
 from datasets import DATA_DIR
+
+from .tensor_cache import load_tensor, save_tensor
 
 VIDEO_TEMPLATES = (
     "a video of a person {}.",
@@ -72,16 +73,9 @@ def cached_class_embeddings(model: clip_model.CLIP, model_key: str, classnames: 
     if cache_dir is None:
         return class_embeddings(model, classnames, templates, batch_size)
     path = cache_dir / f"text_{text_cache_key(model_key, classnames, templates)}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, map_location="cpu", weights_only=True)
-            if cached.shape[0] == len(classnames):
-                return cached.to(next(model.parameters()).device)
-        except (RuntimeError, OSError, EOFError):
-            pass  # a damaged cache entry is recomputed and rewritten
+    cached = load_tensor(path)
+    if cached is not None and cached.shape[0] == len(classnames):
+        return cached.to(next(model.parameters()).device)
     features = class_embeddings(model, classnames, templates, batch_size)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save(features.cpu(), tmp)
-    tmp.replace(path)
+    save_tensor(path, features)
     return features

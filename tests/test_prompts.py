@@ -48,3 +48,12 @@ def test_cache_hits_and_keys(model, tmp_path, monkeypatch):
         cached_class_embeddings(model, "m2", names, templates, tmp_path)
     with pytest.raises(AssertionError, match="recomputed"):
         cached_class_embeddings(model, "m1", ["a", "c"], templates, tmp_path)
+
+
+def test_damaged_cache_entry_is_recomputed_and_rewritten(model, tmp_path):
+    first = cached_class_embeddings(model, "m1", ["a", "b"], ["{}"], tmp_path)
+    (entry,) = tmp_path.glob("text_*.pt")
+    entry.write_bytes(b"truncated")
+    assert torch.allclose(cached_class_embeddings(model, "m1", ["a", "b"], ["{}"], tmp_path), first)
+    assert torch.equal(torch.load(entry, weights_only=True), first)
+    assert not list(tmp_path.glob("*.tmp"))

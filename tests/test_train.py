@@ -39,3 +39,15 @@ def test_rendered_world_serves_fresh_seen_pairs_only():
     assert not torch.equal(a, b)  # new clips every batch
     model, history = train(source, TrainSettings(steps=20, batch_size=12, warmup_steps=2, lr=3e-3))
     assert np.mean([h["loss"] for h in history[-5:]]) < np.mean([h["loss"] for h in history[:5]])
+
+
+def test_clip_pool_from_written_world_files(tmp_path):
+    from datasets.world import write_world
+
+    files = write_world(tmp_path, CFG)
+    pool = ClipPool.from_csv(tmp_path, files["train_captions"])
+    train_clips = [c for c in plan_world(CFG) if c.split == "train"]
+    assert pool.frames.shape == (len(train_clips), CFG.num_frames, CFG.size, CFG.size, 3)
+    assert sorted(pool.captions) == sorted(c.caption for c in train_clips)
+    frames, captions = pool.batch(np.random.default_rng(0), 100)
+    assert len(set(captions)) == len(captions) == len(pool.by_caption)  # distinct captions, capped at what exists

@@ -14,6 +14,7 @@ from .download import cache_dir, model_path, published_models
 from .errors import CheckpointError
 from .loss import ClipLoss
 from .model import CLIP, build_model
+from .temporal import TemporalConfig, TemporalTransformer
 from .tokenizer import tokenize
 from .transform import ClipTransform
 
@@ -21,7 +22,7 @@ __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "save_checkpoint", "tokenize",
+    "load_temporal", "save_checkpoint", "tokenize",
 ]
 
 
@@ -74,3 +75,18 @@ def load(
             )
     model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu), source=str(path))
     return model.to(device=device, dtype=PRECISIONS[precision]), ClipTransform(model.preprocess_config)
+
+
+def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> TemporalTransformer:
+    """The trained temporal pooler stored in a clip_video checkpoint (see ``save_checkpoint(..., temporal=)``)."""
+    path = Path(path).expanduser()
+    ckpt = read_checkpoint(path)
+    if ckpt.temporal is None:
+        raise CheckpointError(f"{path}: this checkpoint has no trained temporal pooler; pool with mean instead, or "
+                              "train one with pooling: temporal")
+    try:
+        head = TemporalTransformer(TemporalConfig(**ckpt.temporal["config"]))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt temporal pooler config: {e}") from None
+    load_state_dict_strict(head, ckpt.temporal["state_dict"], source=f"{path} (temporal pooler)")
+    return head.eval().to(device)

@@ -44,6 +44,7 @@ class Checkpoint:
     config: CLIPConfig
     preprocess: PreprocessConfig
     format: str
+    temporal: dict | None = None  # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -304,7 +305,10 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Che
             preprocess = PreprocessConfig(**obj["preprocess"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt clip_video checkpoint config: {e}") from None
-        return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video")
+        temporal = obj.get("temporal")
+        if temporal is not None and not (isinstance(temporal, Mapping) and {"config", "state_dict"} <= set(temporal)):
+            raise CheckpointError(f"{path}: corrupt clip_video checkpoint: 'temporal' needs a config and a state_dict")
+        return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video", temporal)
     sd = unwrap_state_dict(obj, path)
     if any(k.startswith("text_model.") for k in sd):
         raise CheckpointError(
@@ -351,8 +355,12 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], sou
     model.load_state_dict(dict(sd), strict=True)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
-    """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True."""
+def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None, *,
+                    temporal: nn.Module | None = None) -> Path:
+    """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True.
+
+    ``temporal``: a trained ``TemporalTransformer`` stored beside the CLIP weights (``load_temporal`` reads it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {
@@ -363,6 +371,9 @@ def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any]
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
+    if temporal is not None:
+        obj["temporal"] = {"config": temporal.config.to_dict(),
+                           "state_dict": {k: v.detach().cpu() for k, v in temporal.state_dict().items()}}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)

@@ -3,6 +3,12 @@
 Frame embeddings get learned positional embeddings, pass through a small transformer, are added back to the input
 (residual), and are averaged over time. Unlike mean pooling it sees the order of frames, so it can tell an action
 from its time reversal (moving left vs moving right).
+
+One deliberate change from ActionCLIP: the positional embeddings start at the scale of the frame embeddings (std 1.0,
+``position_init_std``), not at std 0.02. Attention cannot see order except through them, and at 0.02 they are ~50x
+smaller than a tiny CLIP's frame embeddings (rms 0.9 per dimension): trained from scratch on the action world for 800
+steps, the head stayed blind to order (every time-reversal pair at chance, 35 % held-out top-1); at 1.0 it reached
+81 %. Fine-tuning a pretrained CLIP for many epochs, as ActionCLIP does, gives 0.02 time to grow.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ class TemporalConfig:
     num_frames: int = 8  # positional embeddings; longer clips are refused
     layers: int = 2
     heads: int = 4
+    position_init_std: float = 1.0  # see the module docstring
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -36,7 +43,7 @@ class TemporalTransformer(nn.Module):
         self.config = cfg
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.num_frames, cfg.width))
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, quick_gelu=False)
-        nn.init.normal_(self.positional_embedding, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=cfg.position_init_std)
         for block in self.transformer.resblocks:  # start as the identity: residual branches begin at zero
             nn.init.zeros_(block.attn.out_proj.weight)
             nn.init.zeros_(block.attn.out_proj.bias)

@@ -27,7 +27,7 @@ from .classify import video_probs
 from .decode import DecodeRequest
 from .features import extract_features
 from .metrics import compute_metrics, mean_std
-from .models import load_model, model_key, resolve_device
+from .models import load_model, load_pooler, model_key, resolve_device
 from .pool import video_embedding
 from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from .prompts import cached_class_embeddings, load_templates
@@ -174,8 +174,8 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
     return feats, errors
 
 
-def pooled(features: torch.Tensor) -> np.ndarray:
-    return video_embedding(features).numpy()
+def pooled(features: torch.Tensor, head: torch.nn.Module | None = None) -> np.ndarray:
+    return video_embedding(features, head).numpy()
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
@@ -183,6 +183,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     splits = load_splits(cfg)
     device = resolve_device(cfg.device)
     model, transform = load_model(cfg.model, device, cfg.precision)
+    head = load_pooler(cfg.model, cfg.pooling, device)  # None unless pooling is temporal
     mkey = model_key(cfg.model, cfg.precision)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     sampling = sampling_for(cfg)
@@ -196,7 +197,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         if cfg.protocol == "zero_shot":
             text = cached_class_embeddings(model, mkey, classnames, load_templates(cfg.templates),
                                            cache_root).float().cpu()
-            probs = np.stack([video_probs(test_feats[r.path], text, scale, cfg.pooling).numpy() for r in records])
+            probs = np.stack([video_probs(test_feats[r.path], text, scale, cfg.pooling, head).numpy()
+                              for r in records])
             probe_info = {}
         else:
             train_feats, train_errors = video_features(split.train.records, model, transform, cfg, cache,
@@ -204,10 +206,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             test_errors |= {p: f"(train) {e}" for p, e in train_errors.items()}
             train = [r for r in split.train.records if r.path in train_feats]
             settings = ProbeSettings(c_grid=cfg.probe_c_grid or DEFAULT_C_GRID, val_fraction=cfg.probe_val_fraction)
-            probe = fit_probe(np.stack([pooled(train_feats[r.path]) for r in train]),
+            probe = fit_probe(np.stack([pooled(train_feats[r.path], head) for r in train]),
                               np.array([r.label for r in train]), tuple(classnames), settings)
             probe.save(cfg.out / f"probe_{split.name}.npz")
-            probs = probe.predict_proba(np.stack([pooled(test_feats[r.path]) for r in records]))
+            probs = probe.predict_proba(np.stack([pooled(test_feats[r.path], head) for r in records]))
             probe_info = {"C": probe.C, "train_videos": len(train), "val_accuracy": probe.val_accuracy}
         labels = np.array([r.label for r in records])
         metrics = compute_metrics(probs, labels, len(classnames))

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .pool import POOLINGS, Pooling, max_pool, mean_pool
+from .pool import Pooling, pool_views
 
 
 @dataclass(frozen=True)
@@ -22,18 +23,16 @@ def zero_shot_probs(video_features: torch.Tensor, class_features: torch.Tensor, 
 
 
 def video_probs(frame_features: torch.Tensor, class_features: torch.Tensor, logit_scale: float,
-                pooling: Pooling = "mean") -> torch.Tensor:
+                pooling: Pooling = "mean", head: nn.Module | None = None) -> torch.Tensor:
     """(V, T, E) raw frame embeddings of V views -> (C,) probabilities, averaged over the views.
 
-    ``mean``/``max`` pool each view's embeddings over time, then score; ``frame_scores`` scores every frame and
-    averages the probabilities.
+    ``mean``/``max``/``temporal`` (with the trained ``head``) pool each view's embeddings over time, then score;
+    ``frame_scores`` scores every frame and averages the probabilities.
     """
     if pooling == "frame_scores":
         probs = zero_shot_probs(F.normalize(frame_features, dim=-1), class_features, logit_scale)  # (V, T, C)
         return probs.mean(dim=(0, 1))
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
-    pooled = mean_pool(frame_features) if pooling == "mean" else max_pool(frame_features)  # (V, E)
+    pooled = pool_views(frame_features, pooling, head)  # (V, E)
     return zero_shot_probs(pooled, class_features, logit_scale).mean(dim=0)
 
 

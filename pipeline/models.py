@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from torch import nn
 
 import clip_model
 
@@ -29,6 +30,16 @@ def load_model(spec: str, device: torch.device, precision: str = "fp32",
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0)
         return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config)
     return clip_model.load(spec, device=device, precision=precision)
+
+
+def load_pooler(spec: str, pooling: str, device: torch.device) -> nn.Module | None:
+    """The trained temporal pooler of checkpoint ``spec`` when ``pooling`` is ``temporal``; None otherwise."""
+    if pooling != "temporal":
+        return None
+    if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
+        raise ValueError(f"pooling temporal needs a checkpoint with a trained temporal pooler (written by train); "
+                         f"{spec} has none: use pooling mean")
+    return clip_model.load_temporal(spec, device)
 
 
 def model_key(spec: str, precision: str = "fp32") -> str:

@@ -1,14 +1,20 @@
-"""Temporal pooling of frame embeddings into one video embedding."""
+"""Temporal pooling of frame embeddings into one video embedding.
+
+``mean`` and ``max`` ignore frame order, so an action and its time reversal (moving left / moving right) pool to the
+same vector; ``temporal`` runs a trained ``TemporalTransformer`` (stored in checkpoints written by ``train``) that
+sees the order.
+"""
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-# mean/max pool embeddings; frame_scores averages per-frame probabilities instead (see classify.video_probs)
-Pooling = Literal["mean", "max", "frame_scores"]
-POOLINGS = ("mean", "max", "frame_scores")
+# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (classify.video_probs)
+Pooling = Literal["mean", "max", "temporal", "frame_scores"]
+POOLINGS = ("mean", "max", "temporal", "frame_scores")
 
 
 def mean_pool(frame_features: torch.Tensor) -> torch.Tensor:
@@ -21,7 +27,27 @@ def max_pool(frame_features: torch.Tensor) -> torch.Tensor:
     return F.normalize(frame_features.max(dim=-2).values, dim=-1)
 
 
-def video_embedding(frame_features: torch.Tensor) -> torch.Tensor:
-    """(V, T, E) views -> (E,) unit vector: mean-pool each view over time, average the views, renormalise.
-    The feature a linear probe is trained and applied on."""
-    return F.normalize(mean_pool(frame_features).mean(dim=0), dim=-1)
+@torch.no_grad()
+def temporal_pool(frame_features: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """(V, T, E) raw frame embeddings -> (V, E) unit vectors through a trained temporal pooler."""
+    p = next(head.parameters())
+    return F.normalize(head(frame_features.to(p.device, p.dtype)).float().cpu(), dim=-1)
+
+
+def pool_views(frame_features: torch.Tensor, pooling: str, head: nn.Module | None = None) -> torch.Tensor:
+    """(V, T, E) raw frame embeddings -> (V, E) unit vectors by ``mean``, ``max`` or ``temporal`` (needs ``head``)."""
+    if pooling == "temporal":
+        if head is None:
+            raise ValueError("temporal pooling needs a trained temporal pooler (a checkpoint written by train)")
+        return temporal_pool(frame_features, head)
+    if pooling == "mean":
+        return mean_pool(frame_features)
+    if pooling == "max":
+        return max_pool(frame_features)
+    raise ValueError(f"pooling {pooling!r}: choose mean, max or temporal")
+
+
+def video_embedding(frame_features: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
+    """(V, T, E) views -> (E,) unit vector: pool each view over time (mean, or ``head`` when given), average the
+    views, renormalise. The feature a linear probe is trained and applied on."""
+    return F.normalize(pool_views(frame_features, "mean" if head is None else "temporal", head).mean(dim=0), dim=-1)

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .classify import Prediction, top_k, video_probs
 from .decode import Backend, DecodeRequest
 from .features import extract_features
-from .models import load_model, model_key, resolve_device
+from .models import load_model, load_pooler, model_key, resolve_device
 from .pool import POOLINGS, Pooling, video_embedding
 from .probe import LinearProbe
 from .prompts import cached_class_embeddings, load_templates
@@ -74,6 +74,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     device = resolve_device(settings.device)
     model, transform = load_model(settings.model, device, settings.precision)
+    head = load_pooler(settings.model, settings.pooling, device)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:
@@ -91,9 +92,9 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
             results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {error}")
             continue
         if probe is not None:
-            probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features).numpy()[None])[0])
+            probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features, head).numpy()[None])[0])
         else:
-            probs = video_probs(feats.frame_features, text, scale, settings.pooling)  # (C,)
+            probs = video_probs(feats.frame_features, text, scale, settings.pooling, head)  # (C,)
         (pred,) = top_k(probs[None], classnames, settings.topk)
         if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
             pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))

@@ -1,6 +1,7 @@
-"""Benchmark configs: YAML validated into frozen dataclasses at load, with one-line errors naming the key.
+"""Benchmark and training configs: YAML validated into frozen dataclasses at load, with one-line errors naming the key.
 
     cfg = load_config("configs/ucf101_zero_shot.yaml", overrides=["model=ViT-B/16", "dataset.splits=[1]"])
+    cfg = load_config("configs/train_world.yaml", cls=TrainConfig)
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+
+from datasets.world import WorldConfig
 
 FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
 PROTOCOLS = ("zero_shot", "linear_probe")
@@ -48,7 +51,7 @@ class BenchmarkConfig:
     num_frames: int = 8
     clips: int = 1
     crops: int = 1
-    pooling: Literal["mean", "max", "frame_scores"] = "mean"
+    pooling: Literal["mean", "max", "temporal", "frame_scores"] = "mean"  # temporal: trained checkpoints
     headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
     device: str = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -77,6 +80,55 @@ class BenchmarkConfig:
         bad = [s for s in self.dataset.splits if s not in (1, 2, 3)]
         if bad:
             raise ConfigError(f"dataset.splits {list(self.dataset.splits)}: each must be 1, 2 or 3")
+
+    @property
+    def out(self) -> Path:
+        return Path(self.output_dir.format(name=self.name))
+
+
+FREEZE = ("none", "image", "text", "both")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Contrastive training (``run_pipeline.py train``). Batches are global: split over ranks, then over
+    accumulation steps, so a run's result does not depend on how many processes ran it."""
+
+    name: str
+    data: str = "world"  # world (fresh renders of the synthetic world) or a captions CSV (path,caption)
+    world: WorldConfig = WorldConfig()
+    caption_dropout: float = 0.75  # world: chance a caption leaves out the colour, the shape or both
+    num_frames: int = 8  # captions CSV: frames per clip, one from the middle of each segment (world: world.num_frames)
+    init: str = "random:tiny-vit"  # random:<arch>, a published name or any checkpoint clip_model loads
+    pooling: Literal["mean", "temporal"] = "temporal"
+    temporal_layers: int = 2
+    freeze: Literal["none", "image", "text", "both"] = "none"
+    steps: int = 800
+    batch_size: int = 60
+    grad_accum: int = 1
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 40
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16 (or fp16) on CUDA, off on CPU
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 100
+    metrics: Literal["csv", "jsonl"] = "csv"
+    output_dir: str = "runs/{name}"
+
+    def __post_init__(self) -> None:
+        for key in ("steps", "batch_size", "grad_accum", "checkpoint_every", "temporal_layers", "num_frames"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"batch_size ({self.batch_size}) must be a multiple of grad_accum ({self.grad_accum})")
+        if not 0 <= self.caption_dropout <= 1:
+            raise ConfigError(f"caption_dropout ({self.caption_dropout}) must lie in [0, 1]")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError("lr must be > 0, weight_decay and warmup_steps >= 0")
+        if self.freeze == "both" and self.pooling == "mean":
+            raise ConfigError("freeze: both with pooling: mean leaves only the temperature to train; "
+                              "use pooling: temporal (train a pooler on frozen CLIP) or freeze less")
 
     @property
     def out(self) -> Path:
@@ -148,7 +200,7 @@ def apply_override(data: dict, override: str) -> None:
     target[parts[-1]] = yaml.safe_load(raw)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> BenchmarkConfig:
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = BenchmarkConfig) -> Any:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -159,7 +211,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         for override in overrides:
             apply_override(data, override)
-        return _build(BenchmarkConfig, data)
+        return _build(cls, data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     except (TypeError, ValueError) as e:

@@ -68,6 +68,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from configs.schema import TrainConfig, load_config
+
+    from .train import train
+
+    cfg = load_config(args.config, args.set, cls=TrainConfig)
+    with torch.enable_grad():
+        result = train(cfg, restart=args.restart)
+    if int(os.environ.get("RANK", "0")) == 0:
+        last = result.history[-1]
+        note = f" (resumed at step {result.resumed_from})" if result.resumed_from else ""
+        print(f"{cfg.name}: {last['step']} steps{note}, final loss {last['loss']:.4f}, "
+              f"{last['seconds']:.0f} s of training; model in {result.out / 'model.pt'}")
+    return 0
+
+
 def _print_prediction(path: Path, pred: Prediction, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores)}))
@@ -93,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips)")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
-    p.add_argument("--pooling", choices=("mean", "max", "frame_scores"), default="mean",
-                   help="mean/max of frame embeddings, or the mean of per-frame probabilities")
+    p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores"), default="mean",
+                   help="mean/max of frame embeddings, the trained temporal pooler of a checkpoint written by train, "
+                        "or the mean of per-frame probabilities")
     p.add_argument("--unknown-below", type=float, default=None, metavar="P",
                    help="open set: answer 'unknown' when the top probability is below P")
     p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
@@ -107,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model=ViT-B/16 --set dataset.splits=[1]")
     p.set_defaults(func=cmd_benchmark)
+    p = sub.add_parser("train", help="contrastive video-text training from a YAML config (resumes after a kill)")
+    p.add_argument("--config", required=True, help="a YAML file, e.g. configs/train_world.yaml")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set steps=200 --set freeze=image")
+    p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start over")
+    p.set_defaults(func=cmd_train)
     from .demo import add_demo_parser  # the demo is a job built on the stages above
 
     add_demo_parser(sub)
@@ -116,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_grad_enabled(False)
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))  # every core this process is given
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))  # every core this process is given
     try:
         return args.func(args)
     except (CheckpointError, ValueError, FileNotFoundError) as e:

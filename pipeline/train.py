@@ -1,97 +1,50 @@
-"""Contrastive video-text training (CLIP's symmetric InfoNCE with its learned temperature).
+"""Contrastive video-text training: CLIP's symmetric InfoNCE with its learned temperature, on pooled frame embeddings.
 
-Status: the core loop only (issue 5 is open: checkpoints, resume, DDP, freezing, accumulation and the CLI are next).
-Each step takes a batch of clips with distinct captions (a duplicate caption would be a false negative), embeds the
-frames, pools them over time (mean, or the learned temporal transformer), and matches them to caption embeddings.
+    source (train_data) -> frames (B, T, H, W, 3), captions -> VideoCLIP -> ClipLoss -> AdamW (warmup, cosine)
 
-Clips come from a source: ``ClipPool`` (clips decoded once from a captions CSV) or ``RenderedWorld`` (fresh clips of
-the synthetic world's seen pairs rendered every step). Measured here, fresh renders are what make held-out
-(object, action) pairs work: a fixed pool of 3,600 clips reached 40 % held-out top-1 after 1,200 steps, fresh renders
-58 % (chance 10 %), because a fixed pool is memorised clip by clip.
+One process or many (``torchrun``: gloo on CPU, NCCL on GPU): ``batch_size`` is the global batch, split over ranks and
+then over ``grad_accum`` micro-batches, and the data of every step is a pure function of (seed, step). Accumulation is
+exact, as in open_clip: every micro-batch's features are first computed without gradients, then each micro-batch is
+recomputed with gradients and the loss taken over the whole batch, so the negatives are the full batch's.
+
+The run directory holds ``checkpoint.pt`` (model, optimizer, step, history and config; written atomically every
+``checkpoint_every`` steps), ``metrics.csv`` or ``metrics.jsonl`` (one row per step), ``config.yaml`` and, at the end,
+``model.pt``: a clip_video checkpoint (with the temporal pooler) that classify, benchmark and tag load. Rerunning the
+same command after a kill resumes from the checkpoint and gives the losses of an uninterrupted run.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
 
 import clip_model
 from clip_model.temporal import TemporalConfig, TemporalTransformer
-from datasets.world import Clip, WorldConfig, is_held_out, render
+from configs.schema import ConfigError, TrainConfig
 
-from .decode import open_video
+from .models import RANDOM_PREFIX, resolve_device
+from .train_data import Batch, ClipPool, ClipSource, RenderedWorld
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    arch: str = "tiny-vit"
-    pooling: str = "temporal"  # mean | temporal
-    steps: int = 600
-    batch_size: int = 90
-    lr: float = 5e-3
-    weight_decay: float = 0.05
-    warmup_steps: int = 40
-    seed: int = 0
-    temporal_layers: int = 2
+TRAIN_STATE_TAG = "clip_video.train_state"
+# settings a resume may change: they do not alter what is computed
+RESUME_FREE = ("checkpoint_every", "device", "metrics", "name", "output_dir")
 
 
-class ClipSource(Protocol):
-    num_frames: int
-
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
-        """uint8 (B, T, H, W, 3) clips and their captions, all captions distinct."""
-
-
-class ClipPool:
-    """Clips held in memory (decoded once from a captions CSV), sampled with distinct captions."""
-
-    def __init__(self, frames: torch.Tensor, captions: list[str]):
-        self.frames, self.captions = frames, captions
-        self.num_frames = frames.shape[1]
-        self.by_caption: dict[str, list[int]] = {}
-        for i, c in enumerate(captions):
-            self.by_caption.setdefault(c, []).append(i)
-
-    @classmethod
-    def from_csv(cls, root: Path, captions_csv: Path) -> ClipPool:
-        with open(captions_csv, newline="") as f:
-            rows = list(csv.DictReader(f))
-        frames = []
-        for r in rows:
-            with open_video(root / r["path"], "pyav") as reader:
-                frames.append(reader.get_frames(np.arange(reader.num_frames)))
-        return cls(torch.stack(frames), [r["caption"] for r in rows])
-
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
-        unique = list(self.by_caption)
-        chosen = rng.choice(len(unique), size=min(size, len(unique)), replace=False)
-        idx = [int(rng.choice(self.by_caption[unique[c]])) for c in chosen]
-        return self.frames[idx], [self.captions[i] for i in idx]
-
-
-class RenderedWorld:
-    """Fresh clips of the world's seen (object, action) pairs, rendered for every batch; held-out pairs never."""
-
-    def __init__(self, cfg: WorldConfig):
-        self.cfg, self.num_frames = cfg, cfg.num_frames
-        self.pairs = [(c, s, a) for i, (c, s) in enumerate(cfg.objects) for k, a in enumerate(cfg.actions)
-                      if not is_held_out(cfg, i, k)]
-
-    def batch(self, rng: np.random.Generator, size: int) -> tuple[torch.Tensor, list[str]]:
-        chosen = rng.choice(len(self.pairs), size=min(size, len(self.pairs)), replace=False)
-        clips = [Clip(*self.pairs[int(p)], seed=int(rng.integers(2**31)), split="train") for p in chosen]
-        return torch.from_numpy(np.stack([render(c, self.cfg) for c in clips])), [c.caption for c in clips]
-
-
-class VideoCLIP(torch.nn.Module):
-    """A CLIP plus a temporal pooler: frames (B, T, 3, S, S) -> video embeddings (B, E)."""
+class VideoCLIP(nn.Module):
+    """A CLIP plus a temporal pooler: frames (B, T, 3, S, S) and tokens (B, L) -> video and text embeddings."""
 
     def __init__(self, clip: clip_model.CLIP, pooling: str, num_frames: int, temporal_layers: int = 2):
         super().__init__()
@@ -107,62 +60,312 @@ class VideoCLIP(torch.nn.Module):
         features = self.clip.encode_image(frames.flatten(0, 1)).view(B, T, -1)  # (B, T, E)
         return self.temporal(features) if self.temporal is not None else features.mean(dim=1)  # (B, E)
 
+    def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_video(frames), self.clip.encode_text(tokens)  # (B, E), (B, E)
 
-def _lr(step: int, s: TrainSettings) -> float:
+
+@dataclass
+class TrainResult:
+    model: VideoCLIP  # eval mode, on CPU
+    history: list[dict]  # one row per step: step, loss, lr, temperature, seconds
+    out: Path
+    resumed_from: int  # 0 for a fresh run
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to zero."""
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    progress = (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps)
-    return s.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _as_input(transform: clip_model.ClipTransform, clips: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, T, H, W, 3) -> normalised (B, T, 3, S, S)."""
-    B, T = clips.shape[:2]
-    x = transform.video(clips.flatten(0, 1))  # (B·T, 3, S, S)
+def make_source(cfg: TrainConfig) -> ClipSource:
+    if cfg.data == "world":
+        return RenderedWorld(cfg.world, cfg.caption_dropout, cfg.seed)
+    return ClipPool.from_csv(cfg.data, cfg.num_frames, cfg.seed)
+
+
+def build_model(cfg: TrainConfig, num_frames: int) -> VideoCLIP:
+    """The starting CLIP (random ``arch`` or a loaded checkpoint) plus a fresh pooler, seeded, with towers frozen."""
+    torch.manual_seed(cfg.seed)
+    if cfg.init.startswith(RANDOM_PREFIX):
+        clip = clip_model.create_model(cfg.init[len(RANDOM_PREFIX):], seed=cfg.seed)
+    else:
+        clip, _ = clip_model.load(cfg.init)
+    model = VideoCLIP(clip.float(), cfg.pooling, num_frames, cfg.temporal_layers)
+    for name, p in clip.named_parameters():
+        tower = "image" if name.startswith("visual.") else None if name == "logit_scale" else "text"
+        p.requires_grad_(tower is None or cfg.freeze not in (tower, "both"))
+    return model
+
+
+def _train_mode(model: VideoCLIP, cfg: TrainConfig) -> None:
+    """Frozen towers stay in eval mode (ModifiedResNet's batch-norm statistics must not move either)."""
+    model.train()
+    if cfg.freeze in ("image", "both"):
+        model.clip.visual.eval()
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on gains, biases, embeddings or the temperature (as CLIP)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embedding" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16" or (cfg.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _as_input(transform: clip_model.ClipTransform, frames: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 (B, T, H, W, 3) -> normalised (B, T, 3, S, S) on ``device``."""
+    B, T = frames.shape[:2]
+    x = transform.video(frames.flatten(0, 1).to(device))  # (B·T, 3, S, S)
     return x.view(B, T, *x.shape[1:])
 
 
-def train(source: ClipSource, s: TrainSettings) -> tuple[VideoCLIP, list[dict]]:
-    """Train a CLIP of ``s.arch`` from scratch on ``source``; returns the model (eval mode) and per-step history."""
-    torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
-    clip = clip_model.create_model(s.arch, seed=s.seed).train()
-    model = VideoCLIP(clip, s.pooling, source.num_frames, s.temporal_layers).train()
-    transform = clip_model.ClipTransform(clip.preprocess_config)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": s.weight_decay}, {"params": rest, "weight_decay": 0}],
-                            lr=s.lr, betas=(0.9, 0.98), eps=1e-6)
+# ---- distributed -----------------------------------------------------------------------------------------------
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; one process when it is absent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ---- checkpoints -------------------------------------------------------------------------------------------------
+
+
+def config_dict(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as YAML and JSON hold them
+
+
+def _changed_settings(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if not prefix and key in RESUME_FREE:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += _changed_settings(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return changed
+
+
+def _save_state(path: Path, model: VideoCLIP, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                cfg: TrainConfig, step: int, history: list[dict]) -> None:
+    state = {
+        "format": TRAIN_STATE_TAG, "version": 1, "step": step, "config": config_dict(cfg),
+        "clip_config": model.clip.config.to_dict(), "preprocess": dataclasses.asdict(model.clip.preprocess_config),
+        "temporal_config": model.temporal.config.to_dict() if model.temporal is not None else None,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+        "history": history,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill leaves the previous checkpoint or this one, never half of one
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"{path}: cannot read the training checkpoint ({type(e).__name__}: {e}); delete it or "
+                         "pass --restart to start over") from None
+    if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_TAG:
+        raise ValueError(f"{path}: not a training checkpoint of this project")
+    changed = _changed_settings(state["config"], config_dict(cfg))
+    if changed:
+        raise ValueError(f"{path}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
+                         "restore them, use another output_dir, or pass --restart")
+    return state
+
+
+def _metrics_writer(path: Path, fmt: str, history: list[dict]):
+    """Rewrite the log from the checkpoint's history (rows a kill left past it are dropped), then append."""
+    fields = ["step", "loss", "lr", "temperature", "seconds"]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        if fmt == "csv":
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(history)
+        else:
+            f.writelines(json.dumps(row) + "\n" for row in history)
+    tmp.replace(path)
+    f = open(path, "a", newline="")  # noqa: SIM115 - closed by the caller
+    writer = csv.DictWriter(f, fieldnames=fields) if fmt == "csv" else None
+
+    def write(row: dict) -> None:
+        if writer is not None:
+            writer.writerow(row)
+        else:
+            f.write(json.dumps(row) + "\n")
+        f.flush()
+
+    return write, f
+
+
+def export_model(model: VideoCLIP, path: Path, cfg: TrainConfig | None = None) -> Path:
+    """A clip_video checkpoint of the trained CLIP and its temporal pooler, for classify / benchmark / tag."""
+    extra = {"training": config_dict(cfg)} if cfg is not None else None
+    return clip_model.save_checkpoint(model.clip, path, extra, temporal=model.temporal)
+
+
+# ---- one step ------------------------------------------------------------------------------------------------------
+
+
+def _step(model: VideoCLIP, ddp: nn.Module, batch: Batch, transform: clip_model.ClipTransform, cfg: TrainConfig,
+          device: torch.device, amp: torch.dtype | None, scaler: torch.amp.GradScaler | None) -> float:
+    """Forward and backward over the rank's rows of one global batch; returns the loss (of the whole batch)."""
     loss_fn = clip_model.ClipLoss()
-    history, start = [], time.time()
-    for step in range(s.steps):
-        clips, captions = source.batch(rng, s.batch_size)
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, s)
-        loss = loss_fn(model.encode_video(_as_input(transform, clips)),
-                       clip.encode_text(clip_model.tokenize(captions)), clip.logit_scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        history.append({"step": step, "loss": float(loss.detach()), "lr": _lr(step, s),
-                        "seconds": time.time() - start})
-    return model.eval(), history
+    frames = _as_input(transform, batch.frames, device)  # (b, T, 3, S, S)
+    tokens = clip_model.tokenize(batch.captions).to(device)  # (b, L)
+    keys = batch.clip_keys.to(device), batch.caption_keys.to(device)
+    scale = model.clip.logit_scale
+    autocast = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+    def backward(loss: torch.Tensor) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    if cfg.grad_accum == 1:
+        with autocast:
+            video, text = ddp(frames, tokens)
+        loss = loss_fn(video.float(), text.float(), scale, *keys)
+        backward(loss)
+        return float(loss.detach())
+    chunks = [slice(i, i + len(frames) // cfg.grad_accum) for i in range(0, len(frames), len(frames) // cfg.grad_accum)]
+    with torch.no_grad(), autocast:
+        cached = [tuple(t.float() for t in model(frames[c], tokens[c])) for c in chunks]  # [(m, E), (m, E)]
+    for j, c in enumerate(chunks):
+        sync = j == len(chunks) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            with autocast:
+                video, text = ddp(frames[c], tokens[c])
+            videos = torch.cat([video.float() if i == j else v for i, (v, _) in enumerate(cached)])
+            texts = torch.cat([text.float() if i == j else t for i, (_, t) in enumerate(cached)])
+            # the whole-batch loss, live only through micro-batch j: summed over j, exactly the full gradient
+            # (the temperature is live once, in the synchronised pass, or it would be counted grad_accum times)
+            loss = loss_fn(videos, texts, scale if j == len(chunks) - 1 else scale.detach(), *keys)
+            backward(loss)
+    return float(loss.detach())
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train (or resume) the run of ``cfg`` in ``cfg.out``; under torchrun every rank calls this."""
+    rank, world, device = _init_distributed(resolve_device(cfg.device))
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of ranks x grad_accum "
+                          f"({world} x {cfg.grad_accum})")
+    out = cfg.out
+    ckpt_path = out / "checkpoint.pt"
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if restart:
+            ckpt_path.unlink(missing_ok=True)
+    _barrier(world)
+    source = source or make_source(cfg)
+    model = build_model(cfg, source.num_frames).to(device)
+    opt = _optimizer(model, cfg)
+    amp = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
+    history: list[dict] = []
+    start = 0
+    if ckpt_path.exists():
+        state = _load_state(ckpt_path, cfg)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        start, history = state["step"], list(state["history"])
+    ddp = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else model
+    transform = clip_model.ClipTransform(model.clip.preprocess_config)
+    if rank == 0:
+        (out / "config.yaml").write_text(yaml.safe_dump(config_dict(cfg), sort_keys=False))
+        log, log_file = _metrics_writer(out / f"metrics.{cfg.metrics}", cfg.metrics, history)
+    per_rank = cfg.batch_size // world
+    rows = slice(rank * per_rank, (rank + 1) * per_rank)
+    elapsed = history[-1]["seconds"] if history else 0.0
+    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True,
+               disable=True if not progress or rank else None)  # None: shown on a terminal only
+    try:
+        for step in range(start, cfg.steps):
+            t0 = time.perf_counter()
+            _train_mode(model, cfg)
+            lr = lr_at(step, cfg)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss = _step(model, ddp, source.batch(step, cfg.batch_size, rows), transform, cfg, device, amp, scaler)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if world > 1:  # the whole batch's loss is the mean of the ranks' losses
+                t = torch.tensor([loss], dtype=torch.float64)
+                dist.all_reduce(t)
+                loss = float(t) / world
+            elapsed += time.perf_counter() - t0
+            row = {"step": step + 1, "loss": loss, "lr": lr, "seconds": round(elapsed, 3),
+                   "temperature": float(model.clip.logit_scale.detach().exp().clamp(max=100))}
+            history.append(row)
+            if rank == 0:
+                log(row)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+                bar.update()
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+                    _save_state(ckpt_path, model, opt, scaler, cfg, step + 1, history)
+            _barrier(world)
+    finally:
+        bar.close()
+        if rank == 0:
+            log_file.close()
+    model = model.cpu().eval()
+    if rank == 0:
+        export_model(model, out / "model.pt", cfg)
+    _barrier(world)
+    return TrainResult(model, history, out, start)
 
 
 @torch.no_grad()
 def evaluate_actions(model: VideoCLIP, frames: torch.Tensor, actions: list[str], labels: list[int],
-                     objects: list[tuple[str, str]]) -> dict:
-    """Zero-shot action top-1: score every 'a {colour} {shape} {action}' caption, sum the probabilities over objects
-    (the clip's object is not given), take the best action. ``objects=[]`` scores bare action names instead."""
+                     templates: list[str]) -> dict:
+    """Zero-shot action top-1 on uint8 (N, T, H, W, 3) clips: each action's prompts (``templates``) ensembled as in
+    CLIP (normalised embeddings averaged), scaled cosine, argmax."""
     clip = model.clip
     transform = clip_model.ClipTransform(clip.preprocess_config)
-    prompts = [f"a {c} {s} {a}" for a in actions for c, s in objects] if objects else list(actions)  # action-major
-    text = F.normalize(clip.encode_text(clip_model.tokenize(prompts)), dim=-1)  # (A·O, E)
-    scale = clip.logit_scale.exp().clamp(max=100)
+    prompts = [t.format(a) for a in actions for t in templates]  # action-major
+    text = F.normalize(clip.encode_text(clip_model.tokenize(prompts)), dim=-1).view(len(actions), len(templates), -1)
+    text = F.normalize(text.mean(dim=1), dim=-1)  # (A, E)
     preds: list[int] = []
     for k in range(0, len(frames), 64):
-        video = F.normalize(model.encode_video(_as_input(transform, frames[k : k + 64])), dim=-1)  # (b, E)
-        probs = (scale * video @ text.t()).softmax(-1).view(len(video), len(actions), -1).sum(-1)  # (b, A)
-        preds += probs.argmax(-1).tolist()
-    return {"top1": float(np.mean([p == y for p, y in zip(preds, labels)])), "predictions": preds}
+        video = F.normalize(model.encode_video(_as_input(transform, frames[k : k + 64], torch.device("cpu"))), dim=-1)
+        preds += (video @ text.t()).argmax(-1).tolist()
+    return {"top1": sum(p == y for p, y in zip(preds, labels)) / len(labels), "predictions": preds}

@@ -1,7 +1,7 @@
 """Decoded clips -> frame embeddings, with temporal and spatial views, for every job that needs video features."""
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,7 +9,7 @@ import torch
 
 import clip_model
 
-from .decode import DecodedClip, DecodeRequest
+from .decode import DecodedClip, DecodeRequest, VideoInfo
 from .workers import decode_in_workers
 
 
@@ -19,6 +19,7 @@ class VideoFeatures:
     frame_features: torch.Tensor  # (V, T, E) raw embeddings; V = temporal clips × spatial crops
     timestamps: np.ndarray  # (clips, T) seconds of the sampled frames
     warnings: tuple[str, ...] = ()
+    info: VideoInfo | None = None
 
 
 @torch.no_grad()
@@ -49,15 +50,18 @@ def encode_clip(model: clip_model.CLIP, transform: clip_model.ClipTransform, cli
 
 def extract_features(model: clip_model.CLIP, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],
                      *, crops: int = 1, batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
+                     max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], DecodedClip] | None = None,
                      ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, str | None]]:
-    """Decode in supervised workers and encode in this process, yielding (request, features, error) per video as
-    each finishes; exactly one of features and error is set."""
+    """Decode in supervised workers (``fn``, default ``decode_request``) and encode in this process, yielding
+    (request, features, error) per video as each finishes; exactly one of features and error is set; an error reads
+    ``status: reason``."""
     workers = max(1, min(decode_workers, len(requests)))
-    for request, outcome in decode_in_workers(list(requests), num_workers=workers, timeout_s=timeout_s):
+    for request, outcome in decode_in_workers(list(requests), num_workers=workers, timeout_s=timeout_s,
+                                              max_rss_mb=max_rss_mb, fn=fn):
         if outcome.status != "ok":
             yield request, None, f"{outcome.status}: {outcome.error}"
             continue
         clip: DecodedClip = outcome.result
         feats = encode_clip(model, transform, clip, crops=crops, batch_size=batch_size)
         stamps = clip.timestamps.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.timestamps
-        yield request, VideoFeatures(request.path, feats, stamps, clip.warnings), None
+        yield request, VideoFeatures(request.path, feats, stamps, clip.warnings, clip.info), None

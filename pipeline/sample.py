@@ -122,19 +122,19 @@ def sliding_windows(timestamps: np.ndarray, *, window_s: float, stride_s: float,
     timestamps = np.asarray(timestamps, dtype=np.float64)
     if duration is None:
         duration = _duration(timestamps)
+    return [Window(s, e, uniform_time_indices(timestamps, frames_per_window, duration=e - s, start=s))
+            for s, e in window_bounds(duration, window_s, stride_s)]
+
+
+def window_bounds(duration: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
+    """(start_s, end_s) of ``sliding_windows``: every ``stride_s`` seconds, the last one ending at the video's end."""
     if duration <= window_s:
-        starts = [0.0]
-    else:
-        last = duration - window_s
-        starts = list(np.arange(0.0, last, stride_s))
-        if not starts or starts[-1] < last - 1e-9:
-            starts.append(last)
-    windows = []
-    for s in starts:
-        length = min(window_s, duration - s)
-        windows.append(Window(float(s), float(s + length),
-                              uniform_time_indices(timestamps, frames_per_window, duration=length, start=s)))
-    return windows
+        return [(0.0, float(duration))]
+    last = duration - window_s
+    starts = list(np.arange(0.0, last, stride_s))
+    if not starts or starts[-1] < last - 1e-9:
+        starts.append(last)
+    return [(float(s), float(s + window_s)) for s in starts]
 
 
 def multi_view_indices(num_frames: int, *, num_clips: int, clip_len: int, frame_interval: int = 1,
@@ -144,7 +144,7 @@ def multi_view_indices(num_frames: int, *, num_clips: int, clip_len: int, frame_
                          mode="test", short=short)
 
 
-SAMPLING_KINDS = ("segments", "uniform_time", "dense", "fps", "all")
+SAMPLING_KINDS = ("segments", "uniform_time", "dense", "fps", "all", "windows")
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,8 @@ class Sampling:
 
     ``segments``: TSN test mode, ``num_frames`` frames; ``uniform_time``: ``num_frames`` frames uniform in time (VFR
     safe); ``dense``: ``num_clips`` × ``clip_len`` frames ``frame_interval`` apart; ``fps``: ``fps`` frames a second;
-    ``all``: every frame (the CLIP paper's all-frames protocol).
+    ``all``: every frame (the CLIP paper's all-frames protocol); ``windows``: ``sliding_windows`` of ``window_s``
+    seconds every ``stride_s``, ``num_frames`` time-uniform frames each, as (windows, num_frames).
     """
 
     kind: str = "segments"
@@ -163,12 +164,14 @@ class Sampling:
     num_clips: int = 1
     fps: float = 1.0
     short: ShortPolicy = "loop"
+    window_s: float = 4.0
+    stride_s: float = 2.0
 
     def __post_init__(self) -> None:
         if self.kind not in SAMPLING_KINDS:
             raise ValueError(f"sampling kind {self.kind!r}: choose one of {', '.join(SAMPLING_KINDS)}")
         _check_positive(num_frames=self.num_frames, clip_len=self.clip_len, frame_interval=self.frame_interval,
-                        num_clips=self.num_clips, fps=self.fps)
+                        num_clips=self.num_clips, fps=self.fps, window_s=self.window_s, stride_s=self.stride_s)
         if self.short not in SHORT_POLICIES:
             raise ValueError(f"short {self.short!r}: choose one of {', '.join(SHORT_POLICIES)}")
 
@@ -181,5 +184,9 @@ class Sampling:
             return fps_indices(timestamps, self.fps, duration=duration)
         if self.kind == "all":
             return np.arange(num_frames, dtype=np.int64)
+        if self.kind == "windows":
+            windows = sliding_windows(timestamps, window_s=self.window_s, stride_s=self.stride_s,
+                                      frames_per_window=self.num_frames, duration=duration)
+            return np.stack([w.indices for w in windows])  # (W, num_frames)
         return dense_indices(num_frames, clip_len=self.clip_len, frame_interval=self.frame_interval,
                              num_clips=self.num_clips, short=self.short)

@@ -84,6 +84,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tag(args: argparse.Namespace) -> int:
+    from .tag import TagSettings, tag
+
+    if not args.labels:
+        raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
+    settings = TagSettings(
+        model=args.model, labels=tuple(load_labels(args.labels)), templates=args.templates, pooling=args.pooling,
+        num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk, device=args.device,
+        precision=args.precision, batch_size=args.batch_size, backend=args.backend,
+        decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout, commit_every=args.commit_every,
+    )
+    summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude)
+    print(summary.line())
+    return 0
+
+
+def cmd_retag(args: argparse.Namespace) -> int:
+    from .tag import retag
+
+    out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
+                device=args.device)
+    print(f"re-tagged {args.index} with {args.labels}: rows in {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .tag import search
+
+    for hit in search(args.index, args.query, args.topk, args.device):
+        where = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
+        print(f"{hit['score']:.4f}  {hit['path']}  ({where})")
+    return 0
+
+
 def _print_prediction(path: Path, pred: Prediction, fmt: str) -> None:
     if fmt == "json":
         print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores)}))
@@ -130,6 +164,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set steps=200 --set freeze=image")
     p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start over")
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("tag", help="tag a folder or manifest of videos, per video and per time window (resumable)")
+    p.add_argument("source", help="an archive folder (searched recursively) or a manifest file (one path per line)")
+    p.add_argument("--out", required=True, help="per-video rows: .parquet, .csv or .jsonl; segments and errors go to "
+                                                "OUT's .segments/.errors siblings, the index to OUT.index/")
+    p.add_argument("--labels", help="file with one label per line, or a shipped list (kinetics400, ucf101, ...)")
+    p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE")
+    p.add_argument("--pooling", choices=("mean", "max", "temporal"), default="mean")
+    p.add_argument("--num-frames", type=int, default=8, help="frames per window")
+    p.add_argument("--window", type=float, default=4.0, help="window length in seconds")
+    p.add_argument("--stride", type=float, default=2.0, help="seconds between window starts")
+    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only paths matching (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip paths matching (repeatable)")
+    p.add_argument("--commit-every", type=int, default=32, help="videos per committed part (resume granularity)")
+    _add_model_args(p)
+    p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")
+    p.add_argument("index", help="the OUT.index folder written by tag")
+    p.add_argument("--labels", required=True)
+    p.add_argument("--out", required=True, help="new per-video rows (.parquet, .csv or .jsonl) and siblings")
+    p.add_argument("--templates", default=None, help="default: the templates the index was tagged with")
+    p.add_argument("--topk", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_retag)
+    p = sub.add_parser("search", help="rank the videos and segments of a tag index by a text query")
+    p.add_argument("index", help="the OUT.index folder written by tag")
+    p.add_argument("query")
+    p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_search)
     from .demo import add_demo_parser  # the demo is a job built on the stages above
 
     add_demo_parser(sub)

@@ -1,0 +1,213 @@
+"""Batch tagging: bad files land in the errors file, kill -9 at random points still gives one row set per video,
+changed settings are refused, re-tagging equals tagging afresh, and search finds what an archive shows."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs.schema import TrainConfig
+from datasets.synthetic import write_video
+from datasets.world import Clip, WorldConfig, render, write_world
+from pipeline.tag import TagSettings, discover, retag, search, sibling, tag
+from pipeline.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = WorldConfig(seed=0, colours=("red", "blue"), shapes=("square", "circle"),
+                    actions=("moving left", "moving right", "growing", "blinking"), held_out_every=5,
+                    clips_per_pair=1, test_clips_per_pair=1)
+LABELS = ("moving left", "moving right", "growing", "blinking")
+
+
+def _archive(folder: Path, n: int | None = None) -> list[Path]:
+    files = write_world(folder / "world", WORLD)
+    videos = sorted((folder / "world" / "videos").glob("*.mp4"))[:n]
+    archive = folder / "archive"
+    for i, v in enumerate(videos):
+        target = archive / ("sub" if i % 3 == 0 else "") / v.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(v, target)
+    del files
+    return sorted(p.resolve() for p in archive.rglob("*.mp4"))
+
+
+def _settings(**kw) -> TagSettings:
+    base = dict(model="random:tiny-vit", labels=LABELS, templates="none", window_s=0.5, stride_s=0.25, topk=3,
+                device="cpu", decode_workers=1, commit_every=2)
+    return TagSettings(**(base | kw))
+
+
+def test_mixed_archive_lists_every_bad_file_and_tags_the_rest(tmp_path, monkeypatch):
+    good = _archive(tmp_path, 5)
+    archive = tmp_path / "archive"
+    (archive / "zero.mp4").write_bytes(b"")
+    (archive / "text.mp4").write_text("not a video\n")
+    (archive / "cut.mp4").write_bytes(good[0].read_bytes()[:300])  # truncated before its index
+    (archive / "notes.txt").write_text("ignored: not a video extension\n")
+    import av
+
+    with av.open(str(archive / "audio.mp4"), "w") as c:  # audio only
+        s = c.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 16000
+        for packet in s.encode(frame):
+            c.mux(packet)
+        for packet in s.encode(None):
+            c.mux(packet)
+    locked = archive / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root ignores permissions, so refuse this folder the way the kernel would
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "tags.csv"
+    summary = tag(_settings(), archive, out, progress=False)
+    videos, errors = pd.read_csv(out), pd.read_csv(sibling(out, "errors"))
+    assert sorted(videos["path"]) == [str(p) for p in good] and (videos["status"] == "ok").all()
+    by_name = {Path(p).name: (stage, reason) for p, stage, reason in zip(errors["path"], errors["stage"],
+                                                                         errors["reason"])}
+    assert set(by_name) == {"zero.mp4", "text.mp4", "cut.mp4", "audio.mp4", "locked"}, by_name
+    assert by_name["zero.mp4"][0] == "open" and "empty" in by_name["zero.mp4"][1]
+    assert by_name["text.mp4"][0] == "open" and by_name["audio.mp4"][0] == "open"
+    assert by_name["locked"] == ("open", "cannot list folder: Permission denied")
+    assert summary.ok == 5 and summary.failed == {"error": 4}
+    segments = pd.read_csv(sibling(out, "segments"))
+    windows = segments[segments["kind"] == "window"]
+    assert set(windows["path"]) == set(videos["path"])
+    expected_windows = videos.set_index("path")["windows"].sort_index()
+    assert (windows.groupby("path").size().sort_index() == expected_windows).all()
+    assert ((windows["end_s"] - windows["start_s"]).round(3) <= 0.5).all()
+    actions = segments[segments["kind"] == "action"]  # merged runs of one top label tile each video's windows
+    assert (actions.groupby("path")["windows"].sum().sort_index() == expected_windows).all()
+
+
+def test_missing_archive_and_unwritable_output_fail_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="no such archive folder or manifest file"):
+        tag(_settings(), tmp_path / "nope", tmp_path / "t.csv", progress=False)
+    with pytest.raises(ValueError, match="must end in .parquet, .csv, .jsonl"):
+        tag(_settings(), tmp_path, tmp_path / "t.txt", progress=False)
+    with pytest.raises(ValueError, match="does not exist"):
+        tag(_settings(), tmp_path, tmp_path / "no" / "t.csv", progress=False)
+
+
+def test_manifest_and_globs(tmp_path):
+    videos = _archive(tmp_path, 6)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("# two of them\n" + "\n".join(os.path.relpath(v, tmp_path) for v in videos[:2]) + "\n")
+    assert discover(manifest)[0] == videos[:2]
+    found, _ = discover(tmp_path / "archive", exclude=["sub/*"])
+    assert found == [v for v in videos if v.parent.name != "sub"]
+    assert discover(tmp_path / "archive", include=["sub/*.mp4"])[0] == [v for v in videos if v.parent.name == "sub"]
+
+
+def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
+    videos = _archive(tmp_path, 12)
+    out = tmp_path / "tags.parquet"
+    cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "tag", str(tmp_path / "archive"), "--out", str(out),
+           "--labels", ",".join(LABELS), "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu",
+           "--window", "0.5", "--stride", "0.25", "--decode-workers", "1", "--commit-every", "1"]
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(LABELS) + "\n")
+    cmd[cmd.index("--labels") + 1] = str(labels_file)
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(3.0, 6.0))  # start-up is ~3 s; each video a fraction of a second after
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr
+    rows = pd.read_parquet(out)
+    assert sorted(rows["path"]) == [str(v) for v in videos]  # every video exactly once
+    straight = tmp_path / "straight.parquet"
+    tag(_settings(labels=LABELS), tmp_path / "archive", straight, progress=False)
+    ref = pd.read_parquet(straight).set_index("path").sort_index()
+    got = rows.set_index("path").sort_index()
+    assert (got["label_1"] == ref["label_1"]).all()
+    np.testing.assert_allclose(got["score_1"], ref["score_1"], rtol=1e-4)
+    seg, seg_ref = pd.read_parquet(sibling(out, "segments")), pd.read_parquet(sibling(straight, "segments"))
+    assert len(seg) == len(seg_ref) and not seg.duplicated(["path", "kind", "window"]).any()
+
+
+def test_changed_settings_are_refused_and_changed_files_retagged(tmp_path):
+    videos = _archive(tmp_path, 4)
+    out = tmp_path / "tags.jsonl"
+    first = tag(_settings(), tmp_path / "archive", out, progress=False)
+    assert first.ok == 4
+    again = tag(_settings(), tmp_path / "archive", out, progress=False)
+    assert again.skipped == 4 and again.ok == 0
+    with pytest.raises(ValueError, match=r"settings changed.*labels"):
+        tag(_settings(labels=("a", "b")), tmp_path / "archive", out, progress=False)
+    with pytest.raises(ValueError, match=r"settings changed.*window_s \(0\.5 -> 1\.0\)"):
+        tag(_settings(window_s=1.0), tmp_path / "archive", out, progress=False)
+    os.utime(videos[1], ns=(time.time_ns(), time.time_ns()))  # touched: tagged again
+    third = tag(_settings(), tmp_path / "archive", out, progress=False)
+    assert third.ok == 1 and third.skipped == 3
+    assert sorted(pd.read_json(out, lines=True)["path"]) == [str(v) for v in videos]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A tiny CLIP trained 400 steps on the small world (~25 s): text search needs a model that learned something."""
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = TrainConfig(name="t", world=WorldConfig(seed=0, colours=WORLD.colours, shapes=WORLD.shapes,
+                                                  actions=WORLD.actions, held_out_every=5),
+                      steps=400, batch_size=26, warmup_steps=10, lr=2e-3, checkpoint_every=400,
+                      output_dir=str(folder / "run"))
+    import torch
+
+    with torch.enable_grad():
+        return train(cfg, progress=False).out / "model.pt"
+
+
+def test_retag_equals_a_fresh_tag_with_the_new_labels(tmp_path, trained):
+    _archive(tmp_path, 6)
+    settings = _settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0)
+    out = tmp_path / "tags.csv"
+    tag(settings, tmp_path / "archive", out, progress=False)
+    new_labels = ("blinking", "growing", "something moving left", "moving right")
+    re = retag(Path(str(out) + ".index"), new_labels, tmp_path / "retag.csv")
+    fresh = tmp_path / "fresh.csv"
+    tag(_settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0, labels=new_labels),
+        tmp_path / "archive", fresh, progress=False)
+    a, b = pd.read_csv(re).sort_values("path"), pd.read_csv(fresh).sort_values("path")
+    assert list(a["label_1"]) == list(b["label_1"])
+    np.testing.assert_allclose(a[["score_1", "score_2", "score_3"]], b[["score_1", "score_2", "score_3"]], rtol=1e-4)
+    assert set(a["label_1"]) <= set(new_labels)
+
+
+def test_search_finds_the_video_showing_the_query(tmp_path, trained):
+    """An archive of one clip per action; each query's top video hit shows that action. (After 400 steps the model
+    still weighs left against right at about 50/36 %, so for 'moving left' only the two moving clips must lead.)"""
+    archive = tmp_path / "archive"
+    clips = [Clip("red", "circle", a, seed=100 + i, split="train") for i, a in enumerate(WORLD.actions)]
+    for c in clips:
+        write_video(archive / f"{c.action.replace(' ', '_')}.mp4", render(c, WORLD), fps=WORLD.fps, crf=12)
+    out = tmp_path / "tags.csv"
+    tag(_settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0), archive, out, progress=False)
+    index = Path(str(out) + ".index")
+    for action in ("growing", "blinking"):
+        hits = [h for h in search(index, f"a red circle {action}", topk=10) if h["kind"] == "video"]
+        assert Path(hits[0]["path"]).stem == action.replace(" ", "_"), (action, hits[:3])
+        assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    hits = [h for h in search(index, "a red circle moving left", topk=10) if h["kind"] == "video"]
+    assert {Path(h["path"]).stem for h in hits[:2]} == {"moving_left", "moving_right"}, hits[:3]
+    segments = [h for h in search(index, "something blinking", topk=10) if h["kind"] == "segment"]
+    assert Path(segments[0]["path"]).stem == "blinking" and segments[0]["end_s"] > segments[0]["start_s"]

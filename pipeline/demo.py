@@ -6,7 +6,7 @@
    with the temporal pooler, and with mean pooling of the same frame embeddings (the pooler's skip path alone: what
    order-blind pooling of these embeddings gives). Fit a linear probe on the temporal embeddings of the training
    videos.
-4. Classify a few held-out files through ``classify``.
+4. Classify a few held-out files through ``classify``; tag all of them through ``tag`` and search them by text.
 5. Write ``report.html`` (loss curves, confusion matrices, example frames with predicted and true labels, the
    direction table) and ``results.json``.
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -36,6 +37,7 @@ from .metrics import compute_metrics
 from .report import _figure_png, confusion_png
 from .run import ClassifySettings, classify_videos
 from .sample import segment_indices
+from .tag import TagSettings, index_folder, search, tag
 from .train import train
 
 POOLINGS = ("mean", "temporal")
@@ -145,6 +147,26 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
         classified.append({"path": str(path), "true": truth, "labels": list(r.prediction.labels) if r.prediction
                            else [], "scores": list(r.prediction.scores) if r.prediction else [], "error": r.error})
     timings["classify_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _log("tagging the held-out videos (tag), then searching them by text (search)")
+    tags_out = out / "tags.csv"
+    tag_settings = TagSettings(model=str(model), labels=tuple(actions), templates=str(files["templates"]),
+                               pooling="temporal", num_frames=s.world.num_frames, window_s=1.0, stride_s=0.5,
+                               topk=3, device="cpu", decode_workers=2)
+    summary = tag(tag_settings, files["heldout"].parent / "videos", tags_out, include=["heldout_*"],
+                  progress=progress)
+    tagged = pd.read_csv(tags_out)
+    with open(files["heldout"], newline="") as f:
+        truth = {str((files["heldout"].parent / r["path"]).resolve()): r["label"] for r in csv.DictReader(f)}
+    query = f"something {actions[0]}"
+    hits = search(index_folder(tags_out), query, topk=5)
+    tagging = {"videos": summary.total, "ok": summary.ok, "failed": summary.failed,
+               "top1": float(np.mean([truth[p] == lab for p, lab in zip(tagged["path"], tagged["label_1"])])),
+               "search": {"query": query, "hits": [{"path": Path(h["path"]).name, "kind": h["kind"],
+                                                    "score": h["score"], "true": truth.get(h["path"])}
+                                                   for h in hits]}}
+    timings["tag_s"] = time.perf_counter() - t
     cosines = reversal_cosines(model, heldout[0][0])
     timings["total_s"] = time.perf_counter() - t0
 
@@ -152,7 +174,7 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
         "num_classes": len(actions), "chance": 1 / len(actions), "zero_shot": zero_shot,
         "linear_probe": {k: probe["metrics"][k] for k in ("top1", "top5", "mean_class_accuracy")}
         | {"C": probe["C"], "train_videos": probe["train_videos"], "test_videos": probe["videos"]},
-        "reversal_cosine": cosines,
+        "reversal_cosine": cosines, "tagging": tagging,
         "train": {"steps": len(history), "final_loss": history[-1]["loss"], "seconds": history[-1]["seconds"],
                   "clips_per_s": len(history) * s.batch_size / history[-1]["seconds"]},
         "classified": classified, "timings": {k: round(v, 1) for k, v in timings.items()},
@@ -234,7 +256,7 @@ def _report(results: dict, history: list[dict], confusions: dict, actions: list[
                         f"</td><td>{score:.0%}</td></tr>" for pair, score in zs["temporal"]["time_reversed_pairs"].items())
     images = "".join(f"<figure><img src='data:image/png;base64,{png}'><figcaption>{html.escape(t)}</figcaption>"
                      f"</figure>" for t, png in plots)
-    w, tr = results["settings"]["world"], results["train"]
+    w, tr, tg = results["settings"]["world"], results["train"], results["tagging"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-video demo</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}figure{{display:inline-block;margin:.5em}}</style>
@@ -261,6 +283,12 @@ is not insight: unable to see the direction, it falls back on cues such as which
 in training, which for a held-out pair is always the other one.</p>
 <table><tr><th>pair</th><th>mean pooling</th><th>temporal pooling</th></tr>
 {pair_rows}</table>
+<h2>Tagging and search</h2>
+<p>{tg['ok']} of {tg['videos']} held-out videos tagged with the same model (<code>tag</code>; rows in
+<code>tags.csv</code>, windows in <code>tags.segments.csv</code>), top-1 {tg['top1']:.1%}. Search
+(<code>search</code>) for "{html.escape(tg['search']['query'])}", best first:
+{", ".join(f"{html.escape(h['path'])} ({h['kind']}, true: {html.escape(str(h['true']))})"
+           for h in tg['search']['hits'])}.</p>
 <h2>Plots</h2>{images}
 <h2>Timings (seconds)</h2><pre>{html.escape(json.dumps(results['timings'], indent=1))}</pre>
 </body></html>"""

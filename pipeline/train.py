@@ -348,7 +348,7 @@ def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool =
         if rank == 0:
             log_file.close()
     model = model.cpu().eval()
-    if rank == 0:
+    if rank == 0 and (start < cfg.steps or not (out / "model.pt").exists()):  # a finished run keeps its file
         export_model(model, out / "model.pt", cfg)
     _barrier(world)
     return TrainResult(model, history, out, start)

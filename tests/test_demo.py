@@ -40,6 +40,11 @@ def test_small_demo_runs_every_stage(tmp_path):
     # (30 steps barely move the pooler's residual branches off zero; tests/test_temporal.py shows it learns order)
     assert saved["reversal_cosine"]["temporal"] <= saved["reversal_cosine"]["mean"] + 1e-6
     assert len(saved["classified"]) == 3 and all(c["labels"] for c in saved["classified"])  # one per held-out action
+    tagging = saved["tagging"]
+    assert tagging["videos"] == tagging["ok"] == 9 and not tagging["failed"]
+    # one window covers each 1 s clip, so tag's top-1 must equal the zero-shot benchmark's through the same pooler
+    assert tagging["top1"] == pytest.approx(saved["zero_shot"]["temporal"]["top1"])
+    assert len(tagging["search"]["hits"]) == 5 and all(h["true"] in WORLD.actions for h in tagging["search"]["hits"])
     report = (tmp_path / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", report)) == 4  # loss, two confusion matrices, examples
     assert "blind spot" in report and results == saved

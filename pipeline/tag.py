@@ -361,9 +361,12 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     out = Path(out).expanduser().resolve()
     check_output(out)
     paths, listing_errors = discover(source, include, exclude)
-    index = Index(index_folder(out))
+    rank, world = _rank_world()
+    index = Index(index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}")
+    if world > 1:  # every rank lists the same sorted paths and takes every world-th one
+        paths, listing_errors = paths[rank::world], listing_errors if rank == 0 else []
     manifest = index.load()
-    identity = settings.identity()
+    identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
     if manifest is None:
         manifest = index.create(identity)
     elif manifest["settings"] != identity:
@@ -429,13 +432,61 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
             commit()
     commit()
     bar.close()
-    write_index_outputs(index, out, model, settings.labels, settings.templates, settings.topk)
+    _barrier(world)
+    if rank == 0:  # merge every rank's index into one set of outputs
+        write_index_outputs(index_folder(out), out, model, settings.labels, settings.templates, settings.topk)
+    _barrier(world)
     return TagSummary(len(paths), len(paths) - len(todo), ok, failed, time.perf_counter() - start, out)
 
 
-def write_index_outputs(index: Index, out: Path, model, labels: Sequence[str], templates: str, topk: int) -> None:
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) under torchrun; a process group (gloo) is set up for the barriers."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def read_indexes(folder: Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """The settings and all rows and embeddings of a tag index: one folder, or the rank-* folders of a sharded run
+    (each resumable on its own), concatenated in rank order."""
+    single = Index(folder)
+    indexes = [single] if single.manifest_path.exists() else [
+        Index(f) for f in sorted(folder.glob("rank-*")) if (f / "manifest.json").exists()]
+    if not indexes:
+        raise ValueError(f"{folder}: not a tag index (no manifest.json); pass the OUT.index folder tag wrote")
+    rows: dict[str, list[dict]] = {"videos": [], "windows": [], "errors": []}
+    videos, windows, settings = [], [], None
+    for index in indexes:
+        manifest = index.load()
+        settings = {k: v for k, v in manifest["settings"].items() if k != "shard"}
+        part_rows, v, w = index.read(manifest)
+        for kind in rows:
+            for r in part_rows[kind]:
+                if kind == "videos":
+                    r["emb"] += sum(len(x) for x in videos)
+                elif kind == "windows":
+                    r["emb"] += sum(len(x) for x in windows)
+                rows[kind].append(r)
+        videos.append(v)
+        windows.append(w)
+    return settings, rows, _concat(videos), _concat(windows)
+
+
+def write_index_outputs(folder: Path, out: Path, model, labels: Sequence[str], templates: str, topk: int) -> None:
     """Score the index's embeddings against ``labels`` and write OUT and its siblings."""
-    rows, video_emb, window_emb = index.read(index.load())
+    _, rows, video_emb, window_emb = read_indexes(folder)
     text = class_embeddings(model, list(labels), load_templates(templates)).float().cpu()
     scale = float(model.logit_scale.detach().exp().clamp(max=100))
     write_outputs(out, *score_rows(rows, video_emb, window_emb, text, scale, labels, topk))
@@ -444,15 +495,12 @@ def write_index_outputs(index: Index, out: Path, model, labels: Sequence[str], t
 def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
           topk: int | None = None, device: str = "auto") -> Path:
     """Score a tag index against a new vocabulary without decoding; writes OUT and its siblings."""
-    index = Index(Path(index_path).expanduser())
-    manifest = index.load()
-    if manifest is None:
-        raise ValueError(f"{index_path}: not a tag index (no manifest.json); pass the OUT.index folder tag wrote")
-    settings = manifest["settings"]
+    folder = Path(index_path).expanduser()
+    settings = read_indexes(folder)[0]
     out = Path(out).expanduser().resolve()
     check_output(out)
     model, _ = _index_model(settings, device)
-    write_index_outputs(index, out, model, labels, templates or settings["templates"], topk or settings["topk"])
+    write_index_outputs(folder, out, model, labels, templates or settings["templates"], topk or settings["topk"])
     return out
 
 
@@ -464,12 +512,8 @@ def _index_model(settings: dict, device: str):
 
 def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto") -> list[dict]:
     """The videos and windows whose embeddings best match ``query`` (cosine), best first."""
-    index = Index(Path(index_path).expanduser())
-    manifest = index.load()
-    if manifest is None:
-        raise ValueError(f"{index_path}: not a tag index (no manifest.json)")
-    model, _ = _index_model(manifest["settings"], device)
-    rows, video_emb, window_emb = index.read(manifest)
+    settings, rows, video_emb, window_emb = read_indexes(Path(index_path).expanduser())
+    model, _ = _index_model(settings, device)
     from clip_model import tokenize
 
     with torch.no_grad():

@@ -211,3 +211,35 @@ def test_search_finds_the_video_showing_the_query(tmp_path, trained):
     assert {Path(h["path"]).stem for h in hits[:2]} == {"moving_left", "moving_right"}, hits[:3]
     segments = [h for h in search(index, "something blinking", topk=10) if h["kind"] == "segment"]
     assert Path(segments[0]["path"]).stem == "blinking" and segments[0]["end_s"] > segments[0]["start_s"]
+
+
+def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
+    videos = _archive(tmp_path, 7)
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(LABELS) + "\n")
+    out = tmp_path / "sharded.csv"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(ROOT / "run_pipeline.py"), "tag", str(tmp_path / "archive"), "--out", str(out), "--labels",
+         str(labels_file), "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu", "--window", "0.5",
+         "--stride", "0.25", "--decode-workers", "1", "--topk", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "sharded.csv.index").iterdir())
+    assert shards == ["rank-000-of-002", "rank-001-of-002"]  # each resumable on its own
+    single = tmp_path / "single.csv"
+    tag(_settings(), tmp_path / "archive", single, progress=False)
+    for a, b in ((out, single), (sibling(out, "segments"), sibling(single, "segments"))):
+        keys = ["path", *(["kind", "window"] if "segments" in a.name else [])]
+        got = pd.read_csv(a, keep_default_na=False).sort_values(keys)
+        ref = pd.read_csv(b, keep_default_na=False).sort_values(keys)
+        assert list(got.columns) == list(ref.columns) and len(got) == len(ref)
+        for col in got.columns:
+            if col.startswith("score_"):
+                np.testing.assert_allclose(pd.to_numeric(got[col], errors="coerce"),  # '' where a row has no k-th
+                                           pd.to_numeric(ref[col], errors="coerce"), rtol=1e-5, err_msg=col)
+            else:
+                assert got[col].tolist() == ref[col].tolist(), col
+    assert sorted(pd.read_csv(out)["path"]) == [str(v) for v in videos]
+    hits = search(tmp_path / "sharded.csv.index", "something growing", topk=3)  # search reads the shards too
+    assert len(hits) == 3

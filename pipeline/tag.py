@@ -402,7 +402,8 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     bar = tqdm(total=len(requests), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
     stream = extract_features(model, transform, requests, batch_size=settings.batch_size,
                               decode_workers=settings.decode_workers, timeout_s=settings.decode_timeout_s,
-                              fn=decode_with_stage, max_rss_mb=settings.max_rss_mb)
+                              fn=decode_with_stage, max_rss_mb=settings.max_rss_mb) if requests else iter(())
+    # (nothing left to do: no worker process is started)
     for request, feats, error in stream:
         stamp = _stamp(Path(request.path))
         if error is not None:

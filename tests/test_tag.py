@@ -2,6 +2,7 @@
 changed settings are refused, re-tagging equals tagging afresh, and search finds what an archive shows."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -122,16 +123,27 @@ def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(LABELS) + "\n")
     cmd[cmd.index("--labels") + 1] = str(labels_file)
+    manifest = tmp_path / "tags.parquet.index" / "manifest.json"
+
+    def committed() -> int:
+        try:
+            return len(json.loads(manifest.read_text())["parts"])
+        except (OSError, ValueError):
+            return 0
+
     rng = random.Random(0)
     kills = 0
-    for _ in range(4):
+    for target in sorted(rng.sample(range(1, len(videos) - 1), 3)):  # kill after 3 random numbers of committed parts
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(3.0, 6.0))  # start-up is ~3 s; each video a fraction of a second after
+        deadline = time.time() + 120
+        while committed() < target and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.15))  # then anywhere in the next decode/commit cycle
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 2
+    assert kills >= 2 and committed() < len(videos)
     final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     rows = pd.read_parquet(out)

@@ -7,6 +7,7 @@ Rows (steps/s of one optimisation step: forward, backward, AdamW; best of ``--re
   * temporal pooling: ours only (open_clip has no temporal head), to show what the head costs;
   * exact gradient accumulation (grad_accum=2): ours only; the cost of the extra no-grad pass;
   * rendering one batch of the action world, and the whole ``train()`` step (render + model + log) as the demo runs it.
+Our rows run pipeline.train's own step function; both sides transform and tokenize the batch inside the step.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import clip_model  # noqa: E402
 from clip_model.checkpoint import convert_open_clip  # noqa: E402
 from configs.schema import TrainConfig  # noqa: E402
 from datasets.world import WorldConfig  # noqa: E402
-from pipeline.train import VideoCLIP, _as_input, train  # noqa: E402
+from pipeline.train import VideoCLIP, _as_input, _step, train  # noqa: E402
 from pipeline.train_data import RenderedWorld  # noqa: E402
 
 
@@ -75,17 +76,15 @@ def main() -> None:
     batch = source.batch(0, args.batch)
     oc, ours = models()
     transform = clip_model.ClipTransform(ours.clip.preprocess_config)
-    frames = _as_input(transform, batch.frames, torch.device("cpu"))  # (B, T, 3, 32, 32)
-    tokens = clip_model.tokenize(batch.captions)
-    keys = batch.clip_keys, batch.caption_keys
 
     oc_loss = open_clip.loss.ClipLoss()
     oc_opt = torch.optim.AdamW(oc.parameters(), lr=1e-4)
 
-    def oc_step() -> None:
+    def oc_step() -> None:  # the same work as ours: transform and tokenize the batch, then the step
+        frames = _as_input(transform, batch.frames, torch.device("cpu"))  # (B, T, 3, 32, 32)
         B, T = frames.shape[:2]
         img = oc.encode_image(frames.flatten(0, 1)).view(B, T, -1).mean(dim=1)
-        txt = oc.encode_text(tokens)
+        txt = oc.encode_text(clip_model.tokenize(batch.captions))
         loss = oc_loss(torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1),
                        oc.logit_scale.exp())
         oc_opt.zero_grad()
@@ -93,22 +92,11 @@ def main() -> None:
         oc_opt.step()
 
     def our_step(model: VideoCLIP, opt: torch.optim.Optimizer, accum: int = 1):
-        loss_fn = clip_model.ClipLoss()
+        cfg = TrainConfig(name="bench", batch_size=args.batch, grad_accum=accum)
 
-        def step() -> None:
+        def step() -> None:  # exactly what train() runs per step (transform, tokenize, forward, backward), then AdamW
             opt.zero_grad()
-            if accum == 1:
-                video, text = model(frames, tokens)
-                loss_fn(video, text, model.clip.logit_scale, *keys).backward()
-            else:  # the same exact two-pass scheme as pipeline.train._step
-                m = len(frames) // accum
-                with torch.no_grad():
-                    cached = [model(frames[i:i + m], tokens[i:i + m]) for i in range(0, len(frames), m)]
-                for j, i in enumerate(range(0, len(frames), m)):
-                    video, text = model(frames[i:i + m], tokens[i:i + m])
-                    v = torch.cat([video if k == j else c[0] for k, c in enumerate(cached)])
-                    t = torch.cat([text if k == j else c[1] for k, c in enumerate(cached)])
-                    loss_fn(v, t, model.clip.logit_scale, *keys).backward()
+            _step(model, model, batch, transform, cfg, torch.device("cpu"), None, None)
             opt.step()
 
         return step

@@ -135,6 +135,21 @@ class TrainConfig:
         return Path(self.output_dir.format(name=self.name))
 
 
+def changed_settings(saved: dict, now: dict, ignore: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """``key (old -> new)`` for every setting that differs between two plain dicts (nested keys dotted); top-level
+    keys in ``ignore`` are skipped. What a resumable job names when it refuses to resume."""
+    changed = []
+    for key in sorted(set(saved) | set(now)):
+        if not prefix and key in ignore:
+            continue
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += changed_settings(a, b, prefix=f"{prefix}{key}.")
+        elif a != b:
+            changed.append(f"{prefix}{key} ({a!r} -> {b!r})")
+    return changed
+
+
 def _check_choice(key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{key} {value!r} is not valid; choose one of {', '.join(map(str, choices))}")

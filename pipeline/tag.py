@@ -32,7 +32,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .classify import zero_shot_probs
+from configs.schema import changed_settings
+
+from .classify import top_k, zero_shot_probs
 from .decode import DecodeRequest, VideoDecodeError, decode_request
 from .features import extract_features
 from .models import load_model, load_pooler, model_key, resolve_device
@@ -269,10 +271,11 @@ def _error_row(path: str, status: str, error: str, stamp) -> dict:
 
 
 def _top(probs: torch.Tensor, labels: Sequence[str], k: int) -> dict:
-    scores, idx = probs.topk(min(k, len(labels)))
+    """(C,) probabilities -> flat columns label_1, score_1, ... label_k, score_k."""
+    (pred,) = top_k(probs[None], labels, k)
     row = {}
-    for j, (s, i) in enumerate(zip(scores.tolist(), idx.tolist()), 1):
-        row[f"label_{j}"], row[f"score_{j}"] = labels[i], float(s)
+    for j, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
+        row[f"label_{j}"], row[f"score_{j}"] = label, score
     return row
 
 
@@ -369,12 +372,9 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
     if manifest is None:
         manifest = index.create(identity)
-    elif manifest["settings"] != identity:
-        changed = [k for k in sorted(set(identity) | set(manifest["settings"]))
-                   if identity.get(k) != manifest["settings"].get(k)]
+    elif changed := changed_settings(manifest["settings"], identity):
         raise ValueError(f"{index.folder}: cannot resume, settings changed since it was written: "
-                         + "; ".join(f"{k} ({manifest['settings'].get(k)!r} -> {identity.get(k)!r})"
-                                     for k in changed) + "; use another --out or delete the index to start over")
+                         f"{'; '.join(changed)}; use another --out or delete the index to start over")
     index.clean_orphans(manifest)
     done = index.done(manifest)
     todo = [p for p in paths if done.get(str(p)) is None or done[str(p)] != _stamp(p)]
@@ -473,12 +473,11 @@ def read_indexes(folder: Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:
         manifest = index.load()
         settings = {k: v for k, v in manifest["settings"].items() if k != "shard"}
         part_rows, v, w = index.read(manifest)
+        offsets = {"videos": sum(len(x) for x in videos), "windows": sum(len(x) for x in windows)}
         for kind in rows:
             for r in part_rows[kind]:
-                if kind == "videos":
-                    r["emb"] += sum(len(x) for x in videos)
-                elif kind == "windows":
-                    r["emb"] += sum(len(x) for x in windows)
+                if kind in offsets:
+                    r["emb"] += offsets[kind]
                 rows[kind].append(r)
         videos.append(v)
         windows.append(w)
@@ -520,11 +519,11 @@ def search(index_path: str | Path, query: str, topk: int = 10, device: str = "au
     with torch.no_grad():
         q = F.normalize(model.encode_text(tokenize([query]).to(next(model.parameters()).device)).float().cpu(),
                         dim=-1)[0]
-    hits = []
-    for r in rows["videos"]:
-        hits.append({"kind": "video", "path": r["path"], "start_s": 0.0, "end_s": r["duration_s"],
-                     "score": float(torch.from_numpy(video_emb[r["emb"]]) @ q)})
-    for r in rows["windows"]:
-        hits.append({"kind": "segment", "path": r["path"], "start_s": r["start_s"], "end_s": r["end_s"],
-                     "score": float(torch.from_numpy(window_emb[r["emb"]]) @ q)})
+    q = q.numpy()
+    video_scores = video_emb @ q if len(video_emb) else np.zeros(0)  # (N,) cosines: both sides are unit vectors
+    window_scores = window_emb @ q if len(window_emb) else np.zeros(0)
+    hits = [{"kind": "video", "path": r["path"], "start_s": 0.0, "end_s": r["duration_s"],
+             "score": float(video_scores[r["emb"]])} for r in rows["videos"]]
+    hits += [{"kind": "segment", "path": r["path"], "start_s": r["start_s"], "end_s": r["end_s"],
+              "score": float(window_scores[r["emb"]])} for r in rows["windows"]]
     return sorted(hits, key=lambda h: -h["score"])[:topk]

@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 import clip_model
 from clip_model.temporal import TemporalConfig, TemporalTransformer
-from configs.schema import ConfigError, TrainConfig
+from configs.schema import ConfigError, TrainConfig, changed_settings
 
 from .models import RANDOM_PREFIX, resolve_device
+from .prompts import class_embeddings
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld
 
 TRAIN_STATE_TAG = "clip_video.train_state"
@@ -159,19 +160,6 @@ def config_dict(cfg: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples -> lists, as YAML and JSON hold them
 
 
-def _changed_settings(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    changed = []
-    for key in sorted(set(saved) | set(now)):
-        if not prefix and key in RESUME_FREE:
-            continue
-        a, b = saved.get(key), now.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _changed_settings(a, b, f"{prefix}{key}.")
-        elif a != b:
-            changed.append(f"{prefix}{key} ({a!r} -> {b!r})")
-    return changed
-
-
 def _save_state(path: Path, model: VideoCLIP, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
                 cfg: TrainConfig, step: int, history: list[dict]) -> None:
     state = {
@@ -195,7 +183,7 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
                          "pass --restart to start over") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_TAG:
         raise ValueError(f"{path}: not a training checkpoint of this project")
-    changed = _changed_settings(state["config"], config_dict(cfg))
+    changed = changed_settings(state["config"], config_dict(cfg), ignore=RESUME_FREE)
     if changed:
         raise ValueError(f"{path}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
                          "restore them, use another output_dir, or pass --restart")
@@ -359,11 +347,8 @@ def evaluate_actions(model: VideoCLIP, frames: torch.Tensor, actions: list[str],
                      templates: list[str]) -> dict:
     """Zero-shot action top-1 on uint8 (N, T, H, W, 3) clips: each action's prompts (``templates``) ensembled as in
     CLIP (normalised embeddings averaged), scaled cosine, argmax."""
-    clip = model.clip
-    transform = clip_model.ClipTransform(clip.preprocess_config)
-    prompts = [t.format(a) for a in actions for t in templates]  # action-major
-    text = F.normalize(clip.encode_text(clip_model.tokenize(prompts)), dim=-1).view(len(actions), len(templates), -1)
-    text = F.normalize(text.mean(dim=1), dim=-1)  # (A, E)
+    transform = clip_model.ClipTransform(model.clip.preprocess_config)
+    text = class_embeddings(model.clip, actions, templates)  # (A, E)
     preds: list[int] = []
     for k in range(0, len(frames), 64):
         video = F.normalize(model.encode_video(_as_input(transform, frames[k : k + 64], torch.device("cpu"))), dim=-1)

@@ -38,7 +38,7 @@ class ClipTransform:
     def __repr__(self) -> str:
         return f"ClipTransform({self.cfg})"
 
-    def _normalize(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (T, 3, S, S) -> float (T, 3, S, S)
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:  # uint8 (T, 3, S, S) -> float (T, 3, S, S)
         mean, std = self._mean.to(x.device), self._std.to(x.device)
         return (x.float() / 255.0 - mean) / std
 
@@ -50,7 +50,7 @@ class ClipTransform:
         top, left = center_crop_box(h, w, size)
         image = image.crop((left, top, left + size, top + size))
         x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(size, size, 3)
-        return self._normalize(x.permute(2, 0, 1).unsqueeze(0))[0]
+        return self.normalize(x.permute(2, 0, 1).unsqueeze(0))[0]
 
     def _resize_short(self, frames: torch.Tensor) -> torch.Tensor:  # uint8 (T, H, W, 3) -> uint8 (T, 3, h, w)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -62,11 +62,16 @@ class ClipTransform:
                               align_corners=False)
         return x
 
-    def video(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
+    def resize_crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) -> uint8 (T, 3, S, S): the geometric half of ``video``, which decode workers run
+        so that only model-sized frames cross to the model's process; ``normalize`` is the other half."""
         x, size = self._resize_short(frames), self.cfg.image_size
         top, left = center_crop_box(x.shape[-2], x.shape[-1], size)
-        return self._normalize(x[:, :, top : top + size, left : left + size])  # (T, 3, S, S)
+        return x[:, :, top : top + size, left : left + size].contiguous()
+
+    def video(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
+        return self.normalize(self.resize_crop(frames))
 
     def video_three_crop(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> (3, T, 3, S, S): start, centre and end crops along the long side (multi-view test)."""
@@ -77,4 +82,4 @@ class ClipTransform:
             boxes = [(top, 0), (top, left), (top, w - size)]
         else:
             boxes = [(0, left), (top, left), (h - size, left)]
-        return torch.stack([self._normalize(x[:, :, t : t + size, l : l + size]) for t, l in boxes])
+        return torch.stack([self.normalize(x[:, :, t : t + size, l : l + size]) for t, l in boxes])

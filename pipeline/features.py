@@ -1,8 +1,11 @@
-"""Decoded clips -> frame embeddings, with temporal and spatial views, for every job that needs video features."""
+"""Decoded clips -> frame embeddings, with temporal and spatial views, for every job that needs video features; and
+cross-video batching of model-sized frames (``FrameEncoder``) for the streaming tag job."""
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +26,18 @@ class VideoFeatures:
 
 
 @torch.no_grad()
+def encode_frames(model: clip_model.CLIP, x: torch.Tensor) -> torch.Tensor:
+    """Normalised float (N, 3, S, S) -> (N, E) float32 embeddings on CPU, in one model call. On a GPU: pinned host
+    memory for an asynchronous copy, and fp16 autocast for fp32 weights (mixed precision)."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    if cuda:
+        x = x.pin_memory()
+    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda and model.dtype == torch.float32):
+        return model.encode_image(x.to(device, non_blocking=True)).float().cpu()
+
+
+@torch.no_grad()
 def encode_clip(model: clip_model.CLIP, transform: clip_model.ClipTransform, clip: DecodedClip, *, crops: int = 1,
                 batch_size: int = 32) -> torch.Tensor:
     """A decoded clip whose indices are (T,) or (clips, T) -> (clips·crops, T, E) float32 frame embeddings on CPU."""
@@ -30,22 +45,85 @@ def encode_clip(model: clip_model.CLIP, transform: clip_model.ClipTransform, cli
         raise ValueError(f"crops ({crops}) must be 1 (centre) or 3 (start, centre, end)")
     clips = clip.indices.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.indices.reshape(1, 1)
     n_clips, t = clips.shape
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    # on a GPU: pinned host memory for asynchronous copies, and fp16 autocast for fp32 weights (mixed precision)
-    amp = torch.autocast("cuda", dtype=torch.float16, enabled=cuda and model.dtype == torch.float32)
     out = []
     for start in range(0, clip.frames.shape[0], batch_size):
         frames = clip.frames[start : start + batch_size]  # (b, H, W, 3) uint8
         x = transform.video_three_crop(frames) if crops == 3 else transform.video(frames)[None]  # (crops, b, 3, S, S)
-        x = x.flatten(0, 1)
-        if cuda:
-            x = x.pin_memory()
-        with amp:
-            feats = model.encode_image(x.to(device, non_blocking=True)).float().cpu()  # (crops·b, E)
-        out.append(feats.view(crops, frames.shape[0], -1))
+        out.append(encode_frames(model, x.flatten(0, 1)).view(crops, frames.shape[0], -1))  # (crops, b, E)
     feats = torch.cat(out, dim=1)  # (crops, clips·T, E)
     return feats.view(crops, n_clips, t, -1).transpose(0, 1).reshape(n_clips * crops, t, -1)  # (V, T, E)
+
+
+class FrameEncoder:
+    """Cross-video batching: uint8 frames (N, 3, S, S), already resized and cropped, from many owners go through the
+    model in batches of ``batch_size`` frames whatever each owner's share. ``add`` queues an owner's frames;
+    ``ready`` runs the full batches (all of them with ``flush``) and returns, in the order added, the owners whose
+    frames are all encoded, as (key, (N, E) embeddings or None, error or None).
+
+    A batch that fails is rerun owner by owner, so one owner's failure (a model error) is its own alone.
+    """
+
+    def __init__(self, model: clip_model.CLIP, transform: clip_model.ClipTransform, batch_size: int):
+        self.model, self.transform, self.batch_size = model, transform, batch_size
+        self._queue: deque[_Owned] = deque()
+        self.queued_frames = 0  # added, not yet encoded
+
+    def add(self, key: Any, frames: torch.Tensor) -> None:
+        self._queue.append(_Owned(key, frames))
+        self.queued_frames += frames.shape[0]
+
+    def drop(self, keep: Callable[[Any], bool]) -> None:
+        """Forget queued owners whose key ``keep`` rejects (a video that failed, or restarts on another backend)."""
+        for owned in [o for o in self._queue if not keep(o.key)]:
+            self._queue.remove(owned)
+            self.queued_frames -= owned.frames.shape[0] - owned.fed
+
+    def ready(self, flush: bool = False) -> list[tuple[Any, torch.Tensor | None, str | None]]:
+        while self.queued_frames >= self.batch_size or (flush and self.queued_frames):
+            self._run_batch()
+        done = []
+        while self._queue and self._queue[0].fed == self._queue[0].frames.shape[0]:
+            owned = self._queue.popleft()
+            done.append((owned.key, None if owned.error else torch.cat(owned.parts), owned.error))
+        return done
+
+    def _run_batch(self) -> None:
+        slices, room = [], self.batch_size  # (owner, start, end) of this batch
+        for owned in self._queue:
+            n = min(owned.frames.shape[0] - owned.fed, room)
+            if n:
+                slices.append((owned, owned.fed, owned.fed + n))
+                room -= n
+            if not room:
+                break
+        try:
+            x = torch.cat([o.frames[a:b] for o, a, b in slices])  # (B, 3, S, S) uint8
+            feats = encode_frames(self.model, self.transform.normalize(x))  # (B, E)
+            pieces = list(feats.split([b - a for _, a, b in slices]))
+        except Exception:  # noqa: BLE001 - find whose frames fail; the others are kept
+            pieces = [self._encode_alone(o.frames[a:b]) for o, a, b in slices]
+        for (owned, a, b), piece in zip(slices, pieces):
+            owned.fed = b
+            self.queued_frames -= b - a
+            if isinstance(piece, str):
+                owned.error = owned.error or piece
+            else:
+                owned.parts.append(piece)
+
+    def _encode_alone(self, x: torch.Tensor) -> torch.Tensor | str:
+        try:
+            return encode_frames(self.model, self.transform.normalize(x))
+        except Exception as e:  # noqa: BLE001 - this owner's failure, reported as its error
+            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
+@dataclass(eq=False)
+class _Owned:
+    key: Any
+    frames: torch.Tensor  # uint8 (N, 3, S, S)
+    fed: int = 0  # frames sent to the model so far
+    parts: list = field(default_factory=list)
+    error: str | None = None
 
 
 def extract_features(model: clip_model.CLIP, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],

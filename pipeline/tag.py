@@ -32,15 +32,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 
 from .classify import top_k, zero_shot_probs
-from .decode import DecodeRequest, VideoDecodeError, decode_request
-from .features import extract_features
 from .models import load_model, load_pooler, model_key, resolve_device
-from .pool import pool_views
 from .prompts import class_embeddings, load_templates
-from .sample import Sampling, window_bounds
+from .windows import WindowTask, embed_windows
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 FORMATS = (".parquet", ".csv", ".jsonl")
@@ -62,8 +60,9 @@ class TagSettings:
     batch_size: int = 32
     backend: str = "auto"
     decode_workers: int = 2
-    decode_timeout_s: float = 300.0
+    decode_timeout_s: float = 300.0  # a decode worker that yields nothing for this long is killed (status timeout)
     max_rss_mb: float = 2048.0  # a decode worker above this is replaced after its task
+    chunk_mb: float = 64.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
 
     def __post_init__(self) -> None:
@@ -83,8 +82,10 @@ class TagSettings:
                 "templates": self.templates, "pooling": self.pooling, "num_frames": self.num_frames,
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk}
 
-    def sampling(self) -> Sampling:
-        return Sampling("windows", num_frames=self.num_frames, window_s=self.window_s, stride_s=self.stride_s)
+    def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
+        """One video's decode task; the decoder caps the short side at twice the model's input, as classify does."""
+        return WindowTask(path, preprocess, self.num_frames, self.window_s, self.stride_s, self.backend,
+                          2 * preprocess.image_size, self.chunk_mb)
 
 
 # ---- discovery -----------------------------------------------------------------------------------------------------
@@ -245,22 +246,6 @@ def index_folder(out: Path) -> Path:
 # ---- decoding ------------------------------------------------------------------------------------------------------
 
 
-class StageError(Exception):
-    """A decode failure labelled with the stage it happened in (``open`` or ``decode``)."""
-
-    def __init__(self, stage: str, reason: str):
-        super().__init__(f"{stage}: {reason}")
-        self.reason = f"{stage}: {reason}"
-
-
-def decode_with_stage(request: DecodeRequest):
-    """decode_request in a worker, with the failing stage named in the error."""
-    try:
-        return decode_request(request)
-    except VideoDecodeError as e:
-        raise StageError(getattr(e, "stage", "decode"), e.reason) from None
-
-
 def _error_row(path: str, status: str, error: str, stamp) -> dict:
     stage, _, reason = error.partition(": ") if error.startswith(("open: ", "decode: ", "model: ")) else (
         "decode", "", error)
@@ -383,8 +368,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     device = resolve_device(settings.device)
     model, transform = load_model(settings.model, device, settings.precision)
     head = load_pooler(settings.model, settings.pooling, device)
-    cap = 2 * model.preprocess_config.image_size
-    requests = [DecodeRequest(str(p), settings.sampling(), settings.backend, cap) for p in todo]
+    tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
     failed: dict[str, int] = {}
     ok = 0
     pending: dict = {"videos": [], "windows": [], "errors": list(listing_errors)}
@@ -399,34 +383,27 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         vids.clear()
         wins.clear()
 
-    bar = tqdm(total=len(requests), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
-    stream = extract_features(model, transform, requests, batch_size=settings.batch_size,
-                              decode_workers=settings.decode_workers, timeout_s=settings.decode_timeout_s,
-                              fn=decode_with_stage, max_rss_mb=settings.max_rss_mb) if requests else iter(())
+    bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
+    stream = embed_windows(tasks, model, transform, pooling=settings.pooling, head=head,
+                           batch_size=settings.batch_size, decode_workers=settings.decode_workers,
+                           timeout_s=settings.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
-    for request, feats, error in stream:
-        stamp = _stamp(Path(request.path))
+    for task, video, error in stream:
+        stamp = _stamp(Path(task.path))
         if error is not None:
             status, _, reason = error.partition(": ")
-            pending["errors"].append(_error_row(request.path, status, reason, stamp))
+            pending["errors"].append(_error_row(task.path, status, reason, stamp))
             failed[status] = failed.get(status, 0) + 1
         else:
-            try:
-                windows = pool_views(feats.frame_features, settings.pooling, head)  # (W, E) unit vectors
-            except Exception as e:  # noqa: BLE001 - a model failure is this video's error, the job goes on
-                pending["errors"].append(_error_row(request.path, "error", f"model: {type(e).__name__}: {e}", stamp))
-                failed["error"] = failed.get("error", 0) + 1
-                continue
-            bounds = window_bounds(feats.info.duration, settings.window_s, settings.stride_s)
             n_win = sum(len(w) for w in wins)
-            for k, (s, e) in enumerate(bounds[: len(windows)]):
-                pending["windows"].append({"path": request.path, "window": k, "start_s": round(s, 3),
+            for k, (s, e) in enumerate(video.bounds):
+                pending["windows"].append({"path": task.path, "window": k, "start_s": round(s, 3),
                                            "end_s": round(e, 3), "emb": n_win + k})
-            wins.append(windows.numpy().astype(np.float32))
-            pending["videos"].append({"path": request.path, "status": "ok", "duration_s": round(feats.info.duration, 3),
-                                      "decoder": feats.info.backend, "windows": len(windows), "emb": len(vids),
-                                      "warnings": " | ".join(feats.warnings), "stamp": stamp})
-            vids.append(F.normalize(windows.mean(dim=0), dim=-1).numpy().astype(np.float32))
+            wins.append(video.windows.numpy().astype(np.float32))
+            pending["videos"].append({"path": task.path, "status": "ok", "duration_s": round(video.info.duration, 3),
+                                      "decoder": video.info.backend, "windows": len(video.windows), "emb": len(vids),
+                                      "warnings": " | ".join(video.warnings), "stamp": stamp})
+            vids.append(F.normalize(video.windows.mean(dim=0), dim=-1).numpy().astype(np.float32))
             ok += 1
         bar.update()
         if len(pending["videos"]) + len(pending["errors"]) >= settings.commit_every:

@@ -7,12 +7,18 @@ Here each task runs in a worker process that the parent watches with ``multiproc
   - ``timeout``: no answer by the deadline, so the worker is killed and replaced;
   - ``crash``: the worker died (segfault, abort, OOM kill), so it is replaced.
 
+A function may also be a generator: each item it yields reaches the parent at once as a ``part`` outcome (the task's
+final outcome follows, with the generator's return value), so a long video streams out in bounded chunks. The pipe
+holds at most one item, so a worker is never more than one item ahead of its consumer. The deadline is on progress:
+it restarts with every part, so a task that keeps yielding may run as long as it needs and one that stalls is killed.
+
 Workers are recycled after ``max_tasks`` tasks or when their resident memory passes ``max_rss_mb`` (decoders leak).
 The function must be importable (picklable by reference); tasks and results must pickle.
 """
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import multiprocessing as mp
 import os
 import signal
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from .decode import DecodeRequest
 
-Status = Literal["ok", "error", "timeout", "crash"]
+Status = Literal["ok", "error", "timeout", "crash", "part"]  # part: not final, more outcomes of the task follow
 
 
 @dataclass(frozen=True)
@@ -57,7 +63,16 @@ def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
             return
         task_id, task = msg
         try:
-            conn.send(("ok", (task_id, fn(task)), rss_mb()))
+            result = fn(task)
+            if inspect.isgenerator(result):
+                while True:
+                    try:
+                        item = next(result)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    conn.send(("part", (task_id, item), rss_mb()))
+            conn.send(("ok", (task_id, result), rss_mb()))
         except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
             conn.send(("error", (task_id, " ".join(str(reason).split())), rss_mb()))
@@ -119,7 +134,8 @@ class WorkerPool:
         self.restarts += 1
 
     def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
-        """Yield an Outcome for every task (task_id = its position in ``tasks``), in completion order."""
+        """Yield one final Outcome for every task (task_id = its position in ``tasks``), in completion order, each
+        preceded by the ``part`` outcomes of a generator task."""
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self._ctx, self.fn))
         pending: deque[tuple[int, Any]] = deque(enumerate(tasks))
@@ -138,7 +154,7 @@ class WorkerPool:
             for w in list(self._workers):
                 outcome = self._poll(w, ready)
                 if outcome is not None:
-                    running -= 1
+                    running -= outcome.status != "part"
                     yield outcome
 
     def _poll(self, w: _Worker, ready: list) -> Outcome | None:
@@ -151,6 +167,9 @@ class WorkerPool:
             if kind == "ready":
                 w.ready = True
                 return None
+            if kind == "part":
+                w.deadline = time.monotonic() + self.timeout_s
+                return Outcome(payload[0], "part", result=payload[1])
             if kind in ("ok", "error"):
                 task_id, value = payload
                 w.task, w.done = None, w.done + 1

@@ -70,3 +70,17 @@ def test_a_crash_on_auto_is_retried_on_decord_once():
     out = {r.path: (r.backend, o) for r, o in decode_in_workers(requests, num_workers=1, fn=auto_segfaults)}
     assert out["a.mp4"][0] == "decord" and out["a.mp4"][1].status == "ok" and out["a.mp4"][1].result == "decord"
     assert out["b.mp4"][1].status == "ok"  # an explicit backend is not second-guessed
+
+
+def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
+    from worker_fns import stream
+
+    tasks = [("steady", 6), ("stall", 5), ("raise", 4)]
+    with WorkerPool(stream, num_workers=3, timeout_s=1.5) as pool:
+        seen = list(pool.map(tasks))
+    by_task = {i: [(o.status, o.result) for o in seen if o.task_id == i] for i in range(3)}
+    # 6 parts 0.4 s apart take 2.4 s, longer than the 1.5 s deadline: each part restarts it
+    assert by_task[0] == [("part", i) for i in range(6)] + [("ok", 6)]
+    assert by_task[1][:2] == [("part", 0), ("part", 1)] and by_task[1][2][0] == "timeout" and len(by_task[1]) == 3
+    assert by_task[2][:2] == [("part", 0), ("part", 1)] and by_task[2][2][0] == "error" and len(by_task[2]) == 3
+    assert [o for o in seen if o.task_id == 1][-1].error.startswith("no result within 1.5 s")

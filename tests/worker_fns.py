@@ -34,3 +34,30 @@ def auto_segfaults(request):
     if request.backend == "auto":
         ctypes.string_at(0)
     return request.backend
+
+
+def stream(task: tuple[str, int]):
+    """A generator task: yields ``n`` parts ``pause`` apart and returns their count, or stalls after two."""
+    kind, n = task
+    for i in range(n):
+        if kind == "stall" and i == 2:
+            time.sleep(60)
+        if kind == "raise" and i == 2:
+            raise ValueError("part 2 is bad")
+        time.sleep(0.4)
+        yield i
+    return n
+
+
+def windows_then_segfault(task):
+    """Stands in for decode_windows on a file whose PyAV decode crashes after its first chunk: the decord retry must
+    not inherit that chunk."""
+    from pipeline.windows import decode_windows
+
+    gen = decode_windows(task)
+    if task.backend == "auto":
+        yield next(gen)
+        chunk = next(gen)
+        yield type(chunk)(chunk.first, chunk.positions, chunk.frames.flip(0))  # wrong frames, then the crash
+        ctypes.string_at(0)
+    return (yield from gen)

@@ -1,0 +1,193 @@
+"""Sliding windows of videos, streamed out of decode workers in bounded chunks and pooled (the tag job's stages).
+
+    worker:      open -> windows (sample.sliding_windows) -> per chunk of windows: decode its distinct frames once
+                 -> resize and crop to the model's size (uint8) -> yield
+    this process: normalise -> encode, batched across videos (features.FrameEncoder) -> pool each window
+
+Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
+is never more than one chunk ahead of the model (``pipeline.workers`` streams generator tasks). Overlapping windows
+share frames (4 s windows every 2 s, 8 frames each, sample the same instants), so each distinct frame is decoded,
+shipped and encoded once and ``positions`` says which frames make up each window. Frames cross to the model's
+process already resized and cropped (uint8, 3 x S x S), not at the decoder's size; ``ClipTransform.normalize``
+finishes them there, so the pixels equal ``ClipTransform.video``'s.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+import clip_model
+from clip_model.config import PreprocessConfig
+from clip_model.transform import ClipTransform
+
+from .decode import Backend, VideoDecodeError, VideoInfo, open_video
+from .features import FrameEncoder
+from .pool import pool_views
+from .sample import sliding_windows
+from .workers import decode_in_workers
+
+
+class StageError(Exception):
+    """A decode failure labelled with the stage it happened in (``open`` or ``decode``)."""
+
+    def __init__(self, stage: str, reason: str):
+        super().__init__(f"{stage}: {reason}")
+        self.reason = f"{stage}: {reason}"
+
+
+@dataclass(frozen=True)
+class WindowTask:
+    path: str
+    preprocess: PreprocessConfig  # the model's: frames leave the worker resized and cropped to it
+    num_frames: int = 8  # per window
+    window_s: float = 4.0
+    stride_s: float = 2.0
+    backend: Backend = "auto"
+    resize: int | None = None  # the decoder's short-side cap (before the model's resize)
+    chunk_mb: float = 64.0  # decoded frames held at once, at most (one window's frames always fit)
+
+
+@dataclass(frozen=True)
+class WindowHeader:
+    """First item of every attempt at a video: a consumer starts (or starts over) on it."""
+
+    info: VideoInfo
+    bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) of every window
+
+
+@dataclass(frozen=True)
+class WindowChunk:
+    first: int  # number of this chunk's first window
+    positions: np.ndarray  # (w, T) int64: window j's frames are frames[positions[j]]
+    frames: torch.Tensor  # uint8 (U, 3, S, S): the chunk's distinct frames, time order
+
+
+def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
+    """Consecutive (start, end) runs of the (W, T) window frame indices with at most ``max_frames`` distinct frames
+    each (a single window may exceed it)."""
+    start, seen = 0, set()
+    for k, row in enumerate(indices.tolist()):
+        grown = seen.union(row)
+        if k > start and len(grown) > max_frames:
+            yield start, k
+            start, grown = k, set(row)
+        seen = grown
+    if len(indices):
+        yield start, len(indices)
+
+
+def decode_windows(task: WindowTask) -> Iterator[WindowHeader | WindowChunk]:
+    """Yield a WindowHeader, then WindowChunks in time order; return the decoder's warnings. Runs in a worker."""
+    torch.set_num_threads(1)  # one of several decode workers: the resize must not spread over every core
+    try:
+        reader = open_video(task.path, task.backend, resize=task.resize)
+    except VideoDecodeError as e:
+        raise StageError("open", e.reason) from None
+    transform = ClipTransform(task.preprocess)
+    with reader:
+        try:  # the demuxed index (and the first frame, for the rotation) are part of opening
+            windows = sliding_windows(reader.timestamps, window_s=task.window_s, stride_s=task.stride_s,
+                                      frames_per_window=task.num_frames, duration=reader.duration)
+            info = reader.info
+        except VideoDecodeError as e:
+            raise StageError("open", e.reason) from None
+        yield WindowHeader(info, tuple((w.start_s, w.end_s) for w in windows))
+        indices = np.stack([w.indices for w in windows])  # (W, T) frame numbers
+        frame_bytes = info.height * info.width * 3
+        for start, end in chunk_ranges(indices, max(1, int(task.chunk_mb * 2**20 // frame_bytes))):
+            unique, inverse = np.unique(indices[start:end], return_inverse=True)
+            try:
+                frames = reader.get_frames(unique)  # (U, H, W, 3) uint8
+            except VideoDecodeError as e:
+                raise StageError("decode", e.reason) from None
+            yield WindowChunk(start, inverse.reshape(end - start, -1), transform.resize_crop(frames))
+        return tuple(reader.warnings)
+
+
+@dataclass(frozen=True)
+class WindowedVideo:
+    info: VideoInfo
+    bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) per window
+    windows: torch.Tensor  # (W, E) unit vectors: each window's frames pooled
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(eq=False)
+class _Video:
+    header: WindowHeader
+    attempt: int
+    pooled: list = field(default_factory=list)  # (w, E) per chunk, in order
+    sent: int = 0  # chunks queued for the model
+    encoded: int = 0  # chunks encoded and pooled
+    decoded: bool = False  # the worker finished the video
+    warnings: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform: ClipTransform, *,
+                  pooling: str = "mean", head: nn.Module | None = None, batch_size: int = 32,
+                  decode_workers: int = 2, timeout_s: float = 300.0, max_rss_mb: float = 2048.0,
+                  fn: Callable[[WindowTask], Iterator] = decode_windows,
+                  ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
+    """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
+    videos; yield (task, video, error) per video as each is complete; an error reads ``status: reason`` and names
+    the stage (``open``, ``decode`` or ``model``) in the reason. A video whose worker crashed on ``auto`` is retried
+    on decord (``decode_in_workers``): its new header discards whatever the crashed attempt sent."""
+    encoder = FrameEncoder(model, transform, batch_size)
+    videos: dict[str, _Video] = {}
+    attempts: dict[str, int] = {}
+
+    def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
+        path, attempt, positions = key
+        video = videos.get(path)
+        if video is None or video.attempt != attempt:
+            return  # a chunk of an attempt that was abandoned
+        video.encoded += 1
+        if error is None and video.error is None:
+            try:
+                video.pooled.append(pool_views(feats[positions], pooling, head))  # (w, T, E) -> (w, E)
+            except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
+                error = f"{type(e).__name__}: {' '.join(str(e).split())}"
+        if error is not None and video.error is None:
+            video.error = f"error: model: {error}"
+
+    def finished() -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
+        for path, video in list(videos.items()):
+            if video.decoded and video.encoded == video.sent:
+                del videos[path]
+                if video.error:
+                    yield by_path[path], None, video.error
+                else:
+                    yield by_path[path], WindowedVideo(video.header.info, video.header.bounds,
+                                                       torch.cat(video.pooled), video.warnings), None
+
+    by_path = {t.path: t for t in tasks}
+    workers = max(1, min(decode_workers, len(tasks)))
+    for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
+                                           max_rss_mb=max_rss_mb, fn=fn):
+        path = task.path
+        by_path[path] = task  # a retry runs on another backend
+        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):  # (re)start this video
+            attempts[path] = attempts.get(path, -1) + 1
+            encoder.drop(lambda key, path=path: key[0] != path)
+            videos[path] = _Video(outcome.result, attempts[path])
+        elif outcome.status == "part":
+            video, chunk = videos[path], outcome.result
+            video.sent += 1
+            encoder.add((path, video.attempt, torch.from_numpy(chunk.positions)), chunk.frames)
+        elif outcome.status == "ok":
+            videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)
+        else:
+            videos.pop(path, None)
+            encoder.drop(lambda key, path=path: key[0] != path)
+            yield task, None, f"{outcome.status}: {outcome.error}"
+        for key, feats, error in encoder.ready():
+            encoded(key, feats, error)
+        yield from finished()
+    for key, feats, error in encoder.ready(flush=True):
+        encoded(key, feats, error)
+    yield from finished()

@@ -94,6 +94,8 @@ class VideoReader(ABC):
         unique, inverse = np.unique(idx, return_inverse=True)
         with self._lock:
             frames = self._read(unique)
+        if len(unique) == len(idx) and np.array_equal(unique, idx):
+            return torch.from_numpy(frames)  # sorted and distinct already: no second copy of the frames
         return torch.from_numpy(frames[inverse])
 
     def close(self) -> None:  # noqa: B027 (optional hook)

@@ -62,7 +62,7 @@ class TagSettings:
     decode_workers: int = 2
     decode_timeout_s: float = 300.0  # a decode worker that yields nothing for this long is killed (status timeout)
     max_rss_mb: float = 2048.0  # a decode worker above this is replaced after its task
-    chunk_mb: float = 64.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
+    chunk_mb: float = 32.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
 
     def __post_init__(self) -> None:

@@ -28,7 +28,9 @@ from .decode import Backend, VideoDecodeError, VideoInfo, open_video
 from .features import FrameEncoder
 from .pool import pool_views
 from .sample import sliding_windows
-from .workers import decode_in_workers
+from .workers import decode_in_workers, trim_heap
+
+RESIZE_BATCH = 16  # frames resized at once: the float copies interpolate makes stay small
 
 
 class StageError(Exception):
@@ -48,7 +50,7 @@ class WindowTask:
     stride_s: float = 2.0
     backend: Backend = "auto"
     resize: int | None = None  # the decoder's short-side cap (before the model's resize)
-    chunk_mb: float = 64.0  # decoded frames held at once, at most (one window's frames always fit)
+    chunk_mb: float = 32.0  # decoded frames held at once, at most (one window's frames always fit)
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,11 @@ def decode_windows(task: WindowTask) -> Iterator[WindowHeader | WindowChunk]:
                 frames = reader.get_frames(unique)  # (U, H, W, 3) uint8
             except VideoDecodeError as e:
                 raise StageError("decode", e.reason) from None
-            yield WindowChunk(start, inverse.reshape(end - start, -1), transform.resize_crop(frames))
+            small = torch.cat([transform.resize_crop(part) for part in frames.split(RESIZE_BATCH)])  # (U, 3, S, S)
+            del frames
+            yield WindowChunk(start, inverse.reshape(end - start, -1), small)
+            del small
+            trim_heap()  # the chunk has left: give its pages back before the next (see trim_heap)
         return tuple(reader.warnings)
 
 
@@ -143,6 +149,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
 
     def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
         path, attempt, positions = key
+        trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
         video = videos.get(path)
         if video is None or video.attempt != attempt:
             return  # a chunk of an attempt that was abandoned

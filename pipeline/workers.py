@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from .decode import DecodeRequest
 
+MAX_STARTUP_FAILURES = 3
 Status = Literal["ok", "error", "timeout", "crash", "part"]  # part: not final, more outcomes of the task follow
 
 
@@ -50,6 +51,29 @@ def rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def trim_heap() -> None:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere). Frame-sized buffers
+    freed in the middle of the heap stay resident otherwise: tagging an hour of video with ViT-B/32 grew this process
+    from 1.4 to 3.0 GB and a decode worker from 0.7 to 1.4 GB. Called once per chunk of frames, it keeps both flat."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
 
 
 def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
@@ -110,6 +134,7 @@ class WorkerPool:
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
         self.restarts = 0
+        self._startup_failures = 0  # workers that died before saying ready, in a row
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -180,6 +205,11 @@ class WorkerPool:
             task = w.task
             w.proc.join(timeout=5)
             code = w.proc.exitcode
+            self._startup_failures = 0 if w.ready else self._startup_failures + 1
+            if self._startup_failures >= MAX_STARTUP_FAILURES:  # replacing it again would loop forever
+                raise RuntimeError(f"worker processes die before they start (exit code {code}, "
+                                   f"{self._startup_failures} in a row): a spawned worker imports the __main__ "
+                                   "module, so a script must guard its work with if __name__ == '__main__'")
             self._replace(w)
             if task is not None:
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"

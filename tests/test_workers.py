@@ -1,7 +1,11 @@
 """Supervised workers: one status per task, deadlines, crash isolation, recycling; and decoding through them."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from videos import h264_bframes, reference_frames
@@ -10,6 +14,8 @@ from worker_fns import behave
 from pipeline.decode import DecodeRequest
 from pipeline.sample import Sampling, segment_indices
 from pipeline.workers import WorkerPool, decode_in_workers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tasks, **kw):
@@ -84,3 +90,13 @@ def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
     assert by_task[1][:2] == [("part", 0), ("part", 1)] and by_task[1][2][0] == "timeout" and len(by_task[1]) == 3
     assert by_task[2][:2] == [("part", 0), ("part", 1)] and by_task[2][2][0] == "error" and len(by_task[2]) == 3
     assert [o for o in seen if o.task_id == 1][-1].error.startswith("no result within 1.5 s")
+
+
+def test_workers_that_die_at_start_up_raise_instead_of_respawning_forever(tmp_path):
+    script = tmp_path / "unguarded.py"  # the classic spawn mistake: work at module level, no __main__ guard
+    script.write_text("from pipeline.workers import WorkerPool\nfrom worker_fns import behave\n"
+                      "with WorkerPool(behave, num_workers=1) as pool:\n    print(list(pool.map([('ok', 1)])))\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode != 0
+    assert "worker processes die before they start" in done.stderr.strip().splitlines()[-1]

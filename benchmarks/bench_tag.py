@@ -156,7 +156,7 @@ def _pss_mb(pid: int) -> float:
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
     folder = tmp / "archive"
     paths = write_folder(folder, args.videos, args.size, args.seconds, 24)
-    model, transform = load_model(args.model, torch.device("cpu"))
+    model, transform, _ = load_model(args.model, torch.device("cpu"))
     cap = 2 * model.preprocess_config.image_size
     sampling = Sampling("windows", num_frames=settings.num_frames, window_s=settings.window_s,
                         stride_s=settings.stride_s)

@@ -22,7 +22,7 @@ __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "load_temporal", "save_checkpoint", "tokenize",
+    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize",
 ]
 
 
@@ -62,25 +62,27 @@ def load(
     Returns the model in eval mode on ``device`` and its image transform. ``precision`` is ``fp32`` (default),
     ``bf16`` (weights in bfloat16; features stay within cosine 0.999 of fp32) or ``fp16`` (GPU only).
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    name = str(name_or_path)
-    if name in published_models():
-        path = model_path(name, Path(download_root) if download_root else None)
-    else:
-        path = Path(name_or_path).expanduser()
-        if not path.exists():
-            raise CheckpointError(
-                f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())})"
-            )
+    path = _resolve(name_or_path, download_root, precision)
     model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu), source=str(path))
     return model.to(device=device, dtype=PRECISIONS[precision]), ClipTransform(model.preprocess_config)
+
+
+def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
+                       ) -> tuple[CLIP, ClipTransform, TemporalTransformer]:
+    """``load`` plus the trained temporal pooler of the same clip_video checkpoint, from one read of the file."""
+    path = _resolve(path, None, precision)
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
+    return model, ClipTransform(model.preprocess_config), temporal_from_checkpoint(ckpt, path).to(device)
 
 
 def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> TemporalTransformer:
     """The trained temporal pooler stored in a clip_video checkpoint (see ``save_checkpoint(..., temporal=)``)."""
     path = Path(path).expanduser()
-    ckpt = read_checkpoint(path)
+    return temporal_from_checkpoint(read_checkpoint(path), path).to(device)
+
+
+def temporal_from_checkpoint(ckpt: Checkpoint, path: Path) -> TemporalTransformer:
     if ckpt.temporal is None:
         raise CheckpointError(f"{path}: this checkpoint has no trained temporal pooler; pool with mean instead, or "
                               "train one with pooling: temporal")
@@ -89,4 +91,19 @@ def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> Tempo
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt temporal pooler config: {e}") from None
     load_state_dict_strict(head, ckpt.temporal["state_dict"], source=f"{path} (temporal pooler)")
-    return head.eval().to(device)
+    return head.eval()
+
+
+def _resolve(name_or_path: str | Path, download_root: str | Path | None, precision: str) -> Path:
+    """A published name -> its downloaded file; anything else must be an existing file or folder."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    name = str(name_or_path)
+    if name in published_models():
+        return model_path(name, Path(download_root) if download_root else None)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise CheckpointError(
+            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())})"
+        )
+    return path

@@ -27,7 +27,7 @@ from .classify import video_probs
 from .decode import DecodeRequest
 from .features import extract_features
 from .metrics import compute_metrics, mean_std
-from .models import load_model, load_pooler, model_key, resolve_device
+from .models import load_model, model_key, resolve_device
 from .pool import video_embedding
 from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from .prompts import cached_class_embeddings, load_templates
@@ -182,8 +182,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Run every split of the config and write the reports to ``cfg.out``; returns the results dict."""
     splits = load_splits(cfg)
     device = resolve_device(cfg.device)
-    model, transform = load_model(cfg.model, device, cfg.precision)
-    head = load_pooler(cfg.model, cfg.pooling, device)  # None unless pooling is temporal
+    model, transform, head = load_model(cfg.model, device, cfg.precision, cfg.pooling)  # head: temporal pooling
     mkey = model_key(cfg.model, cfg.precision)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     sampling = sampling_for(cfg)

@@ -96,8 +96,7 @@ def reversal_cosines(path: Path, video: Path) -> dict[str, float]:
 
     with open_video(video) as reader:
         frames = reader.get_frames(segment_indices(reader.num_frames, 8))  # (T, H, W, 3)
-    model, transform = clip_model.load(path)
-    head = clip_model.load_temporal(path)
+    model, transform, head = clip_model.load_with_temporal(path)
     x = transform.video(torch.stack([frames, frames.flip(0)]).flatten(0, 1))  # (2·T, 3, S, S)
     with torch.no_grad():
         feats = model.encode_image(x).view(2, 8, -1)  # (2, T, E): forward, backward

@@ -21,25 +21,22 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def load_model(spec: str, device: torch.device, precision: str = "fp32",
-               ) -> tuple[clip_model.CLIP, clip_model.ClipTransform]:
-    """``random:tiny-vit`` builds an untrained model (seed 0) for smoke tests; anything else goes to clip_model.load."""
+def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
+               ) -> tuple[clip_model.CLIP, clip_model.ClipTransform, nn.Module | None]:
+    """The model, its transform, and (``pooling`` temporal) the trained temporal pooler of checkpoint ``spec``, read
+    from the file once. ``random:tiny-vit`` builds an untrained model (seed 0) for smoke tests; anything else goes
+    to clip_model."""
+    if pooling == "temporal":
+        if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
+            raise ValueError(f"pooling temporal needs a checkpoint with a trained temporal pooler (written by train); "
+                             f"{spec} has none: use pooling mean")
+        return clip_model.load_with_temporal(spec, device, precision=precision)
     if spec.startswith(RANDOM_PREFIX):
         if precision not in clip_model.PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0)
-        return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config)
-    return clip_model.load(spec, device=device, precision=precision)
-
-
-def load_pooler(spec: str, pooling: str, device: torch.device) -> nn.Module | None:
-    """The trained temporal pooler of checkpoint ``spec`` when ``pooling`` is ``temporal``; None otherwise."""
-    if pooling != "temporal":
-        return None
-    if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
-        raise ValueError(f"pooling temporal needs a checkpoint with a trained temporal pooler (written by train); "
-                         f"{spec} has none: use pooling mean")
-    return clip_model.load_temporal(spec, device)
+        return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config), None
+    return (*clip_model.load(spec, device=device, precision=precision), None)
 
 
 def model_key(spec: str, precision: str = "fp32") -> str:

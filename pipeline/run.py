@@ -11,7 +11,7 @@ from tqdm import tqdm
 from .classify import Prediction, top_k, video_probs
 from .decode import Backend, DecodeRequest
 from .features import extract_features
-from .models import load_model, load_pooler, model_key, resolve_device
+from .models import load_model, model_key, resolve_device
 from .pool import POOLINGS, Pooling, video_embedding
 from .probe import LinearProbe
 from .prompts import cached_class_embeddings, load_templates
@@ -73,8 +73,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     device = resolve_device(settings.device)
-    model, transform = load_model(settings.model, device, settings.precision)
-    head = load_pooler(settings.model, settings.pooling, device)
+    model, transform, head = load_model(settings.model, device, settings.precision, settings.pooling)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:

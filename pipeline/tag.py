@@ -36,7 +36,7 @@ from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 
 from .classify import top_k, zero_shot_probs
-from .models import load_model, load_pooler, model_key, resolve_device
+from .models import load_model, model_key, resolve_device
 from .prompts import class_embeddings, load_templates
 from .windows import WindowTask, embed_windows
 
@@ -366,8 +366,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     listing_errors = [e | {"stamp": None} for e in listing_errors]  # re-listed every run; the newest part wins
 
     device = resolve_device(settings.device)
-    model, transform = load_model(settings.model, device, settings.precision)
-    head = load_pooler(settings.model, settings.pooling, device)
+    model, transform, head = load_model(settings.model, device, settings.precision, settings.pooling)
     tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
     failed: dict[str, int] = {}
     ok = 0
@@ -484,7 +483,7 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
 def _index_model(settings: dict, device: str):
     spec, _, precision = settings["model"].rpartition("|")
     spec = spec.split("|")[0]
-    return load_model(spec, resolve_device(device), precision)
+    return load_model(spec, resolve_device(device), precision)[0]
 
 
 def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto") -> list[dict]:

@@ -218,7 +218,7 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames."""
     from datasets.world import write_world
     from pipeline.decode import open_video
-    from pipeline.models import load_pooler
+    from pipeline.models import load_model
     from pipeline.run import ClassifySettings, classify_videos
 
     result = train(_cfg(tmp_path, steps=6), progress=False)
@@ -245,7 +245,13 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
         expected = (scale * video @ text.t()).softmax(-1)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
     with pytest.raises(ValueError, match="random:tiny-vit has none: use pooling mean"):
-        load_pooler("random:tiny-vit", "temporal", torch.device("cpu"))
+        load_model("random:tiny-vit", torch.device("cpu"), pooling="temporal")
     plain = clip_model.save_checkpoint(result.model.clip, tmp_path / "plain.pt")
     with pytest.raises(clip_model.CheckpointError, match="no trained temporal pooler"):
         clip_model.load_temporal(plain)
+    with pytest.raises(clip_model.CheckpointError, match="no trained temporal pooler"):
+        load_model(str(plain), torch.device("cpu"), pooling="temporal")
+    # one read of the file gives the same pooler as load_temporal
+    _, _, head = load_model(str(result.out / "model.pt"), torch.device("cpu"), pooling="temporal")
+    alone = clip_model.load_temporal(result.out / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), alone.state_dict().values()))

@@ -14,7 +14,7 @@ from pipeline.pool import pool_views
 from pipeline.sample import Sampling
 from pipeline.windows import WindowChunk, WindowHeader, WindowTask, chunk_ranges, decode_windows, embed_windows
 
-MODEL, TRANSFORM = load_model("random:tiny-vit", torch.device("cpu"))
+MODEL, TRANSFORM, _ = load_model("random:tiny-vit", torch.device("cpu"))
 S = MODEL.preprocess_config.image_size
 
 

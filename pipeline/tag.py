@@ -1,7 +1,7 @@
 """Batch tagging of video archives: resumable, fault-isolated, and searchable afterwards.
 
-    discover -> decode windows (supervised workers) -> encode -> pool per window -> score labels -> commit a part
-    -> ... -> merge the parts into OUT, OUT.segments.*, OUT.errors.*
+    discover -> windows (pipeline.windows: chunks decoded in supervised workers, encoded here in batches across
+    videos, pooled per window) -> commit a part -> ... -> score labels and write OUT, OUT.segments.*, OUT.errors.*
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
 each). A window's embedding is its pooled frames; a video's is the normalised mean of its windows'. Labels are

@@ -475,7 +475,7 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
     settings = read_indexes(folder)[0]
     out = Path(out).expanduser().resolve()
     check_output(out)
-    model, _ = _index_model(settings, device)
+    model = _index_model(settings, device)
     write_index_outputs(folder, out, model, labels, templates or settings["templates"], topk or settings["topk"])
     return out
 
@@ -489,7 +489,7 @@ def _index_model(settings: dict, device: str):
 def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto") -> list[dict]:
     """The videos and windows whose embeddings best match ``query`` (cosine), best first."""
     settings, rows, video_emb, window_emb = read_indexes(Path(index_path).expanduser())
-    model, _ = _index_model(settings, device)
+    model = _index_model(settings, device)
     from clip_model import tokenize
 
     with torch.no_grad():

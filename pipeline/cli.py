@@ -24,9 +24,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="model weights; bf16 keeps features within cosine 0.999 of fp32 and is ~3x faster on CPU")
     p.add_argument("--batch-size", type=int, default=32, help="frames per image-encoder batch")
     p.add_argument("--backend", choices=("auto", "pyav", "decord"), default="auto",
-                   help="video decoder: auto uses decord where it agrees with PyAV's frame index, else PyAV")
+                   help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
+                        "the file")
     p.add_argument("--decode-workers", type=int, default=2, help="supervised decode processes")
-    p.add_argument("--decode-timeout", type=float, default=120.0, help="seconds allowed to decode one video")
+    p.add_argument("--decode-timeout", type=float, default=120.0,
+                   help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -94,6 +96,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk, device=args.device,
         precision=args.precision, batch_size=args.batch_size, backend=args.backend,
         decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout, commit_every=args.commit_every,
+        chunk_mb=args.chunk_mb,
     )
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude)
     print(summary.line())
@@ -178,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only paths matching (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip paths matching (repeatable)")
     p.add_argument("--commit-every", type=int, default=32, help="videos per committed part (resume granularity)")
+    p.add_argument("--chunk-mb", type=float, default=32.0,
+                   help="decoded frames a worker holds at once (MB): bounds memory on hour-long videos")
     _add_model_args(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")

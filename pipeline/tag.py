@@ -71,6 +71,8 @@ class TagSettings:
         for key in ("num_frames", "topk", "batch_size", "decode_workers", "commit_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} ({getattr(self, key)}) must be >= 1")
+        if self.chunk_mb <= 0:
+            raise ValueError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
             raise ValueError("window_s and stride_s must be > 0")
         if self.pooling not in ("mean", "max", "temporal"):

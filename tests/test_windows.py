@@ -34,13 +34,15 @@ def test_chunk_ranges_cover_every_window_once_within_the_budget():
 
 
 def _stream(task):
-    gen = decode_windows(task)
-    items = []
-    while True:
-        try:
+    """decode_windows run here rather than in a worker (it sets torch's thread count, restored afterwards)."""
+    threads, gen, items = torch.get_num_threads(), decode_windows(task), []
+    try:
+        while True:
             items.append(next(gen))
-        except StopIteration as stop:
-            return items, stop.value
+    except StopIteration as stop:
+        return items, stop.value
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("chunk_mb", [0.05, 64.0])

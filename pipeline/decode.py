@@ -210,19 +210,8 @@ class DecodeRequest:
 
 
 def decode_request(request: DecodeRequest) -> DecodedClip:
-    """Open, sample, decode and close: the unit of work a decode worker runs. A failure while opening (and indexing)
-    the file carries ``stage = "open"``; later ones ``"decode"``."""
-    try:
-        reader = open_video(request.path, request.backend, resize=request.resize, threads=request.threads)
-    except VideoDecodeError as e:
-        e.stage = "open"
-        raise
-    with reader:
-        try:
-            num_frames, timestamps = reader.num_frames, reader.timestamps  # the demuxed index is part of opening
-        except VideoDecodeError as e:
-            e.stage = "open"
-            raise
-        idx = request.sampling.indices(num_frames, timestamps, reader.duration)
+    """Open, sample, decode and close: the unit of work a decode worker runs."""
+    with open_video(request.path, request.backend, resize=request.resize, threads=request.threads) as reader:
+        idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
         frames = reader.get_frames(idx.reshape(-1))
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))

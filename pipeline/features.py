@@ -12,7 +12,7 @@ import torch
 
 import clip_model
 
-from .decode import DecodedClip, DecodeRequest, VideoInfo
+from .decode import DecodedClip, DecodeRequest
 from .workers import decode_in_workers
 
 
@@ -22,7 +22,6 @@ class VideoFeatures:
     frame_features: torch.Tensor  # (V, T, E) raw embeddings; V = temporal clips × spatial crops
     timestamps: np.ndarray  # (clips, T) seconds of the sampled frames
     warnings: tuple[str, ...] = ()
-    info: VideoInfo | None = None
 
 
 @torch.no_grad()
@@ -128,18 +127,15 @@ class _Owned:
 
 def extract_features(model: clip_model.CLIP, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],
                      *, crops: int = 1, batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
-                     max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], DecodedClip] | None = None,
                      ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, str | None]]:
-    """Decode in supervised workers (``fn``, default ``decode_request``) and encode in this process, yielding
-    (request, features, error) per video as each finishes; exactly one of features and error is set; an error reads
-    ``status: reason``."""
+    """Decode in supervised workers and encode in this process, yielding (request, features, error) per video as
+    each finishes; exactly one of features and error is set; an error reads ``status: reason``."""
     workers = max(1, min(decode_workers, len(requests)))
-    for request, outcome in decode_in_workers(list(requests), num_workers=workers, timeout_s=timeout_s,
-                                              max_rss_mb=max_rss_mb, fn=fn):
+    for request, outcome in decode_in_workers(list(requests), num_workers=workers, timeout_s=timeout_s):
         if outcome.status != "ok":
             yield request, None, f"{outcome.status}: {outcome.error}"
             continue
         clip: DecodedClip = outcome.result
         feats = encode_clip(model, transform, clip, crops=crops, batch_size=batch_size)
         stamps = clip.timestamps.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.timestamps
-        yield request, VideoFeatures(request.path, feats, stamps, clip.warnings, clip.info), None
+        yield request, VideoFeatures(request.path, feats, stamps, clip.warnings), None

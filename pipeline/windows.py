@@ -124,8 +124,8 @@ class WindowedVideo:
 
 @dataclass(eq=False)
 class _Video:
+    task: WindowTask  # the attempt under way (a retry runs on another backend)
     header: WindowHeader
-    attempt: int
     pooled: list = field(default_factory=list)  # (w, E) per chunk, in order
     sent: int = 0  # chunks queued for the model
     encoded: int = 0  # chunks encoded and pooled
@@ -144,15 +144,12 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
     the stage (``open``, ``decode`` or ``model``) in the reason. A video whose worker crashed on ``auto`` is retried
     on decord (``decode_in_workers``): its new header discards whatever the crashed attempt sent."""
     encoder = FrameEncoder(model, transform, batch_size)
-    videos: dict[str, _Video] = {}
-    attempts: dict[str, int] = {}
+    videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
 
     def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
-        path, attempt, positions = key
+        path, positions = key
         trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
-        video = videos.get(path)
-        if video is None or video.attempt != attempt:
-            return  # a chunk of an attempt that was abandoned
+        video = videos[path]
         video.encoded += 1
         if error is None and video.error is None:
             try:
@@ -167,25 +164,22 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
             if video.decoded and video.encoded == video.sent:
                 del videos[path]
                 if video.error:
-                    yield by_path[path], None, video.error
+                    yield video.task, None, video.error
                 else:
-                    yield by_path[path], WindowedVideo(video.header.info, video.header.bounds,
-                                                       torch.cat(video.pooled), video.warnings), None
+                    yield video.task, WindowedVideo(video.header.info, video.header.bounds, torch.cat(video.pooled),
+                                                    video.warnings), None
 
-    by_path = {t.path: t for t in tasks}
     workers = max(1, min(decode_workers, len(tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn):
         path = task.path
-        by_path[path] = task  # a retry runs on another backend
-        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):  # (re)start this video
-            attempts[path] = attempts.get(path, -1) + 1
-            encoder.drop(lambda key, path=path: key[0] != path)
-            videos[path] = _Video(outcome.result, attempts[path])
+        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):  # (re)start: forget any earlier
+            encoder.drop(lambda key, path=path: key[0] != path)  # attempt's queued chunks
+            videos[path] = _Video(task, outcome.result)
         elif outcome.status == "part":
             video, chunk = videos[path], outcome.result
             video.sent += 1
-            encoder.add((path, video.attempt, torch.from_numpy(chunk.positions)), chunk.frames)
+            encoder.add((path, torch.from_numpy(chunk.positions)), chunk.frames)
         elif outcome.status == "ok":
             videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)
         else:

@@ -36,7 +36,7 @@ from pipeline.pool import pool_views  # noqa: E402
 from pipeline.sample import Sampling  # noqa: E402
 from pipeline.tag import TagSettings, tag  # noqa: E402
 from pipeline.windows import WindowChunk, decode_windows  # noqa: E402
-from pipeline.workers import decode_in_workers  # noqa: E402
+from pipeline.workers import decode_in_workers, rss_mb  # noqa: E402
 
 
 def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int) -> list[Path]:
@@ -90,8 +90,8 @@ class TreeMemory:
     """Peak resident memory (MiB) of this process plus its descendants, sampled from /proc every ``every`` s."""
 
     def __init__(self, every: float = 0.05):
-        self.every, self.peak_total, self.peak_single, self.peak_workers, self.peak_pss = every, 0.0, 0.0, 0, 0.0
-        self.peaks: dict[str, float] = {}  # command line -> its peak
+        self.every, self.peak_total, self.peak_pss, self.peak_children = every, 0.0, 0.0, 0
+        self.peaks: dict[str, float] = {}  # command line -> its peak RSS
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -119,26 +119,19 @@ class TreeMemory:
                 more = {p for p, pp in parents.items() if pp in tree} - tree
                 tree |= more
                 grew = bool(more)
-            rss = [_rss_mb(p) for p in tree]
+            rss = [rss_mb(p) for p in tree]
             for p, r in zip(tree, rss):
                 try:
-                    name = open(f"/proc/{p}/cmdline").read().replace("\0", " ")[:90]
+                    with open(f"/proc/{p}/cmdline") as f:
+                        name = f.read().replace("\0", " ").strip()[:90]
                 except OSError:
                     continue
-                self.peaks[name] = max(self.peaks.get(name, 0), r)
+                if name:  # an exited child has none
+                    self.peaks[name] = max(self.peaks.get(name, 0.0), r)
             self.peak_total = max(self.peak_total, sum(rss))
             self.peak_pss = max(self.peak_pss, sum(_pss_mb(p) for p in tree))
-            self.peak_single = max(self.peak_single, max(rss))
-            self.peak_workers = max(self.peak_workers, len(tree) - 1)
+            self.peak_children = max(self.peak_children, len(tree) - 1)
             self._stop.wait(self.every)
-
-
-def _rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
 
 
 def _pss_mb(pid: int) -> float:
@@ -223,8 +216,9 @@ def memory(args, settings: TagSettings, tmp: Path) -> None:
     whole = windows * settings.num_frames * 360 * 640 * 3 / 2**20
     print(f"\none {args.long_minutes}-minute 640x360 24 fps video ({video.stat().st_size / 2**20:.0f} MiB, written in "
           f"{made:.0f} s): {summary.ok} tagged in {took:.0f} s, {windows} windows")
-    print(f"peak RSS, this process + {mem.peak_workers} child processes: {mem.peak_total:.0f} MiB (target < 2048); "
-          f"largest single process {mem.peak_single:.0f} MiB; PSS (shared pages counted once) {mem.peak_pss:.0f} MiB")
+    print(f"peak RSS, this process + {mem.peak_children} child processes: {mem.peak_total:.0f} MiB (target < 2048); "
+          f"largest single process {max(mem.peaks.values()):.0f} MiB; PSS (shared pages counted once) "
+          f"{mem.peak_pss:.0f} MiB")
     for name, peak in mem.peaks.items():
         print(f"   {peak:6.0f} MiB  {name}")
     print(f"(the windows' frames decoded at once would take {whole:.0f} MiB; chunks hold <= {settings.chunk_mb:g} MiB)")

@@ -44,10 +44,10 @@ class Outcome:
     error: str | None = None
 
 
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux /proc; 0 where unavailable)."""
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident set size of process ``pid`` (default: this one) in MiB (Linux /proc; 0 where unavailable)."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return 0.0

@@ -24,9 +24,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.decode import open_video  # noqa: E402
-from pipeline.decode_pyav import PyAVReader  # noqa: E402
-from pipeline.sample import segment_indices  # noqa: E402
+from pipeline.video.open import open_video  # noqa: E402
+from pipeline.video.pyav_reader import PyAVReader  # noqa: E402
+from pipeline.video.samplers import segment_indices  # noqa: E402
 
 
 def make_long(path: Path, seconds: int, height: int, width: int) -> Path:

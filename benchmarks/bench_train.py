@@ -7,7 +7,7 @@ Rows (steps/s of one optimisation step: forward, backward, AdamW; best of ``--re
   * temporal pooling: ours only (open_clip has no temporal head), to show what the head costs;
   * exact gradient accumulation (grad_accum=2): ours only; the cost of the extra no-grad pass;
   * rendering one batch of the action world, and the whole ``train()`` step (render + model + log) as the demo runs it.
-Our rows run pipeline.train's own step function; both sides transform and tokenize the batch inside the step.
+Our rows run pipeline.jobs.train's own step function; both sides transform and tokenize the batch inside the step.
 """
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ import clip_model  # noqa: E402
 from clip_model.checkpoint import convert_open_clip  # noqa: E402
 from configs.schema import TrainConfig  # noqa: E402
 from datasets.world import WorldConfig  # noqa: E402
-from pipeline.train import VideoCLIP, _as_input, _step, train  # noqa: E402
-from pipeline.train_data import RenderedWorld  # noqa: E402
+from clip_model import VideoCLIP  # noqa: E402
+from pipeline.jobs.train import _as_input, _step, train  # noqa: E402
+from pipeline.jobs.train_data import RenderedWorld  # noqa: E402
 
 
 def best_rate(step, repeat: int, steps: int) -> float:

@@ -14,7 +14,7 @@ from .download import cache_dir, model_path, published_models
 from .errors import CheckpointError
 from .loss import ClipLoss
 from .model import CLIP, build_model
-from .temporal import TemporalConfig, TemporalTransformer
+from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
 from .tokenizer import tokenize
 from .transform import ClipTransform
 
@@ -22,7 +22,7 @@ __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize",
+    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize", "VideoCLIP",
 ]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .model import Transformer
+from .model import CLIP, Transformer
 
 
 @dataclass(frozen=True)
@@ -60,3 +60,24 @@ class TemporalTransformer(nn.Module):
         x = frame_features + self.positional_embedding[:T].to(frame_features.dtype)  # (B, T, E)
         x = frame_features + self.transformer(x)  # residual around the whole stack, as ActionCLIP
         return x.mean(dim=1)  # (B, E)
+
+
+class VideoCLIP(nn.Module):
+    """A CLIP plus a temporal pooler: frames (B, T, 3, S, S) and tokens (B, L) -> video and text embeddings."""
+
+    def __init__(self, clip: CLIP, pooling: str, num_frames: int, temporal_layers: int = 2):
+        super().__init__()
+        if pooling not in ("mean", "temporal"):
+            raise ValueError(f"pooling {pooling!r}: choose 'mean' or 'temporal'")
+        self.clip, self.pooling = clip, pooling
+        width = clip.config.embed_dim
+        self.temporal = TemporalTransformer(TemporalConfig(width, num_frames, temporal_layers, max(1, width // 32))) \
+            if pooling == "temporal" else None
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        B, T = frames.shape[:2]
+        features = self.clip.encode_image(frames.flatten(0, 1)).view(B, T, -1)  # (B, T, E)
+        return self.temporal(features) if self.temporal is not None else features.mean(dim=1)  # (B, E)
+
+    def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_video(frames), self.clip.encode_text(tokens)  # (B, E), (B, E)

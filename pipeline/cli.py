@@ -12,8 +12,8 @@ import torch
 from clip_model import CheckpointError, cache_dir
 from datasets.labels import load_labels
 
-from .classify import Prediction
-from .run import ClassifySettings, classify_videos
+from .zero_shot import Prediction
+from pipeline.jobs.classify import ClassifySettings, classify_videos
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from configs.schema import load_config
 
-    from .benchmark import run_benchmark
+    from pipeline.jobs.benchmark import run_benchmark
 
     cfg = load_config(args.config, args.set)
     results = run_benchmark(cfg)
@@ -73,7 +73,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from configs.schema import TrainConfig, load_config
 
-    from .train import train
+    from pipeline.jobs.train import train
 
     cfg = load_config(args.config, args.set, cls=TrainConfig)
     with torch.enable_grad():
@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from .tag import TagSettings, tag
+    from pipeline.jobs.tag.job import TagSettings, tag
 
     if not args.labels:
         raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
@@ -104,7 +104,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_retag(args: argparse.Namespace) -> int:
-    from .tag import retag
+    from pipeline.jobs.tag.job import retag
 
     out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
                 device=args.device)
@@ -113,7 +113,7 @@ def cmd_retag(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .tag import search
+    from pipeline.jobs.tag.job import search
 
     for hit in search(args.index, args.query, args.topk, args.device):
         where = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_search)
-    from .demo import add_demo_parser  # the demo is a job built on the stages above
+    from pipeline.jobs.demo import add_demo_parser  # the demo is a job built on the stages above
 
     add_demo_parser(sub)
     return parser

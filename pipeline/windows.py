@@ -1,11 +1,11 @@
 """Sliding windows of videos, streamed out of decode workers in bounded chunks and pooled (the tag job's stages).
 
-    worker:      open -> windows (sample.sliding_windows) -> per chunk of windows: decode its distinct frames once
+    worker:      open -> windows (video.samplers.sliding_windows) -> per chunk of windows: decode its distinct frames once
                  -> resize and crop to the model's size (uint8) -> yield
-    this process: normalise -> encode, batched across videos (features.FrameEncoder) -> pool each window
+    this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> pool each window
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
-is never more than one chunk ahead of the model (``pipeline.workers`` streams generator tasks). Overlapping windows
+is never more than one chunk ahead of the model (``pipeline.video.supervisor`` streams generator tasks). Overlapping windows
 share frames (4 s windows every 2 s, 8 frames each, sample the same instants), so each distinct frame is decoded,
 shipped and encoded once and ``positions`` says which frames make up each window. Frames cross to the model's
 process already resized and cropped (uint8, 3 x S x S), not at the decoder's size; ``ClipTransform.normalize``
@@ -24,11 +24,11 @@ import clip_model
 from clip_model.config import PreprocessConfig
 from clip_model.transform import ClipTransform
 
-from .decode import Backend, VideoDecodeError, VideoInfo, open_video
-from .features import FrameEncoder
-from .pool import pool_views
-from .sample import sliding_windows
-from .workers import decode_in_workers, trim_heap
+from pipeline.video.open import Backend, VideoDecodeError, VideoInfo, open_video
+from .frame_features import FrameEncoder
+from .pooling import pool_views
+from pipeline.video.samplers import sliding_windows
+from pipeline.video.supervisor import decode_in_workers, trim_heap
 
 RESIZE_BATCH = 16  # frames resized at once: the float copies interpolate makes stay small
 

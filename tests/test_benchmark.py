@@ -14,7 +14,7 @@ import yaml
 from configs.schema import ConfigError, load_config
 from datasets.labels import raw_labels
 from datasets.synthetic import moving_square_frames, write_video
-from pipeline.benchmark import run_benchmark
+from pipeline.jobs.benchmark import run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIONS = ["moving left", "moving right", "moving up"]

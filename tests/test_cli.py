@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from datasets.synthetic import moving_square_frames, write_video
-from pipeline.sample import segment_indices
+from pipeline.video.samplers import segment_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
 
-from pipeline.decode import VideoDecodeError, open_video
-from pipeline.sample import segment_indices, uniform_time_indices
-from pipeline.workers import rss_mb
+from pipeline.video.open import VideoDecodeError, open_video
+from pipeline.video.samplers import segment_indices, uniform_time_indices
+from pipeline.video.supervisor import rss_mb
 
 MAKERS = {"h264_bframes.mp4": h264_bframes, "mpeg4_bframes.avi": mpeg4_avi_bframes, "vfr.mp4": vfr}
 
@@ -61,8 +61,8 @@ def test_decord_is_wrong_on_mpeg4_avi_and_says_so_while_auto_is_exact(made):
 
 
 def test_auto_falls_back_to_decord_only_when_pyav_cannot_open(made, monkeypatch):
-    from pipeline.decode import VideoOpenError
-    from pipeline.decode_pyav import PyAVReader
+    from pipeline.video.open import VideoOpenError
+    from pipeline.video.pyav_reader import PyAVReader
 
     def refuse(self):
         raise VideoOpenError(self.path, "cannot open: simulated")
@@ -198,7 +198,7 @@ def test_separate_readers_in_parallel_threads_do_not_deadlock(long_video):
 import sys, numpy as np
 from concurrent.futures import ThreadPoolExecutor
 sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-from pipeline.decode import open_video
+from pipeline.video.open import open_video
 def work(k):
     for j in range(6):
         with open_video({str(long_video)!r}, "pyav") as r:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from videos import encode, faststart, h264_bframes, reference_frames
 
-import pipeline.decode as decode_module
-from pipeline.decode import VideoDecodeError, open_video
+import pipeline.video.open as decode_module
+from pipeline.video.open import VideoDecodeError, open_video
 
 BACKENDS = ["pyav", "auto"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from datasets.world import WorldConfig
-from pipeline.demo import DemoSettings, direction_pairs, run_demo
+from pipeline.jobs.demo import DemoSettings, direction_pairs, run_demo
 
 WORLD = WorldConfig(seed=1, colours=("red", "blue"), shapes=("square", "circle"),
                     actions=("moving left", "moving right", "growing", "blinking"), held_out_every=5,

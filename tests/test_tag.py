@@ -19,8 +19,8 @@ import pytest
 from configs.schema import TrainConfig
 from datasets.synthetic import write_video
 from datasets.world import Clip, WorldConfig, render, write_world
-from pipeline.tag import TagSettings, discover, retag, search, sibling, tag
-from pipeline.train import train
+from pipeline.jobs.tag.job import TagSettings, discover, retag, search, sibling, tag
+from pipeline.jobs.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = WorldConfig(seed=0, colours=("red", "blue"), shapes=("square", "circle"),

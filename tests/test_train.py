@@ -19,8 +19,8 @@ import yaml
 import clip_model
 from configs.schema import ConfigError, TrainConfig, load_config
 from datasets.world import WorldConfig, plan_world, prompt_templates, render
-from pipeline.train import build_model, config_dict, evaluate_actions, train
-from pipeline.train_data import ClipPool, RenderedWorld
+from pipeline.jobs.train import build_model, config_dict, evaluate_actions, train
+from pipeline.jobs.train_data import ClipPool, RenderedWorld
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = WorldConfig(seed=0, colours=("red", "blue"), shapes=("square", "circle"),
@@ -217,9 +217,9 @@ def test_rendered_world_is_deterministic_per_step_and_slices_by_rank():
 def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames."""
     from datasets.world import write_world
-    from pipeline.decode import open_video
-    from pipeline.models import load_model
-    from pipeline.run import ClassifySettings, classify_videos
+    from pipeline.video.open import open_video
+    from pipeline.model_spec import load_model
+    from pipeline.jobs.classify import ClassifySettings, classify_videos
 
     result = train(_cfg(tmp_path, steps=6), progress=False)
     files = write_world(tmp_path / "world", WORLD)

@@ -7,11 +7,11 @@ import pytest
 import torch
 from videos import h264_bframes, pattern
 
-from pipeline.decode import DecodeRequest, decode_request
-from pipeline.features import FrameEncoder, encode_clip
-from pipeline.models import load_model
-from pipeline.pool import pool_views
-from pipeline.sample import Sampling
+from pipeline.video.open import DecodeRequest, decode_request
+from pipeline.frame_features import FrameEncoder, encode_clip
+from pipeline.model_spec import load_model
+from pipeline.pooling import pool_views
+from pipeline.video.samplers import Sampling
 from pipeline.windows import WindowChunk, WindowHeader, WindowTask, chunk_ranges, decode_windows, embed_windows
 
 MODEL, TRANSFORM, _ = load_model("random:tiny-vit", torch.device("cpu"))
@@ -96,7 +96,7 @@ def test_a_failing_owner_is_its_own_failure():
 
 
 def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
-    from pipeline.decode_pyav import PyAVReader  # noqa: F401 (the reference decodes with the same backend)
+    from pipeline.video.pyav_reader import PyAVReader  # noqa: F401 (the reference decodes with the same backend)
 
     paths = [h264_bframes(tmp_path / f"v{i}.mp4", n=50 + 40 * i, gop=12) for i in range(3)]
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)

@@ -20,7 +20,7 @@ from datasets.world import (
     render,
     write_world,
 )
-from pipeline.decode import open_video
+from pipeline.video.open import open_video
 
 SMALL = WorldConfig(seed=3, clips_per_pair=1, test_clips_per_pair=1, colours=("red", "blue"), shapes=("square",
                                                                                                      "triangle"))

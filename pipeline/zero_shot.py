@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .pool import Pooling, pool_views
+from .pooling import Pooling, pool_views
 
 
 @dataclass(frozen=True)

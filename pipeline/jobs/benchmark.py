@@ -23,17 +23,17 @@ from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics,
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
 
-from .classify import video_probs
-from .decode import DecodeRequest
-from .features import extract_features
-from .metrics import compute_metrics, mean_std
-from .models import load_model, model_key, resolve_device
-from .pool import video_embedding
-from .probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
-from .prompts import cached_class_embeddings, load_templates
-from .report import confusion_png, per_class_png, write_reports
-from .sample import Sampling
-from .tensor_cache import load_tensor, save_tensor
+from pipeline.zero_shot import video_probs
+from pipeline.video.open import DecodeRequest
+from pipeline.frame_features import extract_features
+from pipeline.metrics import compute_metrics, mean_std
+from pipeline.model_spec import load_model, model_key, resolve_device
+from pipeline.pooling import video_embedding
+from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
+from pipeline.prompts import cached_class_embeddings, load_templates
+from .benchmark_report import confusion_png, per_class_png, write_reports
+from pipeline.video.samplers import Sampling
+from pipeline.tensor_cache import load_tensor, save_tensor
 
 
 @dataclass(frozen=True)

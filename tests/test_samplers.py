@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.sample import (
+from pipeline.video.samplers import (
     Sampling,
     dense_indices,
     fps_indices,

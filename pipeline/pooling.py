@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (classify.video_probs)
+# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (zero_shot.video_probs)
 Pooling = Literal["mean", "max", "temporal", "frame_scores"]
 POOLINGS = ("mean", "max", "temporal", "frame_scores")
 

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from .decode import DecodeRequest
+    from .open import DecodeRequest
 
 MAX_STARTUP_FAILURES = 3
 Status = Literal["ok", "error", "timeout", "crash", "part"]  # part: not final, more outcomes of the task follow
@@ -232,7 +232,7 @@ def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, ti
     as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is retried once on decord, whose own
     FFmpeg build may get through; the retried result carries decord's warnings."""
     if fn is None:
-        from .decode import decode_request as fn  # imported here so that generic workers start without torch
+        from .open import decode_request as fn  # imported here so that generic workers start without torch
     with WorkerPool(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         retry = []
         for outcome in pool.map(requests):

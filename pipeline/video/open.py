@@ -11,7 +11,7 @@ are not), and it is what ``auto`` uses: measured in benchmarks/bench_decode.py i
 clips and 1.4-1.5x faster on long GOP-250 videos, while decord returned wrong frames on MPEG-4 Part 2 AVIs. ``auto``
 falls back to decord only when PyAV cannot open a file; ``decord`` can be asked for, and is checked against PyAV's
 frame count and warned about where its frames are known to be wrong.
-Decoding in this process has no timeout: jobs decode through ``pipeline.workers`` for deadlines and crash isolation.
+Decoding in this process has no timeout: jobs decode through ``pipeline.video.supervisor`` for deadlines and crash isolation.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .sample import Sampling
+from .samplers import Sampling
 
 Backend = Literal["auto", "pyav", "decord"]
 BACKENDS = ("auto", "pyav", "decord")
@@ -175,8 +175,8 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
     if threads < 1:
         raise ValueError(f"threads ({threads}) must be >= 1")
     path = check_file(path)
-    from .decode_decord import DecordReader, decord_trusted
-    from .decode_pyav import PyAVReader
+    from .decord_reader import DecordReader, decord_trusted
+    from .pyav_reader import PyAVReader
 
     if backend == "decord":
         with PyAVReader(path, resize=resize, max_pixels=max_pixels) as pyav:  # the index decord is checked against

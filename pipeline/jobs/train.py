@@ -32,37 +32,16 @@ from torch import nn
 from tqdm import tqdm
 
 import clip_model
-from clip_model.temporal import TemporalConfig, TemporalTransformer
+from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 
-from .models import RANDOM_PREFIX, resolve_device
-from .prompts import class_embeddings
+from pipeline.model_spec import RANDOM_PREFIX, resolve_device
+from pipeline.prompts import class_embeddings
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld
 
 TRAIN_STATE_TAG = "clip_video.train_state"
 # settings a resume may change: they do not alter what is computed
 RESUME_FREE = ("checkpoint_every", "device", "metrics", "name", "output_dir")
-
-
-class VideoCLIP(nn.Module):
-    """A CLIP plus a temporal pooler: frames (B, T, 3, S, S) and tokens (B, L) -> video and text embeddings."""
-
-    def __init__(self, clip: clip_model.CLIP, pooling: str, num_frames: int, temporal_layers: int = 2):
-        super().__init__()
-        if pooling not in ("mean", "temporal"):
-            raise ValueError(f"pooling {pooling!r}: choose 'mean' or 'temporal'")
-        self.clip, self.pooling = clip, pooling
-        width = clip.config.embed_dim
-        self.temporal = TemporalTransformer(TemporalConfig(width, num_frames, temporal_layers, max(1, width // 32))) \
-            if pooling == "temporal" else None
-
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
-        B, T = frames.shape[:2]
-        features = self.clip.encode_image(frames.flatten(0, 1)).view(B, T, -1)  # (B, T, E)
-        return self.temporal(features) if self.temporal is not None else features.mean(dim=1)  # (B, E)
-
-    def forward(self, frames: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.encode_video(frames), self.clip.encode_text(tokens)  # (B, E), (B, E)
 
 
 @dataclass

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .decode import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
-from .decode_pyav import PyAVReader, scaled_size
+from .open import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
+from .pyav_reader import PyAVReader, scaled_size
 
 
 def import_decord() -> Any:

@@ -20,8 +20,8 @@ import torch
 
 from datasets.world import CAPTION_FORMS, Clip, WorldConfig, caption, caption_keys, clip_keys, is_held_out, render
 
-from .decode import VideoDecodeError, open_video
-from .sample import segment_indices
+from pipeline.video.open import VideoDecodeError, open_video
+from pipeline.video.samplers import segment_indices
 
 
 @dataclass(frozen=True)

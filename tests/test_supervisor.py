@@ -11,9 +11,9 @@ import numpy as np
 from videos import h264_bframes, reference_frames
 from worker_fns import behave
 
-from pipeline.decode import DecodeRequest
-from pipeline.sample import Sampling, segment_indices
-from pipeline.workers import WorkerPool, decode_in_workers
+from pipeline.video.open import DecodeRequest
+from pipeline.video.samplers import Sampling, segment_indices
+from pipeline.video.supervisor import WorkerPool, decode_in_workers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
 
 def test_workers_that_die_at_start_up_raise_instead_of_respawning_forever(tmp_path):
     script = tmp_path / "unguarded.py"  # the classic spawn mistake: work at module level, no __main__ guard
-    script.write_text("from pipeline.workers import WorkerPool\nfrom worker_fns import behave\n"
+    script.write_text("from pipeline.video.supervisor import WorkerPool\nfrom worker_fns import behave\n"
                       "with WorkerPool(behave, num_workers=1) as pool:\n    print(list(pool.map([('ok', 1)])))\n")
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}"}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)

@@ -12,8 +12,8 @@ import torch
 
 import clip_model
 
-from .decode import DecodedClip, DecodeRequest
-from .workers import decode_in_workers
+from pipeline.video.open import DecodedClip, DecodeRequest
+from pipeline.video.supervisor import decode_in_workers
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .metrics import Metrics
+from pipeline.metrics import Metrics
 
 
 def _figure_png(fig: Any) -> str:

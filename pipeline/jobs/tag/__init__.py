@@ -1,0 +1,1 @@
+"""The tag job: batch tagging of video archives, resumable and searchable."""

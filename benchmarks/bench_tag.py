@@ -29,14 +29,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video  # noqa: E402
-from pipeline.video.open import DecodeRequest, decode_request  # noqa: E402
 from pipeline.frame_features import FrameEncoder, encode_clip  # noqa: E402
+from pipeline.jobs.tag.job import TagSettings, tag  # noqa: E402
 from pipeline.model_spec import load_model  # noqa: E402
 from pipeline.pooling import pool_views  # noqa: E402
+from pipeline.video.open import (  # noqa: E402
+    DecodeRequest,
+    decode_in_workers,  # noqa: E402
+    decode_request,
+)
 from pipeline.video.samplers import Sampling  # noqa: E402
-from pipeline.jobs.tag.job import TagSettings, tag  # noqa: E402
+from pipeline.video.supervisor import rss_mb  # noqa: E402
 from pipeline.windows import WindowChunk, decode_windows  # noqa: E402
-from pipeline.video.supervisor import decode_in_workers, rss_mb  # noqa: E402
 
 
 def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int) -> list[Path]:

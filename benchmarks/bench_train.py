@@ -25,10 +25,10 @@ import open_clip  # noqa: E402
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 
 import clip_model  # noqa: E402
+from clip_model import VideoCLIP  # noqa: E402
 from clip_model.checkpoint import convert_open_clip  # noqa: E402
 from configs.schema import TrainConfig  # noqa: E402
 from datasets.world import WorldConfig  # noqa: E402
-from clip_model import VideoCLIP  # noqa: E402
 from pipeline.jobs.train import _as_input, _step, train  # noqa: E402
 from pipeline.jobs.train_data import RenderedWorld  # noqa: E402
 

@@ -11,9 +11,9 @@ import torch
 
 from clip_model import CheckpointError, cache_dir
 from datasets.labels import load_labels
+from pipeline.jobs.classify import ClassifySettings, classify_videos
 
 from .zero_shot import Prediction
-from pipeline.jobs.classify import ClassifySettings, classify_videos
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -56,7 +56,6 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from configs.schema import load_config
-
     from pipeline.jobs.benchmark import run_benchmark
 
     cfg = load_config(args.config, args.set)
@@ -72,7 +71,6 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from configs.schema import TrainConfig, load_config
-
     from pipeline.jobs.train import train
 
     cfg = load_config(args.config, args.set, cls=TrainConfig)

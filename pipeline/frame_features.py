@@ -11,9 +11,8 @@ import numpy as np
 import torch
 
 import clip_model
-
-from pipeline.video.open import DecodedClip, DecodeRequest
-from pipeline.video.supervisor import decode_in_workers
+from pipeline.video.open import DecodeRequest, decode_in_workers
+from pipeline.video.reader import DecodedClip
 
 
 @dataclass(frozen=True)

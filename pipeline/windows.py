@@ -23,12 +23,13 @@ from torch import nn
 import clip_model
 from clip_model.config import PreprocessConfig
 from clip_model.transform import ClipTransform
+from pipeline.video.open import Backend, decode_in_workers, open_video
+from pipeline.video.reader import VideoDecodeError, VideoInfo
+from pipeline.video.samplers import sliding_windows
+from pipeline.video.supervisor import trim_heap
 
-from pipeline.video.open import Backend, VideoDecodeError, VideoInfo, open_video
 from .frame_features import FrameEncoder
 from .pooling import pool_views
-from pipeline.video.samplers import sliding_windows
-from pipeline.video.supervisor import decode_in_workers, trim_heap
 
 RESIZE_BATCH = 16  # frames resized at once: the float copies interpolate makes stay small
 

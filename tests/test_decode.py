@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
 
-from pipeline.video.open import VideoDecodeError, open_video
+from pipeline.video.open import open_video
+from pipeline.video.reader import VideoDecodeError
 from pipeline.video.samplers import segment_indices, uniform_time_indices
 from pipeline.video.supervisor import rss_mb
 
@@ -61,8 +62,8 @@ def test_decord_is_wrong_on_mpeg4_avi_and_says_so_while_auto_is_exact(made):
 
 
 def test_auto_falls_back_to_decord_only_when_pyav_cannot_open(made, monkeypatch):
-    from pipeline.video.open import VideoOpenError
     from pipeline.video.pyav_reader import PyAVReader
+    from pipeline.video.reader import VideoOpenError
 
     def refuse(self):
         raise VideoOpenError(self.path, "cannot open: simulated")

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from videos import encode, faststart, h264_bframes, reference_frames
 
-import pipeline.video.open as decode_module
-from pipeline.video.open import VideoDecodeError, open_video
+import pipeline.video.reader as reader_module
+from pipeline.video.open import open_video
+from pipeline.video.reader import VideoDecodeError
 
 BACKENDS = ["pyav", "auto"]
 
@@ -154,7 +155,7 @@ def test_no_read_permission(tmp_path, good, monkeypatch):
     if os.geteuid() == 0:  # root reads anything: make open() fail the way it does for other users
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied")
-        monkeypatch.setattr(decode_module, "open", refuse, raising=False)
+        monkeypatch.setattr(reader_module, "open", refuse, raising=False)
     _error(path, "auto", "permission denied")
 
 

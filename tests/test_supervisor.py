@@ -11,9 +11,9 @@ import numpy as np
 from videos import h264_bframes, reference_frames
 from worker_fns import behave
 
-from pipeline.video.open import DecodeRequest
+from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.samplers import Sampling, segment_indices
-from pipeline.video.supervisor import WorkerPool, decode_in_workers
+from pipeline.video.supervisor import WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -217,9 +217,9 @@ def test_rendered_world_is_deterministic_per_step_and_slices_by_rank():
 def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames."""
     from datasets.world import write_world
-    from pipeline.video.open import open_video
-    from pipeline.model_spec import load_model
     from pipeline.jobs.classify import ClassifySettings, classify_videos
+    from pipeline.model_spec import load_model
+    from pipeline.video.open import open_video
 
     result = train(_cfg(tmp_path, steps=6), progress=False)
     files = write_world(tmp_path / "world", WORLD)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from videos import h264_bframes, pattern
 
-from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.frame_features import FrameEncoder, encode_clip
 from pipeline.model_spec import load_model
 from pipeline.pooling import pool_views
+from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.windows import WindowChunk, WindowHeader, WindowTask, chunk_ranges, decode_windows, embed_windows
 

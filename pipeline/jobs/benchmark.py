@@ -22,18 +22,18 @@ from configs.schema import BenchmarkConfig
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
-
-from pipeline.zero_shot import video_probs
-from pipeline.video.open import DecodeRequest
 from pipeline.frame_features import extract_features
+from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.metrics import compute_metrics, mean_std
 from pipeline.model_spec import load_model, model_key, resolve_device
 from pipeline.pooling import video_embedding
-from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.prompts import cached_class_embeddings, load_templates
-from .benchmark_report import confusion_png, per_class_png, write_reports
-from pipeline.video.samplers import Sampling
 from pipeline.tensor_cache import load_tensor, save_tensor
+from pipeline.video.open import DecodeRequest
+from pipeline.video.samplers import Sampling
+from pipeline.zero_shot import video_probs
+
+from .benchmark_report import confusion_png, per_class_png, write_reports
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipeline.zero_shot import Prediction, top_k, video_probs
-from pipeline.video.open import Backend, DecodeRequest
 from pipeline.frame_features import extract_features
+from pipeline.linear_probe import LinearProbe
 from pipeline.model_spec import load_model, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling, video_embedding
-from pipeline.linear_probe import LinearProbe
 from pipeline.prompts import cached_class_embeddings, load_templates
+from pipeline.video.open import Backend, DecodeRequest
 from pipeline.video.samplers import Sampling
+from pipeline.zero_shot import Prediction, top_k, video_probs
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 
 from configs.schema import BenchmarkConfig, DatasetConfig, TrainConfig
 from datasets.world import TIME_REVERSED_PAIRS, WorldConfig, write_world
+from pipeline.jobs.tag.job import TagSettings, index_folder, search, tag
+from pipeline.metrics import compute_metrics
+from pipeline.video.open import open_video
+from pipeline.video.samplers import segment_indices
 
 from .benchmark import run_benchmark
-from pipeline.video.open import open_video
-from pipeline.metrics import compute_metrics
 from .benchmark_report import _figure_png, confusion_png
 from .classify import ClassifySettings, classify_videos
-from pipeline.video.samplers import segment_indices
-from pipeline.jobs.tag.job import TagSettings, index_folder, search, tag
 from .train import train
 
 POOLINGS = ("mean", "temporal")

@@ -34,9 +34,9 @@ from tqdm import tqdm
 import clip_model
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
-
 from pipeline.model_spec import RANDOM_PREFIX, resolve_device
 from pipeline.prompts import class_embeddings
+
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld
 
 TRAIN_STATE_TAG = "clip_video.train_state"

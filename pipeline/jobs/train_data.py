@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from datasets.world import CAPTION_FORMS, Clip, WorldConfig, caption, caption_keys, clip_keys, is_held_out, render
-
-from pipeline.video.open import VideoDecodeError, open_video
+from pipeline.video.open import open_video
+from pipeline.video.reader import VideoDecodeError
 from pipeline.video.samplers import segment_indices
 
 

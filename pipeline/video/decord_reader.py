@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .open import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 from .pyav_reader import PyAVReader, scaled_size
+from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 
 def import_decord() -> Any:

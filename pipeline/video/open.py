@@ -11,153 +11,25 @@ are not), and it is what ``auto`` uses: measured in benchmarks/bench_decode.py i
 clips and 1.4-1.5x faster on long GOP-250 videos, while decord returned wrong frames on MPEG-4 Part 2 AVIs. ``auto``
 falls back to decord only when PyAV cannot open a file; ``decord`` can be asked for, and is checked against PyAV's
 frame count and warned about where its frames are known to be wrong.
-Decoding in this process has no timeout: jobs decode through ``pipeline.video.supervisor`` for deadlines and crash isolation.
+Decoding in this process has no timeout: jobs decode through ``decode_in_workers`` (supervised processes, see
+``supervisor``) for deadlines and crash isolation.
 """
 from __future__ import annotations
 
-import os
-import stat
-import threading
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import numpy as np
-import torch
-
+from .decord_reader import DecordReader, decord_trusted
+from .pyav_reader import PyAVReader
+from .reader import MAX_PIXELS, DecodedClip, VideoDecodeError, VideoOpenError, VideoReader, check_file
 from .samplers import Sampling
+from .supervisor import Outcome, WorkerPool
 
 Backend = Literal["auto", "pyav", "decord"]
 BACKENDS = ("auto", "pyav", "decord")
-MAX_PIXELS = 7680 * 4320  # 8K UHD; larger frames are refused unless a resize is asked for (PyAV then scales on the fly)
-SNIFF_BYTES = 4096
-
-
-class VideoDecodeError(RuntimeError):
-    """A video cannot be decoded. ``path`` and ``reason`` are kept apart for error files; str() is one line."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = Path(path), reason
-        super().__init__(f"{path}: {reason}")
-
-    def __reduce__(self):  # picklable across worker processes
-        return type(self), (str(self.path), self.reason)
-
-
-class VideoOpenError(VideoDecodeError):
-    """FFmpeg could not open or parse the container (as opposed to a policy refusal such as an oversized frame)."""
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    path: Path
-    backend: str
-    num_frames: int
-    fps: float  # average frame rate: num_frames / duration where timestamps are known
-    height: int  # display size, after rotation and any requested resize
-    width: int
-    rotation: int = 0  # degrees counter-clockwise applied to the coded frames (display matrix)
-    codec: str = ""
-    container: str = ""
-    duration: float = 0.0  # seconds, first frame to the end of the last
-
-    def __post_init__(self) -> None:
-        if self.num_frames < 1:
-            raise VideoDecodeError(self.path, "no decodable video frames")
-
-
-class VideoReader(ABC):
-    info: VideoInfo
-    path: Path
-    num_frames: int
-    duration: float  # seconds
-    timestamps: np.ndarray  # (num_frames,) float64 seconds from the first frame, non-decreasing
-
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-        self._lock = threading.Lock()  # FFmpeg and decord contexts abort when two threads decode at once
-
-    @abstractmethod
-    def _read(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 (len(unique sorted indices), H, W, 3) for sorted unique in-range indices."""
-
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """uint8 (T, H, W, 3) RGB frames at ``indices`` (any order, repeats allowed)."""
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if idx.size == 0:
-            return torch.empty(0, self.info.height, self.info.width, 3, dtype=torch.uint8)
-        if idx.min() < 0 or idx.max() >= self.num_frames:
-            raise VideoDecodeError(self.path, f"frame indices must lie in [0, {self.num_frames}); "
-                                              f"got min {idx.min()}, max {idx.max()}")
-        unique, inverse = np.unique(idx, return_inverse=True)
-        with self._lock:
-            frames = self._read(unique)
-        if len(unique) == len(idx) and np.array_equal(unique, idx):
-            return torch.from_numpy(frames)  # sorted and distinct already: no second copy of the frames
-        return torch.from_numpy(frames[inverse])
-
-    def close(self) -> None:  # noqa: B027 (optional hook)
-        pass
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-@dataclass(frozen=True)
-class DecodedClip:
-    """What a decode job returns: frames plus everything a caller needs to trust them."""
-
-    frames: torch.Tensor  # uint8 (T, H, W, 3), T = indices.size
-    indices: np.ndarray  # the sampler's shape, e.g. (T,) or (num_clips, clip_len)
-    timestamps: np.ndarray  # seconds, same shape as indices
-    info: VideoInfo
-    warnings: tuple[str, ...] = field(default_factory=tuple)
-
-
-def check_file(path: str | Path) -> Path:
-    """Accept only readable, non-empty regular local files that do not look like text (playlists, lists, SDP).
-
-    FIFOs, devices and sockets hang FFmpeg's open; text playlists make decord and FFmpeg read *other* files.
-    """
-    path = Path(path)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise VideoDecodeError(path, "no such file") from None
-    except OSError as e:
-        raise VideoDecodeError(path, f"cannot stat: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-        raise VideoDecodeError(path, f"{kind}; only regular video files are read")
-    if st.st_size == 0:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(SNIFF_BYTES)
-    except PermissionError:
-        raise VideoDecodeError(path, "permission denied") from None
-    except OSError as e:
-        raise VideoDecodeError(path, f"cannot read: {e.strerror}") from None
-    if head.lstrip().startswith(b"#EXTM3U"):
-        raise VideoDecodeError(path, "an HLS playlist, not a video file; playlists are refused")
-    if _looks_like_text(head):
-        raise VideoDecodeError(path, "a text file, not a video")
-    return path
-
-
-def _looks_like_text(head: bytes) -> bool:
-    if b"\x00" in head:
-        return False
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return e.start >= len(head) - 4  # a multi-byte character cut at the sniff boundary is still text
-    return True
 
 
 def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | None = None,
@@ -175,9 +47,6 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
     if threads < 1:
         raise ValueError(f"threads ({threads}) must be >= 1")
     path = check_file(path)
-    from .decord_reader import DecordReader, decord_trusted
-    from .pyav_reader import PyAVReader
-
     if backend == "decord":
         with PyAVReader(path, resize=resize, max_pixels=max_pixels) as pyav:  # the index decord is checked against
             reader = DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
@@ -215,3 +84,21 @@ def decode_request(request: DecodeRequest) -> DecodedClip:
         idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
         frames = reader.get_frames(idx.reshape(-1))
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))
+
+
+def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, timeout_s: float = 120.0,
+                      max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], Any] | None = None,
+                      ) -> Iterator[tuple[DecodeRequest, Outcome]]:
+    """Decode each request (with ``fn``, default ``decode_request``) in a supervised worker; yields (request, outcome)
+    as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is retried once on decord, whose own
+    FFmpeg build may get through; the retried result carries decord's warnings."""
+    with WorkerPool(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
+        retry = []
+        for outcome in pool.map(requests):
+            request = requests[outcome.task_id]
+            if outcome.status == "crash" and request.backend == "auto":
+                retry.append(dataclasses.replace(request, backend="decord"))
+            else:
+                yield request, outcome
+        for outcome in pool.map(retry):
+            yield retry[outcome.task_id], outcome

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .open import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, VideoReader
+from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, VideoReader
 
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")

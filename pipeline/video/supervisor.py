@@ -17,7 +17,6 @@ The function must be importable (picklable by reference); tasks and results must
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import multiprocessing as mp
 import os
@@ -27,10 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from .open import DecodeRequest
+from typing import Any, Literal
 
 MAX_STARTUP_FAILURES = 3
 Status = Literal["ok", "error", "timeout", "crash", "part"]  # part: not final, more outcomes of the task follow
@@ -220,26 +216,3 @@ class WorkerPool:
             self._replace(w)
             return Outcome(task[0], "timeout", error=f"no result within {self.timeout_s:g} s; worker killed")
         return None
-
-
-# ---------------------------------------------------------------- decoding in workers
-
-
-def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, timeout_s: float = 120.0,
-                      max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], Any] | None = None,
-                      ) -> Iterator[tuple[DecodeRequest, Outcome]]:
-    """Decode each request (with ``fn``, default ``decode_request``) in a supervised worker; yields (request, outcome)
-    as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is retried once on decord, whose own
-    FFmpeg build may get through; the retried result carries decord's warnings."""
-    if fn is None:
-        from .open import decode_request as fn  # imported here so that generic workers start without torch
-    with WorkerPool(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
-        retry = []
-        for outcome in pool.map(requests):
-            request = requests[outcome.task_id]
-            if outcome.status == "crash" and request.backend == "auto":
-                retry.append(dataclasses.replace(request, backend="decord"))
-            else:
-                yield request, outcome
-        for outcome in pool.map(retry):
-            yield retry[outcome.task_id], outcome

@@ -34,11 +34,10 @@ from tqdm import tqdm
 
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
-
-from pipeline.zero_shot import top_k, zero_shot_probs
 from pipeline.model_spec import load_model, model_key, resolve_device
 from pipeline.prompts import class_embeddings, load_templates
 from pipeline.windows import WindowTask, embed_windows
+from pipeline.zero_shot import top_k, zero_shot_probs
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 FORMATS = (".parquet", ".csv", ".jsonl")

@@ -33,6 +33,7 @@ from pipeline.frame_features import FrameEncoder, encode_clip  # noqa: E402
 from pipeline.jobs.tag.job import TagSettings, tag  # noqa: E402
 from pipeline.model_spec import load_model  # noqa: E402
 from pipeline.pooling import pool_views  # noqa: E402
+from pipeline.runtime import RuntimeSettings  # noqa: E402
 from pipeline.video.open import (  # noqa: E402
     DecodeRequest,
     decode_in_workers,  # noqa: E402
@@ -177,7 +178,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     decode_only = len(paths) / (time.perf_counter() - t)
 
     t = time.perf_counter()
-    encoder = FrameEncoder(model, transform, settings.batch_size)
+    encoder = FrameEncoder(model, transform, settings.runtime.batch_size)
     for k, chunk in enumerate(chunks):
         encoder.add((k, torch.from_numpy(chunk.positions)), chunk.frames)
         for (_, positions), feats, _ in encoder.ready():
@@ -239,8 +240,8 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    settings = TagSettings(model=args.model, labels=tuple(DIRECTIONS), templates="none", device="cpu",
-                           decode_workers=args.workers, window_s=4.0, stride_s=2.0, commit_every=16)
+    settings = TagSettings(RuntimeSettings(args.model, device="cpu", decode_workers=args.workers), tuple(DIRECTIONS),
+                           templates="none", window_s=4.0, stride_s=2.0, commit_every=16)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
             throughput(args, settings, Path(tmp))

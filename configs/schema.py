@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from datasets.world import WorldConfig
+from pipeline.runtime import RuntimeSettings
 
 FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
 PROTOCOLS = ("zero_shot", "linear_probe")
@@ -45,7 +46,7 @@ class BenchmarkConfig:
     name: str
     dataset: DatasetConfig
     protocol: Literal["zero_shot", "linear_probe"] = "zero_shot"
-    model: str = "ViT-B/32"
+    model: str = RuntimeSettings.model
     templates: str = "video"
     frames: Literal["segments", "centre", "all"] = "segments"
     num_frames: int = 8
@@ -53,12 +54,12 @@ class BenchmarkConfig:
     crops: int = 1
     pooling: Literal["mean", "max", "temporal", "frame_scores"] = "mean"  # temporal: trained checkpoints
     headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
-    device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    batch_size: int = 32
-    backend: Literal["auto", "pyav", "decord"] = "auto"
-    decode_workers: int = 2
-    decode_timeout_s: float = 120.0
+    device: str = RuntimeSettings.device
+    precision: Literal["fp32", "bf16", "fp16"] = RuntimeSettings.precision
+    batch_size: int = RuntimeSettings.batch_size
+    backend: Literal["auto", "pyav", "decord"] = RuntimeSettings.backend
+    decode_workers: int = RuntimeSettings.decode_workers
+    decode_timeout_s: float = RuntimeSettings.decode_timeout_s
     probe_c_grid: tuple[float, ...] = ()  # empty: the default grid
     probe_val_fraction: float = 0.2
     output_dir: str = "runs/{name}"
@@ -69,9 +70,13 @@ class BenchmarkConfig:
         _check_choice("frames", self.frames, FRAME_PROTOCOLS)
         _check_choice("headline", self.headline, HEADLINES)
         _check_choice("dataset.format", self.dataset.format, FORMATS)
-        for key in ("num_frames", "clips", "batch_size", "decode_workers"):
+        for key in ("num_frames", "clips"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
+        try:
+            _ = self.runtime
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.crops not in (1, 3):
             raise ConfigError(f"crops ({self.crops}) must be 1 or 3")
         if self.protocol == "linear_probe" and self.dataset.format in ("kinetics", "ssv2", "csv", "list", "folders") \
@@ -84,6 +89,12 @@ class BenchmarkConfig:
     @property
     def out(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
+
+    @property
+    def runtime(self) -> RuntimeSettings:
+        """The model and decoding options, as classify and tag take them (validated there)."""
+        return RuntimeSettings(self.model, self.device, self.precision, self.batch_size, self.backend,
+                               self.decode_workers, self.decode_timeout_s)
 
 
 FREEZE = ("none", "image", "text", "both")

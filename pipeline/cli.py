@@ -1,4 +1,7 @@
-"""Command-line interface: parse arguments, build settings, call the library, print or write results."""
+"""Command-line interface: parse arguments, build settings, call the library, print or write results.
+
+Each command's job is imported when the command runs, so ``--help`` and argument errors load neither torch nor the
+other jobs."""
 from __future__ import annotations
 
 import argparse
@@ -6,57 +9,73 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from clip_model import CheckpointError, cache_dir
-from datasets.labels import load_labels
-from pipeline.jobs.classify import ClassifySettings, classify_videos
-
-from .zero_shot import Prediction
+if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
+    from .jobs.classify import VideoResult
+    from .runtime import RuntimeSettings
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="ViT-B/32",
+def _add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """The options of ``RuntimeSettings``, with its defaults; ``_runtime`` builds it from the parsed arguments."""
+    from .runtime import PRECISION_CHOICES, RuntimeSettings
+    from .video import BACKENDS
+
+    R = RuntimeSettings  # its defaults
+
+    p.add_argument("--model", default=R.model,
                    help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="model weights; bf16 keeps features within cosine 0.999 of fp32 and is ~3x faster on CPU")
-    p.add_argument("--batch-size", type=int, default=32, help="frames per image-encoder batch")
-    p.add_argument("--backend", choices=("auto", "pyav", "decord"), default="auto",
+    p.add_argument("--device", default=R.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=R.precision,
+                   help="model weights; bf16 keeps features within cosine 0.999 of fp32 and is faster on CPUs with bf16")
+    p.add_argument("--batch-size", type=int, default=R.batch_size, help="frames per image-encoder batch")
+    p.add_argument("--backend", choices=BACKENDS, default=R.backend,
                    help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
                         "the file")
-    p.add_argument("--decode-workers", type=int, default=2, help="supervised decode processes")
-    p.add_argument("--decode-timeout", type=float, default=120.0,
+    p.add_argument("--decode-workers", type=int, default=R.decode_workers, help="supervised decode processes")
+    p.add_argument("--decode-timeout", type=float, default=R.decode_timeout_s,
                    help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
 
 
+def _runtime(args: argparse.Namespace) -> RuntimeSettings:
+    from .runtime import RuntimeSettings
+
+    return RuntimeSettings(args.model, args.device, args.precision, args.batch_size, args.backend,
+                           args.decode_workers, args.decode_timeout)
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
+    from clip_model import cache_dir
+    from datasets.labels import load_labels
+
+    from .jobs.classify import ClassifySettings, classify_videos
+
     if not args.labels and not args.probe:
         raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
     settings = ClassifySettings(
-        model=args.model, classnames=tuple(load_labels(args.labels)) if args.labels else (), templates=args.templates,
-        probe=Path(args.probe) if args.probe else None,
+        runtime=_runtime(args), classnames=tuple(load_labels(args.labels)) if args.labels else (),
+        templates=args.templates, probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
-        unknown_below=args.unknown_below, device=args.device, precision=args.precision, batch_size=args.batch_size,
-        backend=args.backend, decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout,
-        cache_dir=None if args.no_cache else cache_dir() / "features",
+        unknown_below=args.unknown_below, cache_dir=None if args.no_cache else cache_dir() / "features",
     )
     if args.format == "csv":
         print("path,rank,label,score")
     failed = 0
     for result in classify_videos(settings, args.videos):
+        for warning in result.warnings:
+            print(f"warning: {result.path}: {warning}", file=sys.stderr)
         if result.error:
-            print(f"error: {result.error}", file=sys.stderr)
+            print(f"error: {result.path}: {result.error}", file=sys.stderr)
             failed += 1
         else:
-            _print_prediction(result.path, result.prediction, args.format)
+            _print_prediction(result, args.format)
     return 1 if failed else 0
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from configs.schema import load_config
-    from pipeline.jobs.benchmark import run_benchmark
+
+    from .jobs.benchmark import run_benchmark
 
     cfg = load_config(args.config, args.set)
     results = run_benchmark(cfg)
@@ -71,9 +90,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from configs.schema import TrainConfig, load_config
-    from pipeline.jobs.train import train
+
+    from .jobs.train import train
 
     cfg = load_config(args.config, args.set, cls=TrainConfig)
+    import torch
+
     with torch.enable_grad():
         result = train(cfg, restart=args.restart)
     if int(os.environ.get("RANK", "0")) == 0:
@@ -85,16 +107,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from pipeline.jobs.tag.job import TagSettings, tag
+    from datasets.labels import load_labels
+
+    from .jobs.tag.job import TagSettings, tag
 
     if not args.labels:
         raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
     settings = TagSettings(
-        model=args.model, labels=tuple(load_labels(args.labels)), templates=args.templates, pooling=args.pooling,
-        num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk, device=args.device,
-        precision=args.precision, batch_size=args.batch_size, backend=args.backend,
-        decode_workers=args.decode_workers, decode_timeout_s=args.decode_timeout, commit_every=args.commit_every,
-        chunk_mb=args.chunk_mb,
+        runtime=_runtime(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
+        pooling=args.pooling, num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
+        commit_every=args.commit_every, chunk_mb=args.chunk_mb,
     )
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude)
     print(summary.line())
@@ -102,7 +124,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_retag(args: argparse.Namespace) -> int:
-    from pipeline.jobs.tag.job import retag
+    from datasets.labels import load_labels
+
+    from .jobs.tag.job import retag
 
     out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
                 device=args.device)
@@ -111,7 +135,7 @@ def cmd_retag(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from pipeline.jobs.tag.job import search
+    from .jobs.tag.job import search
 
     for hit in search(args.index, args.query, args.topk, args.device):
         where = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
@@ -119,9 +143,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_prediction(path: Path, pred: Prediction, fmt: str) -> None:
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .jobs.demo import cmd_demo
+
+    return cmd_demo(args)
+
+
+def _print_prediction(result: VideoResult, fmt: str) -> None:
+    path, pred = result.path, result.prediction
+    assert pred is not None
     if fmt == "json":
-        print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores)}))
+        print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores),
+                          "warnings": list(result.warnings)}))
     elif fmt == "csv":
         for rank, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
             print(f'"{path}",{rank},"{label}",{score:.6f}')
@@ -152,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    _add_model_args(p)
+    _add_runtime_args(p)
     p.set_defaults(func=cmd_classify)
     p = sub.add_parser("benchmark", help="run a benchmark protocol from a YAML config and write a report")
     p.add_argument("--config", required=True, help="a YAML file under configs/")
@@ -181,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, default=32, help="videos per committed part (resume granularity)")
     p.add_argument("--chunk-mb", type=float, default=32.0,
                    help="decoded frames a worker holds at once (MB): bounds memory on hour-long videos")
-    _add_model_args(p)
+    _add_runtime_args(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")
     p.add_argument("index", help="the OUT.index folder written by tag")
@@ -197,14 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=10)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_search)
-    from pipeline.jobs.demo import add_demo_parser  # the demo is a job built on the stages above
-
-    add_demo_parser(sub)
+    p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
+    p.add_argument("--out", default="runs/demo", help="output folder")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: DemoSettings.steps)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    from clip_model import CheckpointError
+
     torch.set_grad_enabled(False)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))  # every core this process is given

@@ -1,6 +1,7 @@
 """Model specs accepted on the command line: a published name, a checkpoint path, or ``random:<arch>``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -39,12 +40,18 @@ def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling
     return (*clip_model.load(spec, device=device, precision=precision), None)
 
 
-def model_key(spec: str, precision: str = "fp32") -> str:
-    """Identifies a model's weights for caches: a published name (its SHA256 is fixed), ``random:<arch>``, or a
-    checkpoint path with its size and modification time (so an overwritten file is a new key)."""
+def model_identity(spec: str, precision: str = "fp32") -> dict:
+    """What identifies a model's weights, for caches and the tag index: a published name (its SHA256 is fixed) or
+    ``random:<arch>`` as given; a checkpoint by its resolved path and every file's size and modification time (so an
+    overwritten file is another model)."""
     if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
-        return f"{spec}|{precision}"
+        return {"spec": spec, "precision": precision}
     path = Path(spec).expanduser().resolve()
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    stamps = ",".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
-    return f"{path}|{stamps}|{precision}"
+    stamps = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return {"spec": str(path), "precision": precision, "files": stamps}
+
+
+def model_key(identity: dict) -> str:
+    """A model identity as one string, for cache keys."""
+    return json.dumps(identity, sort_keys=True)

@@ -23,7 +23,8 @@ from torch import nn
 import clip_model
 from clip_model.config import PreprocessConfig
 from clip_model.transform import ClipTransform
-from pipeline.video.open import Backend, decode_in_workers, open_video
+from pipeline.video import Backend
+from pipeline.video.open import decode_in_workers, open_video
 from pipeline.video.reader import VideoDecodeError, VideoInfo
 from pipeline.video.samplers import sliding_windows
 from pipeline.video.supervisor import trim_heap

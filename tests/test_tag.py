@@ -19,8 +19,11 @@ import pytest
 from configs.schema import TrainConfig
 from datasets.synthetic import write_video
 from datasets.world import Clip, WorldConfig, render, write_world
-from pipeline.jobs.tag.job import TagSettings, discover, retag, search, sibling, tag
+from pipeline.jobs.tag.discover import discover
+from pipeline.jobs.tag.job import TagSettings, retag, search, tag
+from pipeline.jobs.tag.scoring import sibling
 from pipeline.jobs.train import train
+from pipeline.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = WorldConfig(seed=0, colours=("red", "blue"), shapes=("square", "circle"),
@@ -41,10 +44,10 @@ def _archive(folder: Path, n: int | None = None) -> list[Path]:
     return sorted(p.resolve() for p in archive.rglob("*.mp4"))
 
 
-def _settings(**kw) -> TagSettings:
-    base = dict(model="random:tiny-vit", labels=LABELS, templates="none", window_s=0.5, stride_s=0.25, topk=3,
-                device="cpu", decode_workers=1, commit_every=2)
-    return TagSettings(**(base | kw))
+def _settings(runtime: dict | None = None, **kw) -> TagSettings:
+    rt = RuntimeSettings(**(dict(model="random:tiny-vit", device="cpu", decode_workers=1) | (runtime or {})))
+    base = dict(labels=LABELS, templates="none", window_s=0.5, stride_s=0.25, topk=3, commit_every=2)
+    return TagSettings(rt, **(base | kw))
 
 
 def test_mixed_archive_lists_every_bad_file_and_tags_the_rest(tmp_path, monkeypatch):
@@ -95,13 +98,21 @@ def test_mixed_archive_lists_every_bad_file_and_tags_the_rest(tmp_path, monkeypa
     assert (actions.groupby("path")["windows"].sum().sort_index() == expected_windows).all()
 
 
-def test_missing_archive_and_unwritable_output_fail_before_any_work(tmp_path):
+def test_missing_archive_and_bad_output_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="no such archive folder or manifest file"):
         tag(_settings(), tmp_path / "nope", tmp_path / "t.csv", progress=False)
     with pytest.raises(ValueError, match="must end in .parquet, .csv, .jsonl"):
         tag(_settings(), tmp_path, tmp_path / "t.txt", progress=False)
-    with pytest.raises(ValueError, match="does not exist"):
-        tag(_settings(), tmp_path, tmp_path / "no" / "t.csv", progress=False)
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(ValueError, match="is not a folder"):
+        tag(_settings(), tmp_path, tmp_path / "file" / "t.csv", progress=False)
+
+
+def test_output_folder_is_created(tmp_path):
+    _archive(tmp_path, 1)
+    out = tmp_path / "runs" / "new" / "tags.csv"
+    summary = tag(_settings(), tmp_path / "archive", out, progress=False)
+    assert summary.ok == 1 and out.is_file()
 
 
 def test_manifest_and_globs(tmp_path):
@@ -191,13 +202,13 @@ def trained(tmp_path_factory) -> Path:
 
 def test_retag_equals_a_fresh_tag_with_the_new_labels(tmp_path, trained):
     _archive(tmp_path, 6)
-    settings = _settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0)
+    settings = _settings(runtime={"model": str(trained)}, pooling="temporal", window_s=1.0, stride_s=1.0)
     out = tmp_path / "tags.csv"
     tag(settings, tmp_path / "archive", out, progress=False)
     new_labels = ("blinking", "growing", "something moving left", "moving right")
     re = retag(Path(str(out) + ".index"), new_labels, tmp_path / "retag.csv")
     fresh = tmp_path / "fresh.csv"
-    tag(_settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0, labels=new_labels),
+    tag(_settings(runtime={"model": str(trained)}, pooling="temporal", window_s=1.0, stride_s=1.0, labels=new_labels),
         tmp_path / "archive", fresh, progress=False)
     a, b = pd.read_csv(re).sort_values("path"), pd.read_csv(fresh).sort_values("path")
     assert list(a["label_1"]) == list(b["label_1"])
@@ -213,7 +224,7 @@ def test_search_finds_the_video_showing_the_query(tmp_path, trained):
     for c in clips:
         write_video(archive / f"{c.action.replace(' ', '_')}.mp4", render(c, WORLD), fps=WORLD.fps, crf=12)
     out = tmp_path / "tags.csv"
-    tag(_settings(model=str(trained), pooling="temporal", window_s=1.0, stride_s=1.0), archive, out, progress=False)
+    tag(_settings(runtime={"model": str(trained)}, pooling="temporal", window_s=1.0, stride_s=1.0), archive, out, progress=False)
     index = Path(str(out) + ".index")
     for action in ("growing", "blinking"):
         hits = [h for h in search(index, f"a red circle {action}", topk=10) if h["kind"] == "video"]

@@ -25,7 +25,7 @@ from datasets.records import VideoDataset, VideoRecord
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.metrics import compute_metrics, mean_std
-from pipeline.model_spec import load_model, model_key, resolve_device
+from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.pooling import video_embedding
 from pipeline.prompts import cached_class_embeddings, load_templates
 from pipeline.tensor_cache import load_tensor, save_tensor
@@ -158,12 +158,13 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
         else:
             todo.append(r)
     cap = 2 * model.preprocess_config.image_size
-    requests = [DecodeRequest(str(r.path), sampling_for(cfg), cfg.backend, cap) for r in todo]
+    rt = cfg.runtime
+    requests = [DecodeRequest(str(r.path), sampling_for(cfg), rt.backend, cap) for r in todo]
     errors: dict[Path, str] = {}
     with tqdm(total=len(records), initial=len(feats), desc=desc, unit="video", leave=False) as bar:
         for request, result, error in extract_features(model, transform, requests, crops=cfg.crops,
-                                                       batch_size=cfg.batch_size, decode_workers=cfg.decode_workers,
-                                                       timeout_s=cfg.decode_timeout_s):
+                                                       batch_size=rt.batch_size, decode_workers=rt.decode_workers,
+                                                       timeout_s=rt.decode_timeout_s):
             path = Path(request.path)
             if error is not None:
                 errors[path] = error
@@ -181,9 +182,9 @@ def pooled(features: torch.Tensor, head: torch.nn.Module | None = None) -> np.nd
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Run every split of the config and write the reports to ``cfg.out``; returns the results dict."""
     splits = load_splits(cfg)
-    device = resolve_device(cfg.device)
-    model, transform, head = load_model(cfg.model, device, cfg.precision, cfg.pooling)  # head: temporal pooling
-    mkey = model_key(cfg.model, cfg.precision)
+    rt = cfg.runtime
+    model, transform, head = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)  # head: temporal
+    mkey = model_key(model_identity(rt.model, rt.precision))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     sampling = sampling_for(cfg)
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")

@@ -10,17 +10,18 @@ from tqdm import tqdm
 
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import LinearProbe
-from pipeline.model_spec import load_model, model_key, resolve_device
+from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling, video_embedding
 from pipeline.prompts import cached_class_embeddings, load_templates
-from pipeline.video.open import Backend, DecodeRequest
+from pipeline.runtime import RuntimeSettings
+from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
 from pipeline.zero_shot import Prediction, top_k, video_probs
 
 
 @dataclass(frozen=True)
 class ClassifySettings:
-    model: str
+    runtime: RuntimeSettings
     classnames: tuple[str, ...]
     templates: str = "video"
     num_frames: int = 8  # frames per clip
@@ -29,17 +30,11 @@ class ClassifySettings:
     pooling: Pooling = "mean"
     topk: int = 5
     unknown_below: float | None = None  # open set: answer "unknown" when the top probability is below this
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 32
-    backend: Backend = "auto"
-    decode_workers: int = 2
-    decode_timeout_s: float = 120.0
     cache_dir: Path | None = None  # text-feature cache; None disables it
     probe: Path | None = None  # a saved linear probe: classify with it instead of zero-shot (its classes win)
 
     def __post_init__(self) -> None:
-        for name in ("num_frames", "clips", "topk", "batch_size", "decode_workers", "decode_timeout_s"):
+        for name in ("num_frames", "clips", "topk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.crops not in (1, 3):
@@ -64,7 +59,7 @@ UNKNOWN = "unknown"
 class VideoResult:
     path: Path
     prediction: Prediction | None
-    error: str | None = None
+    error: str | None = None  # why it failed, without the path: "no such file", "timeout: ..."
     probs: torch.Tensor | None = None  # (C,) averaged over views
     warnings: tuple[str, ...] = ()
 
@@ -72,23 +67,24 @@ class VideoResult:
 def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> list[VideoResult]:
     """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
-    device = resolve_device(settings.device)
-    model, transform, head = load_model(settings.model, device, settings.precision, settings.pooling)
+    rt = settings.runtime
+    model, transform, head = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:
-        text = cached_class_embeddings(model, model_key(settings.model, settings.precision), classnames,
+        text = cached_class_embeddings(model, model_key(model_identity(rt.model, rt.precision)), classnames,
                                        load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
     scale = float(model.logit_scale.detach().exp().clamp(max=100))
     cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
-    requests = [DecodeRequest(str(p), settings.sampling(), settings.backend, cap) for p in paths]
+    requests = [DecodeRequest(str(p), settings.sampling(), rt.backend, cap) for p in paths]
     results: dict[str, VideoResult] = {}
-    stream = extract_features(model, transform, requests, crops=settings.crops, batch_size=settings.batch_size,
-                              decode_workers=settings.decode_workers, timeout_s=settings.decode_timeout_s)
+    stream = extract_features(model, transform, requests, crops=settings.crops, batch_size=rt.batch_size,
+                              decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     for request, feats, error in tqdm(stream, total=len(requests), desc="classify", unit="video", disable=None,
                                       leave=False):
         if error is not None:
-            results[request.path] = VideoResult(Path(request.path), None, f"{request.path}: {error}")
+            status, _, reason = error.partition(": ")  # "error: no such file" -> "no such file"; timeouts say so
+            results[request.path] = VideoResult(Path(request.path), None, reason if status == "error" else error)
             continue
         if probe is not None:
             probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features, head).numpy()[None])[0])

@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 from configs.schema import BenchmarkConfig, DatasetConfig, TrainConfig
 from datasets.world import TIME_REVERSED_PAIRS, WorldConfig, write_world
-from pipeline.jobs.tag.job import TagSettings, index_folder, search, tag
+from pipeline.jobs.tag.index import index_folder
+from pipeline.jobs.tag.job import TagSettings, search, tag
 from pipeline.metrics import compute_metrics
+from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import open_video
 from pipeline.video.samplers import segment_indices
 
@@ -138,9 +140,8 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     actions = list(s.world.actions)
     heldout = _heldout_examples(files["heldout"], s.classify_files)
     _log(f"classifying {len(heldout)} held-out files (classify)")
-    settings = ClassifySettings(model=str(model), classnames=tuple(actions),
-                                templates=str(files["templates"]), pooling="temporal", topk=3, device="cpu",
-                                decode_workers=1)
+    settings = ClassifySettings(RuntimeSettings(str(model), device="cpu", decode_workers=1), tuple(actions),
+                                templates=str(files["templates"]), pooling="temporal", topk=3)
     classified = []
     for (path, truth), r in zip(heldout, classify_videos(settings, [p for p, _ in heldout])):
         classified.append({"path": str(path), "true": truth, "labels": list(r.prediction.labels) if r.prediction
@@ -150,9 +151,9 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     t = time.perf_counter()
     _log("tagging the held-out videos (tag), then searching them by text (search)")
     tags_out = out / "tags.csv"
-    tag_settings = TagSettings(model=str(model), labels=tuple(actions), templates=str(files["templates"]),
-                               pooling="temporal", num_frames=s.world.num_frames, window_s=1.0, stride_s=0.5,
-                               topk=3, device="cpu", decode_workers=2)
+    tag_settings = TagSettings(RuntimeSettings(str(model), device="cpu", decode_workers=2), tuple(actions),
+                               templates=str(files["templates"]), pooling="temporal", num_frames=s.world.num_frames,
+                               window_s=1.0, stride_s=0.5, topk=3)
     summary = tag(tag_settings, files["heldout"].parent / "videos", tags_out, include=["heldout_*"],
                   progress=progress)
     tagged = pd.read_csv(tags_out)
@@ -307,10 +308,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"report: {Path(args.out) / 'report.html'}; results: {Path(args.out) / 'results.json'} "
           f"({results['timings']['total_s']:.0f} s)")
     return 0
-
-
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
-    p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--steps", type=int, default=None, help=f"training steps (default {DemoSettings.steps})")
-    p.set_defaults(func=cmd_demo)

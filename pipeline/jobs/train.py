@@ -19,7 +19,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from configs.schema import ConfigError, TrainConfig, changed_settings
 from pipeline.model_spec import RANDOM_PREFIX, resolve_device
 from pipeline.prompts import class_embeddings
 
+from .distributed import barrier, init_distributed
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld
 
 TRAIN_STATE_TAG = "clip_video.train_state"
@@ -109,27 +109,6 @@ def _as_input(transform: clip_model.ClipTransform, frames: torch.Tensor, device:
     B, T = frames.shape[:2]
     x = transform.video(frames.flatten(0, 1).to(device))  # (B·T, 3, S, S)
     return x.view(B, T, *x.shape[1:])
-
-
-# ---- distributed -----------------------------------------------------------------------------------------------
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; one process when it is absent."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 # ---- checkpoints -------------------------------------------------------------------------------------------------
@@ -245,7 +224,7 @@ def _step(model: VideoCLIP, ddp: nn.Module, batch: Batch, transform: clip_model.
 def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool = False,
           progress: bool = True) -> TrainResult:
     """Train (or resume) the run of ``cfg`` in ``cfg.out``; under torchrun every rank calls this."""
-    rank, world, device = _init_distributed(resolve_device(cfg.device))
+    rank, world, device = init_distributed(resolve_device(cfg.device))
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ConfigError(f"batch_size ({cfg.batch_size}) must be a multiple of ranks x grad_accum "
                           f"({world} x {cfg.grad_accum})")
@@ -255,7 +234,7 @@ def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool =
         out.mkdir(parents=True, exist_ok=True)
         if restart:
             ckpt_path.unlink(missing_ok=True)
-    _barrier(world)
+    barrier(world)
     source = source or make_source(cfg)
     model = build_model(cfg, source.num_frames).to(device)
     opt = _optimizer(model, cfg)
@@ -309,7 +288,7 @@ def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool =
                 bar.update()
                 if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
                     _save_state(ckpt_path, model, opt, scaler, cfg, step + 1, history)
-            _barrier(world)
+            barrier(world)
     finally:
         bar.close()
         if rank == 0:
@@ -317,7 +296,7 @@ def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool =
     model = model.cpu().eval()
     if rank == 0 and (start < cfg.steps or not (out / "model.pt").exists()):  # a finished run keeps its file
         export_model(model, out / "model.pt", cfg)
-    _barrier(world)
+    barrier(world)
     return TrainResult(model, history, out, start)
 
 

@@ -209,7 +209,7 @@ class WorkerPool:
             self._replace(w)
             if task is not None:
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-                return Outcome(task[0], "crash", error=f"worker died ({how}, exit code {code}) while on this task")
+                return Outcome(task[0], "crash", error=f"worker died ({how}) while on this task")
             return None
         if w.task is not None and time.monotonic() >= w.deadline:
             task = w.task

@@ -1,6 +1,6 @@
 """Batch tagging of video archives: resumable, fault-isolated, and searchable afterwards.
 
-    discover -> windows (pipeline.windows: chunks decoded in supervised workers, encoded here in batches across
+    discover -> windows (``pipeline.windows``: chunks decoded in supervised workers, encoded here in batches across
     videos, pooled per window) -> commit a part -> ... -> score labels and write OUT, OUT.segments.*, OUT.errors.*
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
@@ -18,35 +18,33 @@ and segments for a text query without decoding a frame.
 """
 from __future__ import annotations
 
-import fnmatch
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import clip_model
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
-from pipeline.model_spec import load_model, model_key, resolve_device
+from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.prompts import class_embeddings, load_templates
+from pipeline.runtime import RuntimeSettings
 from pipeline.windows import WindowTask, embed_windows
-from pipeline.zero_shot import top_k, zero_shot_probs
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
-FORMATS = (".parquet", ".csv", ".jsonl")
-INDEX_VERSION = 1
+from ..distributed import barrier, init_distributed
+from .discover import discover, file_stamp
+from .index import Index, index_folder, read_indexes
+from .scoring import check_output, score_rows, write_outputs
 
 
 @dataclass(frozen=True)
 class TagSettings:
-    model: str
+    runtime: RuntimeSettings
     labels: tuple[str, ...]
     templates: str = "video"
     pooling: str = "mean"  # mean | max | temporal (a checkpoint written by train)
@@ -54,12 +52,6 @@ class TagSettings:
     window_s: float = 4.0
     stride_s: float = 2.0
     topk: int = 5
-    device: str = "auto"
-    precision: str = "fp32"
-    batch_size: int = 32
-    backend: str = "auto"
-    decode_workers: int = 2
-    decode_timeout_s: float = 300.0  # a decode worker that yields nothing for this long is killed (status timeout)
     max_rss_mb: float = 2048.0  # a decode worker above this is replaced after its task
     chunk_mb: float = 32.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
@@ -67,7 +59,7 @@ class TagSettings:
     def __post_init__(self) -> None:
         if not self.labels:
             raise ValueError("tag needs at least one label")
-        for key in ("num_frames", "topk", "batch_size", "decode_workers", "commit_every"):
+        for key in ("num_frames", "topk", "commit_every"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} ({getattr(self, key)}) must be >= 1")
         if self.chunk_mb <= 0:
@@ -79,169 +71,14 @@ class TagSettings:
 
     def identity(self) -> dict:
         """What the stored rows depend on: a resume must match it (the model by its weights' key)."""
-        return {"model": model_key(self.model, self.precision), "labels": list(self.labels),
+        return {"model": model_identity(self.runtime.model, self.runtime.precision), "labels": list(self.labels),
                 "templates": self.templates, "pooling": self.pooling, "num_frames": self.num_frames,
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk}
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does."""
-        return WindowTask(path, preprocess, self.num_frames, self.window_s, self.stride_s, self.backend,
+        return WindowTask(path, preprocess, self.num_frames, self.window_s, self.stride_s, self.runtime.backend,
                           2 * preprocess.image_size, self.chunk_mb)
-
-
-# ---- discovery -----------------------------------------------------------------------------------------------------
-
-
-def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
-             ) -> tuple[list[Path], list[dict]]:
-    """Absolute paths of the videos under a folder (recursive, sorted) or listed in a manifest file (one path per line,
-    relative to the manifest; ``#`` comments), and error rows for folders that cannot be read.
-
-    ``include``/``exclude`` are globs on the path relative to the folder (default: common video extensions).
-    """
-    source = Path(source).expanduser()
-    if not source.exists():
-        raise ValueError(f"{source}: no such archive folder or manifest file")
-    errors: list[dict] = []
-    if source.is_file():
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{source}: cannot read the manifest: {e}") from None
-        paths = [(source.parent / line.strip()).resolve() for line in lines
-                 if line.strip() and not line.lstrip().startswith("#")]
-        return list(dict.fromkeys(paths)), errors
-
-    def unreadable(e: OSError) -> None:
-        errors.append({"path": str(Path(e.filename).resolve()), "stage": "open", "status": "error",
-                       "reason": f"cannot list folder: {e.strerror}"})
-
-    found = []
-    for root, dirs, files in os.walk(source, onerror=unreadable):
-        dirs.sort()
-        for name in sorted(files):
-            rel = (Path(root) / name).relative_to(source).as_posix()
-            wanted = any(fnmatch.fnmatch(rel, g) for g in include) if include else name.lower().endswith(
-                VIDEO_EXTENSIONS)
-            if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
-                found.append((Path(root) / name).resolve())
-    return found, errors
-
-
-def _stamp(path: Path) -> list[int] | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-# ---- the index (parts + manifest) ----------------------------------------------------------------------------------
-
-
-class Index:
-    """``OUT.index/``: manifest.json listing committed parts; each part a JSON file of rows and an .npz of embeddings."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.manifest_path = folder / "manifest.json"
-
-    def load(self) -> dict | None:
-        if not self.manifest_path.exists():
-            return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.manifest_path}: unreadable tag index ({e}); delete the folder to start over") \
-                from None
-        if manifest.get("version") != INDEX_VERSION:
-            raise ValueError(f"{self.manifest_path}: index version {manifest.get('version')} is not {INDEX_VERSION}")
-        return manifest
-
-    def create(self, settings: dict) -> dict:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"version": INDEX_VERSION, "settings": settings, "parts": []}
-        self._write_manifest(manifest)
-        return manifest
-
-    def clean_orphans(self, manifest: dict) -> None:
-        """Delete part files a kill left behind without listing them."""
-        listed = {p["name"] for p in manifest["parts"]}
-        for f in self.folder.iterdir():
-            if f.name.startswith("part-") and f.name.split(".")[0] not in listed:
-                f.unlink()
-
-    def commit(self, manifest: dict, rows: dict, video_emb: np.ndarray, window_emb: np.ndarray) -> None:
-        name = f"part-{len(manifest['parts']):06d}"
-        rows_tmp, emb_tmp = self.folder / f"{name}.json.tmp", self.folder / f"{name}.npz.tmp"
-        rows_tmp.write_text(json.dumps(rows))
-        with open(emb_tmp, "wb") as f:
-            np.savez(f, videos=video_emb, windows=window_emb)
-        for tmp in (rows_tmp, emb_tmp):
-            _fsync(tmp)
-            tmp.replace(tmp.with_name(tmp.name[: -len(".tmp")]))
-        stamps = {r["path"]: r["stamp"] for r in rows["videos"] + rows["errors"]}
-        manifest["parts"].append({"name": name, "stamps": stamps})
-        self._write_manifest(manifest)
-
-    def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.manifest_path.with_name("manifest.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.manifest_path)
-
-    def done(self, manifest: dict) -> dict[str, list[int]]:
-        """Path -> the (size, mtime) it was tagged at, newest part winning."""
-        out: dict[str, list[int]] = {}
-        for part in manifest["parts"]:
-            out.update(part["stamps"])
-        return out
-
-    def read(self, manifest: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-        """All rows (one set per video: the newest part's) with embedding row numbers rebased, and the embeddings."""
-        owner = {}
-        for part in manifest["parts"]:
-            for path in part["stamps"]:
-                owner[path] = part["name"]
-        rows: dict[str, list[dict]] = {"videos": [], "windows": [], "errors": []}
-        videos, windows = [], []
-        nv = nw = 0
-        for part in manifest["parts"]:
-            data = json.loads((self.folder / f"{part['name']}.json").read_text())
-            emb = np.load(self.folder / f"{part['name']}.npz")
-            for kind in rows:
-                for r in data[kind]:
-                    if owner.get(r["path"]) == part["name"]:
-                        r = dict(r)
-                        if kind == "videos":
-                            r["emb"] += nv
-                        elif kind == "windows":
-                            r["emb"] += nw
-                        rows[kind].append(r)
-            videos.append(emb["videos"])
-            windows.append(emb["windows"])
-            nv, nw = nv + len(emb["videos"]), nw + len(emb["windows"])
-        return rows, _concat(videos), _concat(windows)
-
-
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    """Row-stack embedding blocks; parts that hold only errors have none."""
-    arrays = [a for a in arrays if len(a)]
-    return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def index_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".index")
 
 
 # ---- decoding ------------------------------------------------------------------------------------------------------
@@ -251,77 +88,6 @@ def _error_row(path: str, status: str, error: str, stamp) -> dict:
     stage, _, reason = error.partition(": ") if error.startswith(("open: ", "decode: ", "model: ")) else (
         "decode", "", error)
     return {"path": path, "stage": stage, "status": status, "reason": reason, "stamp": stamp}
-
-
-# ---- scoring -------------------------------------------------------------------------------------------------------
-
-
-def _top(probs: torch.Tensor, labels: Sequence[str], k: int) -> dict:
-    """(C,) probabilities -> flat columns label_1, score_1, ... label_k, score_k."""
-    (pred,) = top_k(probs[None], labels, k)
-    row = {}
-    for j, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
-        row[f"label_{j}"], row[f"score_{j}"] = label, score
-    return row
-
-
-def score_rows(rows: dict, video_emb: np.ndarray, window_emb: np.ndarray, text: torch.Tensor, scale: float,
-               labels: Sequence[str], topk: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Top-k per video and per window, and windows merged into action segments where adjacent top labels agree."""
-    vp = zero_shot_probs(torch.from_numpy(video_emb).float(), text, scale) if len(video_emb) else None
-    wp = zero_shot_probs(torch.from_numpy(window_emb).float(), text, scale) if len(window_emb) else None
-    videos = [{k: v for k, v in r.items() if k not in ("emb", "stamp")} | _top(vp[r["emb"]], labels, topk)
-              for r in rows["videos"]]
-    windows, actions = [], []
-    for r in rows["windows"]:
-        top = _top(wp[r["emb"]], labels, topk)
-        windows.append({"path": r["path"], "kind": "window", "window": r["window"], "start_s": r["start_s"],
-                        "end_s": r["end_s"]} | top)
-    for path, group in pd.DataFrame(windows).groupby("path", sort=False) if windows else []:
-        current = None
-        for w in group.sort_values("window").to_dict("records"):
-            if current is not None and current["label_1"] == w["label_1"] and w["start_s"] <= current["end_s"]:
-                current["end_s"], current["windows"] = w["end_s"], current["windows"] + 1
-                current["score_1"] = max(current["score_1"], w["score_1"])
-            else:
-                current = {"path": path, "kind": "action", "window": w["window"], "start_s": w["start_s"],
-                           "end_s": w["end_s"], "label_1": w["label_1"], "score_1": w["score_1"], "windows": 1}
-                actions.append(current)
-    return videos, windows + actions, [{k: v for k, v in r.items() if k != "stamp"} for r in rows["errors"]]
-
-
-def write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
-    """Atomically write rows as .parquet, .csv or .jsonl (by ``path``'s suffix)."""
-    df = pd.DataFrame(rows, columns=columns) if columns and not rows else pd.DataFrame(rows)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    elif path.suffix == ".csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_json(tmp, orient="records", lines=True)
-    tmp.replace(path)
-
-
-def sibling(out: Path, what: str) -> Path:
-    """tags.parquet -> tags.segments.parquet / tags.errors.parquet."""
-    return out.with_name(f"{out.stem}.{what}{out.suffix}")
-
-
-def write_outputs(out: Path, videos: list[dict], segments: list[dict], errors: list[dict]) -> None:
-    write_table(videos, out, ["path"])
-    write_table(segments, sibling(out, "segments"), ["path", "kind", "window", "start_s", "end_s"])
-    write_table(errors, sibling(out, "errors"), ["path", "stage", "status", "reason"])
-
-
-def check_output(out: Path) -> None:
-    if out.suffix not in FORMATS:
-        raise ValueError(f"--out {out}: the file name must end in {', '.join(FORMATS)}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {out}: folder {parent} is not writable")
 
 
 # ---- the job -------------------------------------------------------------------------------------------------------
@@ -347,10 +113,11 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         exclude: Sequence[str] = (), progress: bool = True) -> TagSummary:
     """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc)."""
     start = time.perf_counter()
+    rt = settings.runtime
     out = Path(out).expanduser().resolve()
     check_output(out)
     paths, listing_errors = discover(source, include, exclude)
-    rank, world = _rank_world()
+    rank, world, device = init_distributed(resolve_device(rt.device))
     index = Index(index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}")
     if world > 1:  # every rank lists the same sorted paths and takes every world-th one
         paths, listing_errors = paths[rank::world], listing_errors if rank == 0 else []
@@ -363,11 +130,10 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
                          f"{'; '.join(changed)}; use another --out or delete the index to start over")
     index.clean_orphans(manifest)
     done = index.done(manifest)
-    todo = [p for p in paths if done.get(str(p)) is None or done[str(p)] != _stamp(p)]
+    todo = [p for p in paths if done.get(str(p)) is None or done[str(p)] != file_stamp(p)]
     listing_errors = [e | {"stamp": None} for e in listing_errors]  # re-listed every run; the newest part wins
 
-    device = resolve_device(settings.device)
-    model, transform, head = load_model(settings.model, device, settings.precision, settings.pooling)
+    model, transform, head = load_model(rt.model, device, rt.precision, settings.pooling)
     tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
     failed: dict[str, int] = {}
     ok = 0
@@ -385,11 +151,11 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
 
     bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
     stream = embed_windows(tasks, model, transform, pooling=settings.pooling, head=head,
-                           batch_size=settings.batch_size, decode_workers=settings.decode_workers,
-                           timeout_s=settings.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
+                           batch_size=rt.batch_size, decode_workers=rt.decode_workers,
+                           timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     for task, video, error in stream:
-        stamp = _stamp(Path(task.path))
+        stamp = file_stamp(Path(task.path))
         if error is not None:
             status, _, reason = error.partition(": ")
             pending["errors"].append(_error_row(task.path, status, reason, stamp))
@@ -410,55 +176,11 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
             commit()
     commit()
     bar.close()
-    _barrier(world)
+    barrier(world)
     if rank == 0:  # merge every rank's index into one set of outputs
         write_index_outputs(index_folder(out), out, model, settings.labels, settings.templates, settings.topk)
-    _barrier(world)
+    barrier(world)
     return TagSummary(len(paths), len(paths) - len(todo), ok, failed, time.perf_counter() - start, out)
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) under torchrun; a process group (gloo) is set up for the barriers."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def read_indexes(folder: Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:
-    """The settings and all rows and embeddings of a tag index: one folder, or the rank-* folders of a sharded run
-    (each resumable on its own), concatenated in rank order."""
-    single = Index(folder)
-    indexes = [single] if single.manifest_path.exists() else [
-        Index(f) for f in sorted(folder.glob("rank-*")) if (f / "manifest.json").exists()]
-    if not indexes:
-        raise ValueError(f"{folder}: not a tag index (no manifest.json); pass the OUT.index folder tag wrote")
-    rows: dict[str, list[dict]] = {"videos": [], "windows": [], "errors": []}
-    videos, windows, settings = [], [], None
-    for index in indexes:
-        manifest = index.load()
-        settings = {k: v for k, v in manifest["settings"].items() if k != "shard"}
-        part_rows, v, w = index.read(manifest)
-        offsets = {"videos": sum(len(x) for x in videos), "windows": sum(len(x) for x in windows)}
-        for kind in rows:
-            for r in part_rows[kind]:
-                if kind in offsets:
-                    r["emb"] += offsets[kind]
-                rows[kind].append(r)
-        videos.append(v)
-        windows.append(w)
-    return settings, rows, _concat(videos), _concat(windows)
 
 
 def write_index_outputs(folder: Path, out: Path, model, labels: Sequence[str], templates: str, topk: int) -> None:
@@ -481,10 +203,9 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
     return out
 
 
-def _index_model(settings: dict, device: str):
-    spec, _, precision = settings["model"].rpartition("|")
-    spec = spec.split("|")[0]
-    return load_model(spec, resolve_device(device), precision)[0]
+def _index_model(settings: dict, device: str) -> clip_model.CLIP:
+    """The model a tag index was written with, from its stored identity."""
+    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])[0]
 
 
 def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto") -> list[dict]:

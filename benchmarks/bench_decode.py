@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import sys
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from pipeline.video.open import open_video  # noqa: E402
-from pipeline.video.pyav_reader import PyAVReader  # noqa: E402
-from pipeline.video.samplers import segment_indices  # noqa: E402
+from pipeline.video.open import open_video
+from pipeline.video.pyav_reader import PyAVReader
+from pipeline.video.samplers import segment_indices
 
 
 def make_long(path: Path, seconds: int, height: int, width: int) -> Path:

@@ -13,22 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
+import open_clip
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import open_clip  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import clip_model  # noqa: E402
-from clip_model.checkpoint import convert_open_clip  # noqa: E402
-from datasets import DATA_DIR  # noqa: E402
+import clip_model
+from clip_model.checkpoint import convert_open_clip
+from datasets import DATA_DIR
 
 logging.getLogger().setLevel(logging.ERROR)
 

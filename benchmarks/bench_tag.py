@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -26,22 +25,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video  # noqa: E402
-from pipeline.frame_features import FrameEncoder, encode_clip  # noqa: E402
-from pipeline.jobs.tag.job import TagSettings, tag  # noqa: E402
-from pipeline.model_spec import load_model  # noqa: E402
-from pipeline.pooling import pool_views  # noqa: E402
-from pipeline.runtime import RuntimeSettings  # noqa: E402
-from pipeline.video.open import (  # noqa: E402
+from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video
+from pipeline.frame_features import FrameEncoder, encode_clip
+from pipeline.jobs.tag.job import TagSettings, tag
+from pipeline.model_spec import load_model
+from pipeline.pooling import pool_views
+from pipeline.runtime import RuntimeSettings
+from pipeline.video.open import (
     DecodeRequest,
-    decode_in_workers,  # noqa: E402
+    decode_in_workers,
     decode_request,
 )
-from pipeline.video.samplers import Sampling  # noqa: E402
-from pipeline.video.supervisor import rss_mb  # noqa: E402
-from pipeline.windows import WindowChunk, decode_windows  # noqa: E402
+from pipeline.video.samplers import Sampling
+from pipeline.video.supervisor import rss_mb
+from pipeline.windows import WindowChunk, decode_windows
 
 
 def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int) -> list[Path]:

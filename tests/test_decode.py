@@ -216,7 +216,7 @@ def test_info_is_available_after_close(made):
     path = made["h264_bframes.mp4"]
     with open_video(path, "pyav") as reader:  # never read: the rotation is settled on close
         pass
-    assert (reader.info.height, reader.info.width, reader.info.num_frames) == (96, 128, 60)
+    assert (reader.info.height, reader.info.width, reader.info.num_frames, reader.info.stream) == (96, 128, 60, 0)
     with open_video(made["mpeg4_bframes.avi"], "pyav") as reader:  # the sequential path reopens the container
         pass
-    assert reader.info.codec == "mpeg4" and reader.info.num_frames == 60
+    assert reader.info.codec == "mpeg4" and reader.info.num_frames == 60 and reader.info.stream == 0

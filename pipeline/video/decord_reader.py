@@ -3,7 +3,8 @@
 decord is known to return frames about one GOP early on MPEG-4 Part 2 AVIs with B-frames (decord#195), to hang or
 crash on containers whose headers over-report frames (decord#373), and to follow playlists to other files.
 ``decord_trusted`` judges a file from PyAV's packet index: decord agrees with PyAV where the container's timestamps are
-presentation times and decord counts exactly the frames that are present.
+presentation times and decord counts exactly the frames that are present. decord decodes one stream only, the one its
+own FFmpeg picks: ``decord_stream`` says which.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .pyav_reader import PyAVReader, scaled_size
+from .pyav_reader import PyAVReader, best_video_stream, open_container, scaled_size
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 
@@ -23,6 +24,20 @@ def import_decord() -> Any:
         raise ImportError("the decord backend needs decord: pip install decord") from None
     decord.bridge.set_bridge("native")
     return decord
+
+
+def decord_stream(path: Path) -> tuple[int, int]:
+    """(the stream decord decodes, the stream FFmpeg picks today), as container stream indices.
+
+    decord opens ``av_find_best_stream``'s choice in its bundled FFmpeg 4.1 (libavformat 58.20), which ranks streams as
+    today's FFmpeg does except for the DEFAULT flag: on MP4 and MKV files whose second video stream alone is flagged
+    default, decord decodes a first stream of higher bit rate where FFmpeg 8 (PyAV's) takes the second.
+    """
+    with open_container(path) as container:
+        theirs, ours = best_video_stream(container, ignore_default=True), best_video_stream(container)
+        if theirs is None or ours is None:
+            raise VideoDecodeError(path, "only an attached picture (cover art), no video stream")
+        return theirs.index, ours.index
 
 
 def decord_trusted(pyav: PyAVReader) -> tuple[bool, str]:
@@ -37,7 +52,8 @@ def decord_trusted(pyav: PyAVReader) -> tuple[bool, str]:
 class DecordReader(VideoReader):
     def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS,
                  expected: PyAVReader | None = None):
-        """``expected``: PyAV's probe of the same file, whose frame count decord must match."""
+        """``expected``: PyAV's probe of the stream decord decodes (``decord_stream``), whose frame count and size
+        decord must match."""
         super().__init__()
         decord = import_decord()
         self.path = Path(path)
@@ -67,14 +83,18 @@ class DecordReader(VideoReader):
         if shape[0] * shape[1] > max_pixels:
             raise VideoDecodeError(self.path, f"frame size {shape[1]}x{shape[0]} is over the {max_pixels}-pixel limit")
         if expected is not None and n != expected.info.num_frames:
-            raise VideoDecodeError(self.path, f"decord counts {n} frames where {expected.info.num_frames} are present")
+            raise VideoDecodeError(self.path, f"decord counts {n} frames where stream {expected.info.stream} has "
+                                              f"{expected.info.num_frames}")
+        if expected is not None and resize is None and shape[:2] != (h, w):
+            raise VideoDecodeError(self.path, f"decord decodes {shape[1]}x{shape[0]} frames where stream "
+                                              f"{expected.info.stream} has {w}x{h}")
         self.timestamps = stamps[:, 0].astype(np.float64) - float(stamps[0, 0])
         duration = float(stamps[-1, 1] - stamps[0, 0])
         fps = n / duration if duration > 0 else float(self._vr.get_avg_fps())
         self.num_frames, self.duration = n, duration
         self.info = VideoInfo(self.path, "decord", n, fps, shape[0], shape[1], expected.info.rotation if expected else 0,
                               expected.info.codec if expected else "", expected.info.container if expected else "",
-                              duration)
+                              duration, expected.info.stream if expected else None)
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:

@@ -1,7 +1,7 @@
 """Video decoding: one small interface over two backends (PyAV, decord), one typed error, strict input checks.
 
-``open_video(path, backend="auto" | "pyav" | "decord", resize=None)`` returns a ``VideoReader``:
-``info`` (frame count, fps, duration, display size, rotation, codec), ``timestamps`` (seconds, one per frame),
+``open_video(path, backend="auto" | "pyav" | "decord", resize=None, stream=None)`` returns a ``VideoReader``:
+``info`` (frame count, fps, duration, display size, rotation, codec, stream), ``timestamps`` (seconds, one per frame),
 ``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and ``warnings`` (FFmpeg decode errors and
 header/stream disagreements met so far: best-effort frames are never returned silently).
 
@@ -11,6 +11,8 @@ are not), and it is what ``auto`` uses: measured in benchmarks/bench_decode.py i
 clips and 1.4-1.5x faster on long GOP-250 videos, while decord returned wrong frames on MPEG-4 Part 2 AVIs. ``auto``
 falls back to decord only when PyAV cannot open a file; ``decord`` can be asked for, and is checked against PyAV's
 frame count and warned about where its frames are known to be wrong.
+A file's video stream is the one FFmpeg picks (``av_find_best_stream``, never cover art) unless ``stream`` names one by
+its container index; decord cannot be told a stream and decodes only the one its own FFmpeg picks.
 Decoding in this process has no timeout: jobs decode through ``decode_in_workers`` (supervised processes, see
 ``supervisor``) for deadlines and crash isolation.
 """
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .decord_reader import DecordReader, decord_trusted
+from .decord_reader import DecordReader, decord_stream, decord_trusted
 from .pyav_reader import PyAVReader
 from .reader import MAX_PIXELS, DecodedClip, VideoDecodeError, VideoOpenError, VideoReader, check_file
 from .samplers import Sampling
@@ -33,12 +35,13 @@ BACKENDS = ("auto", "pyav", "decord")
 
 
 def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | None = None,
-               max_pixels: int = MAX_PIXELS, threads: int = 1) -> VideoReader:
+               max_pixels: int = MAX_PIXELS, threads: int = 1, stream: int | None = None) -> VideoReader:
     """Open ``path`` for frame-accurate random access.
 
     ``resize`` caps the short side: larger frames are scaled down in the decoder (a clip's memory is then bounded
     whatever the source resolution); smaller ones are left alone. ``threads`` > 1 lets the PyAV backend decode runs
-    of far-apart targets in parallel (worth it where cores are idle).
+    of far-apart targets in parallel (worth it where cores are idle). ``stream`` is the container's index of the video
+    stream to decode (as ffprobe numbers them; ``info.stream`` says which was used); None takes FFmpeg's choice.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
@@ -48,16 +51,11 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
         raise ValueError(f"threads ({threads}) must be >= 1")
     path = check_file(path)
     if backend == "decord":
-        with PyAVReader(path, resize=resize, max_pixels=max_pixels) as pyav:  # the index decord is checked against
-            reader = DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
-            trusted, why = decord_trusted(pyav)
-        if not trusted:
-            reader.warnings.append(f"decord may return wrong frames for this file ({why}); prefer pyav or auto")
-        return reader
+        return _open_decord(path, resize=resize, max_pixels=max_pixels, stream=stream)
     try:
-        return PyAVReader(path, resize=resize, max_pixels=max_pixels, threads=threads)
+        return PyAVReader(path, resize=resize, max_pixels=max_pixels, threads=threads, stream=stream)
     except VideoOpenError as e:
-        if backend == "pyav":
+        if backend == "pyav" or stream is not None:  # decord could not be told which stream to decode
             raise
         try:  # auto: FFmpeg (through PyAV) could not open the container; decord's own FFmpeg build may
             reader = DecordReader(path, resize=resize, max_pixels=max_pixels)
@@ -67,20 +65,40 @@ def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | Non
         return reader
 
 
+def _open_decord(path: Path, *, resize: int | None, max_pixels: int, stream: int | None) -> DecordReader:
+    """decord on the stream its FFmpeg picks, checked against PyAV's probe of that same stream."""
+    theirs, best = decord_stream(path)
+    if stream is not None and stream != theirs:
+        raise VideoDecodeError(path, f"decord decodes only stream {theirs} (its FFmpeg's choice), not stream {stream}; "
+                                     "use backend pyav or auto to choose a stream")
+    with PyAVReader(path, resize=resize, max_pixels=max_pixels, stream=theirs) as pyav:  # decord is checked against it
+        reader = DecordReader(path, resize=resize, max_pixels=max_pixels, expected=pyav)
+        trusted, why = decord_trusted(pyav)
+    if not trusted:
+        reader.warnings.append(f"decord may return wrong frames for this file ({why}); prefer pyav or auto")
+    if theirs != best:
+        reader.warnings.append(f"decord decodes stream {theirs}, where FFmpeg (and pyav or auto) would pick stream "
+                               f"{best}: decord's FFmpeg 4.1 ignores the default flag")
+    return reader
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
-    """One video to decode: where, how to choose frames, which backend, and an optional cap on the short side."""
+    """One video to decode: where, how to choose frames, which backend, an optional cap on the short side, and an
+    optional video stream (container index; None takes FFmpeg's choice)."""
 
     path: str
     sampling: Sampling
     backend: Backend = "auto"
     resize: int | None = None
     threads: int = 1
+    stream: int | None = None
 
 
 def decode_request(request: DecodeRequest) -> DecodedClip:
     """Open, sample, decode and close: the unit of work a decode worker runs."""
-    with open_video(request.path, request.backend, resize=request.resize, threads=request.threads) as reader:
+    with open_video(request.path, request.backend, resize=request.resize, threads=request.threads,
+                    stream=request.stream) as reader:
         idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
         frames = reader.get_frames(idx.reshape(-1))
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))

@@ -45,6 +45,57 @@ def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, i
     return max(1, round(height * short_side / width)), short_side
 
 
+def best_video_stream(container: Any, *, ignore_default: bool = False) -> Any | None:
+    """The video stream FFmpeg's libraries pick when none is named, never an attached picture (cover art); None if
+    there is no other video stream.
+
+    ``av_find_best_stream`` (libavformat/avformat.c; used by ffplay, decord and torchcodec, while the ffmpeg CLI's own
+    automatic mapping takes the highest resolution) ranks video streams by disposition (DEFAULT +1, hearing or
+    visually impaired -1), then min(5, packets read while probing), bit rate, packets read while probing; a tie keeps
+    the lower index. The probe's packet count (codec_info_nb_frames) is not exposed by PyAV, so FFmpeg's own function
+    is asked (``streams.best``), with every attached picture given the lowest disposition for the call (FFmpeg lets
+    cover art lose only on its single probed frame, which a one-frame video ties, and not at all against a stream of
+    better disposition). ``ignore_default`` ranks as decord's bundled FFmpeg 4.1 does: without the DEFAULT flag.
+    """
+    disposition = import_av().stream.Disposition
+    video = list(container.streams.video)
+    real = [s for s in video if not s.disposition & disposition.attached_pic]
+    if not real:
+        return None
+    saved = [s.disposition for s in video]
+    try:
+        for s, d in zip(video, saved):
+            if d & disposition.attached_pic:
+                s.disposition = disposition.hearing_impaired
+            elif ignore_default:
+                s.disposition = d & ~disposition.default
+        best = container.streams.best("video")
+    finally:
+        for s, d in zip(video, saved):
+            s.disposition = d
+    return next((s for s in real if best is not None and s.index == best.index), real[0])
+
+
+def open_container(path: Path) -> Any:
+    """Open ``path`` with PyAV for local files only, refusing playlists and stream descriptions and files with no video
+    stream."""
+    av = import_av()
+    try:
+        container = av.open(str(path), options={"protocol_whitelist": "file"})
+    except av.FFmpegError as e:
+        raise VideoOpenError(path, f"cannot open: {_reason(e)}") from None
+    fmt = set(container.format.name.split(","))
+    if fmt & set(REFUSED_FORMATS):
+        container.close()
+        raise VideoDecodeError(path, f"container format {container.format.name!r} is refused "
+                                     "(playlists and stream descriptions can read other files)")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise VideoDecodeError(path, f"no video stream ({', '.join(kinds)})")
+    return container
+
+
 class _IndexMismatch(Exception):
     pass
 
@@ -52,7 +103,9 @@ class _IndexMismatch(Exception):
 class PyAVReader(VideoReader):
     skip_nonref = True  # skip decoding unwanted non-reference frames while rolling forward (benchmarks toggle it)
 
-    def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS, threads: int = 1):
+    def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS, threads: int = 1,
+                 stream: int | None = None):
+        """``stream``: the container's stream index to decode (as ffprobe numbers them); None takes FFmpeg's choice."""
         super().__init__()
         self.threads = threads  # > 1: decode runs of targets far apart in parallel threads
         self.frames_decoded = 0  # frames the decoder produced (skipped non-reference frames excluded): a cost meter
@@ -60,7 +113,7 @@ class PyAVReader(VideoReader):
         self.path, self.resize = Path(path), resize
         self._container = self._open()
         try:
-            self._probe(max_pixels)
+            self._probe(max_pixels, stream)
         except BaseException:
             self.close()
             raise
@@ -68,24 +121,29 @@ class PyAVReader(VideoReader):
     # ------------------------------------------------------------------ opening and indexing
 
     def _open(self) -> Any:
-        try:
-            container = self.av.open(str(self.path), options={"protocol_whitelist": "file"})
-        except self.av.FFmpegError as e:
-            raise VideoOpenError(self.path, f"cannot open: {_reason(e)}") from None
-        fmt = set(container.format.name.split(","))
-        if fmt & set(REFUSED_FORMATS):
-            container.close()
-            raise VideoDecodeError(self.path, f"container format {container.format.name!r} is refused "
-                                              "(playlists and stream descriptions can read other files)")
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-            container.close()
-            raise VideoDecodeError(self.path, f"no video stream ({', '.join(kinds)})")
-        return container
+        return open_container(self.path)
 
-    def _probe(self, max_pixels: int) -> None:
-        stream = self._container.streams.video[0]
-        self._stream = stream
+    def _choose_stream(self, wanted: int | None) -> int:
+        """The index of the stream to decode: ``wanted`` if it is a video stream, else FFmpeg's choice."""
+        streams = self._container.streams
+        attached = self.av.stream.Disposition.attached_pic
+        video = [s.index for s in streams.video if not s.disposition & attached]
+        if wanted is None:
+            best = best_video_stream(self._container)
+            if best is None:
+                raise VideoDecodeError(self.path, "only an attached picture (cover art), no video stream")
+            return best.index
+        if wanted not in video:
+            what = (f"out of range ({len(streams)} streams)" if not 0 <= wanted < len(streams)
+                    else "an attached picture (cover art)" if streams[wanted].type == "video"
+                    else f"{streams[wanted].type}, not video")
+            raise VideoDecodeError(self.path, f"stream {wanted} is {what}; video streams: "
+                                              f"{', '.join(map(str, video)) or 'none'}")
+        return wanted
+
+    def _probe(self, max_pixels: int, wanted: int | None) -> None:
+        self._stream_index = self._choose_stream(wanted)
+        stream = self._stream = self._container.streams[self._stream_index]
         cc = stream.codec_context
         cc.thread_type = "AUTO"
         h, w = cc.height, cc.width
@@ -124,7 +182,7 @@ class PyAVReader(VideoReader):
             fps = (self.num_frames / self.duration if self.duration > 0
                    else float(self._stream.average_rate or 0))
             self._info = VideoInfo(self.path, "pyav", self.num_frames, fps, dh, dw, self._rotation, self._codec,
-                                   self._format, self.duration)
+                                   self._format, self.duration, self._stream_index)
         return self._info
 
     def _demux_index(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -219,7 +277,7 @@ class PyAVReader(VideoReader):
         """(i, frame) for every frame from the start: a freshly opened container, so no seek has to be trusted."""
         self._container.close()
         self._container = self._open()
-        self._stream = self._container.streams.video[0]
+        self._stream = self._container.streams[self._stream_index]
         self._stream.codec_context.thread_type = "AUTO"
         yield from enumerate(self._frames(skip_nonref=lambda _: False))
 
@@ -287,7 +345,7 @@ class PyAVReader(VideoReader):
         twin.__dict__.update(self.__dict__)
         twin.warnings, twin.frames_decoded, twin._reformatter = [], 0, None
         twin._container = twin._open()
-        twin._stream = twin._container.streams.video[0]
+        twin._stream = twin._container.streams[self._stream_index]
         twin._stream.codec_context.thread_type = self._stream.codec_context.thread_type
         return twin
 

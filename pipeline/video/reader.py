@@ -1,8 +1,9 @@
 """The reader interface every backend implements, what it returns, and the checks every file passes first.
 
-``VideoReader``: ``info`` (frame count, fps, duration, display size, rotation, codec), ``timestamps`` (seconds, one
-per frame), ``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and ``warnings`` (FFmpeg decode
-errors and header/stream disagreements met so far: best-effort frames are never returned silently).
+``VideoReader``: ``info`` (frame count, fps, duration, display size, rotation, codec, the stream decoded),
+``timestamps`` (seconds, one per frame), ``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and
+``warnings`` (FFmpeg decode errors and header/stream disagreements met so far: best-effort frames are never returned
+silently).
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class VideoInfo:
     codec: str = ""
     container: str = ""
     duration: float = 0.0  # seconds, first frame to the end of the last
+    stream: int | None = None  # the container's stream index decoded, as ffprobe numbers them; None where unknown
 
     def __post_init__(self) -> None:
         if self.num_frames < 1:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,9 +195,8 @@ def test_separate_readers_in_parallel_threads_do_not_deadlock(long_video):
     log callback and a decoder freed in another thread was seen once in bench_decode.py; it is timing-dependent and
     this test does not reproduce it on demand, but it guards the path.) A child process turns a hang into a failure."""
     code = f"""
-import sys, numpy as np
+import numpy as np
 from concurrent.futures import ThreadPoolExecutor
-sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from pipeline.video.open import open_video
 def work(k):
     for j in range(6):

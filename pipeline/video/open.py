@@ -22,16 +22,14 @@ import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from . import BACKENDS, Backend
 from .decord_reader import DecordReader, decord_stream, decord_trusted
 from .pyav_reader import PyAVReader
 from .reader import MAX_PIXELS, DecodedClip, VideoDecodeError, VideoOpenError, VideoReader, check_file
 from .samplers import Sampling
 from .supervisor import Outcome, WorkerPool
-
-Backend = Literal["auto", "pyav", "decord"]
-BACKENDS = ("auto", "pyav", "decord")
 
 
 def open_video(path: str | Path, backend: Backend = "auto", *, resize: int | None = None,

@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -28,6 +28,10 @@ from torch import nn
 from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .errors import CheckpointError
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
+
+if TYPE_CHECKING:  # for annotations only: model.py imports this module (load_state_dict_strict) at run time
+    from .model import CLIP
+    from .temporal import TemporalTransformer
 
 Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
 FORMAT_TAG = "clip_video.checkpoint"
@@ -44,7 +48,8 @@ class Checkpoint:
     config: CLIPConfig
     preprocess: PreprocessConfig
     format: str
-    temporal: dict | None = None  # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
+    # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
+    temporal: Mapping[str, Any] | None = None
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -196,6 +201,9 @@ def _convert_hf_layers(sd: Mapping[str, torch.Tensor], src: str, dst: str, layer
 
 def convert_hf(sd: Mapping[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
     """transformers' CLIPModel -> OpenAI layout: fuse q/k/v, rename, and transpose the two projections."""
+    if not isinstance(config.vision.layers, int):
+        raise ValueError(f"transformers' CLIPModel has a ViT image tower only; config has ResNet layers "
+                         f"{config.vision.layers}")
     v, t = "vision_model.", "text_model."
     out = {
         "token_embedding.weight": sd[f"{t}embeddings.token_embedding.weight"],
@@ -275,6 +283,8 @@ def _load_hf(path: Path) -> Checkpoint:
 def _load_open_clip_folder(path: Path) -> Checkpoint:
     folder = path if path.is_dir() else path.parent
     weights = path if path.is_file() else _first_existing(folder, OPEN_CLIP_WEIGHTS)
+    if weights is None:
+        raise CheckpointError(f"{folder}: open_clip_config.json has no weights beside it (one of {OPEN_CLIP_WEIGHTS})")
     meta = _read_json(folder / "open_clip_config.json")
     model_cfg, pp = meta.get("model_cfg", {}), meta.get("preprocess_cfg", {})
     sd = convert_open_clip(unwrap_state_dict(read_tensors(weights), weights))
@@ -355,8 +365,8 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], sou
     model.load_state_dict(dict(sd), strict=True)
 
 
-def save_checkpoint(model: nn.Module, path: str | Path, extra: Mapping[str, Any] | None = None, *,
-                    temporal: nn.Module | None = None) -> Path:
+def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,
+                    temporal: TemporalTransformer | None = None) -> Path:
     """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True.
 
     ``temporal``: a trained ``TemporalTransformer`` stored beside the CLIP weights (``load_temporal`` reads it).

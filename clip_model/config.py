@@ -32,7 +32,7 @@ class VisionConfig:
     def __post_init__(self) -> None:
         if isinstance(self.layers, list):  # from JSON/YAML
             object.__setattr__(self, "layers", tuple(self.layers))
-        if self.is_resnet:
+        if isinstance(self.layers, tuple):  # a ResNet (``is_resnet``), spelled out so the type checker sees the tuple
             if len(self.layers) != 4:
                 raise ValueError(f"ResNet vision layers must have 4 stage counts, got {self.layers}")
             if self.image_size % 32:
@@ -172,11 +172,11 @@ def config_from_state_dict(
             width=width, heads=vision_heads or max(1, width // HEAD_WIDTH), patch_size=patch,
         )
     elif "visual.attnpool.positional_embedding" in sd:  # ModifiedResNet
-        layers = tuple(_count_blocks(sd, f"visual.layer{b}.") for b in (1, 2, 3, 4))
+        l1, l2, l3, l4 = (_count_blocks(sd, f"visual.layer{b}.") for b in (1, 2, 3, 4))
         width = sd["visual.layer1.0.conv1.weight"].shape[0]
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
         vision = VisionConfig(
-            image_size=grid * 32, layers=layers, width=width,
+            image_size=grid * 32, layers=(l1, l2, l3, l4), width=width,
             heads=vision_heads or max(1, width * 32 // HEAD_WIDTH), patch_size=None,
         )
     else:

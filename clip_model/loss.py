@@ -93,7 +93,7 @@ class ClipLoss(nn.Module):
         logits_per_text = scale * txt @ all_img.t()  # (B, N)
         if (image_keys is None) != (text_keys is None):
             raise ValueError("pass image_keys and text_keys together, or neither")
-        if image_keys is None:
+        if image_keys is None or text_keys is None:  # both None (checked above); spelled out to narrow both
             labels = torch.arange(img.shape[0], device=img.device) + rank * img.shape[0]
             return (F.cross_entropy(logits_per_image, labels) + F.cross_entropy(logits_per_text, labels)) / 2
         fits_image = positives(image_keys, _gather(text_keys))  # (B, N): captions that fit each local clip

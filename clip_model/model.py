@@ -85,14 +85,17 @@ class Transformer(nn.Module):
 class VisionTransformer(nn.Module):
     def __init__(self, cfg: VisionConfig, output_dim: int, quick_gelu: bool):
         super().__init__()
-        width, patch = cfg.width, cfg.patch_size
+        width, patch, layers = cfg.width, cfg.patch_size, cfg.layers
+        if not isinstance(layers, int) or patch is None:
+            raise ValueError(f"a ViT needs an int layer count and a patch_size; got layers={layers}, "
+                             f"patch_size={patch}")
         self.grid = cfg.image_size // patch
         scale = width**-0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(self.grid**2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, cfg.layers, cfg.heads, quick_gelu)
+        self.transformer = Transformer(width, layers, cfg.heads, quick_gelu)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -171,6 +174,8 @@ class ModifiedResNet(nn.Module):
 
     def __init__(self, cfg: VisionConfig, output_dim: int):
         super().__init__()
+        if not isinstance(cfg.layers, tuple):
+            raise ValueError(f"a ModifiedResNet needs four stage block counts as layers, got {cfg.layers}")
         width = cfg.width
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)
@@ -238,6 +243,7 @@ class CLIP(nn.Module):
                 nn.init.normal_(lin.weight, std=std)
             for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
                 for block in stage:
+                    assert isinstance(block, Bottleneck)  # _make_layer builds stages of Bottlenecks only
                     nn.init.zeros_(block.bn3.weight)
         for tower in (self.transformer, getattr(self.visual, "transformer", None)):
             if tower is None:
@@ -245,6 +251,7 @@ class CLIP(nn.Module):
             proj_std = (tower.width**-0.5) * ((2 * len(tower.resblocks)) ** -0.5)
             attn_std, fc_std = tower.width**-0.5, (2 * tower.width) ** -0.5
             for block in tower.resblocks:
+                assert isinstance(block, ResidualAttentionBlock)  # Transformer holds only these
                 nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
                 nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
                 nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)

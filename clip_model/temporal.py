@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .model import CLIP, Transformer
+from .model import CLIP, ResidualAttentionBlock, Transformer
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class TemporalTransformer(nn.Module):
         self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, quick_gelu=False)
         nn.init.normal_(self.positional_embedding, std=cfg.position_init_std)
         for block in self.transformer.resblocks:  # start as the identity: residual branches begin at zero
+            assert isinstance(block, ResidualAttentionBlock)  # Transformer holds only these
             nn.init.zeros_(block.attn.out_proj.weight)
             nn.init.zeros_(block.attn.out_proj.bias)
             nn.init.zeros_(block.mlp.c_proj.weight)

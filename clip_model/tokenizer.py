@@ -103,7 +103,7 @@ def get_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
-def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
+def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: bool = False) -> torch.Tensor:  # int64
     """Token ids (N, context_length), zero-padded. Too-long text raises unless ``truncate``, which keeps EOT last."""
     if isinstance(texts, str):
         texts = [texts]

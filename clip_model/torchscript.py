@@ -100,7 +100,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return flat
 
 
-def _new_script_object(cls: type, qualname: str) -> _ScriptObject:
+def _new_script_object(cls: type[_ScriptObject], qualname: str) -> _ScriptObject:
     obj = object.__new__(cls)
     _ScriptObject.__init__(obj, qualname)
     return obj

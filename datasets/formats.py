@@ -30,9 +30,13 @@ def _lines(path: Path) -> list[str]:
 
 def _dataset(name: str, classnames: Iterable[str], items: Iterable[tuple[Path, int, float | None, float | None]],
              ) -> VideoDataset:
-    records, missing = [], []
+    records: list[VideoRecord] = []
+    missing: list[Path] = []
     for path, label, start, end in items:
-        (records if path.is_file() else missing).append(VideoRecord(path, label, start, end) if path.is_file() else path)
+        if path.is_file():
+            records.append(VideoRecord(path, label, start, end))
+        else:
+            missing.append(path)
     return VideoDataset(name, tuple(classnames), tuple(records), tuple(missing))
 
 
@@ -97,7 +101,7 @@ def read_kinetics(root: str | Path, csv_path: str | Path, classes: str = "auto",
     classnames = _kinetics_classes(classes, labels, csv_path)
     index = {name: i for i, name in enumerate(classnames)}
     files = _index_files(root)
-    items = []
+    items: list[tuple[Path, int, float | None, float | None]] = []
     for r in rows:
         start, end = int(float(r["time_start"])), int(float(r["time_end"]))
         clip = f"{r['youtube_id']}_{start:06d}_{end:06d}"

@@ -198,8 +198,10 @@ def _texture(kind: str, yy: np.ndarray, xx: np.ndarray, cx, cy, r, angle) -> np.
     return (1.0 + 0.15 * wave)[..., None]
 
 
-def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cx: float, cy: float, r: float, angle: float) -> np.ndarray:
-    """Boolean mask of a shape of 'radius' r, rotated by ``angle``, on a pixel grid."""
+def _shape_mask(shape: str, yy: np.ndarray, xx: np.ndarray, cx: float | np.ndarray, cy: float | np.ndarray,
+                r: float | np.ndarray, angle: float | np.ndarray) -> np.ndarray:
+    """Boolean mask of a shape of 'radius' r, rotated by ``angle``, on a pixel grid (scalars, or arrays that
+    broadcast against it: one mask per frame)."""
     c, s = np.cos(angle), np.sin(angle)
     u = (xx - cx) * c + (yy - cy) * s  # object-local coordinates
     v = -(xx - cx) * s + (yy - cy) * c
@@ -273,7 +275,7 @@ def write_world(out: str | Path, cfg: WorldConfig = WorldConfig()) -> dict[str, 
             w.writerows(items)
         files[split] = out / f"{split}.csv"
         with open(files[split], "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "label"])
-            w.writerows([(r["path"], r["action"]) for r in items])
+            label_writer = csv.writer(f)
+            label_writer.writerow(["path", "label"])
+            label_writer.writerows([(r["path"], r["action"]) for r in items])
     return files

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -55,10 +56,11 @@ def sampling_for(cfg: BenchmarkConfig) -> Sampling:
 
 def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None) -> VideoDataset:
     d = cfg.dataset
-    if d.format == "ucf101":
-        return read_ucf101(d.root, d.annotations, split, subset)
-    if d.format == "hmdb51":
-        return read_hmdb51(d.root, d.annotations, split, subset)
+    if d.format in ("ucf101", "hmdb51"):
+        if d.annotations is None:
+            raise ValueError(f"dataset.annotations (the folder of split files) is required for format {d.format}")
+        read_split = read_ucf101 if d.format == "ucf101" else read_hmdb51
+        return read_split(d.root, d.annotations, split, subset)
     if d.format == "folders":
         return read_folders(annotations if subset == "train" and annotations else d.root)
     if annotations is None:
@@ -169,6 +171,7 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
             if error is not None:
                 errors[path] = error
             else:
+                assert result is not None  # extract_features sets exactly one of features and error
                 feats[path] = result.frame_features
                 cache.put(path, result.frame_features)
             bar.update()
@@ -189,7 +192,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     sampling = sampling_for(cfg)
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
     scale = float(model.logit_scale.detach().exp().clamp(max=100))
-    split_results, rows, error_rows, plots = [], [], [], []
+    split_results: list[dict[str, Any]] = []
+    rows, error_rows, plots = [], [], []
     for split in splits:
         test_feats, test_errors = video_features(split.test.records, model, transform, cfg, cache, f"{split.name} test")
         records = [r for r in split.test.records if r.path in test_feats]
@@ -201,6 +205,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                               for r in records])
             probe_info = {}
         else:
+            assert split.train is not None  # load_splits reads a train split for the linear probe
             train_feats, train_errors = video_features(split.train.records, model, transform, cfg, cache,
                                                        f"{split.name} train")
             test_errors |= {p: f"(train) {e}" for p, e in train_errors.items()}
@@ -213,12 +218,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             probe_info = {"C": probe.C, "train_videos": len(train), "val_accuracy": probe.val_accuracy}
         labels = np.array([r.label for r in records])
         metrics = compute_metrics(probs, labels, len(classnames))
-        summary = metrics.summary() | {"mean_top1_top5": (metrics.top1 + metrics.top5) / 2}
+        split_summary = metrics.summary() | {"mean_top1_top5": (metrics.top1 + metrics.top5) / 2}
         correct_conf = probs.max(axis=1)[probs.argmax(axis=1) == labels]
         # open set: the top probability above which 95 % of this split's correct answers lie (--unknown-below)
-        summary["unknown_below_keeping_95pct_correct"] = float(np.quantile(correct_conf, 0.05)) \
+        split_summary["unknown_below_keeping_95pct_correct"] = float(np.quantile(correct_conf, 0.05)) \
             if len(correct_conf) else float("nan")
-        split_results.append({"name": split.name, "metrics": summary, "videos": len(records),
+        split_results.append({"name": split.name, "metrics": split_summary, "videos": len(records),
                               "skipped_missing": len(split.test.missing), "failed": len(test_errors), **probe_info})
         top5 = np.argsort(-probs, axis=1)[:, :5]
         rows += [{"split": split.name, "path": str(r.path), "label": classnames[r.label],

@@ -86,6 +86,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
             status, _, reason = error.partition(": ")  # "error: no such file" -> "no such file"; timeouts say so
             results[request.path] = VideoResult(Path(request.path), None, reason if status == "error" else error)
             continue
+        assert feats is not None  # extract_features sets exactly one of features and error
         if probe is not None:
             probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features, head).numpy()[None])[0])
         else:

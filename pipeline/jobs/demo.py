@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -42,7 +43,7 @@ from .benchmark_report import _figure_png, confusion_png
 from .classify import ClassifySettings, classify_videos
 from .train import train
 
-POOLINGS = ("mean", "temporal")
+POOLINGS: tuple[Literal["mean", "temporal"], ...] = ("mean", "temporal")
 
 
 @dataclass(frozen=True)
@@ -59,14 +60,14 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def _train_cfg(s: DemoSettings, out: Path, pooling: str) -> TrainConfig:
+def _train_cfg(s: DemoSettings, out: Path, pooling: Literal["mean", "temporal"]) -> TrainConfig:
     return TrainConfig(name=f"demo_{pooling}", world=s.world, pooling=pooling, steps=s.steps,
                        batch_size=s.batch_size, lr=s.lr, warmup_steps=min(40, s.steps // 10), seed=s.seed,
                        checkpoint_every=max(1, s.steps // 4), device="cpu", output_dir=str(out / f"train_{pooling}"))
 
 
-def _bench_cfg(out: Path, files: dict[str, Path], name: str, model: Path, pooling: str,
-               protocol: str = "zero_shot") -> BenchmarkConfig:
+def _bench_cfg(out: Path, files: dict[str, Path], name: str, model: Path, pooling: Literal["mean", "temporal"],
+               protocol: Literal["zero_shot", "linear_probe"] = "zero_shot") -> BenchmarkConfig:
     dataset = DatasetConfig(format="csv", root=str(files["heldout"].parent), annotations=str(files["heldout"]),
                             train_annotations=str(files["train"]), classes=str(files["actions"]))
     return BenchmarkConfig(name=name, dataset=dataset, protocol=protocol, model=str(model),
@@ -143,8 +144,8 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     settings = ClassifySettings(RuntimeSettings(str(model), device="cpu", decode_workers=1), tuple(actions),
                                 templates=str(files["templates"]), pooling="temporal", topk=3)
     classified = []
-    for (path, truth), r in zip(heldout, classify_videos(settings, [p for p, _ in heldout])):
-        classified.append({"path": str(path), "true": truth, "labels": list(r.prediction.labels) if r.prediction
+    for (path, true_label), r in zip(heldout, classify_videos(settings, [p for p, _ in heldout])):
+        classified.append({"path": str(path), "true": true_label, "labels": list(r.prediction.labels) if r.prediction
                            else [], "scores": list(r.prediction.scores) if r.prediction else [], "error": r.error})
     timings["classify_s"] = time.perf_counter() - t
 

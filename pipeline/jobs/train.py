@@ -22,6 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -206,7 +207,8 @@ def _step(model: VideoCLIP, ddp: nn.Module, batch: Batch, transform: clip_model.
         cached = [tuple(t.float() for t in model(frames[c], tokens[c])) for c in chunks]  # [(m, E), (m, E)]
     for j, c in enumerate(chunks):
         sync = j == len(chunks) - 1 or not isinstance(ddp, nn.parallel.DistributedDataParallel)
-        with contextlib.nullcontext() if sync else ddp.no_sync():
+        # not sync implies ddp is a DistributedDataParallel (checked above), which mypy cannot follow through sync
+        with contextlib.nullcontext() if sync else cast(nn.parallel.DistributedDataParallel, ddp).no_sync():
             with autocast:
                 video, text = ddp(frames[c], tokens[c])
             videos = torch.cat([video.float() if i == j else v for i, (v, _) in enumerate(cached)])

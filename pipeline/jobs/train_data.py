@@ -69,7 +69,7 @@ class RenderedWorld:
         seeds = rng.integers(2**31, size=size)
         partial = rng.random(size) < self.caption_dropout
         forms = rng.integers(1, len(CAPTION_FORMS), size=size)
-        return [(Clip(*self.pairs[p], seed=int(sd), split="train"), CAPTION_FORMS[int(f)] if d else "full")
+        return [(Clip(*self.pairs[int(p)], seed=int(sd), split="train"), CAPTION_FORMS[int(f)] if d else "full")
                 for p, sd, d, f in zip(chosen, seeds, partial, forms)]
 
     def batch(self, step: int, size: int, rows: slice = slice(None)) -> Batch:

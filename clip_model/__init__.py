@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import Checkpoint, detect_format, load_state_dict_strict, read_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, detect_format, read_checkpoint, save_checkpoint
 from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .download import cache_dir, model_path, published_models
 from .errors import CheckpointError
 from .loss import ClipLoss
-from .model import CLIP, build_model
+from .model import CLIP, build_model, load_state_dict_strict
 from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
 from .tokenizer import tokenize
 from .transform import ClipTransform

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from torch import nn
 
 from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .errors import CheckpointError
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
 
-if TYPE_CHECKING:  # for annotations only: model.py imports this module (load_state_dict_strict) at run time
+if TYPE_CHECKING:  # annotations only
     from .model import CLIP
     from .temporal import TemporalTransformer
 
@@ -346,23 +345,6 @@ def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None) -> Chec
     if quick_gelu is not None and ckpt.config.quick_gelu != quick_gelu:
         ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, quick_gelu=quick_gelu))
     return ckpt
-
-
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy ``sd`` into ``model``, listing every missing, unexpected or mis-shaped key in one error."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
-    model.load_state_dict(dict(sd), strict=True)
 
 
 def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,

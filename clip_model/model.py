@@ -6,12 +6,14 @@ Attention runs through ``scaled_dot_product_attention`` (fused kernels), batch-f
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig
+from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .errors import CheckpointError
 
 
 class LayerNorm(nn.LayerNorm):
@@ -286,10 +288,24 @@ class CLIP(nn.Module):
 
 def build_model(state_dict: dict[str, torch.Tensor], *, quick_gelu: bool = True) -> CLIP:
     """Build a CLIP from an OpenAI-layout state dict, reading the architecture from its shapes."""
-    from .checkpoint import load_state_dict_strict  # local import: checkpoint imports this module
-    from .config import config_from_state_dict
-
     state_dict = {k: v for k, v in state_dict.items() if k not in ("input_resolution", "context_length", "vocab_size")}
     model = CLIP(config_from_state_dict(state_dict, quick_gelu=quick_gelu))
     load_state_dict_strict(model, state_dict, source="state dict")
     return model.eval()
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str) -> None:
+    """Copy ``sd`` into ``model``, listing every missing, unexpected or mis-shaped key in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    misshaped = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError(f"{source}: state dict does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(dict(sd), strict=True)

@@ -13,8 +13,9 @@ finishes them there, so the pixels equal ``ClipTransform.video``'s.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,7 +74,7 @@ class WindowChunk:
 def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
     """Consecutive (start, end) runs of the (W, T) window frame indices with at most ``max_frames`` distinct frames
     each (a single window may exceed it)."""
-    start, seen = 0, set()
+    start, seen = 0, set[int]()
     for k, row in enumerate(indices.tolist()):
         grown = seen.union(row)
         if k > start and len(grown) > max_frames:
@@ -84,7 +85,7 @@ def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, in
         yield start, len(indices)
 
 
-def decode_windows(task: WindowTask) -> Iterator[WindowHeader | WindowChunk]:
+def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, None, tuple[str, ...]]:
     """Yield a WindowHeader, then WindowChunks in time order; return the decoder's warnings. Runs in a worker."""
     torch.set_num_threads(1)  # one of several decode workers: the resize must not spread over every core
     try:
@@ -128,7 +129,7 @@ class WindowedVideo:
 class _Video:
     task: WindowTask  # the attempt under way (a retry runs on another backend)
     header: WindowHeader
-    pooled: list = field(default_factory=list)  # (w, E) per chunk, in order
+    pooled: list[torch.Tensor] = field(default_factory=list)  # (w, E) per chunk, in order
     sent: int = 0  # chunks queued for the model
     encoded: int = 0  # chunks encoded and pooled
     decoded: bool = False  # the worker finished the video
@@ -136,10 +137,15 @@ class _Video:
     error: str | None = None
 
 
+def _other_than(path: str) -> Callable[[Any], bool]:
+    """A ``FrameEncoder.drop`` filter keeping every queued chunk but ``path``'s (chunks are keyed (path, positions))."""
+    return lambda key: key[0] != path
+
+
 def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform: ClipTransform, *,
                   pooling: str = "mean", head: nn.Module | None = None, batch_size: int = 32,
                   decode_workers: int = 2, timeout_s: float = 300.0, max_rss_mb: float = 2048.0,
-                  fn: Callable[[WindowTask], Iterator] = decode_windows,
+                  fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
                   ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, error) per video as each is complete; an error reads ``status: reason`` and names
@@ -154,6 +160,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
         video = videos[path]
         video.encoded += 1
         if error is None and video.error is None:
+            assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no error"
             try:
                 video.pooled.append(pool_views(feats[positions], pooling, head))  # (w, T, E) -> (w, E)
             except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
@@ -176,7 +183,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
                                            max_rss_mb=max_rss_mb, fn=fn):
         path = task.path
         if outcome.status == "part" and isinstance(outcome.result, WindowHeader):  # (re)start: forget any earlier
-            encoder.drop(lambda key, path=path: key[0] != path)  # attempt's queued chunks
+            encoder.drop(_other_than(path))  # attempt's queued chunks
             videos[path] = _Video(task, outcome.result)
         elif outcome.status == "part":
             video, chunk = videos[path], outcome.result
@@ -186,7 +193,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
             videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)
         else:
             videos.pop(path, None)
-            encoder.drop(lambda key, path=path: key[0] != path)
+            encoder.drop(_other_than(path))
             yield task, None, f"{outcome.status}: {outcome.error}"
         for key, feats, error in encoder.ready():
             encoded(key, feats, error)

@@ -92,9 +92,14 @@ class DecordReader(VideoReader):
         duration = float(stamps[-1, 1] - stamps[0, 0])
         fps = n / duration if duration > 0 else float(self._vr.get_avg_fps())
         self.num_frames, self.duration = n, duration
-        self.info = VideoInfo(self.path, "decord", n, fps, shape[0], shape[1], expected.info.rotation if expected else 0,
-                              expected.info.codec if expected else "", expected.info.container if expected else "",
-                              duration, expected.info.stream if expected else None)
+        self._info = VideoInfo(self.path, "decord", n, fps, shape[0], shape[1],
+                               expected.info.rotation if expected else 0, expected.info.codec if expected else "",
+                               expected.info.container if expected else "", duration,
+                               expected.info.stream if expected else None)
+
+    @property
+    def info(self) -> VideoInfo:
+        return self._info
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:

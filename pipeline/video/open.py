@@ -19,10 +19,10 @@ Decoding in this process has no timeout: jobs decode through ``decode_in_workers
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, TypeVar, overload
 
 from . import BACKENDS, Backend
 from .decord_reader import DecordReader, decord_stream, decord_trusted
@@ -102,14 +102,40 @@ def decode_request(request: DecodeRequest) -> DecodedClip:
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))
 
 
-def decode_in_workers(requests: list[DecodeRequest], *, num_workers: int = 2, timeout_s: float = 120.0,
-                      max_rss_mb: float = 2048.0, fn: Callable[[DecodeRequest], Any] | None = None,
-                      ) -> Iterator[tuple[DecodeRequest, Outcome]]:
-    """Decode each request (with ``fn``, default ``decode_request``) in a supervised worker; yields (request, outcome)
-    as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is retried once on decord, whose own
-    FFmpeg build may get through; the retried result carries decord's warnings."""
+class DecodeTask(Protocol):
+    """What ``decode_in_workers`` needs of a task: a frozen dataclass naming its file and its backend, so that a
+    crashed ``auto`` attempt can be rerun as ``dataclasses.replace(task, backend="decord")``."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # what dataclasses.replace asks of its argument
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def backend(self) -> Backend: ...
+
+
+TaskT = TypeVar("TaskT", bound=DecodeTask)
+
+
+@overload
+def decode_in_workers(requests: Sequence[DecodeRequest], *, num_workers: int = ..., timeout_s: float = ...,
+                      max_rss_mb: float = ..., fn: None = None) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
+
+
+@overload
+def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., timeout_s: float = ...,
+                      max_rss_mb: float = ..., fn: Callable[[TaskT], Any]) -> Iterator[tuple[TaskT, Outcome]]: ...
+
+
+def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
+                      max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
+                      ) -> Iterator[tuple[TaskT, Outcome]]:
+    """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
+    worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
+    retried once on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings."""
     with WorkerPool(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
-        retry = []
+        retry: list[TaskT] = []
         for outcome in pool.map(requests):
             request = requests[outcome.task_id]
             if outcome.status == "crash" and request.backend == "auto":

@@ -102,6 +102,7 @@ class _IndexMismatch(Exception):
 
 class PyAVReader(VideoReader):
     skip_nonref = True  # skip decoding unwanted non-reference frames while rolling forward (benchmarks toggle it)
+    _rotation: int | None  # degrees, from a decoded frame; None until one has been decoded
 
     def __init__(self, path: Path, *, resize: int | None = None, max_pixels: int = MAX_PIXELS, threads: int = 1,
                  stream: int | None = None):
@@ -153,12 +154,12 @@ class PyAVReader(VideoReader):
             raise VideoDecodeError(self.path, f"frame size {w}x{h} is over the {max_pixels}-pixel limit; "
                                               "ask for a resize to decode it scaled down")
         fmt = self._container.format.name
-        self._indexed = any(name in INDEXED_CONTAINERS for name in fmt.split(","))
-        pts, keys, durations = self._demux_index() if self._indexed else (None, None, None)
-        if pts is not None and (len(pts) == 0 or len(np.unique(pts)) != len(pts)):
-            self._indexed = False
-        if self._indexed:
-            self._init_indexed(pts, keys, durations)
+        index = self._demux_index() if any(name in INDEXED_CONTAINERS for name in fmt.split(",")) else None
+        if index is not None and (len(index[0]) == 0 or len(np.unique(index[0])) != len(index[0])):
+            index = None  # no packets, or pts shared by two packets: the pts cannot name frames
+        self._indexed = index is not None
+        if index is not None:
+            self._init_indexed(*index)
         else:
             self._init_sequential()
         stream = self._stream  # a sequential pass reopened the container: the old stream object is gone
@@ -174,26 +175,30 @@ class PyAVReader(VideoReader):
         """Built on first use: the display size needs the rotation, which the first decoded frame carries, so a
         reader that is only opened, sampled and read never pays for a separate probe decode."""
         if self._info is None:
-            if self._rotation is None:
-                self._rotation = self._first_frame_rotation()
+            rotation = self._rotation
+            if rotation is None:
+                rotation = self._rotation = self._first_frame_rotation()
             dh, dw = scaled_size(*self._coded_size, self.resize)
-            if self._rotation % 180:
+            if rotation % 180:
                 dh, dw = dw, dh
             fps = (self.num_frames / self.duration if self.duration > 0
                    else float(self._stream.average_rate or 0))
-            self._info = VideoInfo(self.path, "pyav", self.num_frames, fps, dh, dw, self._rotation, self._codec,
+            self._info = VideoInfo(self.path, "pyav", self.num_frames, fps, dh, dw, rotation, self._codec,
                                    self._format, self.duration, self._stream_index)
         return self._info
 
-    def _demux_index(self) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    def _demux_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Every video packet's pts, keyframe flag and duration, without decoding; None if any pts is missing."""
-        pts, keys, durs, total_bytes = [], [], [], 0
+        pts: list[int] = []
+        keys: list[bool] = []
+        durs: list[int] = []
+        total_bytes = 0
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0:
                     continue
                 if packet.pts is None:
-                    return None, None, None
+                    return None
                 pts.append(packet.pts)
                 keys.append(packet.is_keyframe)
                 durs.append(packet.duration or 0)
@@ -215,7 +220,7 @@ class PyAVReader(VideoReader):
         self.timestamps = (self._pts - self._pts[0]) * tb
         last = int(durs[order][-1]) or (int(np.median(np.diff(self._pts))) if len(self._pts) > 1 else 0)
         self._duration = (self._pts[-1] - self._pts[0] + last) * tb
-        self._rotation: int | None = None  # read from the first frame decoded
+        self._rotation = None  # read from the first frame decoded
 
     def _init_sequential(self) -> None:
         """Decode everything once: the frame count and timestamps are what decoding yields."""

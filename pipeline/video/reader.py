@@ -14,6 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import torch
@@ -57,7 +58,6 @@ class VideoInfo:
 
 
 class VideoReader(ABC):
-    info: VideoInfo
     path: Path
     num_frames: int
     duration: float  # seconds
@@ -66,6 +66,11 @@ class VideoReader(ABC):
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self._lock = threading.Lock()  # FFmpeg and decord contexts abort when two threads decode at once
+
+    @property
+    @abstractmethod
+    def info(self) -> VideoInfo:
+        """What the file holds and how it is decoded (read-only: a backend may build it lazily)."""
 
     @abstractmethod
     def _read(self, indices: np.ndarray) -> np.ndarray:
@@ -89,7 +94,7 @@ class VideoReader(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass
 
-    def __enter__(self) -> VideoReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -169,8 +169,8 @@ class AttentionPool2d(nn.Module):
 class ModifiedResNet(nn.Module):
     """CLIP's ResNet: a 3-conv stem with avgpool, anti-aliased strided blocks, attention pooling.
 
-    Convolutions run channels-last (NHWC): on CPU (oneDNN) that measured 1.1x faster at batch 1 and 1.3-1.4x at
-    batch 8-32 than NCHW, with the same results to 1e-7. Its conv weights are therefore channels-last tensors; call
+    Convolutions run channels-last (NHWC): on CPU (oneDNN) that is faster than NCHW, most at batch 8 and up
+    (bench_model.py), with the same results to 1e-7. Its conv weights are therefore channels-last tensors; call
     ``.contiguous()`` on them before saving to formats that insist on a contiguous layout (safetensors).
     """
 

@@ -7,8 +7,8 @@ header/stream disagreements met so far: best-effort frames are never returned si
 
 Frame index i means the i-th frame that sequential decoding with PyAV yields, in presentation order. The PyAV backend
 honours that exactly (keyframe seeks on a packet index where timestamps are trustworthy, a sequential pass where they
-are not), and it is what ``auto`` uses: measured in benchmarks/bench_decode.py it was as fast as decord on short
-clips and 1.4-1.5x faster on long GOP-250 videos, while decord returned wrong frames on MPEG-4 Part 2 AVIs. ``auto``
+are not), and it is what ``auto`` uses: benchmarks/bench_decode.py compares its speed with decord's (the README has
+the figures), and decord returns wrong frames on MPEG-4 Part 2 AVIs with B-frames. ``auto``
 falls back to decord only when PyAV cannot open a file; ``decord`` can be asked for, and is checked against PyAV's
 frame count and warned about where its frames are known to be wrong.
 A file's video stream is the one FFmpeg picks (``av_find_best_stream``, never cover art) unless ``stream`` names one by

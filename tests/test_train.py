@@ -168,10 +168,31 @@ def test_metrics_log_as_jsonl_and_self_describing_outputs(tmp_path):
     assert torch.load(result.out / "model.pt", weights_only=True)["training"]["steps"] == 5
 
 
+def _train_recording_dtypes(cfg: TrainConfig):
+    """train(cfg), and the output dtypes of every Linear and Conv2d forward run meanwhile (a global forward hook)."""
+    seen: set[torch.dtype] = set()
+
+    def hook(module, args, output):
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and torch.is_grad_enabled():
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        return train(cfg, progress=False), seen
+    finally:
+        handle.remove()
+
+
 def test_amp_bf16_on_cpu_trains_close_to_fp32(tmp_path):
-    fp32 = train(_cfg(tmp_path / "a", steps=3), progress=False)
-    bf16 = train(_cfg(tmp_path / "b", steps=3, amp="bf16"), progress=False)
-    np.testing.assert_allclose([h["loss"] for h in bf16.history], [h["loss"] for h in fp32.history], rtol=0.02)
+    """The matmuls of the training forward really run in bf16 (autocast), the master weights stay fp32, and the losses
+    differ from fp32's by bf16 rounding: more than zero (the same seed and data give bit-equal fp32 losses), under 2 %."""
+    fp32, fp32_dtypes = _train_recording_dtypes(_cfg(tmp_path / "a", steps=3))
+    bf16, bf16_dtypes = _train_recording_dtypes(_cfg(tmp_path / "b", steps=3, amp="bf16"))
+    assert fp32_dtypes == {torch.float32} and bf16_dtypes == {torch.bfloat16}
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.float32}
+    got, ref = np.array([h["loss"] for h in bf16.history]), np.array([h["loss"] for h in fp32.history])
+    np.testing.assert_allclose(got, ref, rtol=0.02)
+    assert np.abs(got - ref).max() > 1e-4, (got, ref)  # autocast off would give fp32's losses exactly
 
 
 def test_config_errors_name_the_key(tmp_path):

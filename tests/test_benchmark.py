@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from configs.schema import ConfigError, load_config
-from datasets.labels import raw_labels
+from datasets.labels import clean_name, raw_labels
 from datasets.synthetic import moving_square_frames, write_video
 from pipeline.jobs.benchmark import run_benchmark
 
@@ -124,6 +124,10 @@ def _layout_folders(tmp_path, clips):
     return {"format": "folders", "root": str(tmp_path / "f")}
 
 
+# what each format calls the three actions, where that is not the action itself (ucf101's MovingLeft is cleaned)
+CLASS_NAMES = {"hmdb51": [clean_name(c) for c in raw_labels("hmdb51")[:3]],
+               "kinetics": ["abseiling", "air drumming", "answering questions"],
+               "ssv2": ["Moving something left", "Moving something right", "Moving something up"]}
 LAYOUTS = {"ucf101": (_layout_ucf101, 2, 3), "hmdb51": (_layout_hmdb51, 1, 3), "kinetics": (_layout_kinetics, 1, 6),
            "ssv2": (_layout_ssv2, 1, 6), "list": (_layout_list, 1, 6), "csv": (_layout_csv, 1, 6),
            "folders": (_layout_folders, 1, 6)}
@@ -139,9 +143,13 @@ def test_zero_shot_benchmark_on_every_format(tmp_path, clips, fmt):
     assert all(s["videos"] == per_split and s["failed"] == 0 for s in results["splits"])
     predictions = pd.read_csv(out / "predictions.csv")
     assert len(predictions) == n_splits * per_split
+    # each row's label is the class its video shows, named as the format names it (a video is known by its bytes)
+    action_of = {src.read_bytes(): a for (a, _), src in clips.items()}
+    names = dict(zip(ACTIONS, CLASS_NAMES.get(fmt, ACTIONS)))
+    assert [names[action_of[Path(p).read_bytes()]] for p in predictions.path] == predictions.label.tolist()
     for s in results["splits"]:
         rows = predictions[predictions.split == s["name"]]
-        assert s["metrics"]["top1"] == pytest.approx(rows.correct.mean())  # the report agrees with its rows
+        assert s["metrics"]["top1"] == pytest.approx((rows.label == rows.prediction).mean())  # report agrees with rows
     stored = json.loads((out / "results.json").read_text())
     assert stored["headline"]["metric"] == "top1" and stored["summary"]["top1"]["n"] == n_splits
     page = (out / "report.html").read_text()

@@ -126,7 +126,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
 def cmd_retag(args: argparse.Namespace) -> int:
     from datasets.labels import load_labels
 
-    from .jobs.tag.job import retag
+    from .jobs.tag.query import retag
 
     out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
                 device=args.device)
@@ -135,11 +135,25 @@ def cmd_retag(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .jobs.tag.job import search
+    from .jobs.tag.query import SearchFilter, search
 
-    for hit in search(args.index, args.query, args.topk, args.device):
-        where = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
-        print(f"{hit['score']:.4f}  {hit['path']}  ({where})")
+    where = SearchFilter(args.path, args.label, args.after, args.before, args.kind)
+    hits = search(args.index, args.query, args.topk, args.device, where)
+    if args.format == "json":
+        for hit in hits:
+            print(json.dumps(hit))
+        return 0
+    for hit in hits:
+        span = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
+        print(f"{hit['score']:.4f}  {hit['path']}  ({span}; tagged {hit['labels'][0]})")
+    return 0
+
+
+def cmd_migrate_index(args: argparse.Namespace) -> int:
+    from .jobs.tag.migrate import migrate_index
+
+    for folder in migrate_index(args.index, args.device):
+        print(f"migrated {folder} to the Lance tag index")
     return 0
 
 
@@ -228,8 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="the OUT.index folder written by tag")
     p.add_argument("query")
     p.add_argument("--topk", type=int, default=10)
+    p.add_argument("--path", metavar="GLOB", help="only videos whose path matches (* and ?)")
+    p.add_argument("--label", help="only videos and windows whose top label at tagging time was this")
+    p.add_argument("--after", type=float, metavar="S", help="only windows that end at or after S seconds")
+    p.add_argument("--before", type=float, metavar="S", help="only windows that start at or before S seconds")
+    p.add_argument("--kind", choices=("video", "segment"), help="only whole videos, or only windows")
+    p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("migrate-index", help="convert a tag index of the first format (manifest.json) in place")
+    p.add_argument("index", help="the OUT.index folder")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_migrate_index)
     p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: DemoSettings.steps)")

@@ -20,7 +20,8 @@ from configs.schema import TrainConfig
 from datasets.synthetic import write_video
 from datasets.world import Clip, WorldConfig, render, write_world
 from pipeline.jobs.tag.discover import discover
-from pipeline.jobs.tag.job import TagSettings, retag, search, tag
+from pipeline.jobs.tag.job import TagSettings, tag
+from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
 from pipeline.jobs.train import train
 from pipeline.runtime import RuntimeSettings
@@ -134,11 +135,11 @@ def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(LABELS) + "\n")
     cmd[cmd.index("--labels") + 1] = str(labels_file)
-    manifest = tmp_path / "tags.parquet.index" / "manifest.json"
+    state = tmp_path / "tags.parquet.index" / "state.json"
 
     def committed() -> int:
         try:
-            return len(json.loads(manifest.read_text())["parts"])
+            return json.loads(state.read_text())["commits"]
         except (OSError, ValueError):
             return 0
 
@@ -264,5 +265,11 @@ def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
             else:
                 assert got[col].tolist() == ref[col].tolist(), col
     assert sorted(pd.read_csv(out)["path"]) == [str(v) for v in videos]
-    hits = search(tmp_path / "sharded.csv.index", "something growing", topk=3)  # search reads the shards too
-    assert len(hits) == 3
+    hits = search(tmp_path / "sharded.csv.index", "something growing", topk=8, device="cpu")  # reads every shard
+    ref = search(tmp_path / "single.csv.index", "something growing", topk=8, device="cpu")
+    key = ["path", "kind", "start_s", "end_s", "labels"]
+    assert [[h[k] for k in key] for h in hits] == [[h[k] for k in key] for h in ref]
+    np.testing.assert_allclose([h["score"] for h in hits], [h["score"] for h in ref], atol=1e-5)
+    ids = [h["video_id"] for h in search(tmp_path / "sharded.csv.index", "something", topk=100, device="cpu",
+                                         where=SearchFilter(kind="video"))]
+    assert len(ids) == len(set(ids)) == len(videos)  # video ids are unique across the ranks

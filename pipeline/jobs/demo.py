@@ -1,4 +1,4 @@
-"""The demo job: the whole pipeline, from nothing, on a 2-core CPU in about four minutes.
+"""The demo job: the whole pipeline, from nothing, in minutes on a 2-core CPU (the README gives the measured time).
 
 1. Write the synthetic action world (``datasets.world``): H.264 videos, captions and annotation CSVs.
 2. Train a tiny CLIP from scratch whose frames are pooled by the learned temporal transformer.
@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from configs.schema import BenchmarkConfig, DatasetConfig, TrainConfig
 from datasets.world import TIME_REVERSED_PAIRS, WorldConfig, write_world
 from pipeline.jobs.tag.index import index_folder
-from pipeline.jobs.tag.job import TagSettings, search, tag
+from pipeline.jobs.tag.job import TagSettings, tag
+from pipeline.jobs.tag.query import search
 from pipeline.metrics import compute_metrics
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import open_video

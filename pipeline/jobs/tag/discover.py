@@ -45,9 +45,10 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
     return found, errors
 
 
-def file_stamp(path: Path) -> list[int] | None:
+def file_stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime_ns): a file tagged at another stamp has changed and is tagged again. None if it is gone."""
     try:
         st = path.stat()
     except OSError:
         return None
-    return [st.st_size, st.st_mtime_ns]
+    return st.st_size, st.st_mtime_ns

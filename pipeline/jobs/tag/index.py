@@ -1,144 +1,303 @@
-"""The tag index ``OUT.index/``: committed parts (rows as JSON, embeddings as .npz) listed by a manifest that is
-replaced atomically, so a kill leaves the old manifest or the new one. A sharded run (torchrun) has one such index
-per rank, ``OUT.index/rank-R-of-N/``."""
+"""The tag index ``OUT.index/``: two Lance tables, changed only by atomic commits, read by streaming.
+
+    OUT.index/
+      state.json          format, settings, the committed version of each table, the next video id
+      videos.lance/       one row per tagged path: stamp (size, mtime), status, failure stage and reason, duration,
+                          decoder, window count, warnings, and the top labels it got when it was tagged
+      embeddings.lance/   one row per video (kind "video": the normalised mean of its windows) and per window (kind
+                          "segment": start and end seconds), with its top label at tagging time and a float16 unit
+                          vector; what search, retag and the output tables read
+
+Why Lance (the LanceDB format): appends are atomic versions, a dataset can be read at any committed version, it has
+IVF-PQ vector indexes and SQL filters evaluated before the vector search, and it streams Arrow record batches, so
+nothing here holds the archive in memory. It is a format with a maintained library (``pylance``), on local disk or
+object storage, that DuckDB and Ray read too.
+
+Exactly once. A commit deletes the rows of paths being tagged again, appends to both tables (each change its own
+Lance version), then replaces state.json (written, fsynced, renamed) with both tables' new versions. A writer that
+opens the index first restores each table to the version state.json names, so a kill at any moment loses at most
+the commit under way; readers read the named versions only. A commit costs the same whatever the archive's size:
+state.json stays a few hundred bytes, and every ``COMPACT_EVERY`` commits small fragments are merged and the versions
+no longer named are deleted, so neither the fragment list nor the version history grows with the archive.
+
+A sharded run (torchrun) writes one such index per rank, ``OUT.index/rank-R-of-N/``; readers open them all.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
-INDEX_VERSION = 2  # 2: the model is stored as an identity dict (model_spec.model_identity)
+FORMAT = "clip_video.tag_index"
+FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
+COMPACT_EVERY = 64  # commits between compactions
+FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
+ANN_MIN_ROWS = 200_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
+SCAN_BATCH = 32_768  # rows per streamed batch
+VECTOR_INDEX = "vector_idx"
 
-
-class Index:
-    """``OUT.index/``: manifest.json listing committed parts; each part a JSON file of rows and an .npz of embeddings."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.manifest_path = folder / "manifest.json"
-
-    def load(self) -> dict | None:
-        if not self.manifest_path.exists():
-            return None
-        try:
-            manifest = json.loads(self.manifest_path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{self.manifest_path}: unreadable tag index ({e}); delete the folder to start over") \
-                from None
-        if manifest.get("version") != INDEX_VERSION:
-            raise ValueError(f"{self.manifest_path}: index version {manifest.get('version')} is not {INDEX_VERSION}")
-        return manifest
-
-    def create(self, settings: dict) -> dict:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        manifest = {"version": INDEX_VERSION, "settings": settings, "parts": []}
-        self._write_manifest(manifest)
-        return manifest
-
-    def clean_orphans(self, manifest: dict) -> None:
-        """Delete part files a kill left behind without listing them."""
-        listed = {p["name"] for p in manifest["parts"]}
-        for f in self.folder.iterdir():
-            if f.name.startswith("part-") and f.name.split(".")[0] not in listed:
-                f.unlink()
-
-    def commit(self, manifest: dict, rows: dict, video_emb: np.ndarray, window_emb: np.ndarray) -> None:
-        name = f"part-{len(manifest['parts']):06d}"
-        rows_tmp, emb_tmp = self.folder / f"{name}.json.tmp", self.folder / f"{name}.npz.tmp"
-        rows_tmp.write_text(json.dumps(rows))
-        with open(emb_tmp, "wb") as f:
-            np.savez(f, videos=video_emb, windows=window_emb)
-        for tmp in (rows_tmp, emb_tmp):
-            _fsync(tmp)
-            tmp.replace(tmp.with_name(tmp.name[: -len(".tmp")]))
-        stamps = {r["path"]: r["stamp"] for r in rows["videos"] + rows["errors"]}
-        manifest["parts"].append({"name": name, "stamps": stamps})
-        self._write_manifest(manifest)
-
-    def _write_manifest(self, manifest: dict) -> None:
-        tmp = self.manifest_path.with_name("manifest.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(self.manifest_path)
-
-    def done(self, manifest: dict) -> dict[str, list[int]]:
-        """Path -> the (size, mtime) it was tagged at, newest part winning."""
-        out: dict[str, list[int]] = {}
-        for part in manifest["parts"]:
-            out.update(part["stamps"])
-        return out
-
-    def read(self, manifest: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-        """All rows (one set per video: the newest part's) with embedding row numbers rebased, and the embeddings."""
-        owner = {}
-        for part in manifest["parts"]:
-            for path in part["stamps"]:
-                owner[path] = part["name"]
-        rows: dict[str, list[dict]] = {"videos": [], "windows": [], "errors": []}
-        videos, windows = [], []
-        nv = nw = 0
-        for part in manifest["parts"]:
-            data = json.loads((self.folder / f"{part['name']}.json").read_text())
-            emb = np.load(self.folder / f"{part['name']}.npz")
-            for kind in rows:
-                for r in data[kind]:
-                    if owner.get(r["path"]) == part["name"]:
-                        r = dict(r)
-                        if kind == "videos":
-                            r["emb"] += nv
-                        elif kind == "windows":
-                            r["emb"] += nw
-                        rows[kind].append(r)
-            videos.append(emb["videos"])
-            windows.append(emb["windows"])
-            nv, nw = nv + len(emb["videos"]), nw + len(emb["windows"])
-        return rows, _concat(videos), _concat(windows)
+VIDEO_COLUMNS = pa.schema([
+    ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+    ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("duration_s", pa.float64()),
+    ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()),
+    ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())),
+])
 
 
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
-    """Row-stack embedding blocks; parts that hold only errors have none."""
-    arrays = [a for a in arrays if len(a)]
-    return np.concatenate(arrays) if arrays else np.zeros((0, 0), np.float32)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def embedding_schema(dim: int) -> pa.Schema:
+    return pa.schema([
+        ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
+        ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),
+        ("vector", pa.list_(pa.float16(), dim)),
+    ])
 
 
 def index_folder(out: Path) -> Path:
     return out.with_name(out.name + ".index")
 
 
+def import_lance() -> Any:
+    try:
+        import lance
+    except ImportError:
+        raise ImportError("the tag index needs pylance: pip install pylance") from None
+    return lance
 
 
-def read_indexes(folder: Path) -> tuple[dict, dict, np.ndarray, np.ndarray]:
-    """The settings and all rows and embeddings of a tag index: one folder, or the rank-* folders of a sharded run
-    (each resumable on its own), concatenated in rank order."""
-    single = Index(folder)
-    indexes = [single] if single.manifest_path.exists() else [
-        Index(f) for f in sorted(folder.glob("rank-*")) if (f / "manifest.json").exists()]
-    if not indexes:
-        raise ValueError(f"{folder}: not a tag index (no manifest.json); pass the OUT.index folder tag wrote")
-    rows: dict[str, list[dict]] = {"videos": [], "windows": [], "errors": []}
-    videos, windows, settings = [], [], None
-    for index in indexes:
-        manifest = index.load()
-        settings = {k: v for k, v in manifest["settings"].items() if k != "shard"}
-        part_rows, v, w = index.read(manifest)
-        offsets = {"videos": sum(len(x) for x in videos), "windows": sum(len(x) for x in windows)}
-        for kind in rows:
-            for r in part_rows[kind]:
-                if kind in offsets:
-                    r["emb"] += offsets[kind]
-                rows[kind].append(r)
-        videos.append(v)
-        windows.append(w)
-    return settings, rows, _concat(videos), _concat(windows)
+@dataclass(frozen=True)
+class IndexState:
+    """state.json: what a reader may see and a writer must restore."""
+
+    settings: dict
+    dim: int
+    versions: dict[str, int]  # table -> committed Lance version (0: not created yet)
+    next_video_id: int = 0
+    commits: int = 0
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def read(cls, folder: Path) -> IndexState:
+        path = folder / "state.json"
+        if not path.exists():
+            if (folder / "manifest.json").exists():
+                raise ValueError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
+                                 f"with: run_pipeline.py migrate-index {folder}")
+            raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
+        try:
+            data = json.loads(path.read_text())
+            state = cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: unreadable tag index state ({e}); delete the folder to start over") from None
+        if state.format != FORMAT or state.format_version != FORMAT_VERSION:
+            raise ValueError(f"{path}: tag index format {state.format} v{state.format_version}, this version reads "
+                             f"{FORMAT} v{FORMAT_VERSION}")
+        return state
+
+    def write(self, folder: Path) -> None:
+        """Atomically: a temporary file, fsynced, renamed over state.json, the folder fsynced."""
+        tmp = folder / "state.json.tmp"
+        with open(tmp, "w") as f:
+            json.dump(dataclasses.asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(folder / "state.json")
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class TagIndex:
+    """One index folder. ``open(folder, write=True)`` restores uncommitted changes away; readers see committed rows."""
+
+    TABLES = ("videos", "embeddings")
+
+    def __init__(self, folder: Path, state: IndexState, write: bool):
+        self.folder, self.state, self.writable = folder, state, write
+        self.lance = import_lance()
+        if write:
+            self._lock = _lock(folder)
+        self._tables: dict[str, Any] = {}
+        for name in self.TABLES:
+            version = state.versions.get(name, 0)
+            if version:
+                ds = self.lance.dataset(str(self.folder / f"{name}.lance"), version=version)
+                if write and ds.latest_version != version:  # a commit was killed half way: undo its changes
+                    ds.restore()
+                    ds = self.lance.dataset(str(self.folder / f"{name}.lance"))
+                self._tables[name] = ds
+
+    def close(self) -> None:
+        """Release the writer's lock (also released when the process ends)."""
+        if self.writable:
+            self._lock.close()
+            self.writable = False
+
+    @classmethod
+    def create(cls, folder: Path, settings: dict, dim: int) -> TagIndex:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = IndexState(settings, dim, {name: 0 for name in cls.TABLES})
+        state.write(folder)
+        return cls(folder, state, write=True)
+
+    @classmethod
+    def open(cls, folder: Path, write: bool = False) -> TagIndex:
+        return cls(folder, IndexState.read(folder), write)
+
+    # ---- reading --------------------------------------------------------------------------------------------------
+
+    def table(self, name: str) -> Any | None:
+        return self._tables.get(name)
+
+    def count(self, name: str, where: str | None = None) -> int:
+        ds = self.table(name)
+        return 0 if ds is None else ds.count_rows(filter=where)
+
+    def stamps(self) -> dict[str, tuple[int | None, int | None]]:
+        """Path -> (size, mtime_ns) it was tagged at, for every stored path (tagged or failed)."""
+        out: dict[str, tuple[int | None, int | None]] = {}
+        for batch in self.scan("videos", ["path", "size", "mtime_ns"]):
+            out.update(zip(batch.column(0).to_pylist(), zip(batch.column(1).to_pylist(),
+                                                            batch.column(2).to_pylist())))
+        return out
+
+    def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
+             batch_rows: int = SCAN_BATCH) -> Iterator[pa.RecordBatch]:
+        """The committed rows of a table in the order they were committed, as record batches."""
+        ds = self.table(name)
+        if ds is None:
+            return
+        yield from ds.to_batches(columns=list(columns) if columns else None, filter=where, batch_size=batch_rows,
+                                 scan_in_order=True)
+
+    def nearest(self, query: np.ndarray, k: int, where: str | None = None, columns: Sequence[str] = (),
+                nprobes: int = 32, refine_factor: int = 10) -> pa.Table:
+        """The ``k`` embedding rows nearest ``query`` by cosine, filtered by ``where`` (SQL) before the search.
+        Exact without a vector index; with one, IVF-PQ over ``nprobes`` partitions, re-ranked exactly on the best
+        ``k * refine_factor``."""
+        ds = self.table("embeddings")
+        if ds is None:
+            return pa.table({c: [] for c in [*columns, "_distance"]})
+        nearest: dict[str, Any] = {"column": "vector", "q": np.asarray(query, np.float32), "k": k,
+                                   "metric": "cosine"}
+        if self.has_vector_index():
+            nearest |= {"nprobes": nprobes, "refine_factor": refine_factor}
+        return ds.to_table(columns=[c for c in columns if c != "_distance"] + ["_distance"], filter=where,
+                           prefilter=where is not None, nearest=nearest)
+
+    def indexed_rows(self) -> int | None:
+        """Rows the vector index covers (later appends are searched exactly beside it), or None without one."""
+        ds = self.table("embeddings")
+        found = [i for i in (ds.describe_indices() if ds is not None else []) if i.name == VECTOR_INDEX]
+        return found[0].num_rows_indexed if found else None
+
+    def has_vector_index(self) -> bool:
+        return self.indexed_rows() is not None
+
+    # ---- writing --------------------------------------------------------------------------------------------------
+
+    def commit(self, videos: pa.Table, embeddings: pa.Table, replace: Sequence[str] = ()) -> None:
+        """Add one part atomically: rows of ``replace`` paths are deleted first (a changed file tagged again)."""
+        assert self.writable, "opened read-only"
+        if replace:
+            where = "path IN (" + ", ".join(sql_string(p) for p in replace) + ")"
+            for name in self.TABLES:
+                if self.table(name) is not None:
+                    self._tables[name].delete(where)
+        for name, rows in (("embeddings", embeddings), ("videos", videos)):
+            if rows.num_rows:
+                self._append(name, rows)
+        commits = self.state.commits + 1
+        self._record(commits=commits, next_video_id=self.state.next_video_id + videos.num_rows)
+        if commits % COMPACT_EVERY == 0:
+            self.compact()
+
+    def _append(self, name: str, rows: pa.Table) -> None:
+        path = str(self.folder / f"{name}.lance")
+        ds = self.table(name)
+        self._tables[name] = self.lance.write_dataset(rows, ds if ds is not None else path,
+                                                      mode="append" if ds is not None else "create")
+
+    def _record(self, **changes: Any) -> None:
+        versions = {name: (ds.version if ds is not None else 0) for name, ds in
+                    ((n, self.table(n)) for n in self.TABLES)}
+        self.state = dataclasses.replace(self.state, versions=versions, **changes)
+        self.state.write(self.folder)
+
+    def compact(self) -> None:
+        """Merge small fragments, then delete the versions state.json no longer names (and their files)."""
+        for name in self.TABLES:
+            ds = self.table(name)
+            if ds is not None:
+                ds.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
+                self._tables[name] = self.lance.dataset(str(self.folder / f"{name}.lance"))
+        self._record()
+        for name in self.TABLES:
+            ds = self.table(name)
+            if ds is not None:
+                ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+
+    def build_vector_index(self, force: bool = False) -> bool:
+        """An IVF-PQ index on the embeddings once there are ``ANN_MIN_ROWS`` (or ``force``); rows added later are
+        folded in when they pass a tenth of the indexed ones. Returns whether the index changed."""
+        ds = self.table("embeddings")
+        rows = self.count("embeddings")
+        if ds is None or (rows < ANN_MIN_ROWS and not force):
+            return False
+        indexed = self.indexed_rows()
+        if indexed is not None:
+            if (rows - indexed) * 10 < rows:
+                return False
+            ds.optimize.optimize_indices()
+        else:
+            ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
+                            num_partitions=max(1, int(np.sqrt(rows))), num_sub_vectors=self.state.dim // 8)
+        self._tables["embeddings"] = self.lance.dataset(str(self.folder / "embeddings.lance"))
+        self._record()
+        return True
+
+
+def _lock(folder: Path) -> Any:
+    """An exclusive lock on the index for this process's lifetime: a second writer would undo the first one's
+    commit under way (it restores the committed versions), so it is refused instead."""
+    import fcntl
+
+    handle = open(folder / "writer.lock", "a")  # noqa: SIM115 - held open for as long as the index is written
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(f"{folder}: another process is writing this tag index; wait for it or use another --out") \
+            from None
+    return handle
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: single quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def open_indexes(folder: Path, write: bool = False) -> list[TagIndex]:
+    """The index in ``folder``, or the rank-* indexes of a sharded run in rank order."""
+    folder = Path(folder).expanduser()
+    if (folder / "state.json").exists() or (folder / "manifest.json").exists():
+        return [TagIndex.open(folder, write)]
+    ranks = sorted(f for f in folder.glob("rank-*") if (f / "state.json").exists() or (f / "manifest.json").exists())
+    if not ranks:
+        raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
+    return [TagIndex.open(f, write) for f in ranks]
+
+
+def common_settings(indexes: Sequence[TagIndex]) -> dict:
+    """The settings the indexes were tagged with (a sharded run's ranks differ only in their shard)."""
+    return {k: v for k, v in indexes[0].state.settings.items() if k != "shard"}

@@ -1,45 +1,43 @@
 """Batch tagging of video archives: resumable, fault-isolated, and searchable afterwards.
 
     discover -> windows (``pipeline.windows``: chunks decoded in supervised workers, encoded here in batches across
-    videos, pooled per window) -> commit a part -> ... -> score labels and write OUT, OUT.segments.*, OUT.errors.*
+    videos, pooled per window) -> commit a part to the index -> ... -> score labels and write OUT, OUT.segments.*,
+    OUT.errors.* (streamed from the index)
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
 each). A window's embedding is its pooled frames; a video's is the normalised mean of its windows'. Labels are
 scored zero-shot against both, and adjacent windows with the same top label merge into action segments.
 
-Resume. Results are committed in parts: the part's files are written under temporary names and renamed, then the
-manifest (``OUT.index/manifest.json``) that lists committed parts is replaced atomically. A kill at any moment
-leaves either the old manifest or the new one; parts it does not list are deleted on the next run. Videos a
-committed part holds are skipped unless their size or modification time changed (then they are tagged again and
-the newer part wins). The final files are rebuilt from the parts, one row set per video: none lost, none twice.
-
-The index keeps every video and window embedding, so ``retag`` scores a new vocabulary and ``search`` ranks videos
-and segments for a text query without decoding a frame.
+Resume. Every ``commit_every`` videos the part is committed to the index (``index.TagIndex``: atomic, so a kill at
+any moment loses at most the part under way). A rerun skips every path stored with its current size and
+modification time; a changed file is tagged again and its old rows are deleted in the same commit. The final files
+are written from the index, one row set per video: none lost, none twice. ``retag`` writes them for other labels
+through the same code, without decoding; ``search`` (``query``) ranks the stored videos and windows for a text.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import clip_model
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.prompts import class_embeddings, load_templates
 from pipeline.runtime import RuntimeSettings
-from pipeline.windows import WindowTask, embed_windows
+from pipeline.windows import WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
 from .discover import discover, file_stamp
-from .index import Index, index_folder, read_indexes
-from .scoring import check_output, score_rows, write_outputs
+from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
+from .scoring import Scorer, check_output, write_outputs
 
 
 @dataclass(frozen=True)
@@ -81,18 +79,6 @@ class TagSettings:
                           2 * preprocess.image_size, self.chunk_mb)
 
 
-# ---- decoding ------------------------------------------------------------------------------------------------------
-
-
-def _error_row(path: str, status: str, error: str, stamp) -> dict:
-    stage, _, reason = error.partition(": ") if error.startswith(("open: ", "decode: ", "model: ")) else (
-        "decode", "", error)
-    return {"path": path, "stage": stage, "status": status, "reason": reason, "stamp": stamp}
-
-
-# ---- the job -------------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class TagSummary:
     total: int
@@ -109,6 +95,142 @@ class TagSummary:
                 f"{rate:.2f} videos/s; rows in {self.out}")
 
 
+@dataclass
+class Part:
+    """The rows of the videos finished since the last commit, in the index's columns. Labels are scored once per
+    part, in one batch: the top-k of each video and the top label of each window, as they were when tagged."""
+
+    scorer: Scorer
+    dim: int
+    videos: list[dict] = field(default_factory=list)
+    embeddings: list[dict] = field(default_factory=list)
+    vectors: list[np.ndarray] = field(default_factory=list)  # (1 + W, E) float32 per video: the video, its windows
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def add_video(self, video_id: int, path: str, stamp: tuple | None, video: WindowedVideo) -> None:
+        windows = video.windows.float()  # (W, E) unit vectors
+        whole = F.normalize(windows.mean(dim=0), dim=-1)[None]  # (1, E): the video's embedding
+        self.add(_video_row(video_id, path, stamp, "ok") | {
+            "duration_s": round(video.info.duration, 3), "decoder": video.info.backend, "windows": len(windows),
+            "warnings": " | ".join(video.warnings)}, torch.cat([whole, windows]).numpy(), video.bounds)
+
+    def add(self, row: dict, vectors: np.ndarray, bounds: Sequence[tuple[float, float]]) -> None:
+        """A tagged video's row, its (1 + W, E) embeddings (the video, then its windows) and its windows' spans."""
+        self.videos.append(row)
+        self.vectors.append(vectors)
+        spans = [(0.0, row["duration_s"])] + [(round(s, 3), round(e, 3)) for s, e in bounds]
+        self.embeddings += [{"video_id": row["video_id"], "path": row["path"], "kind": "video" if k == 0 else "segment",
+                             "window": k - 1, "start_s": start, "end_s": end} for k, (start, end) in enumerate(spans)]
+
+    def add_failure(self, video_id: int, path: str, stamp: tuple | None, status: str, stage: str,
+                    reason: str) -> None:
+        self.videos.append(_video_row(video_id, path, stamp, status) | {"stage": stage, "reason": reason})
+
+    def tables(self) -> tuple[pa.Table, pa.Table]:
+        """(videos, embeddings) as Arrow tables; the part's labels are scored here."""
+        vecs = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.dim), np.float32)  # (R, E)
+        labels, scores = self.scorer.top(vecs)  # (R, k) each
+        for row, label, score in zip(self.embeddings, labels[:, 0].tolist(), scores[:, 0].tolist()):
+            row["label"], row["score"] = label, score
+        first = iter(np.flatnonzero([e["kind"] == "video" for e in self.embeddings]).tolist())
+        for row in self.videos:
+            if row["status"] == "ok":  # videos and their "video" rows are in the same order
+                j = next(first)
+                row["labels"], row["scores"] = labels[j].tolist(), scores[j].astype(np.float32).tolist()
+        emb = pa.Table.from_pylist(self.embeddings, schema=embedding_schema(self.dim).remove(8))
+        flat = pa.array(vecs.astype(np.float16).reshape(-1))
+        emb = emb.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, self.dim))
+        return pa.Table.from_pylist(self.videos, schema=VIDEO_COLUMNS), emb
+
+    def clear(self) -> None:
+        self.videos.clear()
+        self.embeddings.clear()
+        self.vectors.clear()
+
+
+def _video_row(video_id: int, path: str, stamp: tuple | None, status: str) -> dict:
+    size, mtime = stamp if stamp is not None else (None, None)
+    return {"video_id": video_id, "path": path, "size": size, "mtime_ns": mtime, "status": status}
+
+
+def _failure(error: str) -> tuple[str, str, str]:
+    """"status: stage: reason" from the window stream -> (status, stage, reason); decode when no stage is named."""
+    status, _, rest = error.partition(": ")
+    stage, _, reason = rest.partition(": ") if rest.startswith(("open: ", "decode: ", "model: ")) else (
+        "decode", "", rest)
+    return status, stage, reason
+
+
+def open_for_tagging(folder: Path, identity: dict, dim: int) -> TagIndex:
+    """The index to resume, or a new one; a resume whose settings changed is refused, naming them."""
+    if not (folder / "state.json").exists():
+        return TagIndex.create(folder, identity, dim)
+    index = TagIndex.open(folder, write=True)
+    if changed := changed_settings(index.state.settings, identity):
+        raise ValueError(f"{folder}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
+                         "use another --out or delete the index to start over")
+    return index
+
+
+def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence[dict],
+                ) -> tuple[list[Path], set[str]]:
+    """The paths to tag now (new, or changed since they were stored), and the stored paths whose rows the coming
+    commits replace (changed files, and folders that could not be listed again)."""
+    stored = index.stamps()
+    todo = [p for p in paths if stored.get(str(p)) != file_stamp(p)]
+    retagged = {str(p) for p in todo if str(p) in stored} | {e["path"] for e in listing_errors if e["path"] in stored}
+    return todo, retagged
+
+
+def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
+              loaded: tuple, scorer: Scorer, shard: tuple[int, int], progress: bool,
+              ) -> tuple[int, int, dict[str, int]]:
+    """Tag what the index lacks of ``paths``, committing every ``commit_every`` videos; returns (videos to do, ok,
+    failures by status)."""
+    (model, transform, head), (rank, world), rt = loaded, shard, settings.runtime
+    todo, retagged = resume_plan(index, paths, listing_errors)
+
+    part = Part(scorer, model.config.embed_dim)
+
+    def video_id() -> int:  # unique across the ranks of a sharded run: rank r takes r, r + N, r + 2N, ...
+        return (index.state.next_video_id + len(part)) * world + rank
+
+    for e in listing_errors:  # folders that cannot be listed: re-listed (and replaced) every run
+        part.add_failure(video_id(), e["path"], None, e["status"], e["stage"], e["reason"])
+
+    def commit() -> None:
+        if len(part):
+            index.commit(*part.tables(), replace=[v["path"] for v in part.videos if v["path"] in retagged])
+            part.clear()
+
+    tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
+    failed: dict[str, int] = {}
+    ok = 0
+    bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
+    stream = embed_windows(tasks, model, transform, pooling=settings.pooling, head=head,
+                           batch_size=rt.batch_size, decode_workers=rt.decode_workers,
+                           timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
+    # (nothing left to do: no worker process is started)
+    for task, video, error in stream:
+        stamp = file_stamp(Path(task.path))
+        if video is None:
+            status, stage, reason = _failure(error or "error: decode: no result")
+            part.add_failure(video_id(), task.path, stamp, status, stage, reason)
+            failed[status] = failed.get(status, 0) + 1
+        else:
+            part.add_video(video_id(), task.path, stamp, video)
+            ok += 1
+        bar.update()
+        if len(part) >= settings.commit_every:
+            commit()
+    commit()
+    bar.close()
+    index.build_vector_index()
+    return len(todo), ok, failed
+
+
 def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: Sequence[str] = (),
         exclude: Sequence[str] = (), progress: bool = True) -> TagSummary:
     """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc)."""
@@ -118,110 +240,21 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     check_output(out)
     paths, listing_errors = discover(source, include, exclude)
     rank, world, device = init_distributed(resolve_device(rt.device))
-    index = Index(index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}")
+    folder = index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}"
     if world > 1:  # every rank lists the same sorted paths and takes every world-th one
         paths, listing_errors = paths[rank::world], listing_errors if rank == 0 else []
-    manifest = index.load()
-    identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
-    if manifest is None:
-        manifest = index.create(identity)
-    elif changed := changed_settings(manifest["settings"], identity):
-        raise ValueError(f"{index.folder}: cannot resume, settings changed since it was written: "
-                         f"{'; '.join(changed)}; use another --out or delete the index to start over")
-    index.clean_orphans(manifest)
-    done = index.done(manifest)
-    todo = [p for p in paths if done.get(str(p)) is None or done[str(p)] != file_stamp(p)]
-    listing_errors = [e | {"stamp": None} for e in listing_errors]  # re-listed every run; the newest part wins
-
     model, transform, head = load_model(rt.model, device, rt.precision, settings.pooling)
-    tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
-    failed: dict[str, int] = {}
-    ok = 0
-    pending: dict = {"videos": [], "windows": [], "errors": list(listing_errors)}
-    vids: list[np.ndarray] = []
-    wins: list[np.ndarray] = []
-
-    def commit() -> None:
-        if pending["videos"] or pending["errors"]:
-            index.commit(manifest, pending, np.stack(vids) if vids else np.zeros((0, 0), np.float32),
-                         np.concatenate(wins) if wins else np.zeros((0, 0), np.float32))
-        pending.update(videos=[], windows=[], errors=[])
-        vids.clear()
-        wins.clear()
-
-    bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
-    stream = embed_windows(tasks, model, transform, pooling=settings.pooling, head=head,
-                           batch_size=rt.batch_size, decode_workers=rt.decode_workers,
-                           timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
-    # (nothing left to do: no worker process is started)
-    for task, video, error in stream:
-        stamp = file_stamp(Path(task.path))
-        if error is not None:
-            status, _, reason = error.partition(": ")
-            pending["errors"].append(_error_row(task.path, status, reason, stamp))
-            failed[status] = failed.get(status, 0) + 1
-        else:
-            n_win = sum(len(w) for w in wins)
-            for k, (s, e) in enumerate(video.bounds):
-                pending["windows"].append({"path": task.path, "window": k, "start_s": round(s, 3),
-                                           "end_s": round(e, 3), "emb": n_win + k})
-            wins.append(video.windows.numpy().astype(np.float32))
-            pending["videos"].append({"path": task.path, "status": "ok", "duration_s": round(video.info.duration, 3),
-                                      "decoder": video.info.backend, "windows": len(video.windows), "emb": len(vids),
-                                      "warnings": " | ".join(video.warnings), "stamp": stamp})
-            vids.append(F.normalize(video.windows.mean(dim=0), dim=-1).numpy().astype(np.float32))
-            ok += 1
-        bar.update()
-        if len(pending["videos"]) + len(pending["errors"]) >= settings.commit_every:
-            commit()
-    commit()
-    bar.close()
+    identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
+    scorer = Scorer(class_embeddings(model, list(settings.labels), load_templates(settings.templates)).float().cpu(),
+                    float(model.logit_scale.detach().exp().clamp(max=100)), settings.labels, settings.topk)
+    index = open_for_tagging(folder, identity, model.config.embed_dim)
+    try:
+        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, (model, transform, head), scorer,
+                                     (rank, world), progress)
+    finally:
+        index.close()
     barrier(world)
-    if rank == 0:  # merge every rank's index into one set of outputs
-        write_index_outputs(index_folder(out), out, model, settings.labels, settings.templates, settings.topk)
+    if rank == 0:  # every rank's index into one set of outputs
+        write_outputs(open_indexes(index_folder(out)), out, scorer, settings.topk)
     barrier(world)
-    return TagSummary(len(paths), len(paths) - len(todo), ok, failed, time.perf_counter() - start, out)
-
-
-def write_index_outputs(folder: Path, out: Path, model, labels: Sequence[str], templates: str, topk: int) -> None:
-    """Score the index's embeddings against ``labels`` and write OUT and its siblings."""
-    _, rows, video_emb, window_emb = read_indexes(folder)
-    text = class_embeddings(model, list(labels), load_templates(templates)).float().cpu()
-    scale = float(model.logit_scale.detach().exp().clamp(max=100))
-    write_outputs(out, *score_rows(rows, video_emb, window_emb, text, scale, labels, topk))
-
-
-def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
-          topk: int | None = None, device: str = "auto") -> Path:
-    """Score a tag index against a new vocabulary without decoding; writes OUT and its siblings."""
-    folder = Path(index_path).expanduser()
-    settings = read_indexes(folder)[0]
-    out = Path(out).expanduser().resolve()
-    check_output(out)
-    model = _index_model(settings, device)
-    write_index_outputs(folder, out, model, labels, templates or settings["templates"], topk or settings["topk"])
-    return out
-
-
-def _index_model(settings: dict, device: str) -> clip_model.CLIP:
-    """The model a tag index was written with, from its stored identity."""
-    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])[0]
-
-
-def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto") -> list[dict]:
-    """The videos and windows whose embeddings best match ``query`` (cosine), best first."""
-    settings, rows, video_emb, window_emb = read_indexes(Path(index_path).expanduser())
-    model = _index_model(settings, device)
-    from clip_model import tokenize
-
-    with torch.no_grad():
-        q = F.normalize(model.encode_text(tokenize([query]).to(next(model.parameters()).device)).float().cpu(),
-                        dim=-1)[0]
-    q = q.numpy()
-    video_scores = video_emb @ q if len(video_emb) else np.zeros(0)  # (N,) cosines: both sides are unit vectors
-    window_scores = window_emb @ q if len(window_emb) else np.zeros(0)
-    hits = [{"kind": "video", "path": r["path"], "start_s": 0.0, "end_s": r["duration_s"],
-             "score": float(video_scores[r["emb"]])} for r in rows["videos"]]
-    hits += [{"kind": "segment", "path": r["path"], "start_s": r["start_s"], "end_s": r["end_s"],
-              "score": float(window_scores[r["emb"]])} for r in rows["windows"]]
-    return sorted(hits, key=lambda h: -h["score"])[:topk]
+    return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out)

@@ -1,75 +1,212 @@
-"""Scoring stored embeddings against labels, merging windows into action segments, and writing the output tables."""
+"""Scoring stored embeddings against labels, merging windows into action segments, and writing the output tables,
+all in bounded batches: the rows of an archive stream from the index to the files and are never held at once."""
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import torch
 
-from pipeline.zero_shot import top_k, zero_shot_probs
+from .index import TagIndex
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 
 
-def _top(probs: torch.Tensor, labels: Sequence[str], k: int) -> dict:
-    """(C,) probabilities -> flat columns label_1, score_1, ... label_k, score_k."""
-    (pred,) = top_k(probs[None], labels, k)
-    row = {}
-    for j, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
-        row[f"label_{j}"], row[f"score_{j}"] = label, score
-    return row
+def top_columns(topk: int) -> list[tuple[str, pa.DataType]]:
+    return [col for j in range(1, topk + 1) for col in ((f"label_{j}", pa.string()), (f"score_{j}", pa.float64()))]
 
 
-def score_rows(rows: dict, video_emb: np.ndarray, window_emb: np.ndarray, text: torch.Tensor, scale: float,
-               labels: Sequence[str], topk: int) -> tuple[list[dict], list[dict], list[dict]]:
-    """Top-k per video and per window, and windows merged into action segments where adjacent top labels agree."""
-    vp = zero_shot_probs(torch.from_numpy(video_emb).float(), text, scale) if len(video_emb) else None
-    wp = zero_shot_probs(torch.from_numpy(window_emb).float(), text, scale) if len(window_emb) else None
-    videos = [{k: v for k, v in r.items() if k not in ("emb", "stamp")} | _top(vp[r["emb"]], labels, topk)
-              for r in rows["videos"]]
-    windows, actions = [], []
-    for r in rows["windows"]:
-        top = _top(wp[r["emb"]], labels, topk)
-        windows.append({"path": r["path"], "kind": "window", "window": r["window"], "start_s": r["start_s"],
-                        "end_s": r["end_s"]} | top)
-    for path, group in pd.DataFrame(windows).groupby("path", sort=False) if windows else []:
-        current = None
-        for w in group.sort_values("window").to_dict("records"):
-            if current is not None and current["label_1"] == w["label_1"] and w["start_s"] <= current["end_s"]:
-                current["end_s"], current["windows"] = w["end_s"], current["windows"] + 1
-                current["score_1"] = max(current["score_1"], w["score_1"])
-            else:
-                current = {"path": path, "kind": "action", "window": w["window"], "start_s": w["start_s"],
-                           "end_s": w["end_s"], "label_1": w["label_1"], "score_1": w["score_1"], "windows": 1}
-                actions.append(current)
-    return videos, windows + actions, [{k: v for k, v in r.items() if k != "stamp"} for r in rows["errors"]]
+def output_schemas(topk: int) -> dict[str, pa.Schema]:
+    """The columns of OUT (one row per tagged video), its .segments sibling (windows and merged action runs) and its
+    .errors sibling (one row per failure)."""
+    top = top_columns(topk)
+    return {
+        "videos": pa.schema([("path", pa.string()), ("status", pa.string()), ("duration_s", pa.float64()),
+                             ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()), *top]),
+        "segments": pa.schema([("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
+                               ("start_s", pa.float64()), ("end_s", pa.float64()), *top, ("windows", pa.int32())]),
+        "errors": pa.schema([("path", pa.string()), ("stage", pa.string()), ("status", pa.string()),
+                             ("reason", pa.string())]),
+    }
 
 
-def write_table(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
-    """Atomically write rows as .parquet, .csv or .jsonl (by ``path``'s suffix)."""
-    df = pd.DataFrame(rows, columns=columns) if columns and not rows else pd.DataFrame(rows)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    elif path.suffix == ".csv":
-        df.to_csv(tmp, index=False)
-    else:
-        df.to_json(tmp, orient="records", lines=True)
-    tmp.replace(path)
+class Scorer:
+    """Unit embeddings -> zero-shot top-k against prompt-ensembled labels, a batch at a time."""
+
+    def __init__(self, text: torch.Tensor, scale: float, labels: Sequence[str], topk: int):
+        self.text, self.scale, self.labels = text, scale, np.asarray(labels, dtype=object)
+        self.k = min(topk, len(labels))
+
+    def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, E) float16 or float32 unit vectors -> (N, k) labels and (N, k) probabilities, best first: the top k of
+        ``zero_shot_probs``, from the logits' top k and their log-sum-exp (no (N, C) softmax is materialised)."""
+        x = torch.from_numpy(np.ascontiguousarray(vectors)).float()  # (N, E)
+        logits = self.scale * x @ self.text.t()  # (N, C)
+        top, idx = logits.topk(self.k, dim=-1)  # (N, k)
+        probs = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()
+        return self.labels[idx.numpy()], probs.double().numpy()
+
+
+def vectors(batch: pa.RecordBatch) -> np.ndarray:
+    """The ``vector`` column of a batch as (N, E) float16."""
+    column = batch.column("vector")
+    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+
+
+def _top_dict(labels: np.ndarray, scores: np.ndarray, topk: int) -> dict[str, list]:
+    """(N, k) labels and scores -> columns label_1, score_1, ..., padded with nulls up to ``topk``."""
+    cols: dict[str, list] = {}
+    for j in range(topk):
+        have = j < labels.shape[1]
+        cols[f"label_{j + 1}"] = labels[:, j].tolist() if have else [None] * len(labels)
+        cols[f"score_{j + 1}"] = scores[:, j].tolist() if have else [None] * len(labels)
+    return cols
+
+
+def video_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
+    """OUT's rows: each tagged video with its top-k. Videos and their ``video`` embeddings are committed together and
+    in the same order, so the two streams zip."""
+    meta = index.scan("videos", ["video_id", "path", "status", "duration_s", "decoder", "windows", "warnings"],
+                      where="status = 'ok'")
+    embeddings = _rows(index.scan("embeddings", ["video_id", "vector"], where="kind = 'video'"))
+    for batch in meta:
+        ids = batch.column("video_id").to_numpy()
+        vecs = np.stack([_next_vector(embeddings, int(i)) for i in ids]) if len(ids) else np.zeros((0, 1))
+        labels, scores = scorer.top(vecs)
+        cols = {name: batch.column(name) for name in ("path", "status", "duration_s", "decoder", "windows",
+                                                      "warnings")}
+        yield pa.table(cols | _top_dict(labels, scores, topk), schema=output_schemas(topk)["videos"])
+
+
+def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, np.ndarray]]:
+    for batch in batches:
+        yield from zip(batch.column("video_id").to_numpy().tolist(), vectors(batch))
+
+
+def _next_vector(stream: Iterator[tuple[int, np.ndarray]], video_id: int) -> np.ndarray:
+    got, vector = next(stream, (None, None))
+    if got != video_id or vector is None:  # the commit protocol keeps the two tables in step; anything else is a damaged index
+        raise ValueError(f"tag index: video {video_id} has no video embedding in step (found {got}); the index is "
+                         "damaged, tag into a new --out")
+    return vector
+
+
+def segment_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
+    """The .segments rows: every window with its top-k, then adjacent windows of a video whose top labels agree
+    merged into ``action`` rows (start of the first, end of the last, the best score). A video's windows are
+    contiguous and in order in the index; a run still open at the end of a batch carries over to the next."""
+    schema = output_schemas(topk)["segments"]
+    carry: pa.Table | None = None  # the windows of the run left open by the previous batch
+    for batch in index.scan("embeddings", ["path", "window", "start_s", "end_s", "vector"], where="kind = 'segment'"):
+        labels, scores = scorer.top(vectors(batch))
+        windows = pa.table({"path": batch.column("path"), "kind": pa.array(["window"] * batch.num_rows),
+                            "window": batch.column("window"), "start_s": batch.column("start_s"),
+                            "end_s": batch.column("end_s")} | _top_dict(labels, scores, topk)
+                           | {"windows": pa.nulls(batch.num_rows, pa.int32())}, schema=schema)
+        yield windows
+        runs = windows if carry is None else pa.concat_tables([carry, windows])
+        starts = _run_starts(runs)
+        if len(starts) > 1:
+            yield _actions(runs.slice(0, starts[-1]), starts[:-1], schema)
+        carry = runs.slice(starts[-1])
+    if carry is not None and carry.num_rows:
+        yield _actions(carry, np.array([0]), schema)
+
+
+def _run_starts(windows: pa.Table) -> np.ndarray:
+    """Row numbers where a new action run begins: another video, another top label, or a gap in time."""
+    path = windows.column("path").to_numpy(zero_copy_only=False)
+    label = windows.column("label_1").to_numpy(zero_copy_only=False)
+    start, end = windows.column("start_s").to_numpy(), windows.column("end_s").to_numpy()
+    new = np.ones(len(path), dtype=bool)
+    new[1:] = (path[1:] != path[:-1]) | (label[1:] != label[:-1]) | (start[1:] > end[:-1])
+    return np.flatnonzero(new)
+
+
+def _actions(windows: pa.Table, starts: np.ndarray, schema: pa.Schema) -> pa.Table:
+    """One ``action`` row per run of ``windows`` beginning at each of ``starts`` (the last run ends the table)."""
+    n = windows.num_rows
+    last = np.append(starts[1:], n) - 1
+    cols = {name: windows.column(name).to_numpy(zero_copy_only=False) for name in
+            ("path", "window", "start_s", "end_s", "label_1", "score_1")}
+    rows = {"path": cols["path"][starts], "kind": np.full(len(starts), "action", dtype=object),
+            "window": cols["window"][starts], "start_s": cols["start_s"][starts], "end_s": cols["end_s"][last],
+            "label_1": cols["label_1"][starts], "score_1": np.maximum.reduceat(cols["score_1"], starts),
+            "windows": (last - starts + 1).astype(np.int32)}
+    return pa.table({name: rows.get(name, pa.nulls(len(starts), schema.field(name).type)) for name in schema.names},
+                    schema=schema)
+
+
+def error_rows(index: TagIndex) -> Iterator[pa.Table]:
+    for batch in index.scan("videos", ["path", "stage", "status", "reason"], where="status != 'ok'"):
+        yield pa.Table.from_batches([batch])
+
+
+class TableWriter:
+    """Rows appended in batches to a .parquet, .csv or .jsonl file (by suffix) under a temporary name, renamed into
+    place by ``close``: readers never see half a file, and a failed write leaves the old file alone."""
+
+    def __init__(self, path: Path, schema: pa.Schema):
+        self.path, self.schema = path, schema
+        self.tmp = path.with_name(path.name + ".tmp")
+        self._writer: Any
+        if path.suffix == ".parquet":
+            self._writer = pq.ParquetWriter(self.tmp, schema)
+        elif path.suffix == ".csv":
+            self._writer = pa_csv.CSVWriter(self.tmp, schema, write_options=pa_csv.WriteOptions(
+                quoting_style="needed"))
+        else:
+            self._writer = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, table: pa.Table) -> None:
+        table = table.select(self.schema.names).cast(self.schema)
+        if self.path.suffix in (".parquet", ".csv"):
+            self._writer.write_table(table)
+        else:
+            for row in table.to_pylist():
+                self._writer.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        self._writer.close()
+        self.tmp.replace(self.path)
+
+    def discard(self) -> None:
+        self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
+    """OUT and its .segments and .errors siblings from every index (ranks in order), streamed."""
+    schemas = output_schemas(topk)
+    writers = {"videos": TableWriter(out, schemas["videos"]),
+               "segments": TableWriter(sibling(out, "segments"), schemas["segments"]),
+               "errors": TableWriter(sibling(out, "errors"), schemas["errors"])}
+    try:
+        for index in indexes:
+            for table in video_rows(index, scorer, topk):
+                writers["videos"].write(table)
+            for table in segment_rows(index, scorer, topk):
+                writers["segments"].write(table)
+            for table in error_rows(index):
+                writers["errors"].write(table)
+    except BaseException:
+        for w in writers.values():
+            w.discard()
+        raise
+    for w in writers.values():
+        w.close()
 
 
 def sibling(out: Path, what: str) -> Path:
     """tags.parquet -> tags.segments.parquet / tags.errors.parquet."""
     return out.with_name(f"{out.stem}.{what}{out.suffix}")
-
-
-def write_outputs(out: Path, videos: list[dict], segments: list[dict], errors: list[dict]) -> None:
-    write_table(videos, out, ["path"])
-    write_table(segments, sibling(out, "segments"), ["path", "kind", "window", "start_s", "end_s"])
-    write_table(errors, sibling(out, "errors"), ["path", "stage", "status", "reason"])
 
 
 def check_output(out: Path) -> None:
@@ -85,3 +222,4 @@ def check_output(out: Path) -> None:
         raise ValueError(f"--out {out}: cannot create folder {parent}: {e.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise ValueError(f"--out {out}: folder {parent} is not writable")
+

@@ -1,0 +1,106 @@
+"""Convert a tag index of the first format (``manifest.json`` listing parts of JSON rows and ``.npz`` embeddings) into
+the Lance index, once: ``run_pipeline.py migrate-index OUT.index``.
+
+Every committed part is read in order, one at a time, and each path keeps the rows of the newest part that holds it,
+as the old reader did. Rows are committed to a new index beside the old one (``OUT.index.migrating``); only when it
+is complete is the old folder moved aside and the new one renamed into its place, so a kill leaves the old index
+untouched and a rerun starts the conversion over. Embeddings become float16; the labels each video and window had
+at tagging time (which the old format did not keep) are scored with the index's own model, labels and templates.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.model_spec import RANDOM_PREFIX
+from pipeline.prompts import class_embeddings, load_templates
+
+from .index import TagIndex
+from .job import Part, _video_row
+from .query import index_model
+from .scoring import Scorer
+
+OLD_VERSION = 1
+
+
+def old_identity(key: str) -> dict:
+    """The first format's model key (``spec|precision`` or ``path|name:size:mtime,...|precision``) as the identity
+    dict ``model_spec.model_identity`` gives today, so a resume after migration matches."""
+    parts = key.split("|")
+    if len(parts) == 2:
+        return {"spec": parts[0], "precision": parts[1]}
+    if len(parts) == 3 and not parts[0].startswith(RANDOM_PREFIX):
+        files = [[name, int(size), int(mtime)] for name, size, mtime in
+                 (item.rsplit(":", 2) for item in parts[1].split(",") if item)]
+        return {"spec": parts[0], "precision": parts[2], "files": files}
+    raise ValueError(f"unrecognised model key {key!r} in an old tag index")
+
+
+def migrate_index(folder: str | Path, device: str = "auto") -> list[Path]:
+    """Convert the old-format index in ``folder`` (or each rank-* index of a sharded run); returns the folders."""
+    folder = Path(folder).expanduser()
+    if (folder / "manifest.json").exists():
+        return [_migrate_one(folder, device)]
+    ranks = sorted(f for f in folder.glob("rank-*") if (f / "manifest.json").exists())
+    if not ranks:
+        raise ValueError(f"{folder}: no old-format tag index here (no manifest.json); nothing to migrate")
+    return [_migrate_one(f, device) for f in ranks]
+
+
+def _migrate_one(folder: Path, device: str) -> Path:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("version") != OLD_VERSION:
+        raise ValueError(f"{folder / 'manifest.json'}: index version {manifest.get('version')} is not the old "
+                         f"format ({OLD_VERSION}); nothing to migrate")
+    settings = dict(manifest["settings"]) | {"model": old_identity(manifest["settings"]["model"])}
+    model = index_model(settings, device)
+    text = class_embeddings(model, list(settings["labels"]), load_templates(settings["templates"])).float().cpu()
+    scorer = Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), settings["labels"],
+                    settings["topk"])
+    shard = settings.get("shard", [0, 1])
+    rank, world = int(shard[0]), int(shard[1])
+    owner = {path: part["name"] for part in manifest["parts"] for path in part["stamps"]}  # newest part wins
+    new = folder.with_name(folder.name + ".migrating")
+    shutil.rmtree(new, ignore_errors=True)
+    index = TagIndex.create(new, settings, model.config.embed_dim)
+    for part_info in manifest["parts"]:
+        part = Part(scorer, model.config.embed_dim)
+        rows = json.loads((folder / f"{part_info['name']}.json").read_text())
+        emb = np.load(folder / f"{part_info['name']}.npz")
+        windows: dict[str, list[dict]] = {}
+        for w in rows["windows"]:
+            windows.setdefault(w["path"], []).append(w)
+
+        for r in rows["videos"]:
+            if owner.get(r["path"]) != part_info["name"]:
+                continue
+            wins = sorted(windows.get(r["path"], []), key=lambda w: w["window"])
+            vecs = np.concatenate([emb["videos"][r["emb"]][None], emb["windows"][[w["emb"] for w in wins]]])
+            row = _video_row(_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), "ok") | {
+                k: r[k] for k in ("duration_s", "decoder", "windows", "warnings")}
+            part.add(row, vecs.astype(np.float32), [(w["start_s"], w["end_s"]) for w in wins])
+        for r in rows["errors"]:
+            if owner.get(r["path"]) == part_info["name"]:
+                part.add_failure(_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), r["status"], r["stage"], r["reason"])
+        if len(part):
+            index.commit(*part.tables())
+    index.build_vector_index()
+    index.close()
+    old = folder.with_name(folder.name + ".old-format")
+    shutil.rmtree(old, ignore_errors=True)
+    folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old)
+    return folder
+
+
+def _video_id(index: TagIndex, part: Part, rank: int, world: int) -> int:
+    """As tag numbers videos: unique across the ranks of a sharded run."""
+    return (index.state.next_video_id + len(part)) * world + rank
+
+
+def _stamp(stamp: list | None) -> tuple[int, int] | None:
+    return (int(stamp[0]), int(stamp[1])) if stamp else None

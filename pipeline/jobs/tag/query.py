@@ -1,0 +1,112 @@
+"""Reading a tag index back without decoding: ``search`` ranks stored videos and windows for a text, ``retag`` writes
+the output tables for another vocabulary. Both stream from the index (see ``index``), so memory stays bounded."""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import clip_model
+from pipeline.model_spec import load_model, resolve_device
+from pipeline.prompts import class_embeddings, load_templates
+
+from .index import TagIndex, common_settings, open_indexes, sql_string
+from .scoring import Scorer, check_output, write_outputs
+
+HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    """What a hit must satisfy, applied before the vector search. Times select the windows that overlap
+    [after_s, before_s]; a label is the top label a window or video got when it was tagged."""
+
+    path_glob: str | None = None  # e.g. "*/2024/*.mp4" (``*`` any run of characters, ``?`` one)
+    label: str | None = None
+    after_s: float | None = None
+    before_s: float | None = None
+    kind: str | None = None  # "video" or "segment"; None: both
+
+    def __post_init__(self) -> None:
+        if self.kind not in (None, "video", "segment"):
+            raise ValueError(f"kind {self.kind!r}: choose video or segment")
+        if self.path_glob is not None and re.search(r"[\[\]]", self.path_glob):
+            raise ValueError(f"path glob {self.path_glob!r}: only * and ? are supported")
+        if self.after_s is not None and self.before_s is not None and self.after_s > self.before_s:
+            raise ValueError(f"time range: after ({self.after_s}) is later than before ({self.before_s})")
+
+    def sql(self) -> str | None:
+        terms = []
+        if self.path_glob:
+            terms.append(f"path LIKE {sql_string(glob_to_like(self.path_glob))} ESCAPE '\\'")
+        if self.label is not None:
+            terms.append(f"label = {sql_string(self.label)}")
+        if self.after_s is not None:
+            terms.append(f"end_s >= {float(self.after_s)!r}")
+        if self.before_s is not None:
+            terms.append(f"start_s <= {float(self.before_s)!r}")
+        if self.kind is not None:
+            terms.append(f"kind = {sql_string(self.kind)}")
+        return " AND ".join(terms) or None
+
+
+def glob_to_like(glob: str) -> str:
+    """A shell-style glob as a SQL LIKE pattern (with ``\\`` escaping LIKE's own wildcards)."""
+    out = []
+    for ch in glob:
+        out.append("%" if ch == "*" else "_" if ch == "?" else "\\" + ch if ch in "%_\\" else ch)
+    return "".join(out)
+
+
+def index_model(settings: dict, device: str) -> clip_model.CLIP:
+    """The model a tag index was written with, from its stored identity."""
+    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])[0]
+
+
+def text_embedding(model: clip_model.CLIP, text: str) -> np.ndarray:
+    """(E,) float32 unit vector of ``text``, as search compares it with the stored embeddings."""
+    with torch.no_grad():
+        tokens = clip_model.tokenize([text], truncate=True).to(next(model.parameters()).device)
+        return F.normalize(model.encode_text(tokens).float().cpu(), dim=-1)[0].numpy()
+
+
+def nearest(indexes: Sequence[TagIndex], query: np.ndarray, k: int, where: SearchFilter | None = None,
+            ) -> list[dict]:
+    """The ``k`` stored videos and windows nearest ``query`` (cosine, best first) across every rank's index."""
+    sql = (where or SearchFilter()).sql()
+    hits = []
+    for index in indexes:
+        table = index.nearest(query, k, where=sql, columns=HIT_COLUMNS)
+        for row in table.to_pylist():
+            hits.append({"video_id": row["video_id"], "path": row["path"], "kind": row["kind"],
+                         "start_s": row["start_s"], "end_s": row["end_s"], "labels": [row["label"]],
+                         "score": 1.0 - float(row["_distance"])})
+    return sorted(hits, key=lambda h: -h["score"])[:k]
+
+
+def search(index_path: str | Path, query: str, topk: int = 10, device: str = "auto",
+           where: SearchFilter | None = None) -> list[dict]:
+    """The stored videos and windows whose embeddings best match ``query`` (cosine), best first: path, kind
+    (video or segment), start and end seconds, score, the label each got when tagged, and its video id."""
+    indexes = open_indexes(Path(index_path))
+    model = index_model(common_settings(indexes), device)
+    return nearest(indexes, text_embedding(model, query), topk, where)
+
+
+def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
+          topk: int | None = None, device: str = "auto") -> Path:
+    """Score a tag index against a new vocabulary without decoding; writes OUT and its siblings, as tag would."""
+    indexes = open_indexes(Path(index_path))
+    settings = common_settings(indexes)
+    out = Path(out).expanduser().resolve()
+    check_output(out)
+    model = index_model(settings, device)
+    k = topk or settings["topk"]
+    text = class_embeddings(model, list(labels), load_templates(templates or settings["templates"])).float().cpu()
+    write_outputs(indexes, out, Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), labels, k), k)
+    return out

@@ -7,12 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from videos import mpeg4_avi_bframes
 
 from datasets.synthetic import moving_square_frames, write_video
-from pipeline.video.samplers import segment_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,13 +71,6 @@ def test_bad_arguments_give_one_line_errors(videos, args, message):
     assert out.returncode == 2
     (line,) = out.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line and "error: " not in line[7:]
-
-
-@pytest.mark.parametrize("n, segments", [(1, 8), (7, 8), (8, 8), (100, 8), (250, 16), (3, 1)])
-def test_segment_indices_formula(n, segments):
-    expected = [int(np.floor((i + 0.5) * n / segments)) for i in range(segments)]
-    got = segment_indices(n, segments)
-    assert got.tolist() == expected and got.min() >= 0 and got.max() < n
 
 
 def test_ci_runs_exactly_the_readme_test_command():

@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
 
 from pipeline.video.open import open_video
@@ -136,9 +137,11 @@ def test_early_resize_in_the_decoder(long_video, sample_videos):
         reader = open_video(big, backend, resize=224)
         frames = reader.get_frames([0, 50, 100])
         assert tuple(frames.shape) == (3, 224, 398, 3) and (reader.info.height, reader.info.width) == (224, 398)
-        native = open_video(big, "pyav").get_frames([50]).float()
-        small = frames[1].float()  # same content at the new size: compare block means of the two
-        assert abs(native.mean() - small.mean()) < 3
+        # frame 50 scaled down in the decoder is frame 50 decoded whole and box-filtered to the same size (PIL): mean
+        # absolute difference 1.7 (pyav) and 2.1 (decord) here, against 4.0 for the neighbouring frame 51, 76 flipped
+        native = open_video(big, "pyav").get_frames([50])[0].numpy()
+        ref = np.asarray(Image.fromarray(native).resize((398, 224), Image.BOX)).astype(np.float32)
+        assert np.abs(frames[1].numpy().astype(np.float32) - ref).mean() < 3.0, backend
 
 
 def test_frames_in_requested_order_with_repeats(made):

@@ -107,8 +107,11 @@ def test_bit_errors_inside_frames_are_not_silent(tmp_path, good, backend):
         data[k] ^= 1 << int(rng.integers(0, 8))
     (tmp_path / "bits.mp4").write_bytes(bytes(data))
     reader = open_video(tmp_path / "bits.mp4", backend)
-    reader.get_frames(np.arange(reader.info.num_frames))
-    assert reader.warnings, "damaged frames were returned without a warning"
+    frames = reader.get_frames(np.arange(reader.info.num_frames))
+    assert len(frames) == reader.info.num_frames  # best effort: every frame asked for comes back...
+    assert any(w.startswith("decode error at pts ") for w in reader.warnings)  # ...with FFmpeg's errors named
+    replaced = [w for w in reader.warnings if "could not be decoded; each was replaced" in w]
+    assert replaced, f"frames were replaced without saying which: {reader.warnings}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

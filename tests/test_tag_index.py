@@ -109,7 +109,7 @@ def test_float16_storage_cosine_error_is_small():
     x = _unit(np.random.default_rng(0).standard_normal((20000, 512)))
     cos = (x.astype(np.float16).astype(np.float32) * x).sum(axis=1) / np.linalg.norm(
         x.astype(np.float16).astype(np.float32), axis=1)
-    assert 1 - cos.min() < 2e-6  # fp16 keeps ~11 bits: 512-d unit vectors lose under 2e-6 of cosine
+    assert 1 - cos.min() < 1e-6  # fp16 keeps 11 bits: 512-d unit vectors lose at most 2.4e-7 of cosine here
 
 
 def _exact(truth: dict, query: np.ndarray, keep) -> list[tuple]:
@@ -297,3 +297,16 @@ def test_scorer_top_k_equals_the_softmax_of_zero_shot():
                 LABELS, 3)
     assert [tuple(r) for r in labels.tolist()] == [p.labels for p in ref]
     assert np.allclose(scores, [p.scores for p in ref], atol=1e-6)
+
+
+def test_a_first_commit_killed_after_creating_a_table_starts_clean(tmp_path):
+    index = TagIndex.create(tmp_path / "i", _settings(), DIM)
+    part = Part(_scorer(), DIM)
+    part.add(_video_row(0, "/a/v.mp4", (1, 1), "ok") | {"duration_s": 2.0, "decoder": "pyav", "windows": 1,
+                                                          "warnings": ""}, _unit(np.ones((2, DIM))), [(0.0, 2.0)])
+    index._append("embeddings", part.tables()[1])  # the table exists on disk; state.json does not name it yet
+    index.close()
+    again = TagIndex.open(tmp_path / "i", write=True)
+    assert again.count("embeddings") == 0
+    _fill(again, 2)
+    assert again.count("videos") == 2 and again.count("embeddings") == 10

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,9 +41,14 @@ FORMAT = "clip_video.tag_index"
 FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
 COMPACT_EVERY = 64  # commits between compactions
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
-ANN_MIN_ROWS = 200_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
+ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
 SCAN_BATCH = 32_768  # rows per streamed batch
 VECTOR_INDEX = "vector_idx"
+# IVF partitions of ~32k rows: k-means stays cheap on a few cores even at 10^7 rows, and a query that probes
+# NPROBES partitions reads their compressed codes (64 bytes a row) and re-ranks REFINE x k rows exactly
+ROWS_PER_PARTITION = 32_768
+NPROBES = 20
+REFINE = 10
 
 VIDEO_COLUMNS = pa.schema([
     ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
@@ -128,8 +134,11 @@ class TagIndex:
         if write:
             self._lock = _lock(folder)
         self._tables: dict[str, Any] = {}
+        self._indexed: tuple[int | None] | None = None  # (rows the vector index covers, or None), once read
         for name in self.TABLES:
             version = state.versions.get(name, 0)
+            if write and not version and (self.folder / f"{name}.lance").exists():
+                shutil.rmtree(self.folder / f"{name}.lance")  # created by a first commit that was killed
             if version:
                 ds = self.lance.dataset(str(self.folder / f"{name}.lance"), version=version)
                 if write and ds.latest_version != version:  # a commit was killed half way: undo its changes
@@ -172,16 +181,16 @@ class TagIndex:
         return out
 
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
-             batch_rows: int = SCAN_BATCH) -> Iterator[pa.RecordBatch]:
-        """The committed rows of a table in the order they were committed, as record batches."""
+             batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
+        """The committed rows of a table in the order they were committed, as record batches of ``SCAN_BATCH``."""
         ds = self.table(name)
         if ds is None:
             return
-        yield from ds.to_batches(columns=list(columns) if columns else None, filter=where, batch_size=batch_rows,
-                                 scan_in_order=True)
+        yield from ds.to_batches(columns=list(columns) if columns else None, filter=where,
+                                 batch_size=batch_rows or SCAN_BATCH, scan_in_order=True)
 
     def nearest(self, query: np.ndarray, k: int, where: str | None = None, columns: Sequence[str] = (),
-                nprobes: int = 32, refine_factor: int = 10) -> pa.Table:
+                nprobes: int = NPROBES, refine_factor: int = REFINE) -> pa.Table:
         """The ``k`` embedding rows nearest ``query`` by cosine, filtered by ``where`` (SQL) before the search.
         Exact without a vector index; with one, IVF-PQ over ``nprobes`` partitions, re-ranked exactly on the best
         ``k * refine_factor``."""
@@ -197,9 +206,11 @@ class TagIndex:
 
     def indexed_rows(self) -> int | None:
         """Rows the vector index covers (later appends are searched exactly beside it), or None without one."""
-        ds = self.table("embeddings")
-        found = [i for i in (ds.describe_indices() if ds is not None else []) if i.name == VECTOR_INDEX]
-        return found[0].num_rows_indexed if found else None
+        if self._indexed is None:
+            ds = self.table("embeddings")
+            found = [i for i in (ds.describe_indices() if ds is not None else []) if i.name == VECTOR_INDEX]
+            self._indexed = (found[0].num_rows_indexed if found else None,)
+        return self._indexed[0]
 
     def has_vector_index(self) -> bool:
         return self.indexed_rows() is not None
@@ -261,8 +272,9 @@ class TagIndex:
             ds.optimize.optimize_indices()
         else:
             ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
-                            num_partitions=max(1, int(np.sqrt(rows))), num_sub_vectors=self.state.dim // 8)
+                            num_partitions=max(8, rows // ROWS_PER_PARTITION), num_sub_vectors=self.state.dim // 8)
         self._tables["embeddings"] = self.lance.dataset(str(self.folder / "embeddings.lance"))
+        self._indexed = None
         self._record()
         return True
 

@@ -42,7 +42,9 @@ FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``m
 COMPACT_EVERY = 64  # commits between compactions
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
 ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
-SCAN_BATCH = 32_768  # rows per streamed batch
+SCAN_BATCH = 16_384  # rows per streamed batch
+READAHEAD = 1  # batches (and fragments) a scan reads ahead: a scan holds a few batches, not fragments
+IO_BUFFER = 64 << 20  # bytes of reads in flight per scan (Lance defaults to 2 GiB)
 VECTOR_INDEX = "vector_idx"
 # IVF partitions of ~32k rows: k-means stays cheap on a few cores even at 10^7 rows, and a query that probes
 # NPROBES partitions reads their compressed codes (64 bytes a row) and re-ranks REFINE x k rows exactly
@@ -187,7 +189,8 @@ class TagIndex:
         if ds is None:
             return
         yield from ds.to_batches(columns=list(columns) if columns else None, filter=where,
-                                 batch_size=batch_rows or SCAN_BATCH, scan_in_order=True)
+                                 batch_size=batch_rows or SCAN_BATCH, scan_in_order=True, batch_readahead=READAHEAD,
+                                 fragment_readahead=READAHEAD, io_buffer_size=IO_BUFFER)
 
     def nearest(self, query: np.ndarray, k: int, where: str | None = None, columns: Sequence[str] = (),
                 nprobes: int = NPROBES, refine_factor: int = REFINE) -> pa.Table:

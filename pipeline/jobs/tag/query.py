@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import clip_model
 from pipeline.model_spec import load_model, resolve_device
 from pipeline.prompts import class_embeddings, load_templates
+from pipeline.video.supervisor import trim_heap
 
 from .index import TagIndex, common_settings, open_indexes, sql_string
 from .scoring import Scorer, check_output, write_outputs
@@ -94,8 +95,9 @@ def search(index_path: str | Path, query: str, topk: int = 10, device: str = "au
     """The stored videos and windows whose embeddings best match ``query`` (cosine), best first: path, kind
     (video or segment), start and end seconds, score, the label each got when tagged, and its video id."""
     indexes = open_indexes(Path(index_path))
-    model = index_model(common_settings(indexes), device)
-    return nearest(indexes, text_embedding(model, query), topk, where)
+    query_vector = text_embedding(index_model(common_settings(indexes), device), query)
+    trim_heap()  # the model is no longer needed: its memory goes back before the index is searched
+    return nearest(indexes, query_vector, topk, where)
 
 
 def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
@@ -108,5 +110,8 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
     model = index_model(settings, device)
     k = topk or settings["topk"]
     text = class_embeddings(model, list(labels), load_templates(templates or settings["templates"])).float().cpu()
-    write_outputs(indexes, out, Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), labels, k), k)
+    scorer = Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), labels, k)
+    del model
+    trim_heap()  # only the label embeddings are needed from here: the model's memory goes back before streaming
+    write_outputs(indexes, out, scorer, k)
     return out

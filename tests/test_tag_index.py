@@ -310,3 +310,15 @@ def test_a_first_commit_killed_after_creating_a_table_starts_clean(tmp_path):
     assert again.count("embeddings") == 0
     _fill(again, 2)
     assert again.count("videos") == 2 and again.count("embeddings") == 10
+
+
+def test_rows_added_after_the_vector_index_are_folded_in_past_a_tenth(tmp_path):
+    index = TagIndex.create(tmp_path / "i", _settings(), DIM)
+    _fill(index, 600, commit_every=100)
+    assert index.build_vector_index(force=True) and index.indexed_rows() == 3000
+    _fill(index, 20, seed=3, prefix="/few")  # 100 rows: under a tenth, searched exactly beside the index
+    assert not index.build_vector_index(force=True) and index.indexed_rows() == 3000
+    _fill(index, 200, seed=4, prefix="/more")
+    assert index.build_vector_index(force=True) and index.indexed_rows() == index.count("embeddings") == 4100
+    hits = nearest([index], _unit(np.ones(DIM)), 5, SearchFilter(path_glob="/few/*"))
+    assert len(hits) == 5 and all(h["path"].startswith("/few/") for h in hits)

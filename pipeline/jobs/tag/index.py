@@ -272,7 +272,7 @@ class TagIndex:
         if indexed is not None:
             if (rows - indexed) * 10 < rows:
                 return False
-            ds.optimize.optimize_indices()
+            ds.optimize.optimize_indices(num_indices_to_merge=0)  # a delta index for the new rows: seconds, not a re-merge
         else:
             ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
                             num_partitions=max(8, rows // ROWS_PER_PARTITION), num_sub_vectors=self.state.dim // 8)

@@ -47,7 +47,7 @@ class Scorer:
     def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, E) float16 or float32 unit vectors -> (N, k) labels and (N, k) probabilities, best first: the top k of
         ``zero_shot_probs``, from the logits' top k and their log-sum-exp (no (N, C) softmax is materialised)."""
-        x = torch.from_numpy(np.ascontiguousarray(vectors)).float()  # (N, E)
+        x = torch.from_numpy(np.require(vectors, requirements=["C", "W"])).float()  # (N, E); Arrow buffers are read-only
         logits = self.scale * x @ self.text.t()  # (N, C)
         top, idx = logits.topk(self.k, dim=-1)  # (N, k)
         probs = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()

@@ -139,7 +139,8 @@ class Part:
             if row["status"] == "ok":  # videos and their "video" rows are in the same order
                 j = next(first)
                 row["labels"], row["scores"] = labels[j].tolist(), scores[j].astype(np.float32).tolist()
-        emb = pa.Table.from_pylist(self.embeddings, schema=embedding_schema(self.dim).remove(8))
+        schema = embedding_schema(self.dim)
+        emb = pa.Table.from_pylist(self.embeddings, schema=schema.remove(schema.get_field_index("vector")))
         flat = pa.array(vecs.astype(np.float16).reshape(-1))
         emb = emb.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, self.dim))
         return pa.Table.from_pylist(self.videos, schema=VIDEO_COLUMNS), emb

@@ -29,7 +29,7 @@ import torch
 
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import ANN_MIN_ROWS, TagIndex, open_indexes
-from pipeline.jobs.tag.job import Part, TagSettings, open_for_tagging, resume_plan
+from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.scoring import Scorer
 from pipeline.runtime import RuntimeSettings
@@ -104,7 +104,7 @@ def build(args: argparse.Namespace) -> dict:
         info = VideoInfo(path, "pyav", 25 * int(duration), 25.0, 360, 640, duration=duration)
         video = WindowedVideo(info, bounds, torch.from_numpy(source.video()))
         st = path.stat()
-        part.add_video(index.state.next_video_id + len(part), str(path.resolve()), (st.st_size, st.st_mtime_ns),
+        part.add_video(next_video_id(index, part), str(path.resolve()), (st.st_size, st.st_mtime_ns),
                        video)
         if len(part) == cfg.commit_every or i == len(paths) - 1:
             t = time.perf_counter()

@@ -156,6 +156,11 @@ def _video_row(video_id: int, path: str, stamp: tuple | None, status: str) -> di
     return {"video_id": video_id, "path": path, "size": size, "mtime_ns": mtime, "status": status}
 
 
+def next_video_id(index: TagIndex, part: Part, rank: int = 0, world: int = 1) -> int:
+    """The id the next video of ``part`` gets: unique across the ranks of a sharded run (rank r takes r, r + N, ...)."""
+    return (index.state.next_video_id + len(part)) * world + rank
+
+
 def _failure(error: str) -> tuple[str, str, str]:
     """"status: stage: reason" from the window stream -> (status, stage, reason); decode when no stage is named."""
     status, _, rest = error.partition(": ")
@@ -195,8 +200,8 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
 
     part = Part(scorer, model.config.embed_dim)
 
-    def video_id() -> int:  # unique across the ranks of a sharded run: rank r takes r, r + N, r + 2N, ...
-        return (index.state.next_video_id + len(part)) * world + rank
+    def video_id() -> int:
+        return next_video_id(index, part, rank, world)
 
     for e in listing_errors:  # folders that cannot be listed: re-listed (and replaced) every run
         part.add_failure(video_id(), e["path"], None, e["status"], e["stage"], e["reason"])

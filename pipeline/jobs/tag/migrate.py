@@ -19,7 +19,7 @@ from pipeline.model_spec import RANDOM_PREFIX
 from pipeline.prompts import class_embeddings, load_templates
 
 from .index import TagIndex
-from .job import Part, _video_row
+from .job import Part, _video_row, next_video_id
 from .query import index_model
 from .scoring import Scorer
 
@@ -79,12 +79,13 @@ def _migrate_one(folder: Path, device: str) -> Path:
                 continue
             wins = sorted(windows.get(r["path"], []), key=lambda w: w["window"])
             vecs = np.concatenate([emb["videos"][r["emb"]][None], emb["windows"][[w["emb"] for w in wins]]])
-            row = _video_row(_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), "ok") | {
+            row = _video_row(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), "ok") | {
                 k: r[k] for k in ("duration_s", "decoder", "windows", "warnings")}
             part.add(row, vecs.astype(np.float32), [(w["start_s"], w["end_s"]) for w in wins])
         for r in rows["errors"]:
             if owner.get(r["path"]) == part_info["name"]:
-                part.add_failure(_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), r["status"], r["stage"], r["reason"])
+                part.add_failure(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), r["status"],
+                                 r["stage"], r["reason"])
         if len(part):
             index.commit(*part.tables())
     index.build_vector_index()
@@ -95,11 +96,6 @@ def _migrate_one(folder: Path, device: str) -> Path:
     new.rename(folder)
     shutil.rmtree(old)
     return folder
-
-
-def _video_id(index: TagIndex, part: Part, rank: int, world: int) -> int:
-    """As tag numbers videos: unique across the ranks of a sharded run."""
-    return (index.state.next_video_id + len(part)) * world + rank
 
 
 def _stamp(stamp: list | None) -> tuple[int, int] | None:

@@ -273,3 +273,45 @@ def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
     ids = [h["video_id"] for h in search(tmp_path / "sharded.csv.index", "something", topk=100, device="cpu",
                                          where=SearchFilter(kind="video"))]
     assert len(ids) == len(set(ids)) == len(videos)  # video ids are unique across the ranks
+
+
+def _discover_reference(source: Path, include=(), exclude=()) -> list[Path]:
+    """discover's folder listing written the obvious way (os.walk, every path resolved): what the fast one must equal."""
+    import fnmatch
+
+    from pipeline.jobs.tag.discover import VIDEO_EXTENSIONS
+
+    found = []
+    for root, dirs, files in os.walk(source):
+        dirs.sort()
+        for name in sorted(files):
+            rel = (Path(root) / name).relative_to(source).as_posix()
+            wanted = any(fnmatch.fnmatch(rel, g) for g in include) if include else name.lower().endswith(
+                VIDEO_EXTENSIONS)
+            if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
+                found.append((Path(root) / name).resolve())
+    return found
+
+
+def test_listing_equals_walking_and_resolving_every_path(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "far.mp4").write_bytes(b"x")
+    (outside / "inner").mkdir()
+    (outside / "inner" / "deep.mp4").write_bytes(b"x")
+    archive = tmp_path / "real_archive"
+    for rel in ("a.mp4", "B.MKV", "notes.txt", "z/1.mp4", "z/y/2.avi", "m/3.webm", "m/n/o/p/4.mp4", "_/5.mp4"):
+        (archive / rel).parent.mkdir(parents=True, exist_ok=True)
+        (archive / rel).write_bytes(b"x")
+    (archive / "link_in.mp4").symlink_to(archive / "z" / "1.mp4")
+    (archive / "m" / "link_out.mp4").symlink_to(outside / "far.mp4")
+    (archive / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (archive / "folder_link").symlink_to(outside / "inner")  # links to folders are not walked into
+    (tmp_path / "archive_link").symlink_to(archive)  # the archive itself reached through a link
+    for source in (archive, tmp_path / "archive_link", tmp_path / "archive_link" / "m"):
+        for include, exclude in (((), ()), (("*.mp4", "z/*"), ()), ((), ("m/*",)), (("*/*",), ("*.avi",))):
+            got, errors = discover(source, include, exclude)
+            assert got == _discover_reference(source, include, exclude) and not errors, (source, include, exclude)
+    got = discover(archive)[0]
+    assert archive.resolve() / "z" / "1.mp4" in got and (outside / "far.mp4").resolve() in got
+    assert not any("deep" in str(p) for p in got)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
@@ -34,15 +34,43 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
                        "reason": f"cannot list folder: {e.strerror}"})
 
     found = []
-    for root, dirs, files in os.walk(source, onerror=unreadable):
-        dirs.sort()
-        for name in sorted(files):
-            rel = (Path(root) / name).relative_to(source).as_posix()
-            wanted = any(fnmatch.fnmatch(rel, g) for g in include) if include else name.lower().endswith(
-                VIDEO_EXTENSIONS)
-            if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
-                found.append((Path(root) / name).resolve())
+    for real, rel, is_link in _walk(source, unreadable):
+        name = rel.rpartition("/")[2]
+        wanted = any(fnmatch.fnmatch(rel, g) for g in include) if include else name.lower().endswith(
+            VIDEO_EXTENSIONS)
+        if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
+            found.append(Path(real).resolve() if is_link else Path(real))
     return found, errors
+
+
+def _walk(source: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, str, bool]]:
+    """(resolved path, path relative to ``source``, whether it is a symlink) of every file under ``source``, in the
+    order of ``os.walk`` with sorted names (a folder's files, then its subfolders, depth first); links to folders are
+    not followed. Only the root is resolved: folders walked into are real, so a file's path is its resolved path
+    unless the file itself is a link (one ``realpath`` per file made listing 10^6 files slow)."""
+    stack = [(os.path.realpath(source), str(source), "")]
+    while stack:
+        real, shown, rel = stack.pop()
+        try:
+            with os.scandir(shown) as it:
+                entries = list(it)
+        except OSError as e:
+            onerror(e)
+            continue
+        files, folders = [], []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(entry)
+            elif not entry.is_symlink():
+                folders.append(entry.name)
+        for entry in sorted(files, key=lambda e: e.name):
+            yield os.path.join(real, entry.name), rel + entry.name, entry.is_symlink()
+        for name in sorted(folders, reverse=True):
+            stack.append((os.path.join(real, name), os.path.join(shown, name), rel + name + "/"))
 
 
 def file_stamp(path: Path) -> tuple[int, int] | None:

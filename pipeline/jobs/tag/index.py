@@ -3,7 +3,8 @@
     OUT.index/
       state.json          format, settings, the committed version of each table, the next video id
       videos.lance/       one row per tagged path: stamp (size, mtime), status, failure stage and reason, duration,
-                          decoder, window count, warnings, and the top labels it got when it was tagged
+                          decoder, window count, warnings, the top labels it got when it was tagged, and a poster
+                          (a JPEG of at most ~20 KB; indexes written before posters have no such column)
       embeddings.lance/   one row per video (kind "video": the normalised mean of its windows) and per window (kind
                           "segment": start and end seconds), with its top label at tagging time and a float16 unit
                           vector; what search, retag and the output tables read
@@ -46,6 +47,7 @@ SCAN_BATCH = 16_384  # rows per streamed batch
 READAHEAD = 1  # batches (and fragments) a scan reads ahead: a scan holds a few batches, not fragments
 IO_BUFFER = 64 << 20  # bytes of reads in flight per scan (Lance defaults to 2 GiB)
 VECTOR_INDEX = "vector_idx"
+LOOKUP_INDEX = "video_id_idx"  # BTREE on video_id in both tables: one video's rows without a scan
 # IVF partitions of ~32k rows: k-means stays cheap on a few cores even at 10^7 rows, and a query that probes
 # NPROBES partitions reads their compressed codes (64 bytes a row) and re-ranks REFINE x k rows exactly
 ROWS_PER_PARTITION = 32_768
@@ -56,7 +58,7 @@ VIDEO_COLUMNS = pa.schema([
     ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
     ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("duration_s", pa.float64()),
     ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()),
-    ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())),
+    ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())), ("poster", pa.binary()),
 ])
 
 
@@ -207,6 +209,23 @@ class TagIndex:
         return ds.to_table(columns=[c for c in columns if c != "_distance"] + ["_distance"], filter=where,
                            prefilter=where is not None, nearest=nearest)
 
+    def video(self, video_id: int, columns: Sequence[str]) -> dict | None:
+        """One video's row (``columns`` of the videos table that exist in it), or None if no row has this id."""
+        ds = self.table("videos")
+        if ds is None:
+            return None
+        present = [c for c in columns if c in ds.schema.names]
+        rows = ds.to_table(columns=present, filter=f"video_id = {int(video_id)}").to_pylist()
+        return rows[0] if rows else None
+
+    def segments(self, video_id: int, columns: Sequence[str]) -> list[dict]:
+        """One video's windows (``columns`` of the embeddings table), in time order."""
+        ds = self.table("embeddings")
+        if ds is None:
+            return []
+        rows = ds.to_table(columns=list(columns), filter=f"video_id = {int(video_id)} AND kind = 'segment'")
+        return sorted(rows.to_pylist(), key=lambda r: (r["start_s"], r["end_s"]))
+
     def indexed_rows(self) -> int | None:
         """Rows the vector index covers (later appends are searched exactly beside it), or None without one."""
         if self._indexed is None:
@@ -239,6 +258,8 @@ class TagIndex:
     def _append(self, name: str, rows: pa.Table) -> None:
         path = str(self.folder / f"{name}.lance")
         ds = self.table(name)
+        if ds is not None and (extra := set(rows.column_names) - set(ds.schema.names)):
+            rows = rows.drop_columns(sorted(extra))  # a column added since the index was written (posters)
         self._tables[name] = self.lance.write_dataset(rows, ds if ds is not None else path,
                                                       mode="append" if ds is not None else "create")
 
@@ -260,6 +281,35 @@ class TagIndex:
             ds = self.table(name)
             if ds is not None:
                 ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+
+    def build_indexes(self) -> None:
+        """What a writer runs when it is done: the vector index (from ``ANN_MIN_ROWS``) and the lookup indexes."""
+        self.build_vector_index()
+        self.build_lookup_indexes()
+
+    def build_lookup_indexes(self) -> bool:
+        """A BTREE index on video_id in each table (a video's row and windows are then found without a scan); rows
+        added later are searched beside it, and folded in when they pass a tenth of the indexed ones. Returns
+        whether an index changed."""
+        changed = False
+        for name in self.TABLES:
+            ds = self.table(name)
+            if ds is None:
+                continue
+            found = [i for i in ds.describe_indices() if i.name == LOOKUP_INDEX]
+            rows = ds.count_rows()
+            if not found:
+                ds.create_scalar_index("video_id", "BTREE", name=LOOKUP_INDEX)
+            elif (rows - found[0].num_rows_indexed) * 10 >= rows:
+                ds.optimize.optimize_indices(num_indices_to_merge=0)  # every index of the table gets a delta
+            else:
+                continue
+            self._tables[name] = self.lance.dataset(str(self.folder / f"{name}.lance"))
+            changed = True
+        if changed:
+            self._indexed = None
+            self._record()
+        return changed
 
     def build_vector_index(self, force: bool = False) -> bool:
         """An IVF-PQ index on the embeddings once there are ``ANN_MIN_ROWS`` (or ``force``); rows added later are

@@ -114,7 +114,8 @@ class Part:
         whole = F.normalize(windows.mean(dim=0), dim=-1)[None]  # (1, E): the video's embedding
         self.add(_video_row(video_id, path, stamp, "ok") | {
             "duration_s": round(video.info.duration, 3), "decoder": video.info.backend, "windows": len(windows),
-            "warnings": " | ".join(video.warnings)}, torch.cat([whole, windows]).numpy(), video.bounds)
+            "warnings": " | ".join(video.warnings), "poster": video.poster}, torch.cat([whole, windows]).numpy(),
+            video.bounds)
 
     def add(self, row: dict, vectors: np.ndarray, bounds: Sequence[tuple[float, float]]) -> None:
         """A tagged video's row, its (1 + W, E) embeddings (the video, then its windows) and its windows' spans."""
@@ -233,7 +234,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             commit()
     commit()
     bar.close()
-    index.build_vector_index()
+    index.build_indexes()
     return len(todo), ok, failed
 
 

@@ -88,7 +88,7 @@ def _migrate_one(folder: Path, device: str) -> Path:
                                  r["stage"], r["reason"])
         if len(part):
             index.commit(*part.tables())
-    index.build_vector_index()
+    index.build_indexes()
     index.close()
     old = folder.with_name(folder.name + ".old-format")
     shutil.rmtree(old, ignore_errors=True)

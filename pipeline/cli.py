@@ -157,6 +157,13 @@ def cmd_migrate_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .jobs.serve.app import serve
+
+    serve(args.index, args.host, args.port, args.token, args.device)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .jobs.demo import cmd_demo
 
@@ -254,6 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="the OUT.index folder")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_migrate_index)
+    p = sub.add_parser("serve", help="a web page over a tag index: search, watch the moment, see each timeline")
+    p.add_argument("index", help="the OUT.index folder written by tag")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="a secret every request must carry (the printed link carries it)")
+    p.add_argument("--device", default="cpu", help="where the search text is encoded")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: DemoSettings.steps)")

@@ -98,6 +98,8 @@ def test_small_demo_runs_every_stage(tmp_path):
     report = (tmp_path / "report.html").read_text()
     assert len(re.findall(r"data:image/png;base64,", report)) == 4  # loss, two confusion matrices, examples
     assert "blind spot" in report and results == saved
+    index = tmp_path / "tags.csv.index"
+    assert tagging["serve"] == f"python run_pipeline.py serve {index}" and f"<code>{tagging['serve']}</code>" in report
     reused = [tmp_path / "train_temporal" / "model.pt", *sorted((tmp_path / "world" / "videos").glob("*.mp4"))]
     written = [p.stat().st_mtime_ns for p in reused]
     again = run_demo(tmp_path, DemoSettings(world=WORLD, steps=30, batch_size=16, classify_files=4), progress=False)

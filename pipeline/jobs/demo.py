@@ -20,6 +20,7 @@ import html
 import json
 import sys
 import time
+import urllib.parse
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -167,7 +168,8 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
                "top1": float(np.mean([truth[p] == lab for p, lab in zip(tagged["path"], tagged["label_1"])])),
                "search": {"query": query, "hits": [{"path": Path(h["path"]).name, "kind": h["kind"],
                                                     "score": h["score"], "true": truth.get(h["path"])}
-                                                   for h in hits]}}
+                                                   for h in hits]},
+               "serve": f"python run_pipeline.py serve {index_folder(tags_out)}"}
     timings["tag_s"] = time.perf_counter() - t
     cosines = reversal_cosines(model, heldout[0][0])
     timings["total_s"] = time.perf_counter() - t0
@@ -291,6 +293,10 @@ in training, which for a held-out pair is always the other one.</p>
 (<code>search</code>) for "{html.escape(tg['search']['query'])}", best first:
 {", ".join(f"{html.escape(h['path'])} ({h['kind']}, true: {html.escape(str(h['true']))})"
            for h in tg['search']['hits'])}.</p>
+<p>Browse the tagged videos, watch each hit from its moment and see each video's timeline of labels:
+<code>{html.escape(tg['serve'])}</code>, then open
+<a href="http://127.0.0.1:8000/?q={urllib.parse.quote_plus(tg['search']['query'])}">http://127.0.0.1:8000/?q={
+html.escape(urllib.parse.quote_plus(tg['search']['query']))}</a>.</p>
 <h2>Plots</h2>{images}
 <h2>Timings (seconds)</h2><pre>{html.escape(json.dumps(results['timings'], indent=1))}</pre>
 </body></html>"""

@@ -1,0 +1,136 @@
+"""``run_pipeline.py serve OUT.index``: a read-only web app over a tag index (FastAPI, served by uvicorn).
+
+    GET /                                    the page (static/: plain HTML, CSS and JavaScript, no build step)
+    GET /api/labels                          the index's label vocabulary (for the label filter)
+    GET /api/search?q=TEXT&k=N[&label=..&path=GLOB&kind=video|segment&after=S&before=S]
+                                             hits, best first: the same as ``run_pipeline.py search``
+    GET /api/videos/{video_id}               the video's row and its windows (start, end, top label, score)
+    GET /api/videos/{video_id}/thumbnail[?t=SECONDS]   a JPEG: the stored poster, or the frame at t
+    GET /api/videos/{video_id}/media         the file, with HTTP range requests (for <video>)
+
+Why FastAPI: typed, validated query parameters (an oversized or malformed one is a 422 before any code of ours runs),
+Starlette's FileResponse serves byte ranges, and uvicorn is its well-kept server. Security: it binds to loopback
+unless told otherwise, and a non-loopback host needs a token, checked on every request (a ``token`` query parameter,
+which the page turns into a same-site cookie, or an ``Authorization: Bearer`` header); files are opened only by id
+through ``archive.Archive``.
+"""
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from ..tag.query import SearchFilter
+from .archive import Archive, FileChanged, NotFound
+
+STATIC = Path(__file__).with_name("static")
+TOKEN_COOKIE = "clip_video_token"
+MAX_ID = 2**62
+MAX_QUERY = 500  # characters of a search text (CLIP reads 77 tokens of it anyway)
+MAX_K = 500
+
+VideoId = Annotated[int, PathParam(ge=0, lt=MAX_ID)]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(index: str | Path, *, token: str | None = None, device: str = "cpu",
+               archive: Archive | None = None) -> FastAPI:
+    """The app over ``index``; with ``token``, every request must carry it."""
+    archive = archive or Archive(index, device)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        archive.close()
+
+    app = FastAPI(title="clip-video archive", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def check_token(request: Request, call_next):
+        if token is None:
+            return await call_next(request)
+        given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
+                 or request.headers.get("authorization", "").removeprefix("Bearer "))
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return JSONResponse({"detail": "a token is required: open the link serve printed"}, status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("token"):  # the page's own requests then carry it as a cookie
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    @app.get("/api/labels")
+    def labels() -> list[str]:
+        return archive.labels()
+
+    @app.get("/api/search")
+    def search(q: Annotated[str, Query(min_length=1, max_length=MAX_QUERY)],
+               k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
+               label: Annotated[str | None, Query(max_length=MAX_QUERY)] = None,
+               path: Annotated[str | None, Query(max_length=1000)] = None,
+               kind: Literal["video", "segment"] | None = None,
+               after: Annotated[float | None, Query(ge=0, le=1e7)] = None,
+               before: Annotated[float | None, Query(ge=0, le=1e7)] = None) -> list[dict]:
+        try:
+            where = SearchFilter(path, label or None, after, before, kind)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        return archive.search(q, k, where)
+
+    @app.get("/api/videos/{video_id}")
+    def video(video_id: VideoId) -> dict:
+        try:
+            return archive.video(video_id)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+
+    @app.get("/api/videos/{video_id}/thumbnail")
+    def thumbnail(video_id: VideoId, t: Annotated[float | None, Query(ge=0, le=1e7)] = None) -> Response:
+        try:
+            data, shows_video = archive.thumbnail(video_id, t)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        return Response(data, media_type="image/jpeg", headers={
+            "Cache-Control": "private, max-age=3600" if shows_video else "no-store",
+            "X-Thumbnail": "frame" if shows_video else "placeholder"})
+
+    @app.get("/api/videos/{video_id}/media")
+    def media(video_id: VideoId) -> FileResponse:
+        try:
+            listed = archive.listed_file(video_id)
+        except NotFound as e:
+            raise HTTPException(404, str(e)) from None
+        except FileChanged as e:
+            raise HTTPException(409, str(e)) from None
+        return FileResponse(listed.path, media_type=listed.media_type)
+
+    app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
+    return app
+
+
+def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          device: str = "cpu") -> None:
+    """Run the app until interrupted; refuses a non-loopback host without a token."""
+    import uvicorn
+
+    if not is_loopback(host) and not token:
+        raise ValueError(f"--host {host} is reachable from other machines: pass --token SECRET (every request must "
+                         "carry it), or bind to 127.0.0.1")
+    app = create_app(index, token=token, device=device)
+    link = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    print(f"serving {Path(index).expanduser().resolve()} at {link}", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

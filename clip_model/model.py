@@ -49,23 +49,29 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, width: int, quick_gelu: bool):
+    """fc -> GELU -> proj. CLIP: 4x wide, QuickGELU or exact GELU; SigLIP: its own width, tanh-approximated GELU."""
+
+    def __init__(self, width: int, quick_gelu: bool, hidden: int | None = None, gelu_approximate: str = "none"):
         super().__init__()
-        self.c_fc = nn.Linear(width, width * 4)
-        self.gelu = QuickGELU() if quick_gelu else nn.GELU()
-        self.c_proj = nn.Linear(width * 4, width)
+        hidden = hidden or width * 4
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = QuickGELU() if quick_gelu else nn.GELU(approximate=gelu_approximate)
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int, quick_gelu: bool):
+    """Pre-LN block; ``mlp`` and ``eps`` are SigLIP's departures from CLIP (an MLP width, tanh GELU, eps 1e-6)."""
+
+    def __init__(self, width: int, heads: int, quick_gelu: bool, mlp: tuple[int, str] | None = None,
+                 eps: float = 1e-5):
         super().__init__()
         self.attn = SelfAttention(width, heads)
-        self.ln_1 = LayerNorm(width)
-        self.mlp = MLP(width, quick_gelu)
-        self.ln_2 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.mlp = MLP(width, quick_gelu, *(mlp or (None, "none")))
+        self.ln_2 = LayerNorm(width, eps=eps)
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), causal=causal)
@@ -73,10 +79,12 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool):
+    def __init__(self, width: int, layers: int, heads: int, quick_gelu: bool, mlp: tuple[int, str] | None = None,
+                 eps: float = 1e-5):
         super().__init__()
         self.width = width
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, quick_gelu, mlp, eps)
+                                       for _ in range(layers))
 
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:  # (B, L, D) -> (B, L, D)
         for block in self.resblocks:

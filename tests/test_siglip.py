@@ -1,0 +1,137 @@
+"""SigLIP written here against transformers' SiglipModel on the same random weights (both towers and the logits), and
+its SentencePiece tokenizer id for id against transformers' SiglipTokenizer and GemmaTokenizer on every shipped
+class list, with SentencePiece models trained here (no hub files reach this machine)."""
+from __future__ import annotations
+
+import math
+import string
+
+import pytest
+import torch
+from transformers import GemmaTokenizer, SiglipConfig, SiglipModel, SiglipTokenizer
+
+from clip_model import CheckpointError, load_state_dict_strict
+from clip_model.siglip import SigLIP, SigLIPConfig, from_hf
+from clip_model.sp_tokenizer import SentencePieceTokenizer, canonicalize
+from datasets.labels import SHIPPED, shipped_labels
+from pipeline.prompts import load_templates
+
+# (text tower, vision tower) of transformers configs: SigLIP-like (patch 8, MLP not 4x) and SigLIP 2-like (another
+# vocabulary size, patch 4, more layers); heads of width 8 and 16
+CONFIGS = {
+    "siglip": (dict(vocab_size=99, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                    max_position_embeddings=64),
+               dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=8)),
+    "siglip2": (dict(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=3,
+                     max_position_embeddings=64, projection_size=64),
+                dict(hidden_size=64, intermediate_size=100, num_hidden_layers=3, num_attention_heads=4, image_size=16,
+                     patch_size=4)),
+}
+
+
+def _pair(name: str) -> tuple[SiglipModel, SigLIP]:
+    torch.manual_seed(0)
+    text, vision = CONFIGS[name]
+    hf_config = SiglipConfig(text_config=text, vision_config=vision)
+    hf = SiglipModel(hf_config).eval()
+    with torch.no_grad():  # trained-like scale and bias (init is 0 and 0)
+        hf.logit_scale.fill_(math.log(112.0))
+        hf.logit_bias.fill_(-16.5)
+    ours = SigLIP(SigLIPConfig.from_hf(hf_config.to_dict())).eval()
+    load_state_dict_strict(ours, from_hf(hf.state_dict()), f"transformers SiglipModel ({name})")
+    return hf, ours
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_both_towers_and_the_logits_equal_transformers(name):
+    hf, ours = _pair(name)
+    size = CONFIGS[name][1]["image_size"]
+    images = torch.randn(5, 3, size, size)
+    ids = torch.randint(0, CONFIGS[name][0]["vocab_size"], (7, 64))
+    ids[:, 20:] = 1  # padded, as the tokenizer pads (the model attends to the padding: no mask)
+    with torch.no_grad():
+        out = hf(input_ids=ids, pixel_values=images)  # no attention_mask: SigLIP was trained without one
+        image, text = ours.encode_image(images), ours.encode_text(ids)
+        assert (image - hf.get_image_features(pixel_values=images)).abs().max() < 1e-4
+        assert (text - hf.get_text_features(input_ids=ids)).abs().max() < 1e-4
+        logits = ours(images, ids)
+    assert logits.shape == (5, 7) and (logits - out.logits_per_image).abs().max() < 1e-4
+    assert torch.allclose(torch.sigmoid(logits), torch.sigmoid(out.logits_per_image), atol=1e-5)
+    assert image.shape[1] == text.shape[1] == ours.config.embed_dim
+
+
+def test_text_must_be_padded_to_the_context_and_bad_configs_are_refused():
+    _, ours = _pair("siglip")
+    with pytest.raises(ValueError, match="padded to exactly 64 tokens"):
+        ours.encode_text(torch.zeros(2, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        SigLIPConfig(image_size=30, patch_size=8)
+    with pytest.raises(ValueError, match="must equal vision_width"):
+        SigLIPConfig(embed_dim=512)
+
+
+# ---- the tokenizer ------------------------------------------------------------------------------------------------
+
+
+def _corpus() -> list[str]:
+    labels = [label for name in SHIPPED for label in shipped_labels(name)]
+    return labels + [t.format(label) for t in load_templates("video") for label in labels[:200]]
+
+
+@pytest.fixture(scope="module")
+def sp_models(tmp_path_factory) -> dict[str, str]:
+    """Tiny SentencePiece models in the two layouts: T5's (SigLIP: 0 <pad>, 1 </s>, 2 <unk>) and Gemma's
+    (SigLIP 2: 0 <pad>, 1 <eos>, 2 <bos>, 3 <unk>, byte fallback)."""
+    import sentencepiece as spm
+
+    folder = tmp_path_factory.mktemp("spm")
+    corpus = _corpus()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(folder / "siglip"), vocab_size=500, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        hard_vocab_limit=False, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_prefix=str(folder / "gemma"), vocab_size=500, model_type="bpe",
+        pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>",
+        unk_piece="<unk>", add_dummy_prefix=False, remove_extra_whitespaces=False,
+        normalization_rule_name="identity", split_digits=True, byte_fallback=True, character_coverage=1.0,
+        hard_vocab_limit=False, minloglevel=2)
+    return {"siglip": str(folder / "siglip.model"), "siglip2": str(folder / "gemma.model")}
+
+
+TRICKY = ["A Photo of a CAT!", "  riding,  a   bike. ", "don't stop", "", "snake_case-word", "Ünïcode café",
+          "tabs\tand\nnewlines", "x" * 200, "Playing <|endoftext|> tricks", "Ski-ing (cross country)"]
+
+
+def test_siglip_tokenizer_equals_transformers_on_every_shipped_class_list(sp_models):
+    ours = SentencePieceTokenizer(sp_models["siglip"], "siglip")
+    theirs = SiglipTokenizer(vocab_file=sp_models["siglip"], model_max_length=64)
+    texts = _corpus() + TRICKY
+    expected = theirs(texts, padding="max_length", max_length=64, truncation=True)["input_ids"]
+    got = ours(texts)
+    assert got.tolist() == expected and got.shape == (len(texts), 64)
+    assert (got[:, -1] == 1).all()  # even text cut at the context ends in </s>
+
+
+def test_siglip2_tokenizer_equals_gemma_on_lowercased_text(sp_models):
+    ours = SentencePieceTokenizer(sp_models["siglip2"], "siglip2")
+    theirs = GemmaTokenizer(vocab_file=sp_models["siglip2"], add_bos_token=False, add_eos_token=True,
+                            padding_side="right")
+    texts = _corpus() + TRICKY
+    expected = theirs([t.lower() for t in texts], padding="max_length", max_length=64, truncation=True)["input_ids"]
+    got = ours(texts)
+    assert got.tolist() == expected
+    long = ours(["x" * 500])[0]
+    assert long[-1] == 1 and (long != 0).all()  # cut to 63 pieces and the end token, no padding left
+
+
+def test_canonicalize_and_a_bad_model_file(tmp_path):
+    assert canonicalize("  Don't   STOP, now!\t") == "dont stop now"
+    assert all(ch not in canonicalize(string.punctuation + "a") for ch in string.punctuation)
+    bad = tmp_path / "spiece.model"
+    bad.write_text("not a model")
+    with pytest.raises(CheckpointError, match="not a SentencePiece model"):
+        SentencePieceTokenizer(bad)
+    with pytest.raises(ValueError, match="choose one of siglip, siglip2"):
+        SentencePieceTokenizer(bad, "bert")

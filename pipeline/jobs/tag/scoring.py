@@ -14,9 +14,14 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.video.supervisor import trim_heap
+
 from .index import TagIndex
 
 FORMATS = (".parquet", ".csv", ".jsonl")
+# Tables written between two trim_heap calls. Each batch's short-lived NumPy, list and Arrow buffers fragment the
+# heap: retag of 10^7 segments grew from 1.5 to 3.3 GB peak RSS without trimming, and stayed at 1.3 GB with it.
+TRIM_EVERY = 2
 
 
 def top_columns(topk: int) -> list[tuple[str, pa.DataType]]:
@@ -188,14 +193,23 @@ def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: 
     writers = {"videos": TableWriter(out, schemas["videos"]),
                "segments": TableWriter(sibling(out, "segments"), schemas["segments"]),
                "errors": TableWriter(sibling(out, "errors"), schemas["errors"])}
+    written = 0
+
+    def write(what: str, table: pa.Table) -> None:
+        nonlocal written
+        writers[what].write(table)
+        written += 1
+        if written % TRIM_EVERY == 0:
+            trim_heap()  # see TRIM_EVERY
+
     try:
         for index in indexes:
             for table in video_rows(index, scorer, topk):
-                writers["videos"].write(table)
+                write("videos", table)
             for table in segment_rows(index, scorer, topk):
-                writers["segments"].write(table)
+                write("segments", table)
             for table in error_rows(index):
-                writers["errors"].write(table)
+                write("errors", table)
     except BaseException:
         for w in writers.values():
             w.discard()

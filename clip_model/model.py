@@ -221,12 +221,16 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
-    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None):
+    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, visual: nn.Module | None = None):
+        """``visual`` replaces the image tower the config describes (X-CLIP's cross-frame ViT)."""
         super().__init__()
         self.config = config
         self.preprocess_config = preprocess or PreprocessConfig(image_size=config.vision.image_size)
-        if config.vision.is_resnet:
-            self.visual: nn.Module = ModifiedResNet(config.vision, config.embed_dim)
+        self.visual: nn.Module
+        if visual is not None:
+            self.visual = visual
+        elif config.vision.is_resnet:
+            self.visual = ModifiedResNet(config.vision, config.embed_dim)
         else:
             self.visual = VisionTransformer(config.vision, config.embed_dim, config.quick_gelu)
         t: TextConfig = config.text

@@ -14,15 +14,18 @@ from .download import cache_dir, model_path, published_models
 from .errors import CheckpointError
 from .loss import ClipLoss
 from .model import CLIP, build_model, load_state_dict_strict
+from .siglip import SigLIP, SigLIPConfig
 from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
 from .tokenizer import tokenize
 from .transform import ClipTransform
+from .xclip import XCLIP, XCLIPConfig
 
 __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize", "VideoCLIP",
+    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize", "VideoCLIP", "SigLIP", "SigLIPConfig",
+    "XCLIP", "XCLIPConfig",
 ]
 
 
@@ -43,8 +46,15 @@ def create_model(name: str, *, seed: int | None = None) -> CLIP:
     return CLIP(MODEL_CONFIGS[name]).eval()
 
 
-def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP:
-    model = CLIP(ckpt.config, ckpt.preprocess)
+def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
+    """The model of the checkpoint's family (its config's type): CLIP, SigLIP or X-CLIP (a CLIP subclass)."""
+    model: CLIP | SigLIP
+    if isinstance(ckpt.config, SigLIPConfig):
+        model = SigLIP(ckpt.config, ckpt.preprocess)
+    elif isinstance(ckpt.config, XCLIPConfig):
+        model = XCLIP(ckpt.config, ckpt.preprocess)
+    else:
+        model = CLIP(ckpt.config, ckpt.preprocess)
     load_state_dict_strict(model, ckpt.state_dict, source=source)
     return model.eval()
 
@@ -56,10 +66,11 @@ def load(
     download_root: str | Path | None = None,
     quick_gelu: bool | None = None,
     precision: str = "fp32",
-) -> tuple[CLIP, ClipTransform]:
+) -> tuple[CLIP | SigLIP, ClipTransform]:
     """Load a published model by name (downloaded and SHA256-checked once) or any supported checkpoint path.
 
-    Returns the model in eval mode on ``device`` and its image transform. ``precision`` is ``fp32`` (default),
+    Returns the model in eval mode on ``device`` and its image transform: a ``CLIP``, an ``XCLIP`` (a CLIP whose
+    ``encode_video`` takes whole clips) or a ``SigLIP``, as the checkpoint says. ``precision`` is ``fp32`` (default),
     ``bf16`` (weights in bfloat16; features stay within cosine 0.999 of fp32) or ``fp16`` (GPU only).
     """
     path = _resolve(name_or_path, download_root, precision)
@@ -73,6 +84,8 @@ def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, 
     path = _resolve(path, None, precision)
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
+    if not isinstance(model, CLIP):
+        raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones)")
     return model, ClipTransform(model.preprocess_config), temporal_from_checkpoint(ckpt, path).to(device)
 
 

@@ -6,9 +6,12 @@ Formats (``detect_format``):
     plain state dict, a ``{"state_dict": ...}`` wrapper (open_clip training checkpoints), a ``module.`` prefix, or
     our own self-describing ``{"config", "state_dict", "preprocess"}`` checkpoint;
   - ``safetensors``: header-checked before any tensor is read;
-  - ``hf``: a Hugging Face ``CLIPModel`` folder, or its ``config.json``, or a weights file with ``config.json`` beside;
+  - ``hf``: a Hugging Face folder, or its ``config.json``, or a weights file with ``config.json`` beside: ``CLIPModel``,
+    or by its ``model_type`` a ``SiglipModel`` (SigLIP and SigLIP 2 fixed resolution) or an ``XCLIPModel``;
   - ``open_clip``: an open_clip hub folder (``open_clip_config.json`` beside its weights).
-Every path ends in ``Checkpoint``: an OpenAI-layout state dict plus the config and preprocessing it implies.
+Every path ends in ``Checkpoint``: a state dict in our layout (OpenAI's for CLIP, VideoX's for X-CLIP, siglip.py's
+for SigLIP) plus the config, whose type names the family, and the preprocessing it implies. A pickle whose state
+dict has X-CLIP's ``mit.*`` and ``prompts_*`` entries (VideoX's ``{"model": ...}`` files) is read as X-CLIP.
 """
 from __future__ import annotations
 
@@ -26,7 +29,11 @@ import torch
 
 from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .errors import CheckpointError
+from .siglip import SigLIPConfig
+from .siglip import from_hf as siglip_from_hf
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
+from .xclip import XCLIPConfig
+from .xclip import from_hf as xclip_from_hf
 
 if TYPE_CHECKING:  # annotations only
     from .model import CLIP
@@ -43,8 +50,8 @@ NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mas
 
 @dataclass(frozen=True)
 class Checkpoint:
-    state_dict: dict[str, torch.Tensor]  # OpenAI layout
-    config: CLIPConfig
+    state_dict: dict[str, torch.Tensor]  # our layout for the family
+    config: CLIPConfig | SigLIPConfig | XCLIPConfig
     preprocess: PreprocessConfig
     format: str
     # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
@@ -265,12 +272,45 @@ def _preprocess_from_hf(folder: Path, image_size: int) -> PreprocessConfig:
 # ---------------------------------------------------------------- the one entry point
 
 
+def _hf_preprocess(folder: Path, image_size: int, **defaults: Any) -> PreprocessConfig:
+    """SigLIP's and X-CLIP's preprocessor_config.json: size, mean/std and resampling (PIL's 2 bilinear, 3 bicubic)."""
+    pp = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
+    resample = {2: "bilinear", 3: "bicubic"}.get(pp.get("resample", 0), defaults.pop("interpolation"))
+    return PreprocessConfig(image_size=image_size, mean=pp.get("image_mean", defaults.pop("mean")),
+                            std=pp.get("image_std", defaults.pop("std")), interpolation=resample, **defaults)
+
+
+def _load_hf_family(model_type: str, hf: dict, raw: dict[str, torch.Tensor], folder: Path, weights: Path
+                    ) -> Checkpoint:
+    try:
+        if model_type == "siglip":
+            siglip = SigLIPConfig.from_hf(hf)
+            preprocess = _hf_preprocess(folder, siglip.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
+                                        interpolation="bicubic", resize="squash")
+            return Checkpoint(siglip_from_hf(raw), siglip, preprocess, "hf")
+        xclip = XCLIPConfig.from_hf(hf)
+        preprocess = _hf_preprocess(folder, xclip.clip.vision.image_size, mean=(0.485, 0.456, 0.406),
+                                    std=(0.229, 0.224, 0.225), interpolation="bilinear")
+        return Checkpoint(xclip_from_hf(raw), xclip, preprocess, "hf")
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{weights}: not a transformers {model_type} checkpoint: {e}") from None
+
+
 def _load_hf(path: Path) -> Checkpoint:
     folder = path if path.is_dir() else path.parent
     weights = path if path.name in HF_WEIGHTS else _first_existing(folder, HF_WEIGHTS)
     if weights is None:
         raise CheckpointError(f"{folder}: Hugging Face config.json has no weights beside it (one of {HF_WEIGHTS})")
-    config = config_from_hf(_read_json(folder / "config.json"), folder / "config.json")
+    hf = _read_json(folder / "config.json")
+    model_type = hf.get("model_type", "clip")
+    if model_type == "siglip2":
+        raise CheckpointError(f"{folder}: a SigLIP 2 NaFlex checkpoint (Siglip2Model); only the fixed-resolution "
+                              "ones (model_type siglip, e.g. google/siglip2-base-patch16-224) are supported")
+    if model_type in ("siglip", "xclip"):
+        return _load_hf_family(model_type, hf, unwrap_state_dict(read_tensors(weights), weights), folder, weights)
+    if model_type not in ("clip", "clip_vision_model"):
+        raise CheckpointError(f"{folder}: a transformers {model_type!r} model; supported: clip, siglip, xclip")
+    config = config_from_hf(hf, folder / "config.json")
     raw = unwrap_state_dict(read_tensors(weights), weights)
     try:
         sd = convert_hf(raw, config)
@@ -321,8 +361,15 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Che
     sd = unwrap_state_dict(obj, path)
     if any(k.startswith("text_model.") for k in sd):
         raise CheckpointError(
-            f"{path}: Hugging Face CLIPModel weights need their config.json: pass the folder holding both"
+            f"{path}: Hugging Face weights need their config.json: pass the folder holding both"
         )
+    if "mit.positional_embedding" in sd and "prompts_visual_proj" in sd:  # VideoX's X-CLIP
+        try:
+            return Checkpoint(sd, XCLIPConfig.from_state_dict(sd), PreprocessConfig(
+                _infer_config(sd, path).vision.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
+                "videox")
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"{path}: an incomplete X-CLIP (VideoX) checkpoint: {e}") from None
     sd = convert_open_clip(sd) if any(k.startswith("text.") for k in sd) else convert_openai(sd)
     config = _infer_config(sd, path, quick_gelu=True if quick_gelu is None else quick_gelu)
     return Checkpoint(sd, config, PreprocessConfig(image_size=config.vision.image_size), fmt)
@@ -342,7 +389,7 @@ def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None) -> Chec
         ckpt = _load_open_clip_folder(path)
     else:
         ckpt = _from_object(read_tensors(path), path, fmt, quick_gelu)
-    if quick_gelu is not None and ckpt.config.quick_gelu != quick_gelu:
+    if quick_gelu is not None and isinstance(ckpt.config, CLIPConfig) and ckpt.config.quick_gelu != quick_gelu:
         ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, quick_gelu=quick_gelu))
     return ckpt
 

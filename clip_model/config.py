@@ -74,12 +74,15 @@ class PreprocessConfig:
     mean: tuple[float, float, float] = OPENAI_MEAN
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
+    resize: str = "shortest"  # "shortest": short side to image_size, then a centre crop; "squash": straight to S x S
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+        if self.resize not in ("shortest", "squash"):
+            raise ValueError(f"resize must be 'shortest' or 'squash', got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 channels, got {self.mean} and {self.std}")
 

@@ -221,6 +221,8 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
+    family = "clip"
+
     def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, visual: nn.Module | None = None):
         """``visual`` replaces the image tower the config describes (X-CLIP's cross-frame ViT)."""
         super().__init__()

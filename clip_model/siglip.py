@@ -128,6 +128,7 @@ class SigLIP(nn.Module):
     """``encode_image`` (B, 3, S, S) -> (B, E), ``encode_text`` (K, 64) ids -> (K, E), ``forward`` -> (B, K) logits
     whose sigmoids are per-label probabilities."""
 
+    family = "siglip"
     scoring = "sigmoid"
 
     def __init__(self, config: SigLIPConfig, preprocess: PreprocessConfig | None = None):

@@ -1,8 +1,8 @@
 """CLIP's preprocessing for PIL images and for batched uint8 video tensors.
 
 Both paths: resize the short side to ``image_size`` (bicubic, antialiased), centre-crop a square, scale to [0, 1]
-and normalise with the model's mean/std. The tensor path resizes whole clips at once in uint8, rounding like PIL,
-so it never round-trips through PIL per frame.
+and normalise with the model's mean/std (SigLIP's ``resize="squash"`` resizes straight to the square instead). The
+tensor path resizes whole clips at once in uint8, rounding like PIL, so it never round-trips through PIL per frame.
 """
 from __future__ import annotations
 
@@ -42,10 +42,14 @@ class ClipTransform:
         mean, std = self._mean.to(x.device), self._std.to(x.device)
         return (x.float() / 255.0 - mean) / std
 
+    def _resized(self, height: int, width: int) -> tuple[int, int]:
+        size = self.cfg.image_size
+        return (size, size) if self.cfg.resize == "squash" else resized_size(height, width, size)
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
         size = self.cfg.image_size
         image = image.convert("RGB")
-        h, w = resized_size(image.height, image.width, size)
+        h, w = self._resized(image.height, image.width)
         image = image.resize((w, h), _PIL_RESAMPLE[self.cfg.interpolation])
         top, left = center_crop_box(h, w, size)
         image = image.crop((left, top, left + size, top + size))
@@ -56,7 +60,7 @@ class ClipTransform:
         if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"expected uint8 frames of shape (T, H, W, 3), got {tuple(frames.shape)} {frames.dtype}")
         x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
-        h, w = resized_size(x.shape[-2], x.shape[-1], self.cfg.image_size)
+        h, w = self._resized(x.shape[-2], x.shape[-1])
         if (h, w) != tuple(x.shape[-2:]):
             x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation, antialias=True,
                               align_corners=False)

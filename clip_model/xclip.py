@@ -193,6 +193,7 @@ class XCLIP(CLIP):
     """``encode_video`` (B, T, 3, S, S) -> ((B, E) videos, (B, N, E) tokens for the prompts), ``encode_text`` as
     CLIP, ``logits(videos, tokens, text)`` -> (B, K), ``forward(frames, token_ids)`` -> (B, K) logits_per_video."""
 
+    family = "xclip"
     scoring = "softmax"
 
     def __init__(self, config: XCLIPConfig, preprocess: PreprocessConfig | None = None):

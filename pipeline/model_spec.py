@@ -37,7 +37,16 @@ def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0)
         return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config), None
-    return (*clip_model.load(spec, device=device, precision=precision), None)
+    loaded, transform = clip_model.load(spec, device=device, precision=precision)
+    return clip_only(loaded, spec), transform, None
+
+
+def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:
+    """The jobs score frames with CLIP; SigLIP and X-CLIP checkpoints load (clip_model.load) but are refused here."""
+    if not isinstance(model, clip_model.CLIP) or model.family != "clip":
+        raise ValueError(f"{spec}: a {model.family} checkpoint; classify, benchmark, tag and train take CLIP models "
+                         f"for now (load {model.family} with clip_model.load)")
+    return model
 
 
 def model_identity(spec: str, precision: str = "fp32") -> dict:

@@ -135,3 +135,28 @@ def test_canonicalize_and_a_bad_model_file(tmp_path):
         SentencePieceTokenizer(bad)
     with pytest.raises(ValueError, match="choose one of siglip, siglip2"):
         SentencePieceTokenizer(bad, "bert")
+
+
+def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
+    import numpy as np
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    import clip_model
+    from pipeline.model_spec import load_model
+
+    hf, _ = _pair("siglip")
+    hf.save_pretrained(tmp_path / "siglip")
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=3).save_pretrained(tmp_path / "siglip")
+    model, transform = clip_model.load(tmp_path / "siglip")
+    assert isinstance(model, SigLIP) and model.family == "siglip"
+    assert (transform.cfg.resize, transform.cfg.interpolation, transform.cfg.mean) == ("squash", "bicubic",
+                                                                                       (0.5, 0.5, 0.5))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8))
+    ours = transform(image)[None]  # squashed to 32 x 32, no crop
+    theirs = torch.from_numpy(SiglipImageProcessor.from_pretrained(tmp_path / "siglip")(image)["pixel_values"][0])
+    assert ours.shape == (1, 3, 32, 32) and (ours - theirs).abs().max() < 1e-5
+    with torch.no_grad():
+        assert (model.encode_image(ours) - hf.get_image_features(pixel_values=ours)).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="a siglip checkpoint; classify, benchmark, tag and train take CLIP"):
+        load_model(str(tmp_path / "siglip"), torch.device("cpu"))

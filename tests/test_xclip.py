@@ -68,3 +68,18 @@ def test_the_frame_count_is_the_checkpoints():
         ours.encode_image(torch.randn(2, 3, 32, 32))
     with pytest.raises(ValueError, match="needs a ViT"):
         XCLIPConfig(CLIPConfig(vision=VisionConfig(layers=(1, 1, 1, 1), patch_size=None)))
+
+
+def test_a_transformers_folder_and_a_videox_file_load_as_xclip(tmp_path):
+    import clip_model
+
+    hf = _hf(16, 8)
+    hf.save_pretrained(tmp_path / "xclip")
+    model, transform = clip_model.load(tmp_path / "xclip")
+    assert isinstance(model, XCLIP) and model.family == "xclip" and model.num_frames == 8
+    assert transform.cfg.mean == (0.485, 0.456, 0.406) and transform.cfg.interpolation == "bilinear"
+    _compare(hf, model.eval(), 8)
+    torch.save({"model": from_hf(hf.state_dict()), "epoch": 29, "max_accuracy": 80.4}, tmp_path / "k400_16_8.pth")
+    videox, _ = clip_model.load(tmp_path / "k400_16_8.pth")  # VideoX's wrapper, read with weights_only
+    assert isinstance(videox, XCLIP)
+    _compare(hf, videox.eval(), 8)

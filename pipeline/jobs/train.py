@@ -34,7 +34,7 @@ from tqdm import tqdm
 import clip_model
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
-from pipeline.model_spec import RANDOM_PREFIX, resolve_device
+from pipeline.model_spec import RANDOM_PREFIX, clip_only, resolve_device
 from pipeline.prompts import class_embeddings
 
 from .distributed import barrier, init_distributed
@@ -73,7 +73,7 @@ def build_model(cfg: TrainConfig, num_frames: int) -> VideoCLIP:
     if cfg.init.startswith(RANDOM_PREFIX):
         clip = clip_model.create_model(cfg.init[len(RANDOM_PREFIX):], seed=cfg.seed)
     else:
-        clip, _ = clip_model.load(cfg.init)
+        clip = clip_only(clip_model.load(cfg.init)[0], cfg.init)
     model = VideoCLIP(clip.float(), cfg.pooling, num_frames, cfg.temporal_layers)
     for name, p in clip.named_parameters():
         tower = "image" if name.startswith("visual.") else None if name == "logit_scale" else "text"

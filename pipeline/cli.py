@@ -16,8 +16,9 @@ if TYPE_CHECKING:  # each command imports its job when it runs: --help and argum
     from .runtime import RuntimeSettings
 
 
-def _add_runtime_args(p: argparse.ArgumentParser) -> None:
-    """The options of ``RuntimeSettings``, with its defaults; ``_runtime`` builds it from the parsed arguments."""
+def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> None:
+    """The options of ``RuntimeSettings``, with its defaults (the precision: ``auto``, resolved by ``_runtime``);
+    ``_runtime`` builds it from the parsed arguments."""
     from .runtime import PRECISION_CHOICES, RuntimeSettings
     from .video import BACKENDS
 
@@ -26,8 +27,10 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=R.model,
                    help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
     p.add_argument("--device", default=R.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=R.precision,
-                   help="model weights; bf16 keeps features within cosine 0.999 of fp32 and is faster on CPUs with bf16")
+    p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default=precision,
+                   help="model weights; auto (the default): bf16 on a CPU with native bf16 (AMX or AVX-512 BF16) or a "
+                        "GPU that has it, fp16 on other GPUs, else fp32. bf16 keeps features within cosine 0.999 of "
+                        "fp32")
     p.add_argument("--batch-size", type=int, default=R.batch_size, help="frames per image-encoder batch")
     p.add_argument("--backend", choices=BACKENDS, default=R.backend,
                    help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
@@ -38,9 +41,15 @@ def _add_runtime_args(p: argparse.ArgumentParser) -> None:
 
 
 def _runtime(args: argparse.Namespace) -> RuntimeSettings:
+    """The runtime settings, with ``--precision auto`` resolved for this machine (and said on stderr): what runs,
+    and what the tag index and classify's JSON record, is the precision it resolved to."""
+    from .model_spec import resolve_device, resolve_precision
     from .runtime import RuntimeSettings
 
-    return RuntimeSettings(args.model, args.device, args.precision, args.batch_size, args.backend,
+    precision, why = resolve_precision(args.precision, resolve_device(args.device))
+    if args.precision == "auto":
+        print(f"precision: {precision} ({why})", file=sys.stderr)
+    return RuntimeSettings(args.model, args.device, precision, args.batch_size, args.backend,  # type: ignore[arg-type]
                            args.decode_workers, args.decode_timeout)
 
 
@@ -68,7 +77,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
             print(f"error: {result.path}: {result.error}", file=sys.stderr)
             failed += 1
         else:
-            _print_prediction(result, args.format)
+            _print_prediction(result, args.format, settings.runtime.precision)
     return 1 if failed else 0
 
 
@@ -170,12 +179,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_demo(args)
 
 
-def _print_prediction(result: VideoResult, fmt: str) -> None:
+def _print_prediction(result: VideoResult, fmt: str, precision: str) -> None:
     path, pred = result.path, result.prediction
     assert pred is not None
     if fmt == "json":
         print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores),
-                          "warnings": list(result.warnings)}))
+                          "warnings": list(result.warnings), "precision": precision}))
     elif fmt == "csv":
         for rank, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
             print(f'"{path}",{rank},"{label}",{score:.6f}')

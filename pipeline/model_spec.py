@@ -22,6 +22,33 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
+def cpu_bf16() -> str | None:
+    """The flag of this CPU that gives native bf16 matrix math (``amx_bf16`` or ``avx512_bf16``, from Linux's
+    /proc/cpuinfo), or None: elsewhere bf16 is emulated and slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return None
+    return next((flag for flag in ("amx_bf16", "avx512_bf16") if flag in flags), None)
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(precision, why). ``auto``: on CUDA bf16 where the GPU supports it, else fp16; on a CPU bf16 where it has
+    native bf16 (``cpu_bf16``; ViT-B/32 ran 2.9-3.7x faster than fp32 on AVX-512 BF16, at cosine >= 0.9999), else
+    fp32. Any other value is kept."""
+    if precision != "auto":
+        return precision, "as asked"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU supports bf16"
+        return "fp16", "auto: this GPU has no bf16"
+    flag = cpu_bf16()
+    if flag:
+        return "bf16", f"auto: this CPU has {flag}"
+    return "fp32", "auto: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag)"
+
+
 def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
                ) -> tuple[clip_model.CLIP, clip_model.ClipTransform, nn.Module | None]:
     """The model, its transform, and (``pooling`` temporal) the trained temporal pooler of checkpoint ``spec``, read

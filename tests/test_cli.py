@@ -20,6 +20,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           cwd=ROOT, timeout=300)
 
 
+def _stderr(out: subprocess.CompletedProcess) -> list[str]:
+    """stderr's lines but the one that says which precision --precision auto chose (checked on its own below)."""
+    return [line for line in out.stderr.strip().splitlines() if not line.startswith("precision: ")]
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> list[Path]:
     d = tmp_path_factory.mktemp("videos")
@@ -35,6 +40,10 @@ def test_classify_json_lines(videos, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["path"] for r in rows] == list(map(str, videos))
+    from pipeline.model_spec import cpu_bf16
+
+    precision = "bf16" if cpu_bf16() else "fp32"  # --precision auto, the default, on this CPU
+    assert f"precision: {precision} (auto: " in out.stderr and {r["precision"] for r in rows} == {precision}
     for r in rows:
         assert len(r["labels"]) == 2 and set(r["labels"]) <= {"jumping", "running", "swimming"}
         assert r["scores"][0] >= r["scores"][1] > 0 and sum(r["scores"]) <= 1 + 1e-6
@@ -47,7 +56,7 @@ def test_bad_video_is_reported_and_others_still_classified(videos, tmp_path):
                "--format", "json", "--device", "cpu")
     assert out.returncode == 1
     assert [json.loads(line)["path"] for line in out.stdout.splitlines()] == [str(videos[0])]
-    assert out.stderr.strip().splitlines() == [f"error: {bad}: a text file, not a video"]
+    assert _stderr(out) == [f"error: {bad}: a text file, not a video"]
 
 
 def test_decoder_warnings_reach_stderr_and_json(tmp_path):
@@ -57,7 +66,7 @@ def test_decoder_warnings_reach_stderr_and_json(tmp_path):
     assert out.returncode == 0, out.stderr
     (row,) = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(row["warnings"]) == 1 and row["warnings"][0].startswith("decord may return wrong frames")
-    assert out.stderr.strip().splitlines() == [f"warning: {avi}: {row['warnings'][0]}"]
+    assert _stderr(out) == [f"warning: {avi}: {row['warnings'][0]}"]
 
 
 @pytest.mark.parametrize("args, message", [
@@ -69,7 +78,7 @@ def test_bad_arguments_give_one_line_errors(videos, args, message):
     out = _run("classify", str(videos[0]), "--device", "cpu", *(["--model", "random:tiny-vit"] if "--model" not in args else []),
                *args)
     assert out.returncode == 2
-    (line,) = out.stderr.strip().splitlines()
+    (line,) = _stderr(out)
     assert line.startswith("error: ") and message in line and "error: " not in line[7:]
 
 

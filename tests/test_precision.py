@@ -28,3 +28,26 @@ def test_unknown_precision_lists_choices(tmp_path):
     path = clip_model.save_checkpoint(clip_model.create_model("tiny-vit", seed=0), tmp_path / "m.pt")
     with pytest.raises(ValueError, match="choose one of fp32, bf16, fp16"):
         clip_model.load(path, precision="int4")
+
+
+def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
+    import pipeline.model_spec as spec
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert spec.resolve_precision("fp16", cpu) == ("fp16", "as asked")
+    for flag, expected in (("amx_bf16", "bf16"), ("avx512_bf16", "bf16"), (None, "fp32")):
+        monkeypatch.setattr(spec, "cpu_bf16", lambda flag=flag: flag)
+        got, why = spec.resolve_precision("auto", cpu)
+        assert got == expected and (flag or "no native bf16") in why
+    for supported, expected in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert spec.resolve_precision("auto", cuda)[0] == expected
+
+
+def test_cpu_bf16_reads_this_machines_flags():
+    import pipeline.model_spec as spec
+
+    with open("/proc/cpuinfo") as f:  # read here independently: the first "flags" line
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    expected = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
+    assert spec.cpu_bf16() == expected

@@ -126,7 +126,7 @@ def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
     out = tmp_path / "tags.parquet"
     cmd = [sys.executable, str(ROOT / "run_pipeline.py"), "tag", str(tmp_path / "archive"), "--out", str(out),
            "--labels", ",".join(LABELS), "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu",
-           "--window", "0.5", "--stride", "0.25", "--decode-workers", "1", "--commit-every", "1"]
+           "--window", "0.5", "--stride", "0.25", "--decode-workers", "1", "--commit-every", "1", "--precision", "fp32"]
     labels_file = tmp_path / "labels.txt"
     labels_file.write_text("\n".join(LABELS) + "\n")
     cmd[cmd.index("--labels") + 1] = str(labels_file)
@@ -227,7 +227,7 @@ def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(ROOT / "run_pipeline.py"), "tag", str(tmp_path / "archive"), "--out", str(out), "--labels",
          str(labels_file), "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu", "--window", "0.5",
-         "--stride", "0.25", "--decode-workers", "1", "--topk", "3"],
+         "--stride", "0.25", "--decode-workers", "1", "--topk", "3", "--precision", "fp32"],  # as the reference
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     shards = sorted(p.name for p in (tmp_path / "sharded.csv.index").iterdir())
@@ -296,3 +296,19 @@ def test_listing_equals_walking_and_resolving_every_path(tmp_path):
     got = discover(archive)[0]
     assert archive.resolve() / "z" / "1.mp4" in got and (outside / "far.mp4").resolve() in got
     assert not any("deep" in str(p) for p in got)
+
+
+def test_bf16_tags_agree_with_fp32_on_top1(tmp_path, trained):
+    """--precision auto picks bf16 on CPUs with native bf16: its tags must be fp32's (agreement rate printed)."""
+    videos = _archive(tmp_path)
+    rows = {}
+    for precision in ("fp32", "bf16"):
+        settings = _settings(runtime={"model": str(trained), "precision": precision}, pooling="temporal",
+                             window_s=1.0, stride_s=1.0)
+        tag(settings, tmp_path / "archive", tmp_path / f"{precision}.csv", progress=False)
+        rows[precision] = pd.read_csv(tmp_path / f"{precision}.csv").set_index("path").sort_index()
+    assert list(rows["fp32"].index) == [str(v) for v in videos] == list(rows["bf16"].index)
+    agree = float((rows["fp32"]["label_1"] == rows["bf16"]["label_1"]).mean())
+    print(f"bf16 vs fp32 top-1 agreement: {agree:.1%} of {len(videos)} videos")
+    assert agree >= 0.9
+    np.testing.assert_allclose(rows["bf16"]["score_1"], rows["fp32"]["score_1"], atol=0.05)

@@ -15,6 +15,7 @@ from .errors import CheckpointError
 from .loss import ClipLoss
 from .model import CLIP, build_model, load_state_dict_strict
 from .siglip import SigLIP, SigLIPConfig
+from .sp_tokenizer import SentencePieceTokenizer
 from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
 from .tokenizer import tokenize
 from .transform import ClipTransform
@@ -25,11 +26,12 @@ __all__ = [
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
     "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize", "VideoCLIP", "SigLIP", "SigLIPConfig",
-    "XCLIP", "XCLIPConfig",
+    "XCLIP", "XCLIPConfig", "FrameTextModel",
 ]
 
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FrameTextModel = CLIP | SigLIP  # models that embed single frames and texts (X-CLIP embeds whole clips)
 
 
 def available_models() -> list[str]:
@@ -50,7 +52,10 @@ def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
     """The model of the checkpoint's family (its config's type): CLIP, SigLIP or X-CLIP (a CLIP subclass)."""
     model: CLIP | SigLIP
     if isinstance(ckpt.config, SigLIPConfig):
-        model = SigLIP(ckpt.config, ckpt.preprocess)
+        tokenizer = None
+        if ckpt.tokenizer is not None:
+            tokenizer = SentencePieceTokenizer(ckpt.tokenizer[0], ckpt.tokenizer[1], ckpt.config.context_length)
+        model = SigLIP(ckpt.config, ckpt.preprocess, tokenizer)
     elif isinstance(ckpt.config, XCLIPConfig):
         model = XCLIP(ckpt.config, ckpt.preprocess)
     else:

@@ -43,6 +43,7 @@ Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
 FORMAT_TAG = "clip_video.checkpoint"
 MAX_SAFETENSORS_HEADER = 100 << 20
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+SIGLIP_TOKENIZERS = (("spiece.model", "siglip"), ("tokenizer.model", "siglip2"))  # T5's vocabulary; Gemma's
 OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 # Entries of OpenAI/open_clip/TorchScript state dicts that are bookkeeping, not weights.
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
@@ -56,6 +57,8 @@ class Checkpoint:
     format: str
     # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
     temporal: Mapping[str, Any] | None = None
+    # SigLIP: (SentencePiece model file, "siglip" | "siglip2") found beside the weights
+    tokenizer: tuple[Path, str] | None = None
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -287,7 +290,9 @@ def _load_hf_family(model_type: str, hf: dict, raw: dict[str, torch.Tensor], fol
             siglip = SigLIPConfig.from_hf(hf)
             preprocess = _hf_preprocess(folder, siglip.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
                                         interpolation="bicubic", resize="squash")
-            return Checkpoint(siglip_from_hf(raw), siglip, preprocess, "hf")
+            tokenizer = next(((folder / name, variant) for name, variant in SIGLIP_TOKENIZERS
+                              if (folder / name).is_file()), None)
+            return Checkpoint(siglip_from_hf(raw), siglip, preprocess, "hf", tokenizer=tokenizer)
         xclip = XCLIPConfig.from_hf(hf)
         preprocess = _hf_preprocess(folder, xclip.clip.vision.image_size, mean=(0.485, 0.456, 0.406),
                                     std=(0.229, 0.224, 0.225), interpolation="bilinear")

@@ -6,7 +6,7 @@ Attention runs through ``scaled_dot_product_attention`` (fused kernels), batch-f
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -277,6 +277,12 @@ class CLIP(nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) normalised images -> (B, E) unnormalised embeddings."""
         return self.visual(images.to(self.dtype))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Texts -> (K, context) ids for ``encode_text``: CLIP's BPE, cut to the context (what every job uses)."""
+        from .tokenizer import tokenize
+
+        return tokenize(list(texts), context_length=self.config.text.context_length, truncate=True)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, E) embeddings taken at each sequence's end-of-text token (its highest id).

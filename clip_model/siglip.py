@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PreprocessConfig
+from .errors import CheckpointError
 from .model import MLP, LayerNorm, Transformer
+from .sp_tokenizer import SentencePieceTokenizer
 
 EPS = 1e-6
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
@@ -131,9 +133,11 @@ class SigLIP(nn.Module):
     family = "siglip"
     scoring = "sigmoid"
 
-    def __init__(self, config: SigLIPConfig, preprocess: PreprocessConfig | None = None):
+    def __init__(self, config: SigLIPConfig, preprocess: PreprocessConfig | None = None,
+                 tokenizer: SentencePieceTokenizer | None = None):
         super().__init__()
         self.config = config
+        self.tokenizer = tokenizer  # from the checkpoint's folder (spiece.model or tokenizer.model)
         self.preprocess_config = preprocess or PreprocessConfig(config.image_size, SIGLIP_MEAN, SIGLIP_STD, "bicubic")
         self.visual = SigLIPVision(config)
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
@@ -151,6 +155,12 @@ class SigLIP(nn.Module):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(images.to(self.dtype))
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:  # -> (K, context_length)
+        if self.tokenizer is None:
+            raise CheckpointError("this SigLIP has no tokenizer: its folder needs spiece.model (SigLIP) or "
+                                  "tokenizer.model (SigLIP 2) beside the weights")
+        return self.tokenizer(list(texts))
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:  # (K, L) ids, L = context_length -> (K, E)
         if tokens.shape[1] != self.config.context_length:

@@ -24,7 +24,7 @@ class VideoFeatures:
 
 
 @torch.no_grad()
-def encode_frames(model: clip_model.CLIP, x: torch.Tensor) -> torch.Tensor:
+def encode_frames(model: clip_model.FrameTextModel, x: torch.Tensor) -> torch.Tensor:
     """Normalised float (N, 3, S, S) -> (N, E) float32 embeddings on CPU, in one model call. On a GPU: pinned host
     memory for an asynchronous copy, and fp16 autocast for fp32 weights (mixed precision)."""
     device = next(model.parameters()).device
@@ -36,7 +36,7 @@ def encode_frames(model: clip_model.CLIP, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_clip(model: clip_model.CLIP, transform: clip_model.ClipTransform, clip: DecodedClip, *, crops: int = 1,
+def encode_clip(model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, clip: DecodedClip, *, crops: int = 1,
                 batch_size: int = 32) -> torch.Tensor:
     """A decoded clip whose indices are (T,) or (clips, T) -> (clips·crops, T, E) float32 frame embeddings on CPU."""
     if crops not in (1, 3):
@@ -61,7 +61,7 @@ class FrameEncoder:
     A batch that fails is rerun owner by owner, so one owner's failure (a model error) is its own alone.
     """
 
-    def __init__(self, model: clip_model.CLIP, transform: clip_model.ClipTransform, batch_size: int):
+    def __init__(self, model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, batch_size: int):
         self.model, self.transform, self.batch_size = model, transform, batch_size
         self._queue: deque[_Owned] = deque()
         self.queued_frames = 0  # added, not yet encoded
@@ -124,7 +124,7 @@ class _Owned:
     error: str | None = None
 
 
-def extract_features(model: clip_model.CLIP, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],
+def extract_features(model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],
                      *, crops: int = 1, batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
                      ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, str | None]]:
     """Decode in supervised workers and encode in this process, yielding (request, features, error) per video as

@@ -49,6 +49,17 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", "auto: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag)"
 
 
+def load_frame_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
+                     ) -> tuple[clip_model.FrameTextModel, clip_model.ClipTransform, nn.Module | None]:
+    """``load_model`` for the jobs that also take SigLIP (classify): a model that embeds frames and texts."""
+    if not spec.startswith(RANDOM_PREFIX) and pooling != "temporal" and spec not in clip_model.available_models():
+        loaded, transform = clip_model.load(spec, device=device, precision=precision)
+        if isinstance(loaded, clip_model.SigLIP):
+            return loaded, transform, None
+        return clip_only(loaded, spec), transform, None
+    return load_model(spec, device, precision, pooling)
+
+
 def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
                ) -> tuple[clip_model.CLIP, clip_model.ClipTransform, nn.Module | None]:
     """The model, its transform, and (``pooling`` temporal) the trained temporal pooler of checkpoint ``spec``, read
@@ -71,8 +82,8 @@ def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling
 def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:
     """The jobs score frames with CLIP; SigLIP and X-CLIP checkpoints load (clip_model.load) but are refused here."""
     if not isinstance(model, clip_model.CLIP) or model.family != "clip":
-        raise ValueError(f"{spec}: a {model.family} checkpoint; classify, benchmark, tag and train take CLIP models "
-                         f"for now (load {model.family} with clip_model.load)")
+        takes = "classify takes CLIP and SigLIP; benchmark, tag and train take CLIP"
+        raise ValueError(f"{spec}: a {model.family} checkpoint; {takes} for now (load it with clip_model.load)")
     return model
 
 

@@ -44,14 +44,14 @@ def load_templates(spec: str) -> list[str]:
 
 
 @torch.no_grad()
-def class_embeddings(model: clip_model.CLIP, classnames: Sequence[str], templates: Sequence[str],
+def class_embeddings(model: clip_model.FrameTextModel, classnames: Sequence[str], templates: Sequence[str],
                      batch_size: int = 256) -> torch.Tensor:
     """(C, E) unit vectors: each class's prompts encoded, normalised, averaged and renormalised."""
     device = next(model.parameters()).device
     prompts = [t.format(c) for c in classnames for t in templates]  # class-major: (C·K,)
     feats = []
     for start in range(0, len(prompts), batch_size):
-        tokens = clip_model.tokenize(prompts[start : start + batch_size], truncate=True).to(device)
+        tokens = model.tokenize(prompts[start : start + batch_size]).to(device)  # the model's own tokenizer
         feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
     per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # (C, K, E)
     return F.normalize(per_prompt.mean(dim=1), dim=-1)
@@ -63,7 +63,7 @@ def text_cache_key(model_key: str, classnames: Sequence[str], templates: Sequenc
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def cached_class_embeddings(model: clip_model.CLIP, model_key: str, classnames: Sequence[str],
+def cached_class_embeddings(model: clip_model.FrameTextModel, model_key: str, classnames: Sequence[str],
                             templates: Sequence[str], cache_dir: Path | None, batch_size: int = 256) -> torch.Tensor:
     """``class_embeddings`` cached on disk under ``cache_dir``, keyed by model, labels and templates.
 

@@ -8,6 +8,7 @@ import string
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import GemmaTokenizer, SiglipConfig, SiglipModel, SiglipTokenizer
 
 from clip_model import CheckpointError, load_state_dict_strict
@@ -30,9 +31,10 @@ CONFIGS = {
 }
 
 
-def _pair(name: str) -> tuple[SiglipModel, SigLIP]:
+def _pair(name: str, vocab_size: int | None = None) -> tuple[SiglipModel, SigLIP]:
     torch.manual_seed(0)
     text, vision = CONFIGS[name]
+    text = text | ({"vocab_size": vocab_size} if vocab_size else {})
     hf_config = SiglipConfig(text_config=text, vision_config=vision)
     hf = SiglipModel(hf_config).eval()
     with torch.no_grad():  # trained-like scale and bias (init is 0 and 0)
@@ -158,5 +160,57 @@ def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
     assert ours.shape == (1, 3, 32, 32) and (ours - theirs).abs().max() < 1e-5
     with torch.no_grad():
         assert (model.encode_image(ours) - hf.get_image_features(pixel_values=ours)).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="a siglip checkpoint; classify, benchmark, tag and train take CLIP"):
-        load_model(str(tmp_path / "siglip"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="a siglip checkpoint; classify takes CLIP and SigLIP; benchmark, tag and"):
+        load_model(str(tmp_path / "siglip"), torch.device("cpu"))  # what benchmark, tag and train load with
+
+
+def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_models):
+    """run_pipeline.py classify on a SigLIP folder, against transformers on the same frames, computed here: PyAV's
+    frames at the TSN segment centres, SiglipImageProcessor, get_image_features averaged over frames, the text of
+    SiglipTokenizer, and sigmoid(scale * cos + bias) for each label on its own."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import av
+    import numpy as np
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    from datasets.synthetic import moving_square_frames, write_video
+
+    import sentencepiece
+
+    hf, _ = _pair("siglip", sentencepiece.SentencePieceProcessor(model_file=sp_models["siglip"]).get_piece_size())
+    with torch.no_grad():  # probabilities away from 0 and 1, so that they say something
+        hf.logit_scale.fill_(math.log(10.0))
+        hf.logit_bias.fill_(-0.5)
+    folder = tmp_path / "siglip"
+    hf.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=3).save_pretrained(folder)
+    shutil.copy(sp_models["siglip"], folder / "spiece.model")
+    video = write_video(tmp_path / "v.mp4", moving_square_frames("moving left", "red", num_frames=24))
+    labels = ["playing basketball", "riding a bike", "eating spaghetti"]
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    out = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "run_pipeline.py"), "classify", str(video),
+                          "--model", str(folder), "--labels", str(tmp_path / "labels.txt"), "--templates", "none", "--topk", "3",
+                          "--format", "json", "--device", "cpu", "--precision", "fp32", "--no-cache"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    with av.open(str(video)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    picks = [frames[int((i + 0.5) * len(frames) / 8)] for i in range(8)]  # TSN test-time segment centres
+    pixels = SiglipImageProcessor.from_pretrained(folder)([Image.fromarray(f) for f in picks], return_tensors="pt")
+    theirs = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
+    ids = torch.tensor(theirs(labels, padding="max_length", max_length=64, truncation=True)["input_ids"])
+    with torch.no_grad():
+        video_emb = F.normalize(hf.get_image_features(pixel_values=pixels["pixel_values"]).mean(0), dim=-1)
+        text_emb = F.normalize(hf.get_text_features(input_ids=ids), dim=-1)
+        probs = torch.sigmoid(10.0 * text_emb @ video_emb - 0.5)
+    expected = sorted(zip(probs.tolist(), labels), reverse=True)
+    assert row["labels"] == [label for _, label in expected]
+    np.testing.assert_allclose(row["scores"], [p for p, _ in expected], atol=2e-3)
+    assert sum(row["scores"]) != pytest.approx(1.0, abs=1e-3)  # independent per label, not a softmax

@@ -10,13 +10,13 @@ from tqdm import tqdm
 
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import LinearProbe
-from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
+from pipeline.model_spec import load_frame_model, model_identity, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling, video_embedding
 from pipeline.prompts import cached_class_embeddings, load_templates
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
-from pipeline.zero_shot import Prediction, top_k, video_probs
+from pipeline.zero_shot import Prediction, label_scoring, top_k, video_probs
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,13 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     rt = settings.runtime
-    model, transform, head = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
+    model, transform, head = load_frame_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:
         text = cached_class_embeddings(model, model_key(model_identity(rt.model, rt.precision)), classnames,
                                        load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
-    scale = float(model.logit_scale.detach().exp().clamp(max=100))
+    scoring = label_scoring(model)  # CLIP: softmax over the labels; SigLIP: a sigmoid per label
     cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
     requests = [DecodeRequest(str(p), settings.sampling(), rt.backend, cap) for p in paths]
     results: dict[str, VideoResult] = {}
@@ -90,7 +90,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         if probe is not None:
             probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features, head).numpy()[None])[0])
         else:
-            probs = video_probs(feats.frame_features, text, scale, settings.pooling, head)  # (C,)
+            probs = video_probs(feats.frame_features, text, scoring, settings.pooling, head)  # (C,)
         (pred,) = top_k(probs[None], classnames, settings.topk)
         if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
             pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))

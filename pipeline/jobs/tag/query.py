@@ -72,7 +72,7 @@ def index_model(settings: dict, device: str) -> clip_model.CLIP:
 def text_embedding(model: clip_model.CLIP, text: str) -> np.ndarray:
     """(E,) float32 unit vector of ``text``, as search compares it with the stored embeddings."""
     with torch.no_grad():
-        tokens = clip_model.tokenize([text], truncate=True).to(next(model.parameters()).device)
+        tokens = model.tokenize([text]).to(next(model.parameters()).device)
         return F.normalize(model.encode_text(tokens).float().cpu(), dim=-1)[0].numpy()
 
 

@@ -89,7 +89,7 @@ def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, 
     path = _resolve(path, None, precision)
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
-    if not isinstance(model, CLIP):
+    if not isinstance(model, CLIP) or model.family != "clip":
         raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones)")
     return model, ClipTransform(model.preprocess_config), temporal_from_checkpoint(ckpt, path).to(device)
 

@@ -122,6 +122,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
 
     if not args.labels:
         raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
+    if args.precision == "auto" and (recorded := _recorded_precision(Path(args.out))):
+        print(f"precision: {recorded} (auto: the index being resumed was tagged in {recorded})", file=sys.stderr)
+        args.precision = recorded  # a resume continues in the precision its rows were written in
     settings = TagSettings(
         runtime=_runtime(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
         pooling=args.pooling, num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
@@ -130,6 +133,18 @@ def cmd_tag(args: argparse.Namespace) -> int:
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude)
     print(summary.line())
     return 0
+
+
+def _recorded_precision(out: Path) -> str | None:
+    """The precision a tag index of ``out`` (or its rank 0's) was written in, if there is one."""
+    folder = out.expanduser().resolve()
+    folder = folder.with_name(folder.name + ".index")
+    for state in (folder / "state.json", *sorted(folder.glob("rank-*/state.json"))[:1]):
+        try:
+            return str(json.loads(state.read_text())["settings"]["model"]["precision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def cmd_retag(args: argparse.Namespace) -> int:
@@ -274,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="the OUT.index folder written by tag")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs --token)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--token", help="a secret every request must carry (the printed link carries it)")
+    p.add_argument("--token", default=os.environ.get("CLIP_VIDEO_TOKEN"),
+                   help="a secret every request must carry (the printed link carries it); default: $CLIP_VIDEO_TOKEN, "
+                        "which other users of this machine cannot read in the process list")
     p.add_argument("--device", default="cpu", help="where the search text is encoded")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")

@@ -39,10 +39,10 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     fp32. Any other value is kept."""
     if precision != "auto":
         return precision, "as asked"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "auto: this GPU supports bf16"
-        return "fp16", "auto: this GPU has no bf16"
+    if device.type == "cuda":  # native bf16 from compute capability 8.0 (Ampere); before it bf16 is emulated
+        if torch.cuda.get_device_capability(device) >= (8, 0):
+            return "bf16", "auto: this GPU has native bf16"
+        return "fp16", "auto: this GPU has no native bf16"
     flag = cpu_bf16()
     if flag:
         return "bf16", f"auto: this CPU has {flag}"

@@ -39,8 +39,8 @@ def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
         monkeypatch.setattr(spec, "cpu_bf16", lambda flag=flag: flag)
         got, why = spec.resolve_precision("auto", cpu)
         assert got == expected and (flag or "no native bf16") in why
-    for supported, expected in ((True, "bf16"), (False, "fp16")):
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+    for capability, expected in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16")):  # H100, A100, T4
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
         assert spec.resolve_precision("auto", cuda)[0] == expected
 
 

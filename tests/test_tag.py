@@ -312,3 +312,19 @@ def test_bf16_tags_agree_with_fp32_on_top1(tmp_path, trained):
     print(f"bf16 vs fp32 top-1 agreement: {agree:.1%} of {len(videos)} videos")
     assert agree >= 0.9
     np.testing.assert_allclose(rows["bf16"]["score_1"], rows["fp32"]["score_1"], atol=0.05)
+
+
+def test_auto_precision_resumes_in_the_precision_the_index_was_written_in(tmp_path):
+    _archive(tmp_path, 2)
+    out = tmp_path / "tags.csv"
+    tag(_settings(), tmp_path / "archive", out, progress=False)  # fp32, the library's default
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("\n".join(LABELS) + "\n")
+    proc = subprocess.run(  # --precision auto (the default): bf16 on a CPU with it, but this index is fp32
+        [sys.executable, str(ROOT / "run_pipeline.py"), "tag", str(tmp_path / "archive"), "--out", str(out),
+         "--labels", str(labels_file), "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu",
+         "--window", "0.5", "--stride", "0.25", "--decode-workers", "1", "--topk", "3"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "precision: fp32 (auto: the index being resumed was tagged in fp32)" in proc.stderr
+    assert "2 already done" in proc.stdout

@@ -321,7 +321,32 @@ def test_requests_never_open_a_file_the_index_does_not_list(tagged, served):
     assert got == attempts
     thumb = TestClient(create_app(tagged.index, archive=served)).get(f"/api/videos/{vid}/thumbnail", params={"t": 1})
     assert thumb.headers["x-thumbnail"] == "placeholder"  # the swapped file is not decoded either
-    assert not [p for p in opened if "secret" in p or "escape" in p or "passwd" in p or "victim" in p], opened
+    # the swapped link was named (it is listed) but refused unfollowed (O_NOFOLLOW): its target was never opened
+    assert not [p for p in opened if "secret" in p or "escape" in p or "passwd" in p], opened
+
+
+def test_the_checked_descriptor_is_what_is_read(tagged, served, tmp_path):
+    """No window between the check and the read: a file swapped after it was opened and checked is not what gets
+    served (the response reads the checked descriptor through /proc)."""
+    victim = tagged.archive / "growing.mp4"
+    original = victim.read_bytes()
+    listed = served.open_listed(_video_id(tagged.index, "growing.mp4"))
+    try:
+        moved = tmp_path / "growing.mp4"
+        victim.rename(moved)
+        victim.symlink_to(tagged.secret)  # swapped in after the check
+        with open(listed.opened(), "rb") as f:
+            assert f.read() == original != tagged.secret.read_bytes()
+    finally:
+        listed.close()
+        victim.unlink()
+        moved.rename(victim)
+
+
+def test_a_host_that_is_not_this_machine_is_refused(tagged, served):
+    app = create_app(tagged.index, archive=served, allowed_hosts=["127.0.0.1", "localhost"])
+    assert TestClient(app, base_url="http://127.0.0.1:8000").get("/api/labels").status_code == 200
+    assert TestClient(app, base_url="http://evil.example").get("/api/labels").status_code == 400  # DNS rebinding
 
 
 # ---- the page, in a real browser ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import urllib.parse
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
@@ -26,6 +27,8 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.background import BackgroundTask
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from ..tag.query import SearchFilter
 from .archive import Archive, FileChanged, NotFound
@@ -49,8 +52,9 @@ def is_loopback(host: str) -> bool:
 
 
 def create_app(index: str | Path, *, token: str | None = None, device: str = "cpu",
-               archive: Archive | None = None) -> FastAPI:
-    """The app over ``index``; with ``token``, every request must carry it."""
+               archive: Archive | None = None, allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The app over ``index``; with ``token``, every request must carry it; with ``allowed_hosts``, its Host header
+    must name one of them (a web page whose name was rebound to 127.0.0.1 is refused)."""
     archive = archive or Archive(index, device)
 
     @asynccontextmanager
@@ -70,7 +74,7 @@ def create_app(index: str | Path, *, token: str | None = None, device: str = "cp
             return JSONResponse({"detail": "a token is required: open the link serve printed"}, status_code=401)
         response = await call_next(request)
         if request.query_params.get("token"):  # the page's own requests then carry it as a cookie
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(TOKEN_COOKIE, token, path="/", httponly=True, samesite="strict")
         return response
 
     @app.get("/api/labels")
@@ -111,14 +115,17 @@ def create_app(index: str | Path, *, token: str | None = None, device: str = "cp
     @app.get("/api/videos/{video_id}/media")
     def media(video_id: VideoId) -> FileResponse:
         try:
-            listed = archive.listed_file(video_id)
+            listed = archive.open_listed(video_id)
         except NotFound as e:
             raise HTTPException(404, str(e)) from None
         except FileChanged as e:
             raise HTTPException(409, str(e)) from None
-        return FileResponse(listed.path, media_type=listed.media_type)
+        # the descriptor that was checked is the one read (through /proc), and closed after the response
+        return FileResponse(listed.opened(), media_type=listed.media_type, background=BackgroundTask(listed.close))
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
+    if allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
 
 
@@ -130,7 +137,10 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     if not is_loopback(host) and not token:
         raise ValueError(f"--host {host} is reachable from other machines: pass --token SECRET (every request must "
                          "carry it), or bind to 127.0.0.1")
-    app = create_app(index, token=token, device=device)
-    link = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    # DNS rebinding: a page on another site whose name resolves to 127.0.0.1 sends its own name as Host
+    hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
+    app = create_app(index, token=token, device=device, allowed_hosts=hosts)
+    shown = f"[{host}]" if ":" in host else host
+    link = f"http://{shown}:{port}/" + (f"?token={urllib.parse.quote(token, safe='')}" if token else "")
     print(f"serving {Path(index).expanduser().resolve()} at {link}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,14 +1,21 @@
 """A tagged archive as the web app sees it: search, one video's row and windows, its file, its pictures.
 
 Everything is looked up by ``video_id`` in the index: no path from a request is ever opened. A file is opened only if
-it is a video the index lists as tagged (status ok), its path still resolves to itself (no symlink swapped in since),
-and its size and modification time are still those it was tagged at (``FileChanged`` otherwise).
+it is a video the index lists as tagged (status ok), and it is checked after it is opened, on the open descriptor:
+the kernel's name for what was opened must be the listed path (no symlink anywhere in it, none swapped in since) and
+its size and modification time those it was tagged at (``FileChanged`` otherwise). The response and the thumbnail
+worker then read that same descriptor (``/proc/<pid>/fd/<n>``), so nothing can be swapped in between the check and
+the read. Where /proc is missing (not Linux) the check falls back to the path (realpath and stat), which a file
+swapped in that instant could pass.
+
+The index is reopened when a writer commits (its state.json changes), so a ``tag`` still running shows up.
 """
 from __future__ import annotations
 
 import logging
 import os
 import queue
+import stat
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -47,8 +54,21 @@ class FileChanged(RuntimeError):
 
 @dataclass(frozen=True)
 class ListedFile:
-    path: Path
+    """An open, checked descriptor of a listed file; ``close`` it when done."""
+
+    path: Path  # as the index lists it
     media_type: str
+    fd: int
+    size: int
+
+    def opened(self, pid: int | None = None) -> str:
+        """A path that reads this descriptor's file (in this process, or in process ``pid``, e.g. a worker's)."""
+        if not os.path.isdir("/proc/self/fd"):
+            return str(self.path)
+        return f"/proc/{'self' if pid is None else pid}/fd/{self.fd}"
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class Archive:
@@ -56,8 +76,10 @@ class Archive:
 
     def __init__(self, index: str | Path, device: str = "cpu", thumbnail_workers: int = 2):
         self.folder = Path(index).expanduser().resolve()
-        self.indexes: list[TagIndex] = open_indexes(self.folder)
-        self.settings = common_settings(self.indexes)
+        self._indexes: list[TagIndex] = open_indexes(self.folder)
+        self._states = self._state_stamps()
+        self._reopen_lock = threading.Lock()
+        self.settings = common_settings(self._indexes)
         self._device = device
         self._model: clip_model.CLIP | None = None
         self._model_lock = threading.Lock()
@@ -65,6 +87,18 @@ class Archive:
 
     def close(self) -> None:
         self.thumbnails.close()
+
+    def _state_stamps(self) -> list[int]:
+        return [(index.folder / "state.json").stat().st_mtime_ns for index in self._indexes]
+
+    @property
+    def indexes(self) -> list[TagIndex]:
+        """The index as last committed: reopened when a writer has committed since (a stat per request)."""
+        with self._reopen_lock:
+            if self._state_stamps() != self._states:
+                self._indexes = open_indexes(self.folder)
+                self._states = self._state_stamps()
+        return self._indexes
 
     # ---- search ---------------------------------------------------------------------------------------------------
 
@@ -96,19 +130,28 @@ class Archive:
         row["media_type"] = MEDIA_TYPES.get(Path(row["path"]).suffix.lower(), "application/octet-stream")
         return {"video": row, "segments": segments}
 
-    def listed_file(self, video_id: int) -> ListedFile:
-        """The file of a tagged video, checked to be the one the index lists (see the module's doc)."""
+    def open_listed(self, video_id: int) -> ListedFile:
+        """The file of a tagged video, opened and then checked to be the one the index lists (see the module's
+        doc). The caller closes it."""
         row = self._find(video_id, ("path", "status", "size", "mtime_ns"))
         if row["status"] != "ok":
             raise NotFound(f"video {video_id} was not tagged ({row['status']}): there is no picture of it to show")
         path = Path(row["path"])
         try:
-            st = os.stat(path, follow_symlinks=False)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            raise FileChanged(f"video {video_id}: its file is gone") from None
-        if os.path.realpath(path) != str(path) or (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"]):
-            raise FileChanged(f"video {video_id}: its file changed since it was tagged; tag the archive again")
-        return ListedFile(path, MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"))
+            raise FileChanged(f"video {video_id}: its file is gone or is now a link") from None
+        try:
+            st = os.fstat(fd)
+            opened = (os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd")
+                      else os.path.realpath(path))
+            if (opened != str(path) or not stat.S_ISREG(st.st_mode)
+                    or (st.st_size, st.st_mtime_ns) != (row["size"], row["mtime_ns"])):
+                raise FileChanged(f"video {video_id}: its file changed since it was tagged; tag the archive again")
+        except BaseException:
+            os.close(fd)
+            raise
+        return ListedFile(path, MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"), fd, st.st_size)
 
     def poster(self, video_id: int) -> bytes | None:
         """The JPEG tag stored for the video, if it stored one."""
@@ -119,14 +162,16 @@ class Archive:
         ``time_s`` decoded in a supervised worker (cached); a placeholder where the file cannot be decoded."""
         if time_s is None and (poster := self.poster(video_id)):
             return poster, True
+        if time_s is None:
+            time_s = (self._find(video_id, ("duration_s",)).get("duration_s") or 0.0) / 2
         try:
-            listed = self.listed_file(video_id)
+            listed = self.open_listed(video_id)
         except FileChanged:
             return self.thumbnails.placeholder, False
-        if time_s is None:
-            duration = self._find(video_id, ("duration_s",)).get("duration_s") or 0.0
-            time_s = duration / 2
-        return self.thumbnails.get(str(listed.path), time_s)
+        try:
+            return self.thumbnails.get(listed, time_s)
+        finally:
+            listed.close()
 
 
 class Thumbnails:
@@ -148,15 +193,19 @@ class Thumbnails:
         for pool in self._all:
             pool.close()
 
-    def get(self, path: str, time_s: float) -> tuple[bytes, bool]:
+    def get(self, listed: ListedFile, time_s: float) -> tuple[bytes, bool]:
+        path = str(listed.path)
         key = (path, round(float(time_s), 1))
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key], True
-        pool = self._pools.get()
-        try:
-            outcome = next(iter(pool.map([ThumbnailTask(path, key[1])])))
+        try:  # every worker busy for this long: the placeholder, rather than a request thread held up
+            pool = self._pools.get(timeout=THUMBNAIL_TIMEOUT_S)
+        except queue.Empty:
+            return self.placeholder, False
+        try:  # the worker reads the descriptor this process opened and checked, through /proc
+            outcome = next(iter(pool.map([ThumbnailTask(listed.opened(os.getpid()), key[1])])))
         finally:
             self._pools.put(pool)
         if outcome.status != "ok":

@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { hits: [], selected: -1, video: null };
+const state = { hits: [], selected: -1, video: null, opening: 0 };
 
 function fmtTime(s) {
   const m = Math.floor(s / 60), r = s - 60 * m;
@@ -89,7 +89,8 @@ function renderHits() {
 
 function updateDownload() {
   const cols = ["rank", "score", "path", "kind", "start_s", "end_s", "label", "video_id"];
-  const quote = (v) => `"${String(v).replaceAll('"', '""')}"`;
+  // quoted; a cell that a spreadsheet would run as a formula (= + - @ first) is prefixed with '
+  const quote = (v) => `"${String(v).replace(/^[=+\-@]/, "'$&").replaceAll('"', '""')}"`;
   const rows = state.hits.map((h, i) => [i + 1, h.score, h.path, h.kind, h.start_s, h.end_s, h.labels[0] || "",
     h.video_id].map(quote).join(","));
   const link = $("#download");
@@ -108,13 +109,15 @@ function select(i, open) {
 }
 
 async function openHit(hit) {
+  const ticket = ++state.opening;  // a later click wins, whichever answer arrives last
   let data;
   try {
     data = await getJSON(`api/videos/${hit.video_id}`);
   } catch (e) {
-    $("#status").textContent = `Cannot open the video (${e.message})`;
+    if (ticket === state.opening) $("#status").textContent = `Cannot open the video (${e.message})`;
     return;
   }
+  if (ticket !== state.opening) return;
   state.video = data;
   const { video, segments } = data;
   $("#view").hidden = false;
@@ -189,13 +192,24 @@ function closeView() {
 }
 
 document.addEventListener("keydown", (e) => {
+  if (e.altKey || e.ctrlKey || e.metaKey) return;  // the browser's own shortcuts
   const typing = e.target.matches("input, select, textarea");
   if (e.key === "/" && !typing) { e.preventDefault(); $("#q").focus(); $("#q").select(); return; }
   if (e.key === "Escape") { if (!$("#view").hidden) closeView(); else $("#q").blur(); return; }
-  if (typing) return;
-  if (e.key === "j" || e.key === "ArrowDown" || e.key === "ArrowRight") { e.preventDefault(); select(state.selected + 1); }
-  if (e.key === "k" || e.key === "ArrowUp" || e.key === "ArrowLeft") { e.preventDefault(); select(state.selected - 1); }
-  if (e.key === "Enter" && state.selected >= 0) { e.preventDefault(); select(state.selected, true); }
+  if (typing || e.target.matches("button, a, video")) return;  // their own keys (Enter on Close, arrows on video)
+  const hit = e.target.closest(".hit");
+  if (e.key === "j" || e.key === "ArrowDown" || e.key === "ArrowRight") {
+    e.preventDefault();
+    select((hit ? Number(hit.dataset.index) : state.selected) + 1);
+  }
+  if (e.key === "k" || e.key === "ArrowUp" || e.key === "ArrowLeft") {
+    e.preventDefault();
+    select((hit ? Number(hit.dataset.index) : state.selected) - 1);
+  }
+  if (e.key === "Enter" && (hit || state.selected >= 0)) {  // the focused hit (reached with Tab too)
+    e.preventDefault();
+    select(hit ? Number(hit.dataset.index) : state.selected, true);
+  }
 });
 
 $("#search").addEventListener("submit", (e) => { e.preventDefault(); runSearch(); });
@@ -209,6 +223,10 @@ async function start() {
     $("#status").textContent = `Cannot reach the archive (${e.message})`;
   }
   const p = new URLSearchParams(location.search);
+  if (p.has("token")) {  // now a cookie: out of the address bar and the history
+    p.delete("token");
+    history.replaceState(null, "", p.toString() ? `?${p}` : location.pathname);
+  }
   for (const key of ["q", "label", "kind", "k"]) if (p.get(key)) $(`#${key}`).value = p.get(key);
   if (p.get("q")) runSearch(); else $("#q").focus();
 }

@@ -116,7 +116,10 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
             poster = None
             if start <= middle < end:  # the poster: the middle window's middle frame, at full (decoded) size
                 frame = indices[middle, indices.shape[1] // 2]
-                poster = jpeg(frames[int(np.searchsorted(unique, frame))].numpy())
+                try:
+                    poster = jpeg(frames[int(np.searchsorted(unique, frame))].numpy())
+                except (ValueError, OSError):  # a picture for the page, not a reason to fail the video
+                    poster = None
             small = torch.cat([transform.resize_crop(part) for part in frames.split(RESIZE_BATCH)])  # (U, 3, S, S)
             del frames
             yield WindowChunk(start, inverse.reshape(end - start, -1), small, poster)

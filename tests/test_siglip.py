@@ -176,12 +176,11 @@ def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_model
 
     import av
     import numpy as np
+    import sentencepiece
     from PIL import Image
     from transformers import SiglipImageProcessor
 
     from datasets.synthetic import moving_square_frames, write_video
-
-    import sentencepiece
 
     hf, _ = _pair("siglip", sentencepiece.SentencePieceProcessor(model_file=sp_models["siglip"]).get_piece_size())
     with torch.no_grad():  # probabilities away from 0 and 1, so that they say something

@@ -68,7 +68,11 @@ def _walk(source: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[st
             elif not entry.is_symlink():
                 folders.append(entry.name)
         for entry in sorted(files, key=lambda e: e.name):
-            yield os.path.join(real, entry.name), rel + entry.name, entry.is_symlink()
+            try:
+                is_link = entry.is_symlink()
+            except OSError:  # gone since the folder was read: listed as it is, its stamp will say it is gone
+                is_link = False
+            yield os.path.join(real, entry.name), rel + entry.name, is_link
         for name in sorted(folders, reverse=True):
             stack.append((os.path.join(real, name), os.path.join(shown, name), rel + name + "/"))
 

@@ -12,6 +12,7 @@ from .checkpoint import Checkpoint, detect_format, read_checkpoint, save_checkpo
 from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .download import cache_dir, model_path, published_models
 from .errors import CheckpointError
+from .hub import HUB_MODELS, hub_folder
 from .loss import ClipLoss
 from .model import CLIP, build_model, load_state_dict_strict
 from .siglip import SigLIP, SigLIPConfig
@@ -119,9 +120,12 @@ def _resolve(name_or_path: str | Path, download_root: str | Path | None, precisi
     name = str(name_or_path)
     if name in published_models():
         return model_path(name, Path(download_root) if download_root else None)
+    if name in HUB_MODELS:
+        return hub_folder(name, Path(download_root) if download_root else None)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise CheckpointError(
-            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())})"
+            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())}) or "
+            f"hub id ({', '.join(HUB_MODELS)})"
         )
     return path

@@ -188,6 +188,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from clip_model import MODEL_CONFIGS, published_models
+    from clip_model.hub import HUB_MODELS, endpoint
+
+    rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
+    for name, entry in published_models().items():
+        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), "any", "softmax", "video",
+                     entry["url"].split("/", 3)[2] + " (SHA256 pinned)"))
+    for repo, model in HUB_MODELS.items():
+        rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), model.scoring,
+                     model.templates, f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print("\nclassify takes clip and siglip; benchmark, tag and train take clip for now. Any checkpoint file or "
+          "folder also works as --model.")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .jobs.demo import cmd_demo
 
@@ -294,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "which other users of this machine cannot read in the process list")
     p.add_argument("--device", default="cpu", help="where the search text is encoded")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("models", help="list the models --model knows by name: family, input, frames, scoring, source")
+    p.set_defaults(func=cmd_models)
     p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: DemoSettings.steps)")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import clip_model
+from clip_model.hub import HUB_MODELS, hub_folder
 
 RANDOM_PREFIX = "random:"
 
@@ -93,10 +94,15 @@ def model_identity(spec: str, precision: str = "fp32") -> dict:
     overwritten file is another model)."""
     if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
         return {"spec": spec, "precision": precision}
-    path = Path(spec).expanduser().resolve()
+    if spec in HUB_MODELS:  # its cached files identify it (the hub's main branch can move)
+        return {"spec": spec, "precision": precision} | _file_stamps(hub_folder(spec))
+    return {"spec": str(Path(spec).expanduser().resolve()), "precision": precision} | _file_stamps(Path(spec))
+
+
+def _file_stamps(path: Path) -> dict:
+    path = path.expanduser().resolve()
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    stamps = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-    return {"spec": str(path), "precision": precision, "files": stamps}
+    return {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
 def model_key(identity: dict) -> str:

@@ -29,6 +29,7 @@ import torch
 
 from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .errors import CheckpointError
+from .hf_layout import HF_LAYER
 from .siglip import SigLIPConfig
 from .siglip import from_hf as siglip_from_hf
 from .torchscript import is_torchscript_archive, read_torchscript_state_dict
@@ -191,19 +192,13 @@ def convert_open_clip(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return convert_openai({k[len("text."):] if k.startswith("text.") else k: v for k, v in sd.items()})
 
 
-_HF_LAYER = {
-    "layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-    "self_attn.out_proj": "attn.out_proj",
-}
-
-
 def _convert_hf_layers(sd: Mapping[str, torch.Tensor], src: str, dst: str, layers: int) -> dict[str, torch.Tensor]:
     out = {}
     for i in range(layers):
         s, d = f"{src}.encoder.layers.{i}.", f"{dst}.resblocks.{i}."
         for kind in ("weight", "bias"):
             out[f"{d}attn.in_proj_{kind}"] = torch.cat([sd[f"{s}self_attn.{p}_proj.{kind}"] for p in "qkv"])
-            for hf, ours in _HF_LAYER.items():
+            for hf, ours in HF_LAYER.items():
                 out[f"{d}{ours}.{kind}"] = sd[f"{s}{hf}.{kind}"]
     return out
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from .config import PreprocessConfig
 from .errors import CheckpointError
+from .hf_layout import rename_hf
 from .model import MLP, LayerNorm, Transformer
 from .sp_tokenizer import SentencePieceTokenizer
 
@@ -181,7 +181,7 @@ class SigLIP(nn.Module):
 
 # ---- transformers' layout -----------------------------------------------------------------------------------------
 
-_HF_RENAMES = [  # (pattern on a transformers key, our key), after the q/k/v fusion below
+_HF_RENAMES = [  # (pattern on a transformers key, our key); then hf_layout's encoder-layer renames
     (r"^vision_model\.embeddings\.patch_embedding\.", "visual.conv1."),
     (r"^vision_model\.embeddings\.position_embedding\.weight$", "visual.positional_embedding"),
     (r"^vision_model\.encoder\.layers\.(\d+)\.", r"visual.transformer.resblocks.\1."),
@@ -195,23 +195,13 @@ _HF_RENAMES = [  # (pattern on a transformers key, our key), after the q/k/v fus
     (r"^text_model\.encoder\.layers\.(\d+)\.", r"transformer.resblocks.\1."),
     (r"^text_model\.final_layer_norm\.", "ln_final."),
     (r"^text_model\.head\.", "text_head."),
-    (r"\.layer_norm1\.", ".ln_1."), (r"\.layer_norm2\.", ".ln_2."),
-    (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
-    (r"\.mlp\.fc1\.", ".mlp.c_fc."), (r"\.mlp\.fc2\.", ".mlp.c_proj."),
 ]
 
 
 def from_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers ``SiglipModel`` state dict -> this module's names (q, k, v fused; scalars made 0-d)."""
-    sd = {k.removeprefix("model."): v for k, v in sd.items()}
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if re.search(r"\.self_attn\.[qkv]_proj\.", key):
-            if ".self_attn.q_proj." not in key:
-                continue  # k and v are fused with q: in_proj rows are [q; k; v]
-            value = torch.cat([sd[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"])
-            key = key.replace(".self_attn.q_proj.", ".attn.in_proj_")  # ...q_proj.weight -> ...attn.in_proj_weight
-        for pattern, repl in _HF_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value.reshape(()) if key in ("logit_scale", "logit_bias") else value
+    out = rename_hf({k.removeprefix("model."): v for k, v in sd.items()}, _HF_RENAMES)
+    for scalar in ("logit_scale", "logit_bias"):
+        if scalar in out:
+            out[scalar] = out[scalar].reshape(())
     return out

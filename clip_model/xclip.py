@@ -15,7 +15,6 @@ text tower's output (``encode_text``) and ``logits`` conditions it per video.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HEAD_WIDTH, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .hf_layout import rename_hf
 from .model import CLIP, LayerNorm, QuickGELU, ResidualAttentionBlock, SelfAttention, VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -243,7 +243,7 @@ class XCLIP(CLIP):
 
 # ---- transformers' layout -----------------------------------------------------------------------------------------
 
-_HF_RENAMES = [  # (pattern on a transformers key, VideoX's key), after the q/k/v fusion below
+_HF_RENAMES = [  # (pattern on a transformers key, VideoX's key); then hf_layout's encoder-layer renames
     (r"^text_model\.embeddings\.token_embedding\.", "token_embedding."),
     (r"^text_model\.embeddings\.position_embedding\.weight$", "positional_embedding"),
     (r"^text_model\.encoder\.layers\.(\d+)\.", r"transformer.resblocks.\1."),
@@ -259,29 +259,12 @@ _HF_RENAMES = [  # (pattern on a transformers key, VideoX's key), after the q/k/
     (r"^prompts_visual_layernorm\.", "prompts_visual_ln."),
     (r"^prompts_visual_projection$", "prompts_visual_proj"),
     (r"^prompts_generator\.layernorm\.", "prompts_generator.norm."),
-    (r"\.layer_norm1\.", ".ln_1."), (r"\.layer_norm2\.", ".ln_2."),
-    (r"\.self_attn\.out_proj\.", ".attn.out_proj."),
-    (r"\.mlp\.fc1\.", ".mlp.c_fc."), (r"\.mlp\.fc2\.", ".mlp.c_proj."),
 ]
 
 
 def from_hf(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A transformers ``XCLIPModel`` state dict -> VideoX's (our) names: q, k, v fused into ``in_proj`` (self and
     message attention; the prompt generator keeps separate ones), the two projections transposed."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in sd.items():
-        if key.endswith("position_ids"):
-            continue
-        attn = re.search(r"\.(self_attn|message_attn)\.([qkv])_proj\.", key)
-        if attn:
-            if attn.group(2) != "q":
-                continue  # fused with q: in_proj rows are [q; k; v]
-            value = torch.cat([sd[key.replace(".q_proj.", f".{p}_proj.")] for p in "qkv"])
-            key = key.replace(f".{attn.group(1)}.q_proj.",
-                              ".attn.in_proj_" if attn.group(1) == "self_attn" else ".message_attn.in_proj_")
-        elif key in ("visual_projection.weight", "text_projection.weight"):
-            key, value = ("visual.proj" if key.startswith("visual") else "text_projection"), value.T
-        for pattern, repl in _HF_RENAMES:
-            key = re.sub(pattern, repl, key)
-        out[key] = value
-    return out
+    projections = {"visual_projection.weight": "visual.proj", "text_projection.weight": "text_projection"}
+    out = rename_hf({k: v for k, v in sd.items() if k not in projections}, _HF_RENAMES)
+    return out | {ours: sd[theirs].T for theirs, ours in projections.items() if theirs in sd}  # Linear -> x @ W

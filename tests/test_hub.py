@@ -32,37 +32,25 @@ def _handler(hub: Hub):
         def log_message(self, *args):
             pass
 
+        def _send(self, status: int, data: bytes = b"", body: bool = True, **headers: str) -> None:
+            self.send_response(status)
+            for name, value in (headers | {"Content-Length": str(len(data))}).items():
+                self.send_header(name.replace("_", "-"), value)
+            self.end_headers()
+            if body:
+                self.wfile.write(data)
+
         def _route(self, body: bool) -> None:
             hub.requests.append(f"{self.command} {self.path}")
             prefix = f"/{REPO}/resolve/main/"
             if self.path.startswith("/cdn/"):
-                name = self.path[len("/cdn/"):]
-                data = hub.files[name]
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if body:
-                    self.wfile.write(data)
-                return
+                return self._send(200, hub.files[self.path[len("/cdn/"):]], body)
             name = self.path[len(prefix):] if self.path.startswith(prefix) else None
             if name not in hub.files:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
+                return self._send(404)
             if name in LFS:  # the hub: a redirect to the CDN, stating the file's SHA256
-                self.send_response(302)
-                self.send_header("Location", f"/cdn/{name}")
-                self.send_header("X-Linked-Etag", f'"{hub.sha[name]}"')
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-            data = hub.files[name]
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            if body:
-                self.wfile.write(data)
+                return self._send(302, Location=f"/cdn/{name}", X_Linked_Etag=f'"{hub.sha[name]}"')
+            return self._send(200, hub.files[name], body)
 
         def do_HEAD(self):
             self._route(body=False)

@@ -270,12 +270,13 @@ def _preprocess_from_hf(folder: Path, image_size: int) -> PreprocessConfig:
 # ---------------------------------------------------------------- the one entry point
 
 
-def _hf_preprocess(folder: Path, image_size: int, **defaults: Any) -> PreprocessConfig:
-    """SigLIP's and X-CLIP's preprocessor_config.json: size, mean/std and resampling (PIL's 2 bilinear, 3 bicubic)."""
+def _hf_preprocess(folder: Path, default: PreprocessConfig) -> PreprocessConfig:
+    """The family's ``default`` as SigLIP's and X-CLIP's preprocessor_config.json amends it: mean/std and
+    resampling (PIL's 2 bilinear, 3 bicubic)."""
     pp = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
-    resample = {2: "bilinear", 3: "bicubic"}.get(pp.get("resample", 0), defaults.pop("interpolation"))
-    return PreprocessConfig(image_size=image_size, mean=pp.get("image_mean", defaults.pop("mean")),
-                            std=pp.get("image_std", defaults.pop("std")), interpolation=resample, **defaults)
+    return dataclasses.replace(
+        default, mean=pp.get("image_mean", default.mean), std=pp.get("image_std", default.std),
+        interpolation={2: "bilinear", 3: "bicubic"}.get(pp.get("resample", 0), default.interpolation))
 
 
 def _load_hf_family(model_type: str, hf: dict, raw: dict[str, torch.Tensor], folder: Path, weights: Path
@@ -283,14 +284,12 @@ def _load_hf_family(model_type: str, hf: dict, raw: dict[str, torch.Tensor], fol
     try:
         if model_type == "siglip":
             siglip = SigLIPConfig.from_hf(hf)
-            preprocess = _hf_preprocess(folder, siglip.image_size, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                        interpolation="bicubic", resize="squash")
+            preprocess = _hf_preprocess(folder, siglip.default_preprocess())
             tokenizer = next(((folder / name, variant) for name, variant in SIGLIP_TOKENIZERS
                               if (folder / name).is_file()), None)
             return Checkpoint(siglip_from_hf(raw), siglip, preprocess, "hf", tokenizer=tokenizer)
         xclip = XCLIPConfig.from_hf(hf)
-        preprocess = _hf_preprocess(folder, xclip.clip.vision.image_size, mean=(0.485, 0.456, 0.406),
-                                    std=(0.229, 0.224, 0.225), interpolation="bilinear")
+        preprocess = _hf_preprocess(folder, xclip.default_preprocess())
         return Checkpoint(xclip_from_hf(raw), xclip, preprocess, "hf")
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"{weights}: not a transformers {model_type} checkpoint: {e}") from None
@@ -365,9 +364,8 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Che
         )
     if "mit.positional_embedding" in sd and "prompts_visual_proj" in sd:  # VideoX's X-CLIP
         try:
-            return Checkpoint(sd, XCLIPConfig.from_state_dict(sd), PreprocessConfig(
-                _infer_config(sd, path).vision.image_size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "bilinear"),
-                "videox")
+            xclip = XCLIPConfig.from_state_dict(sd)
+            return Checkpoint(sd, xclip, xclip.default_preprocess(), "videox")
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"{path}: an incomplete X-CLIP (VideoX) checkpoint: {e}") from None
     sd = convert_open_clip(sd) if any(k.startswith("text.") for k in sd) else convert_openai(sd)

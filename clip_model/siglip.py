@@ -67,6 +67,11 @@ class SigLIPConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def default_preprocess(self) -> PreprocessConfig:
+        """SigLIP's own: straight to the square (no crop), bicubic, mean and std 0.5 (a checkpoint's
+        preprocessor_config.json may say otherwise: SigLIP 2 resizes bilinearly)."""
+        return PreprocessConfig(self.image_size, SIGLIP_MEAN, SIGLIP_STD, "bicubic", resize="squash")
+
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> SigLIPConfig:
         """From a transformers ``config.json`` (model_type siglip): its text_config and vision_config."""
@@ -138,7 +143,7 @@ class SigLIP(nn.Module):
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer  # from the checkpoint's folder (spiece.model or tokenizer.model)
-        self.preprocess_config = preprocess or PreprocessConfig(config.image_size, SIGLIP_MEAN, SIGLIP_STD, "bicubic")
+        self.preprocess_config = preprocess or config.default_preprocess()
         self.visual = SigLIPVision(config)
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
         self.positional_embedding = nn.Parameter(torch.randn(config.context_length, config.text_width) * 0.01)

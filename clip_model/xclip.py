@@ -54,6 +54,11 @@ class XCLIPConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def default_preprocess(self) -> PreprocessConfig:
+        """X-CLIP's (the hub's preprocessor): the short side to the input size and a centre crop, bilinear, ImageNet
+        mean and std."""
+        return PreprocessConfig(self.clip.vision.image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear")
+
     @classmethod
     def from_hf(cls, config: Mapping[str, Any]) -> XCLIPConfig:
         """From a transformers ``config.json`` (model_type xclip; nested text_config and vision_config)."""
@@ -198,8 +203,7 @@ class XCLIP(CLIP):
 
     def __init__(self, config: XCLIPConfig, preprocess: PreprocessConfig | None = None):
         c = config.clip
-        super().__init__(c, preprocess or PreprocessConfig(c.vision.image_size, IMAGENET_MEAN, IMAGENET_STD,
-                                                           "bilinear"),
+        super().__init__(c, preprocess or config.default_preprocess(),
                          visual=CrossFrameVision(c.vision, c.embed_dim, config.num_frames))
         self.xclip_config = config
         self.num_frames = config.num_frames

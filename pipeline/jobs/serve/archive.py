@@ -44,6 +44,10 @@ MEDIA_TYPES = {".mp4": "video/mp4", ".m4v": "video/mp4", ".mov": "video/quicktim
                ".ts": "video/mp2t", ".3gp": "video/3gpp", ".wmv": "video/x-ms-wmv", ".flv": "video/x-flv"}
 
 
+def media_type(path: Path) -> str:
+    return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
 class NotFound(LookupError):
     """No such video in the index, or it has no file to show (it failed to decode when tagged)."""
 
@@ -59,7 +63,6 @@ class ListedFile:
     path: Path  # as the index lists it
     media_type: str
     fd: int
-    size: int
 
     def opened(self, pid: int | None = None) -> str:
         """A path that reads this descriptor's file (in this process, or in process ``pid``, e.g. a worker's)."""
@@ -127,7 +130,7 @@ class Archive:
         row = self._find(video_id, VIDEO_FIELDS)
         segments = [s for index in self.indexes for s in index.segments(video_id, SEGMENT_FIELDS)]
         row = {k: v for k, v in row.items() if k not in ("size", "mtime_ns")}
-        row["media_type"] = MEDIA_TYPES.get(Path(row["path"]).suffix.lower(), "application/octet-stream")
+        row["media_type"] = media_type(Path(row["path"]))
         return {"video": row, "segments": segments}
 
     def open_listed(self, video_id: int) -> ListedFile:
@@ -151,19 +154,16 @@ class Archive:
         except BaseException:
             os.close(fd)
             raise
-        return ListedFile(path, MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream"), fd, st.st_size)
-
-    def poster(self, video_id: int) -> bytes | None:
-        """The JPEG tag stored for the video, if it stored one."""
-        return self._find(video_id, ("poster",)).get("poster")
+        return ListedFile(path, media_type(path), fd)
 
     def thumbnail(self, video_id: int, time_s: float | None) -> tuple[bytes, bool]:
         """(JPEG, whether it shows the video): the stored poster when no time is asked for, else the frame at
         ``time_s`` decoded in a supervised worker (cached); a placeholder where the file cannot be decoded."""
-        if time_s is None and (poster := self.poster(video_id)):
-            return poster, True
-        if time_s is None:
-            time_s = (self._find(video_id, ("duration_s",)).get("duration_s") or 0.0) / 2
+        if time_s is None:  # the poster tag stored (indexes written before posters have none), else mid-video
+            row = self._find(video_id, ("poster", "duration_s"))
+            if row.get("poster"):
+                return row["poster"], True
+            time_s = (row.get("duration_s") or 0.0) / 2
         try:
             listed = self.open_listed(video_id)
         except FileChanged:

@@ -34,7 +34,9 @@ from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.scoring import Scorer
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoInfo
+from pipeline.video_text import LabelScorer, VideoState
 from pipeline.windows import WindowedVideo
+from pipeline.zero_shot import LabelScoring
 
 MODEL = "random:ViT-B/32"
 LABELS = tuple(f"action {i}" for i in range(20))
@@ -82,8 +84,8 @@ class Embeddings:
 
 
 def settings(windows: int) -> TagSettings:
-    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS, templates="none", window_s=4.0, stride_s=2.0,
-                       commit_every=32)
+    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS, templates="none", num_frames=8, window_s=4.0,
+                       stride_s=2.0, commit_every=32)
 
 
 def build(args: argparse.Namespace) -> dict:
@@ -104,14 +106,14 @@ def build(args: argparse.Namespace) -> dict:
     index = open_for_tagging(out / "tags.index", cfg.identity(), args.dim)
     text = torch.from_numpy(unit(np.random.default_rng(1).standard_normal((len(LABELS), args.dim))
                                  .astype(np.float32)))
-    part = Part(Scorer(text, 100.0, LABELS, cfg.topk), args.dim)
+    part = Part(Scorer(LabelScorer(text, LabelScoring("softmax", 100.0)), LABELS, cfg.topk), args.dim)
     source = Embeddings(args.dim, args.windows_per_video, args.centres, args.uniform)
     bounds = tuple((2.0 * k, 2.0 * k + 4.0) for k in range(args.windows_per_video))
     duration = bounds[-1][1]
     times, start = [], time.perf_counter()
     for i, path in enumerate(paths):
         info = VideoInfo(path, "pyav", 25 * int(duration), 25.0, 360, 640, duration=duration)
-        video = WindowedVideo(info, bounds, torch.from_numpy(source.video()))
+        video = WindowedVideo(info, bounds, VideoState(torch.from_numpy(source.video())))
         st = path.stat()
         part.add_video(next_video_id(index, part), str(path.resolve()), (st.st_size, st.st_mtime_ns),
                        video)

@@ -151,8 +151,8 @@ def _pss_mb(pid: int) -> float:
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
     folder = tmp / "archive"
     paths = write_folder(folder, args.videos, args.size, args.seconds, 24)
-    model, transform, _ = load_model(args.model, torch.device("cpu"))
-    cap = 2 * model.preprocess_config.image_size
+    model = load_model(args.model, torch.device("cpu"))
+    cap = 2 * model.preprocess.image_size
     sampling = Sampling("windows", num_frames=settings.num_frames, window_s=settings.window_s,
                         stride_s=settings.stride_s)
     requests = [DecodeRequest(str(p), sampling, "decord", cap) for p in paths]
@@ -160,7 +160,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     t, cpu = time.perf_counter(), time.process_time()  # naive: decord in this process, one model call per video
     for r in requests:
         clip = decode_request(r)
-        encode_clip(model, transform, clip, batch_size=10_000)
+        encode_clip(model, clip, batch_size=10_000)
     naive_s = time.perf_counter() - t
     naive, naive_cores = len(paths) / naive_s, (time.process_time() - cpu) / naive_s  # cores it kept busy
 
@@ -168,14 +168,14 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     tag(settings, folder, tmp / "tags.parquet", progress=False)
     ours = len(paths) / (time.perf_counter() - t)
 
-    tasks = [settings.task(str(p), model.preprocess_config) for p in paths]
+    tasks = [settings.task(str(p), model.preprocess) for p in paths]
     t = time.perf_counter()
     chunks = [o.result for _, o in decode_in_workers(tasks, num_workers=args.workers, fn=decode_windows)
               if isinstance(o.result, WindowChunk)]
     decode_only = len(paths) / (time.perf_counter() - t)
 
     t = time.perf_counter()
-    encoder = FrameEncoder(model, transform, settings.runtime.batch_size)
+    encoder = FrameEncoder(model, settings.runtime.batch_size)
     for k, chunk in enumerate(chunks):
         encoder.add((k, torch.from_numpy(chunk.positions)), chunk.frames)
         for (_, positions), feats, _ in encoder.ready():
@@ -238,7 +238,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     settings = TagSettings(RuntimeSettings(args.model, device="cpu", decode_workers=args.workers), tuple(DIRECTIONS),
-                           templates="none", window_s=4.0, stride_s=2.0, commit_every=16)
+                           templates="none", num_frames=8, window_s=4.0, stride_s=2.0, commit_every=16)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
             throughput(args, settings, Path(tmp))

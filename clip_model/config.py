@@ -20,6 +20,21 @@ HEAD_WIDTH = 64
 
 
 @dataclass(frozen=True)
+class FamilyProtocol:
+    """What a model family brings to every job as its default: how it scores labels and which prompt templates."""
+
+    scoring: str  # softmax (over the labels) | sigmoid (each label its own probability)
+    templates: str  # pipeline.prompts.load_templates: CLIP's own evaluations ensemble prompts, X-CLIP's use bare names
+
+
+FAMILY_PROTOCOLS = {
+    "clip": FamilyProtocol("softmax", "video"),
+    "siglip": FamilyProtocol("sigmoid", "video"),
+    "xclip": FamilyProtocol("softmax", "none"),  # VideoX's evaluation tokenizes the bare class names
+}
+
+
+@dataclass(frozen=True)
 class VisionConfig:
     """Image tower. ``layers`` is an int for a ViT and four block counts for a ModifiedResNet."""
 

@@ -27,24 +27,22 @@ MAX_SMALL_FILE = 10 << 20  # config and preprocessor JSON
 
 @dataclass(frozen=True)
 class HubModel:
-    family: str  # siglip | xclip
+    family: str  # siglip | xclip (its scoring and templates: config.FAMILY_PROTOCOLS)
     image_size: int
     frames: int | None  # fixed by the checkpoint (X-CLIP), or None: any
-    scoring: str  # softmax | sigmoid
-    templates: str  # the default prompt templates
     files: tuple[tuple[str, ...], ...]  # each entry: the names it may have, first found wins
 
 
 _SIGLIP = (("config.json",), ("model.safetensors",), ("preprocessor_config.json",))
 _XCLIP = (("config.json",), ("model.safetensors", "pytorch_model.bin"), ("preprocessor_config.json",))
 HUB_MODELS = {
-    "google/siglip-base-patch16-224": HubModel("siglip", 224, None, "sigmoid", "video", (*_SIGLIP, ("spiece.model",))),
-    "google/siglip2-base-patch16-224": HubModel("siglip", 224, None, "sigmoid", "video",
-                                                (*_SIGLIP, ("tokenizer.model",))),
-    "microsoft/xclip-base-patch32": HubModel("xclip", 224, 8, "softmax", "none", _XCLIP),
-    "microsoft/xclip-base-patch32-16-frames": HubModel("xclip", 224, 16, "softmax", "none", _XCLIP),
-    "microsoft/xclip-base-patch16": HubModel("xclip", 224, 8, "softmax", "none", _XCLIP),
-    "microsoft/xclip-base-patch16-16-frames": HubModel("xclip", 224, 16, "softmax", "none", _XCLIP),
+    "google/siglip-base-patch16-224": HubModel("siglip", 224, None, (*_SIGLIP, ("spiece.model",))),
+    "google/siglip2-base-patch16-224": HubModel("siglip", 224, None, (*_SIGLIP, ("tokenizer.model",))),
+    "microsoft/xclip-base-patch32": HubModel("xclip", 224, 8, _XCLIP),
+    "microsoft/xclip-base-patch32-16-frames": HubModel("xclip", 224, 16, _XCLIP),
+    "microsoft/xclip-base-patch16": HubModel("xclip", 224, 8, _XCLIP),
+    "microsoft/xclip-base-patch16-16-frames": HubModel("xclip", 224, 16, _XCLIP),
+    "microsoft/xclip-base-patch16-zero-shot": HubModel("xclip", 224, 32, _XCLIP),  # the paper's zero-shot model
 }
 
 

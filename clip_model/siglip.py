@@ -136,7 +136,6 @@ class SigLIP(nn.Module):
     whose sigmoids are per-label probabilities."""
 
     family = "siglip"
-    scoring = "sigmoid"
 
     def __init__(self, config: SigLIPConfig, preprocess: PreprocessConfig | None = None,
                  tokenizer: SentencePieceTokenizer | None = None):

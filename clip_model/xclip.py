@@ -199,7 +199,6 @@ class XCLIP(CLIP):
     CLIP, ``logits(videos, tokens, text)`` -> (B, K), ``forward(frames, token_ids)`` -> (B, K) logits_per_video."""
 
     family = "xclip"
-    scoring = "softmax"
 
     def __init__(self, config: XCLIPConfig, preprocess: PreprocessConfig | None = None):
         c = config.clip

@@ -47,9 +47,9 @@ class BenchmarkConfig:
     dataset: DatasetConfig
     protocol: Literal["zero_shot", "linear_probe"] = "zero_shot"
     model: str = RuntimeSettings.model
-    templates: str = "video"
+    templates: str | None = None  # None: the model's own (CLIP's and SigLIP's "video", X-CLIP's "none")
     frames: Literal["segments", "centre", "all"] = "segments"
-    num_frames: int = 8
+    num_frames: int | None = None  # None: the model's (fixed by an X-CLIP checkpoint), else 8
     clips: int = 1
     crops: int = 1
     pooling: Literal["mean", "max", "temporal", "frame_scores"] = "mean"  # temporal: trained checkpoints
@@ -71,7 +71,7 @@ class BenchmarkConfig:
         _check_choice("headline", self.headline, HEADLINES)
         _check_choice("dataset.format", self.dataset.format, FORMATS)
         for key in ("num_frames", "clips"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
         try:
             _ = self.runtime

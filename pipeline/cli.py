@@ -128,7 +128,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     settings = TagSettings(
         runtime=_runtime(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
         pooling=args.pooling, num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
-        commit_every=args.commit_every, chunk_mb=args.chunk_mb,
+        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above,
     )
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude)
     print(summary.line())
@@ -152,8 +152,10 @@ def cmd_retag(args: argparse.Namespace) -> int:
 
     from .jobs.tag.query import retag
 
+    if args.above is not None and not 0 < args.above < 1:
+        raise ValueError(f"--above {args.above}: must lie in (0, 1)")
     out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
-                device=args.device)
+                device=args.device, above=args.above)
     print(f"re-tagged {args.index} with {args.labels}: rows in {out}")
     return 0
 
@@ -190,20 +192,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from clip_model import MODEL_CONFIGS, published_models
+    from clip_model.config import FAMILY_PROTOCOLS
     from clip_model.hub import HUB_MODELS, endpoint
 
     rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
     for name, entry in published_models().items():
-        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), "any", "softmax", "video",
+        clip = FAMILY_PROTOCOLS["clip"]
+        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), "any", clip.scoring, clip.templates,
                      entry["url"].split("/", 3)[2] + " (SHA256 pinned)"))
     for repo, model in HUB_MODELS.items():
-        rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), model.scoring,
-                     model.templates, f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
+        family = FAMILY_PROTOCOLS[model.family]
+        rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), family.scoring,
+                     family.templates, f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print("\nclassify takes clip and siglip; benchmark, tag and train take clip for now. Any checkpoint file or "
-          "folder also works as --model.")
+    print("\nclassify, benchmark, tag, retag, search and serve take every family; train fine-tunes clip. Any "
+          "checkpoint file or folder also works as --model.")
     return 0
 
 
@@ -236,16 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="file with one label per line, or ucf101|hmdb51|kinetics400|kinetics600|"
                                     "kinetics700|ssv2 (zero-shot)")
     p.add_argument("--probe", help="a linear probe saved by `benchmark` (probe_*.npz): classify with it instead")
-    p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE (one template per line)")
-    p.add_argument("--num-frames", type=int, default=8,
-                   help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips)")
+    p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE (one template per line); "
+                                                     "default: the model's (run_pipeline.py models)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips); "
+                        "default: the model's (fixed by X-CLIP checkpoints), else 8")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
     p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores"), default="mean",
                    help="mean/max of frame embeddings, the trained temporal pooler of a checkpoint written by train, "
                         "or the mean of per-frame probabilities")
     p.add_argument("--unknown-below", type=float, default=None, metavar="P",
-                   help="open set: answer 'unknown' when the top probability is below P")
+                   help="open set: answer 'unknown' when the top probability is below P (softmax: the top label's "
+                        "share; sigmoid: its own probability, so no label is likely)")
     p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -267,12 +275,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="per-video rows: .parquet, .csv or .jsonl; segments and errors go to "
                                                 "OUT's .segments/.errors siblings, the index to OUT.index/")
     p.add_argument("--labels", help="file with one label per line, or a shipped list (kinetics400, ucf101, ...)")
-    p.add_argument("--templates", default="video", help="none|video|ucf101|kinetics700|FILE")
+    p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE; default: the model's")
     p.add_argument("--pooling", choices=("mean", "max", "temporal"), default="mean")
-    p.add_argument("--num-frames", type=int, default=8, help="frames per window")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames per window; default: the model's (fixed by X-CLIP checkpoints), else 8")
     p.add_argument("--window", type=float, default=4.0, help="window length in seconds")
     p.add_argument("--stride", type=float, default=2.0, help="seconds between window starts")
     p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--above", type=float, default=None, metavar="P",
+                   help="multi-label: also list every label whose probability is at least P (column labels_above)")
     p.add_argument("--include", action="append", default=[], metavar="GLOB", help="only paths matching (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip paths matching (repeatable)")
     p.add_argument("--commit-every", type=int, default=32, help="videos per committed part (resume granularity)")
@@ -286,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="new per-video rows (.parquet, .csv or .jsonl) and siblings")
     p.add_argument("--templates", default=None, help="default: the templates the index was tagged with")
     p.add_argument("--topk", type=int, default=None)
+    p.add_argument("--above", type=float, default=None, metavar="P",
+                   help="multi-label: also list every label whose probability is at least P (column labels_above)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_retag)
     p = sub.add_parser("search", help="rank the videos and segments of a tag index by a text query")

@@ -1,5 +1,6 @@
-"""Decoded clips -> frame embeddings, with temporal and spatial views, for every job that needs video features; and
-cross-video batching of model-sized frames (``FrameEncoder``) for the streaming tag job."""
+"""Decoded clips -> per-view features (``video_text``: frame embeddings, or X-CLIP's clip rows), with temporal and
+spatial views, for every job that needs video features; and cross-video batching of model-sized frames
+(``FrameEncoder``) for the streaming tag job."""
 from __future__ import annotations
 
 from collections import deque
@@ -10,63 +11,58 @@ from typing import Any
 import numpy as np
 import torch
 
-import clip_model
 from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
+
+from .video_text import VideoTextModel
 
 
 @dataclass(frozen=True)
 class VideoFeatures:
     path: str
-    frame_features: torch.Tensor  # (V, T, E) raw embeddings; V = temporal clips × spatial crops
+    features: torch.Tensor  # (V, L, E): V = temporal clips × spatial crops; L rows per view (VideoTextModel.encode)
     timestamps: np.ndarray  # (clips, T) seconds of the sampled frames
     warnings: tuple[str, ...] = ()
 
 
 @torch.no_grad()
-def encode_frames(model: clip_model.FrameTextModel, x: torch.Tensor) -> torch.Tensor:
-    """Normalised float (N, 3, S, S) -> (N, E) float32 embeddings on CPU, in one model call. On a GPU: pinned host
-    memory for an asynchronous copy, and fp16 autocast for fp32 weights (mixed precision)."""
-    device = next(model.parameters()).device
-    cuda = device.type == "cuda"
-    if cuda:
-        x = x.pin_memory()
-    with torch.autocast("cuda", dtype=torch.float16, enabled=cuda and model.dtype == torch.float32):
-        return model.encode_image(x.to(device, non_blocking=True)).float().cpu()
-
-
-@torch.no_grad()
-def encode_clip(model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, clip: DecodedClip, *, crops: int = 1,
-                batch_size: int = 32) -> torch.Tensor:
-    """A decoded clip whose indices are (T,) or (clips, T) -> (clips·crops, T, E) float32 frame embeddings on CPU."""
+def encode_clip(model: VideoTextModel, clip: DecodedClip, *, crops: int = 1, batch_size: int = 32) -> torch.Tensor:
+    """A decoded clip whose indices are (T,) or (clips, T) -> (clips·crops, L, E) float32 features on CPU: the T
+    frame embeddings of each view, or X-CLIP's 1 + K rows (batches then hold whole clips)."""
     if crops not in (1, 3):
         raise ValueError(f"crops ({crops}) must be 1 (centre) or 3 (start, centre, end)")
     clips = clip.indices.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.indices.reshape(1, 1)
     n_clips, t = clips.shape
+    step = max(batch_size // model.group, 1) * model.group  # whole clips per batch where frames go together
     out = []
-    for start in range(0, clip.frames.shape[0], batch_size):
-        frames = clip.frames[start : start + batch_size]  # (b, H, W, 3) uint8
-        x = transform.video_three_crop(frames) if crops == 3 else transform.video(frames)[None]  # (crops, b, 3, S, S)
-        out.append(encode_frames(model, x.flatten(0, 1)).view(crops, frames.shape[0], -1))  # (crops, b, E)
-    feats = torch.cat(out, dim=1)  # (crops, clips·T, E)
-    return feats.view(crops, n_clips, t, -1).transpose(0, 1).reshape(n_clips * crops, t, -1)  # (V, T, E)
+    for start in range(0, clip.frames.shape[0], step):
+        frames = clip.frames[start : start + step]  # (b, H, W, 3) uint8
+        x = model.transform.video_three_crop(frames) if crops == 3 else model.transform.video(frames)[None]
+        rows = model.encode(x.flatten(0, 1))  # (crops·b / group, ..., E)
+        out.append(rows.view(crops, -1, *rows.shape[1:]))
+    feats = torch.cat(out, dim=1)  # (crops, clips·T, E), or (crops, clips, 1 + K, E)
+    return feats.reshape(crops, n_clips, -1, feats.shape[-1]).transpose(0, 1).reshape(n_clips * crops, -1,
+                                                                                      feats.shape[-1])  # (V, L, E)
 
 
 class FrameEncoder:
     """Cross-video batching: uint8 frames (N, 3, S, S), already resized and cropped, from many owners go through the
     model in batches of ``batch_size`` frames whatever each owner's share. ``add`` queues an owner's frames;
     ``ready`` runs the full batches (all of them with ``flush``) and returns, in the order added, the owners whose
-    frames are all encoded, as (key, (N, E) embeddings or None, error or None).
+    frames are all encoded, as (key, its ``VideoTextModel.encode`` rows or None, error or None). Where a model takes
+    a clip's frames together (X-CLIP), an owner's frames are whole clips and a batch never splits one.
 
     A batch that fails is rerun owner by owner, so one owner's failure (a model error) is its own alone.
     """
 
-    def __init__(self, model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, batch_size: int):
-        self.model, self.transform, self.batch_size = model, transform, batch_size
+    def __init__(self, model: VideoTextModel, batch_size: int):
+        self.model, self.group = model, model.group
+        self.batch_size = max(batch_size // self.group, 1) * self.group
         self._queue: deque[_Owned] = deque()
         self.queued_frames = 0  # added, not yet encoded
 
     def add(self, key: Any, frames: torch.Tensor) -> None:
+        assert frames.shape[0] % self.group == 0, "an owner's frames are whole clips"
         self._queue.append(_Owned(key, frames))
         self.queued_frames += frames.shape[0]
 
@@ -96,8 +92,8 @@ class FrameEncoder:
                 break
         try:
             x = torch.cat([o.frames[a:b] for o, a, b in slices])  # (B, 3, S, S) uint8
-            feats = encode_frames(self.model, self.transform.normalize(x))  # (B, E)
-            pieces = list(feats.split([b - a for _, a, b in slices]))
+            feats = self.model.encode(self.model.transform.normalize(x))  # (B / group, ..., E)
+            pieces = list(feats.split([(b - a) // self.group for _, a, b in slices]))
         except Exception:  # noqa: BLE001 - find whose frames fail; the others are kept
             pieces = [self._encode_alone(o.frames[a:b]) for o, a, b in slices]
         for (owned, a, b), piece in zip(slices, pieces):
@@ -110,7 +106,7 @@ class FrameEncoder:
 
     def _encode_alone(self, x: torch.Tensor) -> torch.Tensor | str:
         try:
-            return encode_frames(self.model, self.transform.normalize(x))
+            return self.model.encode(self.model.transform.normalize(x))
         except Exception as e:  # noqa: BLE001 - this owner's failure, reported as its error
             return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
@@ -124,8 +120,8 @@ class _Owned:
     error: str | None = None
 
 
-def extract_features(model: clip_model.FrameTextModel, transform: clip_model.ClipTransform, requests: Sequence[DecodeRequest],
-                     *, crops: int = 1, batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
+def extract_features(model: VideoTextModel, requests: Sequence[DecodeRequest], *, crops: int = 1,
+                     batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
                      ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, str | None]]:
     """Decode in supervised workers and encode in this process, yielding (request, features, error) per video as
     each finishes; exactly one of features and error is set; an error reads ``status: reason``."""
@@ -135,6 +131,6 @@ def extract_features(model: clip_model.FrameTextModel, transform: clip_model.Cli
             yield request, None, f"{outcome.status}: {outcome.error}"
             continue
         clip: DecodedClip = outcome.result
-        feats = encode_clip(model, transform, clip, crops=crops, batch_size=batch_size)
+        feats = encode_clip(model, clip, crops=crops, batch_size=batch_size)
         stamps = clip.timestamps.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.timestamps
         yield request, VideoFeatures(request.path, feats, stamps, clip.warnings), None

@@ -5,10 +5,11 @@ import json
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import clip_model
 from clip_model.hub import HUB_MODELS, hub_folder
+
+from .video_text import VideoTextModel
 
 RANDOM_PREFIX = "random:"
 
@@ -50,41 +51,32 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", "auto: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag)"
 
 
-def load_frame_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
-                     ) -> tuple[clip_model.FrameTextModel, clip_model.ClipTransform, nn.Module | None]:
-    """``load_model`` for the jobs that also take SigLIP (classify): a model that embeds frames and texts."""
-    if not spec.startswith(RANDOM_PREFIX) and pooling != "temporal" and spec not in clip_model.available_models():
-        loaded, transform = clip_model.load(spec, device=device, precision=precision)
-        if isinstance(loaded, clip_model.SigLIP):
-            return loaded, transform, None
-        return clip_only(loaded, spec), transform, None
-    return load_model(spec, device, precision, pooling)
-
-
-def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean",
-               ) -> tuple[clip_model.CLIP, clip_model.ClipTransform, nn.Module | None]:
-    """The model, its transform, and (``pooling`` temporal) the trained temporal pooler of checkpoint ``spec``, read
-    from the file once. ``random:tiny-vit`` builds an untrained model (seed 0) for smoke tests; anything else goes
-    to clip_model."""
+def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean") -> VideoTextModel:
+    """The model of checkpoint ``spec`` behind the jobs' interface (``video_text``), with (``pooling`` temporal) the
+    trained temporal pooler of the same file, read once. ``random:tiny-vit`` builds an untrained CLIP (seed 0) for
+    smoke tests; anything else goes to clip_model, whatever its family."""
+    head = None
+    model: clip_model.CLIP | clip_model.SigLIP
     if pooling == "temporal":
         if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
             raise ValueError(f"pooling temporal needs a checkpoint with a trained temporal pooler (written by train); "
                              f"{spec} has none: use pooling mean")
-        return clip_model.load_with_temporal(spec, device, precision=precision)
-    if spec.startswith(RANDOM_PREFIX):
+        model, transform, head = clip_model.load_with_temporal(spec, device, precision=precision)
+    elif spec.startswith(RANDOM_PREFIX):
         if precision not in clip_model.PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
-        model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0)
-        return model.to(device, clip_model.PRECISIONS[precision]), clip_model.ClipTransform(model.preprocess_config), None
-    loaded, transform = clip_model.load(spec, device=device, precision=precision)
-    return clip_only(loaded, spec), transform, None
+        model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device, clip_model.PRECISIONS[precision])
+        transform = clip_model.ClipTransform(model.preprocess_config)
+    else:
+        model, transform = clip_model.load(spec, device=device, precision=precision)
+    return VideoTextModel(model, transform, pooling, head, name=spec)
 
 
 def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:
-    """The jobs score frames with CLIP; SigLIP and X-CLIP checkpoints load (clip_model.load) but are refused here."""
+    """Training fine-tunes CLIP (its softmax InfoNCE loss); SigLIP and X-CLIP checkpoints are refused there."""
     if not isinstance(model, clip_model.CLIP) or model.family != "clip":
-        takes = "classify takes CLIP and SigLIP; benchmark, tag and train take CLIP"
-        raise ValueError(f"{spec}: a {model.family} checkpoint; {takes} for now (load it with clip_model.load)")
+        raise ValueError(f"{spec}: a {model.family} checkpoint; train fine-tunes CLIP checkpoints only (the other "
+                         "families classify, benchmark, tag, retag and search)")
     return model
 
 

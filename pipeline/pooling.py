@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (zero_shot.video_probs)
+# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (video_text.VideoTextModel.view_probs)
 Pooling = Literal["mean", "max", "temporal", "frame_scores"]
 POOLINGS = ("mean", "max", "temporal", "frame_scores")
 
@@ -46,8 +46,3 @@ def pool_views(frame_features: torch.Tensor, pooling: str, head: nn.Module | Non
         return max_pool(frame_features)
     raise ValueError(f"pooling {pooling!r}: choose mean, max or temporal")
 
-
-def video_embedding(frame_features: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
-    """(V, T, E) views -> (E,) unit vector: pool each view over time (mean, or ``head`` when given), average the
-    views, renormalise. The feature a linear probe is trained and applied on."""
-    return F.normalize(pool_views(frame_features, "mean" if head is None else "temporal", head).mean(dim=0), dim=-1)

@@ -45,37 +45,42 @@ def load_templates(spec: str) -> list[str]:
 
 @torch.no_grad()
 def class_embeddings(model: clip_model.FrameTextModel, classnames: Sequence[str], templates: Sequence[str],
-                     batch_size: int = 256) -> torch.Tensor:
-    """(C, E) unit vectors: each class's prompts encoded, normalised, averaged and renormalised."""
+                     batch_size: int = 256, normalize: bool = True) -> torch.Tensor:
+    """(C, E) unit vectors: each class's prompts encoded, normalised, averaged and renormalised. ``normalize``
+    False: the plain mean of each class's raw prompt embeddings (what X-CLIP's prompt generator takes)."""
     device = next(model.parameters()).device
     prompts = [t.format(c) for c in classnames for t in templates]  # class-major: (C·K,)
     feats = []
     for start in range(0, len(prompts), batch_size):
         tokens = model.tokenize(prompts[start : start + batch_size]).to(device)  # the model's own tokenizer
-        feats.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        feats.append(model.encode_text(tokens).float())
     per_prompt = torch.cat(feats).view(len(classnames), len(templates), -1)  # (C, K, E)
-    return F.normalize(per_prompt.mean(dim=1), dim=-1)
+    if not normalize:
+        return per_prompt.mean(dim=1)
+    return F.normalize(F.normalize(per_prompt, dim=-1).mean(dim=1), dim=-1)
 
 
-def text_cache_key(model_key: str, classnames: Sequence[str], templates: Sequence[str]) -> str:
-    """A stable key for one (model, labels, templates) combination."""
-    payload = json.dumps({"model": model_key, "classes": list(classnames), "templates": list(templates)})
+def text_cache_key(model_key: str, classnames: Sequence[str], templates: Sequence[str], normalize: bool = True) -> str:
+    """A stable key for one (model, labels, templates, normalisation) combination."""
+    payload = json.dumps({"model": model_key, "classes": list(classnames), "templates": list(templates)}
+                         | ({} if normalize else {"normalize": False}))
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def cached_class_embeddings(model: clip_model.FrameTextModel, model_key: str, classnames: Sequence[str],
-                            templates: Sequence[str], cache_dir: Path | None, batch_size: int = 256) -> torch.Tensor:
+                            templates: Sequence[str], cache_dir: Path | None, batch_size: int = 256,
+                            normalize: bool = True) -> torch.Tensor:
     """``class_embeddings`` cached on disk under ``cache_dir``, keyed by model, labels and templates.
 
     ``model_key`` must change whenever the weights do (see ``pipeline.model_spec.model_key``). A Kinetics-700 ensemble is
     19,600 prompts: worth computing once.
     """
     if cache_dir is None:
-        return class_embeddings(model, classnames, templates, batch_size)
-    path = cache_dir / f"text_{text_cache_key(model_key, classnames, templates)}.pt"
+        return class_embeddings(model, classnames, templates, batch_size, normalize)
+    path = cache_dir / f"text_{text_cache_key(model_key, classnames, templates, normalize)}.pt"
     cached = load_tensor(path)
     if cached is not None and cached.shape[0] == len(classnames):
         return cached.to(next(model.parameters()).device)
-    features = class_embeddings(model, classnames, templates, batch_size)
+    features = class_embeddings(model, classnames, templates, batch_size, normalize)
     save_tensor(path, features)
     return features

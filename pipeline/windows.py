@@ -3,12 +3,14 @@
     worker:      open -> windows (video.samplers.sliding_windows) -> per chunk of windows: decode its distinct frames once
                  -> resize and crop to the model's size (uint8) -> yield (with the video's poster, a small JPEG of
                  the middle window's middle frame, in the chunk that holds it)
-    this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> pool each window
+    this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> each window's state
+                 (``video_text``: its frames pooled, or X-CLIP's window encoded whole)
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
 is never more than one chunk ahead of the model (``pipeline.video.supervisor`` streams generator tasks). Overlapping windows
-share frames (4 s windows every 2 s, 8 frames each, sample the same instants), so each distinct frame is decoded,
-shipped and encoded once and ``positions`` says which frames make up each window. Frames cross to the model's
+share frames (4 s windows every 2 s, 8 frames each, sample the same instants), so each distinct frame is decoded and
+shipped once, and ``positions`` says which frames make up each window; a per-frame model encodes each once too (X-CLIP
+encodes each window's frames together). Frames cross to the model's
 process already resized and cropped (uint8, 3 x S x S), not at the decoder's size; ``ClipTransform.normalize``
 finishes them there, so the pixels equal ``ClipTransform.video``'s.
 """
@@ -20,9 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
-import clip_model
 from clip_model.config import PreprocessConfig
 from clip_model.transform import ClipTransform
 from pipeline.video import Backend
@@ -32,8 +32,8 @@ from pipeline.video.samplers import sliding_windows
 from pipeline.video.supervisor import trim_heap
 
 from .frame_features import FrameEncoder
-from .pooling import pool_views
 from .thumbnails import jpeg
+from .video_text import VideoState, VideoTextModel
 
 RESIZE_BATCH = 16  # frames resized at once: the float copies interpolate makes stay small
 
@@ -132,7 +132,7 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
 class WindowedVideo:
     info: VideoInfo
     bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) per window
-    windows: torch.Tensor  # (W, E) unit vectors: each window's frames pooled
+    windows: VideoState  # (W, ...): each window's unit vector (and X-CLIP's tokens)
     warnings: tuple[str, ...] = ()
     poster: bytes | None = None  # a small JPEG of the middle window's middle frame
 
@@ -141,7 +141,7 @@ class WindowedVideo:
 class _Video:
     task: WindowTask  # the attempt under way (a retry runs on another backend)
     header: WindowHeader
-    pooled: list[torch.Tensor] = field(default_factory=list)  # (w, E) per chunk, in order
+    states: list[VideoState] = field(default_factory=list)  # (w, ...) per chunk, in order
     sent: int = 0  # chunks queued for the model
     encoded: int = 0  # chunks encoded and pooled
     decoded: bool = False  # the worker finished the video
@@ -155,8 +155,7 @@ def _other_than(path: str) -> Callable[[Any], bool]:
     return lambda key: key[0] != path
 
 
-def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform: ClipTransform, *,
-                  pooling: str = "mean", head: nn.Module | None = None, batch_size: int = 32,
+def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_size: int = 32,
                   decode_workers: int = 2, timeout_s: float = 300.0, max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
                   ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
@@ -164,7 +163,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
     videos; yield (task, video, error) per video as each is complete; an error reads ``status: reason`` and names
     the stage (``open``, ``decode`` or ``model``) in the reason. A video whose worker crashed on ``auto`` is retried
     on decord (``decode_in_workers``): its new header discards whatever the crashed attempt sent."""
-    encoder = FrameEncoder(model, transform, batch_size)
+    encoder = FrameEncoder(model, batch_size)
     videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
 
     def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
@@ -175,7 +174,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
         if error is None and video.error is None:
             assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no error"
             try:
-                video.pooled.append(pool_views(feats[positions], pooling, head))  # (w, T, E) -> (w, E)
+                video.states.append(model.state(model.window_features(feats, positions)))  # (w, L, E) -> (w, ...)
             except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
                 error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         if error is not None and video.error is None:
@@ -188,7 +187,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
                 if video.error:
                     yield video.task, None, video.error
                 else:
-                    yield video.task, WindowedVideo(video.header.info, video.header.bounds, torch.cat(video.pooled),
+                    yield video.task, WindowedVideo(video.header.info, video.header.bounds, VideoState.cat(video.states),
                                                     video.warnings, video.poster), None
 
     workers = max(1, min(decode_workers, len(tasks)))
@@ -202,7 +201,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: clip_model.CLIP, transform
             video, chunk = videos[path], outcome.result
             video.sent += 1
             video.poster = chunk.poster or video.poster
-            encoder.add((path, torch.from_numpy(chunk.positions)), chunk.frames)
+            positions = torch.from_numpy(chunk.positions)
+            encoder.add((path, positions), model.window_frames(chunk.frames, positions))
         elif outcome.status == "ok":
             videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)
         else:

@@ -1,17 +1,13 @@
-"""Zero-shot classification: scaled cosine similarity against class embeddings, softmax (CLIP) or a sigmoid per label
-(SigLIP), views averaged, top-k."""
+"""Zero-shot scoring: how a family turns cosines into probabilities (softmax over the labels for CLIP and X-CLIP, a
+sigmoid per label for SigLIP), and top-k predictions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 import clip_model
-
-from .pooling import Pooling, pool_views
 
 
 @dataclass(frozen=True)
@@ -35,34 +31,14 @@ class LabelScoring:
 
 
 def label_scoring(model: clip_model.FrameTextModel) -> LabelScoring:
-    """A model's own scoring: SigLIP's sigmoid with its learned scale and bias; CLIP's softmax with its scale (capped
-    at 100, as CLIP trained it)."""
+    """A model's own scoring: SigLIP's sigmoid with its learned scale and bias; X-CLIP's softmax at its learned
+    scale; CLIP's softmax with its scale capped at 100, as CLIP trained it."""
     scale = model.logit_scale.detach().float().exp()
     if isinstance(model, clip_model.SigLIP):
         return LabelScoring("sigmoid", float(scale), float(model.logit_bias.detach().float()))
+    if isinstance(model, clip_model.XCLIP):
+        return LabelScoring("softmax", float(scale))
     return LabelScoring("softmax", float(scale.clamp(max=100)))
-
-
-def zero_shot_probs(video_features: torch.Tensor, class_features: torch.Tensor,
-                    scoring: LabelScoring | float) -> torch.Tensor:
-    """(..., E) and (C, E) unit vectors -> (..., C) probabilities (a bare float: CLIP's softmax at that scale)."""
-    if not isinstance(scoring, LabelScoring):
-        scoring = LabelScoring("softmax", float(scoring))
-    return scoring.probs(video_features @ class_features.t())
-
-
-def video_probs(frame_features: torch.Tensor, class_features: torch.Tensor, logit_scale: LabelScoring | float,
-                pooling: Pooling = "mean", head: nn.Module | None = None) -> torch.Tensor:
-    """(V, T, E) raw frame embeddings of V views -> (C,) probabilities, averaged over the views.
-
-    ``mean``/``max``/``temporal`` (with the trained ``head``) pool each view's embeddings over time, then score;
-    ``frame_scores`` scores every frame and averages the probabilities.
-    """
-    if pooling == "frame_scores":
-        probs = zero_shot_probs(F.normalize(frame_features, dim=-1), class_features, logit_scale)  # (V, T, C)
-        return probs.mean(dim=(0, 1))
-    pooled = pool_views(frame_features, pooling, head)  # (V, E)
-    return zero_shot_probs(pooled, class_features, logit_scale).mean(dim=0)
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int) -> list[Prediction]:

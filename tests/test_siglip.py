@@ -145,7 +145,7 @@ def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
     from transformers import SiglipImageProcessor
 
     import clip_model
-    from pipeline.model_spec import load_model
+    from pipeline.model_spec import clip_only, load_model
 
     hf, _ = _pair("siglip")
     hf.save_pretrained(tmp_path / "siglip")
@@ -160,8 +160,43 @@ def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
     assert ours.shape == (1, 3, 32, 32) and (ours - theirs).abs().max() < 1e-5
     with torch.no_grad():
         assert (model.encode_image(ours) - hf.get_image_features(pixel_values=ours)).abs().max() < 1e-4
-    with pytest.raises(ValueError, match="a siglip checkpoint; classify takes CLIP and SigLIP; benchmark, tag and"):
-        load_model(str(tmp_path / "siglip"), torch.device("cpu"))  # what benchmark, tag and train load with
+    assert load_model(str(tmp_path / "siglip"), torch.device("cpu")).scoring.kind == "sigmoid"  # what every job loads
+    with pytest.raises(ValueError, match="a siglip checkpoint; train fine-tunes CLIP checkpoints only"):
+        clip_only(model, str(tmp_path / "siglip"))
+
+
+def _siglip_folder(tmp_path, sp_models):
+    """A transformers SigLIP folder with its image processor and a SentencePiece model trained here; scale 10 and
+    bias -0.5 keep the probabilities away from 0 and 1, so that they say something."""
+    import shutil
+
+    import sentencepiece
+    from transformers import SiglipImageProcessor
+
+    hf, _ = _pair("siglip", sentencepiece.SentencePieceProcessor(model_file=sp_models["siglip"]).get_piece_size())
+    with torch.no_grad():
+        hf.logit_scale.fill_(math.log(10.0))
+        hf.logit_bias.fill_(-0.5)
+    folder = tmp_path / "siglip"
+    hf.save_pretrained(folder)
+    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=3).save_pretrained(folder)
+    shutil.copy(sp_models["siglip"], folder / "spiece.model")
+    return hf, folder
+
+
+def _hf_sigmoid(hf, folder, frames, labels):
+    """transformers' SigLIP on uint8 frames (T, H, W, 3): get_image_features averaged over the frames, the text of
+    SiglipTokenizer, sigmoid(scale * cos + bias) per label -> (C,) probabilities."""
+    from PIL import Image
+    from transformers import SiglipImageProcessor
+
+    pixels = SiglipImageProcessor.from_pretrained(folder)([Image.fromarray(f) for f in frames], return_tensors="pt")
+    theirs = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
+    ids = torch.tensor(theirs(labels, padding="max_length", max_length=64, truncation=True)["input_ids"])
+    with torch.no_grad():
+        video_emb = F.normalize(hf.get_image_features(pixel_values=pixels["pixel_values"]).mean(0), dim=-1)
+        text_emb = F.normalize(hf.get_text_features(input_ids=ids), dim=-1)
+        return torch.sigmoid(10.0 * text_emb @ video_emb - 0.5)
 
 
 def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_models):
@@ -169,27 +204,16 @@ def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_model
     frames at the TSN segment centres, SiglipImageProcessor, get_image_features averaged over frames, the text of
     SiglipTokenizer, and sigmoid(scale * cos + bias) for each label on its own."""
     import json
-    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     import av
     import numpy as np
-    import sentencepiece
-    from PIL import Image
-    from transformers import SiglipImageProcessor
 
     from datasets.synthetic import moving_square_frames, write_video
 
-    hf, _ = _pair("siglip", sentencepiece.SentencePieceProcessor(model_file=sp_models["siglip"]).get_piece_size())
-    with torch.no_grad():  # probabilities away from 0 and 1, so that they say something
-        hf.logit_scale.fill_(math.log(10.0))
-        hf.logit_bias.fill_(-0.5)
-    folder = tmp_path / "siglip"
-    hf.save_pretrained(folder)
-    SiglipImageProcessor(size={"height": 32, "width": 32}, resample=3).save_pretrained(folder)
-    shutil.copy(sp_models["siglip"], folder / "spiece.model")
+    hf, folder = _siglip_folder(tmp_path, sp_models)
     video = write_video(tmp_path / "v.mp4", moving_square_frames("moving left", "red", num_frames=24))
     labels = ["playing basketball", "riding a bike", "eating spaghetti"]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
@@ -202,14 +226,57 @@ def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_model
     with av.open(str(video)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     picks = [frames[int((i + 0.5) * len(frames) / 8)] for i in range(8)]  # TSN test-time segment centres
-    pixels = SiglipImageProcessor.from_pretrained(folder)([Image.fromarray(f) for f in picks], return_tensors="pt")
-    theirs = SiglipTokenizer(vocab_file=str(folder / "spiece.model"), model_max_length=64)
-    ids = torch.tensor(theirs(labels, padding="max_length", max_length=64, truncation=True)["input_ids"])
-    with torch.no_grad():
-        video_emb = F.normalize(hf.get_image_features(pixel_values=pixels["pixel_values"]).mean(0), dim=-1)
-        text_emb = F.normalize(hf.get_text_features(input_ids=ids), dim=-1)
-        probs = torch.sigmoid(10.0 * text_emb @ video_emb - 0.5)
+    probs = _hf_sigmoid(hf, folder, picks, labels)
     expected = sorted(zip(probs.tolist(), labels), reverse=True)
     assert row["labels"] == [label for _, label in expected]
     np.testing.assert_allclose(row["scores"], [p for p, _ in expected], atol=2e-3)
     assert sum(row["scores"]) != pytest.approx(1.0, abs=1e-3)  # independent per label, not a softmax
+
+
+def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_models):
+    """tag with SigLIP: each window's probabilities are transformers' sigmoids on that window's frames (float16
+    rows), ``labels_above`` holds every label whose own probability reaches the threshold (several or none per row,
+    not a share), and retag equals a fresh tag."""
+    import av
+    import numpy as np
+    import pandas as pd
+
+    from datasets.synthetic import moving_square_frames, write_video
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.jobs.tag.query import retag
+    from pipeline.runtime import RuntimeSettings
+    from pipeline.video.open import DecodeRequest, decode_request
+    from pipeline.video.samplers import Sampling
+
+    hf, folder = _siglip_folder(tmp_path, sp_models)
+    videos = [write_video(tmp_path / "archive" / f"v{i}.mp4", moving_square_frames(a, "red", num_frames=36, seed=i))
+              for i, a in enumerate(["moving left", "moving up"])]
+    labels = ("playing basketball", "riding a bike", "eating spaghetti", "a red square")
+    rt = RuntimeSettings(str(folder), device="cpu", precision="fp32", decode_workers=1)
+    settings = TagSettings(rt, labels, templates="none", num_frames=4, window_s=1.0, stride_s=0.5, topk=4,
+                           above=0.45)
+    assert tag(settings, tmp_path / "archive", tmp_path / "a.csv", progress=False).ok == 2
+    windows = pd.read_csv(tmp_path / "a.segments.csv", keep_default_na=False).query("kind == 'window'")
+    counts = []
+    for v in videos:
+        ref = decode_request(DecodeRequest(str(v), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
+        with av.open(str(v)) as c:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        rows = windows[windows.path == str(v.resolve())].sort_values("window")
+        assert len(rows) == len(ref.indices) > 1
+        for (_, row), idx in zip(rows.iterrows(), ref.indices):
+            probs = _hf_sigmoid(hf, folder, list(frames[idx]), list(labels)).numpy()
+            got = {row[f"label_{j}"]: float(row[f"score_{j}"]) for j in range(1, 5)}
+            np.testing.assert_allclose([got[label] for label in labels], probs, atol=3e-3)
+            listed = row["labels_above"].split("|") if row["labels_above"] else []
+            assert listed == [label for label, p in sorted(got.items(), key=lambda kv: -kv[1]) if p >= 0.45]
+            counts.append(len(listed))
+    assert max(counts) >= 2 or min(counts) == 0  # several labels at once, or none: not one share per row
+
+    retag(tmp_path / "a.csv.index", ["a red square", "riding a bike"], tmp_path / "re.csv", templates="none",
+          topk=2, device="cpu", above=0.45)
+    fresh = TagSettings(rt, ("a red square", "riding a bike"), templates="none", num_frames=4, window_s=1.0,
+                        stride_s=0.5, topk=2, above=0.45)
+    tag(fresh, tmp_path / "archive", tmp_path / "b.csv", progress=False)
+    for suffix in (".csv", ".segments.csv"):
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / f"re{suffix}"), pd.read_csv(tmp_path / f"b{suffix}"))

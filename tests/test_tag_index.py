@@ -18,6 +18,8 @@ from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.scoring import Scorer, TableWriter, output_schemas, sibling, write_outputs
 from pipeline.model_spec import model_identity
 from pipeline.runtime import RuntimeSettings
+from pipeline.video_text import LabelScorer
+from pipeline.zero_shot import LabelScoring
 
 DIM = 32
 LABELS = ("jumping", "running", "swimming", "cooking")
@@ -29,7 +31,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 def _scorer(seed: int = 0) -> Scorer:
     text = torch.from_numpy(_unit(np.random.default_rng(seed).standard_normal((len(LABELS), DIM))))
-    return Scorer(text, 50.0, LABELS, 3)
+    return Scorer(LabelScorer(text, LabelScoring("softmax", 50.0)), LABELS, 3)
 
 
 def _fill(index: TagIndex, videos: int, windows: int = 4, seed: int = 0, commit_every: int = 5,
@@ -203,7 +205,7 @@ def test_outputs_stream_in_batches_and_merge_actions_across_batch_boundaries(tmp
     assert len(windows) == 35
     scorer = _scorer()
     for path, vecs in truth.items():  # windows scored from the stored float16 vectors, merged where labels agree
-        labels, _ = scorer.top(vecs[1:].astype(np.float16))
+        labels, _, _ = scorer.top(vecs[1:].astype(np.float16))
         runs = [1]
         for a, b in zip(labels[:-1, 0], labels[1:, 0]):
             runs[-1:] = [runs[-1] + 1] if a == b else [runs[-1], 1]
@@ -275,8 +277,8 @@ def test_old_index_is_refused_with_the_command_that_migrates_it_and_then_migrate
     assert np.allclose(vecs[("/a/y.mp4", 1)], second["windows"][1], atol=1e-3)
     assert np.allclose(vecs[("/a/x.mp4", 0)], first["windows"][0], atol=1e-3)
     assert len(vecs) == 6
-    cfg = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu"), LABELS, templates="none", window_s=2.0,
-                      stride_s=2.0, topk=3)
+    cfg = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu"), LABELS, templates="none", num_frames=8,
+                      window_s=2.0, stride_s=2.0, topk=3)
     resumed = open_for_tagging(folder, cfg.identity(), 64)  # the same settings resume without complaint
     assert resume_plan(resumed, [], [])[0] == []
 
@@ -288,15 +290,31 @@ def test_old_model_keys_become_identities():
 
 
 def test_scorer_top_k_equals_the_softmax_of_zero_shot():
-    from pipeline.zero_shot import top_k, zero_shot_probs
-
     scorer = _scorer()
     x = _unit(np.random.default_rng(3).standard_normal((50, DIM)))
-    labels, scores = scorer.top(x.astype(np.float16))
-    ref = top_k(zero_shot_probs(torch.from_numpy(x.astype(np.float16).astype(np.float32)), scorer.text, 50.0),
-                LABELS, 3)
-    assert [tuple(r) for r in labels.tolist()] == [p.labels for p in ref]
-    assert np.allclose(scores, [p.scores for p in ref], atol=1e-6)
+    labels, scores, above = scorer.top(x.astype(np.float16))
+    logits = 50.0 * x.astype(np.float16).astype(np.float64) @ scorer.scorer.text.double().numpy().T  # (50, C)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    order = np.argsort(-probs, axis=1)[:, :3]
+    assert labels.tolist() == [[LABELS[j] for j in row] for row in order]
+    assert np.allclose(scores, np.take_along_axis(probs, order, axis=1), atol=1e-6)
+    assert above == [None] * 50
+
+
+def test_scorer_lists_every_label_at_or_above_the_threshold_for_both_scorings():
+    text = _scorer().scorer.text
+    x = _unit(np.random.default_rng(4).standard_normal((40, DIM)))
+    cos = x.astype(np.float16).astype(np.float64) @ text.double().numpy().T
+    for scoring, probs in ((LabelScoring("sigmoid", 10.0, -2.0), 1 / (1 + np.exp(-(10.0 * cos - 2.0)))),
+                           (LabelScoring("softmax", 5.0), np.exp(5 * cos) / np.exp(5 * cos).sum(1, keepdims=True))):
+        _, scores, above = Scorer(LabelScorer(text, scoring), LABELS, 2, above=0.3).top(x.astype(np.float16))
+        assert np.allclose(scores, -np.sort(-probs, axis=1)[:, :2], atol=1e-6)
+        for row, got in zip(probs, above):
+            want = [LABELS[j] for j in np.argsort(-row) if row[j] >= 0.3]
+            assert got == "|".join(want)
+        counts = [len(a.split("|")) if a else 0 for a in above]
+        assert min(counts) < max(counts)  # the threshold separates rows: some get several labels, some fewer
 
 
 def test_a_first_commit_killed_after_creating_a_table_starts_clean(tmp_path):

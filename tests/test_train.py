@@ -273,6 +273,7 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     with pytest.raises(clip_model.CheckpointError, match="no trained temporal pooler"):
         load_model(str(plain), torch.device("cpu"), pooling="temporal")
     # one read of the file gives the same pooler as load_temporal
-    _, _, head = load_model(str(result.out / "model.pt"), torch.device("cpu"), pooling="temporal")
+    head = load_model(str(result.out / "model.pt"), torch.device("cpu"), pooling="temporal").head
+    assert head is not None
     alone = clip_model.load_temporal(result.out / "model.pt")
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), alone.state_dict().values()))

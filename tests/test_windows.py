@@ -14,8 +14,8 @@ from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.windows import WindowChunk, WindowHeader, WindowTask, chunk_ranges, decode_windows, embed_windows
 
-MODEL, TRANSFORM, _ = load_model("random:tiny-vit", torch.device("cpu"))
-S = MODEL.preprocess_config.image_size
+MODEL = load_model("random:tiny-vit", torch.device("cpu"))
+S = MODEL.preprocess.image_size
 
 
 def test_chunk_ranges_cover_every_window_once_within_the_budget():
@@ -48,7 +48,7 @@ def _stream(task):
 @pytest.mark.parametrize("chunk_mb", [0.05, 64.0])
 def test_chunks_rebuild_the_windows_of_a_whole_video_decode(tmp_path, chunk_mb):
     video = h264_bframes(tmp_path / "v.mp4", n=150, gop=25)  # 6 s at 25 fps
-    task = WindowTask(str(video), MODEL.preprocess_config, num_frames=8, window_s=2.0, stride_s=1.0,
+    task = WindowTask(str(video), MODEL.preprocess, num_frames=8, window_s=2.0, stride_s=1.0,
                       chunk_mb=chunk_mb)
     items, warnings = _stream(task)
     header, chunks = items[0], items[1:]
@@ -58,7 +58,7 @@ def test_chunks_rebuild_the_windows_of_a_whole_video_decode(tmp_path, chunk_mb):
     assert (len(chunks) > 1) == (chunk_mb < 1)  # 0.05 MB holds ~1.4 frames of 96x128: one window per chunk
     # the reference: every window's frames decoded in one request, then the model's resize and crop
     ref = decode_request(DecodeRequest(str(video), Sampling("windows", num_frames=8, window_s=2.0, stride_s=1.0)))
-    ref_frames = TRANSFORM.resize_crop(ref.frames).view(5, 8, 3, S, S)
+    ref_frames = MODEL.transform.resize_crop(ref.frames).view(5, 8, 3, S, S)
     rebuilt = torch.cat([c.frames[torch.from_numpy(c.positions)] for c in chunks])  # (W, T, 3, S, S)
     assert [c.first for c in chunks] == list(np.cumsum([0] + [len(c.positions) for c in chunks[:-1]]))
     assert torch.equal(rebuilt, ref_frames)
@@ -70,7 +70,7 @@ def test_frame_encoder_batches_across_owners_like_encoding_each_alone():
     rng = np.random.default_rng(1)
     owners = {k: torch.from_numpy(rng.integers(0, 256, (n, 3, S, S), dtype=np.uint8)) for k, n in
               enumerate([3, 7, 1, 12, 5])}
-    encoder = FrameEncoder(MODEL, TRANSFORM, batch_size=8)
+    encoder = FrameEncoder(MODEL, batch_size=8)
     done = []
     for key, frames in owners.items():
         encoder.add(key, frames)
@@ -79,19 +79,19 @@ def test_frame_encoder_batches_across_owners_like_encoding_each_alone():
     done += encoder.ready(flush=True)
     assert [k for k, _, _ in done] == list(owners)  # in the order added
     for key, feats, error in done:
-        alone = MODEL.encode_image(TRANSFORM.normalize(owners[key]))
+        alone = MODEL.model.encode_image(MODEL.transform.normalize(owners[key]))
         assert error is None and torch.allclose(feats, alone, atol=1e-5)
 
 
 def test_a_failing_owner_is_its_own_failure():
     good = torch.zeros(5, 3, S, S, dtype=torch.uint8)
     bad = torch.zeros(2, 3, 2 * S, 2 * S, dtype=torch.uint8)  # wrong size: the model cannot take it
-    encoder = FrameEncoder(MODEL, TRANSFORM, batch_size=16)
+    encoder = FrameEncoder(MODEL, batch_size=16)
     encoder.add("a", good)
     encoder.add("bad", bad)
     encoder.add("b", good)
     out = {k: (f, e) for k, f, e in encoder.ready(flush=True)}
-    assert out["a"][1] is None and out["b"][1] is None and out["a"][0].shape == (5, MODEL.config.embed_dim)
+    assert out["a"][1] is None and out["b"][1] is None and out["a"][0].shape == (5, MODEL.embed_dim)
     assert out["bad"][0] is None and "RuntimeError" in out["bad"][1]
 
 
@@ -100,9 +100,9 @@ def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
 
     paths = [h264_bframes(tmp_path / f"v{i}.mp4", n=50 + 40 * i, gop=12) for i in range(3)]
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 64)
-    tasks = [WindowTask(str(p), MODEL.preprocess_config, num_frames=4, window_s=1.0, stride_s=0.5, chunk_mb=0.2,
+    tasks = [WindowTask(str(p), MODEL.preprocess, num_frames=4, window_s=1.0, stride_s=0.5, chunk_mb=0.2,
                         resize=448) for p in paths + [tmp_path / "broken.mp4"]]
-    out = {t.path: (v, e) for t, v, e in embed_windows(tasks, MODEL, TRANSFORM, batch_size=5, decode_workers=2,
+    out = {t.path: (v, e) for t, v, e in embed_windows(tasks, MODEL, batch_size=5, decode_workers=2,
                                                       timeout_s=60)}
     assert set(out) == {t.path for t in tasks}
     video, error = out[str(tmp_path / "broken.mp4")]
@@ -112,9 +112,10 @@ def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
         assert error is None
         ref = decode_request(DecodeRequest(str(p), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5),
                                            resize=448))
-        feats = encode_clip(MODEL, TRANSFORM, ref, batch_size=64)  # (W, T, E), every window's frames encoded
-        assert video.windows.shape == (ref.indices.shape[0], MODEL.config.embed_dim)
-        assert torch.allclose(video.windows, pool_views(feats, "mean"), atol=1e-5)
+        feats = encode_clip(MODEL, ref, batch_size=64)  # (W, T, E), every window's frames encoded
+        assert video.windows.vectors.shape == (ref.indices.shape[0], MODEL.embed_dim)
+        assert video.windows.tokens is None
+        assert torch.allclose(video.windows.vectors, pool_views(feats, "mean"), atol=1e-5)
         assert len(video.bounds) == ref.indices.shape[0] and video.info.num_frames == 50 + 40 * paths.index(p)
 
 
@@ -126,9 +127,9 @@ def test_a_crashed_attempt_leaves_nothing_in_its_retry(tmp_path):
     from worker_fns import windows_then_segfault
 
     path = h264_bframes(tmp_path / "v.mp4", n=100, gop=12)
-    task = WindowTask(str(path), MODEL.preprocess_config, num_frames=4, window_s=1.0, stride_s=0.5, chunk_mb=0.2)
-    [(done, video, error)] = list(embed_windows([task], MODEL, TRANSFORM, batch_size=5, decode_workers=1,
+    task = WindowTask(str(path), MODEL.preprocess, num_frames=4, window_s=1.0, stride_s=0.5, chunk_mb=0.2)
+    [(done, video, error)] = list(embed_windows([task], MODEL, batch_size=5, decode_workers=1,
                                                 timeout_s=60, fn=windows_then_segfault))
     assert error is None and done.backend == "decord" and video.info.backend == "decord"
     ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
-    assert torch.allclose(video.windows, pool_views(encode_clip(MODEL, TRANSFORM, ref), "mean"), atol=1e-5)
+    assert torch.allclose(video.windows.vectors, pool_views(encode_clip(MODEL, ref), "mean"), atol=1e-5)

@@ -1,8 +1,9 @@
 """The benchmark job: a validated config in, per-split metrics, mean ± std, predictions and an HTML report out.
 
 Zero-shot scores each test video against prompt-ensembled class names; the linear probe fits on the training
-split's pooled features and scores the test split. Frame embeddings are cached on disk per video (keyed by model,
-sampling and the file's size and mtime), so a second protocol or split over the same videos decodes nothing.
+split's pooled features and scores the test split. Per-view features (``video_text``: frame embeddings, or X-CLIP's
+clip rows) are cached on disk per video (keyed by model, sampling and the file's size and mtime), so a second
+protocol or split over the same videos decodes nothing.
 """
 from __future__ import annotations
 
@@ -27,12 +28,11 @@ from pipeline.frame_features import extract_features
 from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.metrics import compute_metrics, mean_std
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
-from pipeline.pooling import video_embedding
-from pipeline.prompts import cached_class_embeddings, load_templates
+from pipeline.prompts import load_templates
 from pipeline.tensor_cache import load_tensor, save_tensor
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
-from pipeline.zero_shot import video_probs
+from pipeline.video_text import VideoTextModel
 
 from .benchmark_report import confusion_png, per_class_png, write_reports
 
@@ -44,14 +44,15 @@ class SplitData:
     train: VideoDataset | None = None
 
 
-def sampling_for(cfg: BenchmarkConfig) -> Sampling:
+def sampling_for(cfg: BenchmarkConfig, num_frames: int) -> Sampling:
+    """The config's sampling, with ``num_frames`` (the config's, checked against the model's) per clip."""
     if cfg.frames == "centre":
         return Sampling("segments", num_frames=1)
     if cfg.frames == "all":
         return Sampling("all")
     if cfg.clips > 1:
-        return Sampling("dense", clip_len=cfg.num_frames, num_clips=cfg.clips)
-    return Sampling("segments", num_frames=cfg.num_frames)
+        return Sampling("dense", clip_len=num_frames, num_clips=cfg.clips)
+    return Sampling("segments", num_frames=num_frames)
 
 
 def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None) -> VideoDataset:
@@ -126,7 +127,7 @@ def restrict(ds: VideoDataset, names: list[str]) -> VideoDataset:
 
 
 class FeatureCache:
-    """Frame embeddings (V, T, E) per video on disk, keyed by model, sampling, crops and the file's size/mtime."""
+    """Per-view features (V, L, E) per video on disk, keyed by model, sampling, crops and the file's size/mtime."""
 
     def __init__(self, root: Path | None, key: str):
         self.root, self.key = root, key
@@ -148,9 +149,9 @@ class FeatureCache:
             save_tensor(path, features)
 
 
-def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: BenchmarkConfig, cache: FeatureCache,
-                   desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
-    """(V, T, E) frame embeddings for each record's video, from the cache or decoded now; failures by path."""
+def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, sampling: Sampling, cfg: BenchmarkConfig,
+                   cache: FeatureCache, desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+    """(V, L, E) features for each record's video, from the cache or decoded now; failures by path."""
     feats: dict[Path, torch.Tensor] = {}
     todo = []
     for r in records:
@@ -159,12 +160,12 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
             feats[r.path] = hit
         else:
             todo.append(r)
-    cap = 2 * model.preprocess_config.image_size
+    cap = 2 * model.preprocess.image_size
     rt = cfg.runtime
-    requests = [DecodeRequest(str(r.path), sampling_for(cfg), rt.backend, cap) for r in todo]
+    requests = [DecodeRequest(str(r.path), sampling, rt.backend, cap) for r in todo]
     errors: dict[Path, str] = {}
     with tqdm(total=len(records), initial=len(feats), desc=desc, unit="video", leave=False) as bar:
-        for request, result, error in extract_features(model, transform, requests, crops=cfg.crops,
+        for request, result, error in extract_features(model, requests, crops=cfg.crops,
                                                        batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                                                        timeout_s=rt.decode_timeout_s):
             path = Path(request.path)
@@ -172,49 +173,43 @@ def video_features(records: tuple[VideoRecord, ...], model, transform, cfg: Benc
                 errors[path] = error
             else:
                 assert result is not None  # extract_features sets exactly one of features and error
-                feats[path] = result.frame_features
-                cache.put(path, result.frame_features)
+                feats[path] = result.features
+                cache.put(path, result.features)
             bar.update()
     return feats, errors
-
-
-def pooled(features: torch.Tensor, head: torch.nn.Module | None = None) -> np.ndarray:
-    return video_embedding(features, head).numpy()
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Run every split of the config and write the reports to ``cfg.out``; returns the results dict."""
     splits = load_splits(cfg)
     rt = cfg.runtime
-    model, transform, head = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)  # head: temporal
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)
     mkey = model_key(model_identity(rt.model, rt.precision))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
-    sampling = sampling_for(cfg)
+    sampling = sampling_for(cfg, model.num_frames(cfg.num_frames))
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
-    scale = float(model.logit_scale.detach().exp().clamp(max=100))
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []
     for split in splits:
-        test_feats, test_errors = video_features(split.test.records, model, transform, cfg, cache, f"{split.name} test")
+        test_feats, test_errors = video_features(split.test.records, model, sampling, cfg, cache, f"{split.name} test")
         records = [r for r in split.test.records if r.path in test_feats]
         classnames = list(split.test.classnames)
         if cfg.protocol == "zero_shot":
-            text = cached_class_embeddings(model, mkey, classnames, load_templates(cfg.templates),
-                                           cache_root).float().cpu()
-            probs = np.stack([video_probs(test_feats[r.path], text, scale, cfg.pooling, head).numpy()
-                              for r in records])
+            scorer = model.labels(model.class_text(classnames, load_templates(cfg.templates or model.templates),
+                                                   cache_root, mkey))
+            probs = np.stack([model.view_probs(test_feats[r.path], scorer).numpy() for r in records])
             probe_info = {}
         else:
             assert split.train is not None  # load_splits reads a train split for the linear probe
-            train_feats, train_errors = video_features(split.train.records, model, transform, cfg, cache,
+            train_feats, train_errors = video_features(split.train.records, model, sampling, cfg, cache,
                                                        f"{split.name} train")
             test_errors |= {p: f"(train) {e}" for p, e in train_errors.items()}
             train = [r for r in split.train.records if r.path in train_feats]
             settings = ProbeSettings(c_grid=cfg.probe_c_grid or DEFAULT_C_GRID, val_fraction=cfg.probe_val_fraction)
-            probe = fit_probe(np.stack([pooled(train_feats[r.path], head) for r in train]),
+            probe = fit_probe(np.stack([model.probe_feature(train_feats[r.path]).numpy() for r in train]),
                               np.array([r.label for r in train]), tuple(classnames), settings)
             probe.save(cfg.out / f"probe_{split.name}.npz")
-            probs = probe.predict_proba(np.stack([pooled(test_feats[r.path], head) for r in records]))
+            probs = probe.predict_proba(np.stack([model.probe_feature(test_feats[r.path]).numpy() for r in records]))
             probe_info = {"C": probe.C, "train_videos": len(train), "val_accuracy": probe.val_accuracy}
         labels = np.array([r.label for r in records])
         metrics = compute_metrics(probs, labels, len(classnames))

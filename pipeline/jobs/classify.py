@@ -10,21 +10,21 @@ from tqdm import tqdm
 
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import LinearProbe
-from pipeline.model_spec import load_frame_model, model_identity, model_key, resolve_device
-from pipeline.pooling import POOLINGS, Pooling, video_embedding
-from pipeline.prompts import cached_class_embeddings, load_templates
+from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
+from pipeline.pooling import POOLINGS, Pooling
+from pipeline.prompts import load_templates
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
-from pipeline.zero_shot import Prediction, label_scoring, top_k, video_probs
+from pipeline.zero_shot import Prediction, top_k
 
 
 @dataclass(frozen=True)
 class ClassifySettings:
     runtime: RuntimeSettings
     classnames: tuple[str, ...]
-    templates: str = "video"
-    num_frames: int = 8  # frames per clip
+    templates: str | None = None  # None: the model's own (video_text; CLIP's "video", X-CLIP's "none")
+    num_frames: int | None = None  # frames per clip; None: the model's (fixed by X-CLIP checkpoints), else 8
     clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
     crops: int = 1  # spatial views: 1 (centre) or 3
     pooling: Pooling = "mean"
@@ -35,7 +35,7 @@ class ClassifySettings:
 
     def __post_init__(self) -> None:
         for name in ("num_frames", "clips", "topk"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.crops not in (1, 3):
             raise ValueError(f"crops ({self.crops}) must be 1 or 3")
@@ -46,10 +46,10 @@ class ClassifySettings:
         if not self.classnames and self.probe is None:
             raise ValueError("classnames must not be empty")
 
-    def sampling(self) -> Sampling:
+    def sampling(self, num_frames: int) -> Sampling:
         if self.clips == 1:
-            return Sampling("segments", num_frames=self.num_frames)
-        return Sampling("dense", clip_len=self.num_frames, num_clips=self.clips)
+            return Sampling("segments", num_frames=num_frames)
+        return Sampling("dense", clip_len=num_frames, num_clips=self.clips)
 
 
 UNKNOWN = "unknown"
@@ -60,7 +60,7 @@ class VideoResult:
     path: Path
     prediction: Prediction | None
     error: str | None = None  # why it failed, without the path: "no such file", "timeout: ..."
-    probs: torch.Tensor | None = None  # (C,) averaged over views
+    probs: torch.Tensor | None = None  # (C,) averaged over views: softmax over the labels, or each label's sigmoid
     warnings: tuple[str, ...] = ()
 
 
@@ -68,17 +68,17 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     rt = settings.runtime
-    model, transform, head = load_frame_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
+    num_frames = model.num_frames(settings.num_frames)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
     classnames = list(probe.classnames) if probe else list(settings.classnames)
-    if probe is None:
-        text = cached_class_embeddings(model, model_key(model_identity(rt.model, rt.precision)), classnames,
-                                       load_templates(settings.templates), settings.cache_dir).float().cpu()  # (C, E)
-    scoring = label_scoring(model)  # CLIP: softmax over the labels; SigLIP: a sigmoid per label
-    cap = 2 * model.preprocess_config.image_size  # larger frames are scaled down in the decoder
-    requests = [DecodeRequest(str(p), settings.sampling(), rt.backend, cap) for p in paths]
+    if probe is None:  # CLIP: softmax over the labels; SigLIP: a sigmoid per label; X-CLIP: texts seen by each video
+        labels = model.labels(model.class_text(classnames, load_templates(settings.templates or model.templates),
+                                               settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
+    cap = 2 * model.preprocess.image_size  # larger frames are scaled down in the decoder
+    requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths]
     results: dict[str, VideoResult] = {}
-    stream = extract_features(model, transform, requests, crops=settings.crops, batch_size=rt.batch_size,
+    stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     for request, feats, error in tqdm(stream, total=len(requests), desc="classify", unit="video", disable=None,
                                       leave=False):
@@ -88,9 +88,9 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
             continue
         assert feats is not None  # extract_features sets exactly one of features and error
         if probe is not None:
-            probs = torch.from_numpy(probe.predict_proba(video_embedding(feats.frame_features, head).numpy()[None])[0])
+            probs = torch.from_numpy(probe.predict_proba(model.probe_feature(feats.features).numpy()[None])[0])
         else:
-            probs = video_probs(feats.frame_features, text, scoring, settings.pooling, head)  # (C,)
+            probs = model.view_probs(feats.features, labels)  # (C,)
         (pred,) = top_k(probs[None], classnames, settings.topk)
         if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
             pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))

@@ -28,10 +28,10 @@ from pipeline.thumbnails import ThumbnailTask, jpeg, thumbnail_jpeg
 from pipeline.video.supervisor import WorkerPool
 
 from ..tag.index import TagIndex, common_settings, open_indexes
-from ..tag.query import SearchFilter, index_model, nearest, text_embedding
+from ..tag.query import SearchFilter, index_model, text_search
 
 if TYPE_CHECKING:
-    import clip_model
+    from pipeline.video_text import VideoTextModel
 
 LOG = logging.getLogger(__name__)
 VIDEO_FIELDS = ("video_id", "path", "status", "stage", "reason", "duration_s", "decoder", "windows", "warnings",
@@ -84,7 +84,7 @@ class Archive:
         self._reopen_lock = threading.Lock()
         self.settings = common_settings(self._indexes)
         self._device = device
-        self._model: clip_model.CLIP | None = None
+        self._model: VideoTextModel | None = None
         self._model_lock = threading.Lock()
         self.thumbnails = Thumbnails(thumbnail_workers)
 
@@ -113,8 +113,7 @@ class Archive:
         with self._model_lock:  # one text encoder, loaded on the first query, used by one request at a time
             if self._model is None:
                 self._model = index_model(self.settings, self._device)
-            vector = text_embedding(self._model, query)
-        return nearest(self.indexes, vector, k, where)
+        return text_search(self._model, self.indexes, query, k, where, lock=self._model_lock)
 
     # ---- one video ------------------------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@
                           (a JPEG of at most ~20 KB; indexes written before posters have no such column)
       embeddings.lance/   one row per video (kind "video": the normalised mean of its windows) and per window (kind
                           "segment": start and end seconds), with its top label at tagging time and a float16 unit
-                          vector; what search, retag and the output tables read
+                          vector; what search, retag and the output tables read. X-CLIP rows also hold the K
+                          visual tokens its prompt generator conditions label texts on (``tokens``, K x E float16:
+                          49 x 512 for B/32, 50 KB a row; 196 x 512 for B/16), so retag and search need no decoding
 
 Why Lance (the LanceDB format): appends are atomic versions, a dataset can be read at any committed version, it has
 IVF-PQ vector indexes and SQL filters evaluated before the vector search, and it streams Arrow record batches, so
@@ -64,12 +66,13 @@ VIDEO_COLUMNS = pa.schema([
 ])
 
 
-def embedding_schema(dim: int) -> pa.Schema:
+def embedding_schema(dim: int, tokens: int = 0) -> pa.Schema:
+    """The embeddings table's columns; ``tokens`` K > 0 adds X-CLIP's (K·E float16 per row)."""
     return pa.schema([
         ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
         ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),
         ("vector", pa.list_(pa.float16(), dim)),
-    ])
+    ] + ([("tokens", pa.list_(pa.float16(), tokens * dim))] if tokens else []))
 
 
 def index_folder(out: Path) -> Path:
@@ -177,6 +180,13 @@ class TagIndex:
     def count(self, name: str, where: str | None = None) -> int:
         ds = self.table(name)
         return 0 if ds is None else ds.count_rows(filter=where)
+
+    def token_count(self) -> int:
+        """K, the X-CLIP tokens each embedding row holds (0: none)."""
+        ds = self.table("embeddings")
+        if ds is None or "tokens" not in ds.schema.names:
+            return 0
+        return ds.schema.field("tokens").type.list_size // self.state.dim
 
     def stamps(self) -> dict[str, tuple[int | None, int | None]]:
         """Path -> (size, mtime_ns) it was tagged at, for every stored path (tagged or failed)."""

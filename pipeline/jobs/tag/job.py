@@ -5,8 +5,10 @@
     OUT.errors.* (streamed from the index)
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
-each). A window's embedding is its pooled frames; a video's is the normalised mean of its windows'. Labels are
-scored zero-shot against both, and adjacent windows with the same top label merge into action segments.
+each). A window's state (``video_text``) is its pooled frames, or X-CLIP's encoding of the window with its tokens; a
+video's is the mean of its windows' (vectors renormalised). Labels are scored zero-shot against both with the model's
+own scoring (softmax, or SigLIP's sigmoid per label), and adjacent windows with the same top label merge into action
+segments.
 
 Resume. Every ``commit_every`` videos the part is committed to the index (``index.TagIndex``: atomic, so a kill at
 any moment loses at most the part under way). A rerun skips every path stored with its current size and
@@ -16,6 +18,7 @@ through the same code, without decoding; ``search`` (``query``) ranks the stored
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,42 +26,43 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from pipeline.model_spec import load_model, model_identity, resolve_device
-from pipeline.prompts import class_embeddings, load_templates
 from pipeline.runtime import RuntimeSettings
+from pipeline.video_text import VideoState, VideoTextModel
 from pipeline.windows import WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
 from .discover import discover, file_stamp
 from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
-from .scoring import Scorer, check_output, write_outputs
+from .scoring import Scorer, check_output, label_scorer, write_outputs
 
 
 @dataclass(frozen=True)
 class TagSettings:
     runtime: RuntimeSettings
     labels: tuple[str, ...]
-    templates: str = "video"
+    templates: str | None = None  # None: the model's (``resolved``)
     pooling: str = "mean"  # mean | max | temporal (a checkpoint written by train)
-    num_frames: int = 8  # frames per window
+    num_frames: int | None = None  # frames per window; None: the model's (fixed by X-CLIP checkpoints), else 8
     window_s: float = 4.0
     stride_s: float = 2.0
     topk: int = 5
     max_rss_mb: float = 2048.0  # a decode worker above this is replaced after its task
     chunk_mb: float = 32.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
+    above: float | None = None  # also list every label whose probability reaches this (multi-label tags)
 
     def __post_init__(self) -> None:
         if not self.labels:
             raise ValueError("tag needs at least one label")
+        if self.above is not None and not 0 < self.above < 1:
+            raise ValueError(f"above ({self.above}) must lie in (0, 1)")
         for key in ("num_frames", "topk", "commit_every"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ValueError(f"{key} ({getattr(self, key)}) must be >= 1")
         if self.chunk_mb <= 0:
             raise ValueError(f"chunk_mb ({self.chunk_mb}) must be > 0")
@@ -66,6 +70,11 @@ class TagSettings:
             raise ValueError("window_s and stride_s must be > 0")
         if self.pooling not in ("mean", "max", "temporal"):
             raise ValueError(f"pooling {self.pooling!r}: choose mean, max or temporal")
+
+    def resolved(self, model: VideoTextModel) -> TagSettings:
+        """The settings with the model's defaults filled in (templates, frames per window), checked against it."""
+        return dataclasses.replace(self, templates=self.templates or model.templates,
+                                   num_frames=model.num_frames(self.num_frames))
 
     def identity(self) -> dict:
         """What the stored rows depend on: a resume must match it (the model by its weights' key)."""
@@ -75,6 +84,7 @@ class TagSettings:
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does."""
+        assert self.num_frames is not None, "resolved() first"
         return WindowTask(path, preprocess, self.num_frames, self.window_s, self.stride_s, self.runtime.backend,
                           2 * preprocess.image_size, self.chunk_mb)
 
@@ -102,25 +112,32 @@ class Part:
 
     scorer: Scorer
     dim: int
+    token_count: int = 0  # K: X-CLIP's tokens per row (0: none)
     videos: list[dict] = field(default_factory=list)
     embeddings: list[dict] = field(default_factory=list)
     vectors: list[np.ndarray] = field(default_factory=list)  # (1 + W, E) float32 per video: the video, its windows
+    tokens: list[np.ndarray] = field(default_factory=list)  # (1 + W, K, E) per video, where K > 0
 
     def __len__(self) -> int:
         return len(self.videos)
 
     def add_video(self, video_id: int, path: str, stamp: tuple | None, video: WindowedVideo) -> None:
-        windows = video.windows.float()  # (W, E) unit vectors
-        whole = F.normalize(windows.mean(dim=0), dim=-1)[None]  # (1, E): the video's embedding
+        state = VideoState.cat([video.windows.mean(), video.windows])  # (1 + W, ...): the video, then its windows
         self.add(_video_row(video_id, path, stamp, "ok") | {
-            "duration_s": round(video.info.duration, 3), "decoder": video.info.backend, "windows": len(windows),
-            "warnings": " | ".join(video.warnings), "poster": video.poster}, torch.cat([whole, windows]).numpy(),
-            video.bounds)
+            "duration_s": round(video.info.duration, 3), "decoder": video.info.backend, "windows": len(video.windows),
+            "warnings": " | ".join(video.warnings), "poster": video.poster}, state.vectors.float().numpy(),
+            video.bounds, None if state.tokens is None else state.tokens.float().numpy())
 
-    def add(self, row: dict, vectors: np.ndarray, bounds: Sequence[tuple[float, float]]) -> None:
-        """A tagged video's row, its (1 + W, E) embeddings (the video, then its windows) and its windows' spans."""
+    def add(self, row: dict, vectors: np.ndarray, bounds: Sequence[tuple[float, float]],
+            tokens: np.ndarray | None = None) -> None:
+        """A tagged video's row, its (1 + W, E) embeddings (the video, then its windows; X-CLIP's (1 + W, K, E)
+        tokens too) and its windows' spans."""
+        if (tokens is None) != (self.token_count == 0):
+            raise ValueError(f"{row['path']}: tokens must come with every row of an index that stores them, and only then")
         self.videos.append(row)
         self.vectors.append(vectors)
+        if tokens is not None:
+            self.tokens.append(tokens)
         spans = [(0.0, row["duration_s"])] + [(round(s, 3), round(e, 3)) for s, e in bounds]
         self.embeddings += [{"video_id": row["video_id"], "path": row["path"], "kind": "video" if k == 0 else "segment",
                              "window": k - 1, "start_s": start, "end_s": end} for k, (start, end) in enumerate(spans)]
@@ -132,7 +149,10 @@ class Part:
     def tables(self) -> tuple[pa.Table, pa.Table]:
         """(videos, embeddings) as Arrow tables; the part's labels are scored here."""
         vecs = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.dim), np.float32)  # (R, E)
-        labels, scores = self.scorer.top(vecs)  # (R, k) each
+        toks = None
+        if self.token_count:
+            toks = np.concatenate(self.tokens) if self.tokens else np.zeros((0, self.token_count, self.dim), np.float32)
+        labels, scores, _ = self.scorer.top(vecs, toks)  # (R, k) each
         for row, label, score in zip(self.embeddings, labels[:, 0].tolist(), scores[:, 0].tolist()):
             row["label"], row["score"] = label, score
         first = iter(np.flatnonzero([e["kind"] == "video" for e in self.embeddings]).tolist())
@@ -140,16 +160,24 @@ class Part:
             if row["status"] == "ok":  # videos and their "video" rows are in the same order
                 j = next(first)
                 row["labels"], row["scores"] = labels[j].tolist(), scores[j].astype(np.float32).tolist()
-        schema = embedding_schema(self.dim)
-        emb = pa.Table.from_pylist(self.embeddings, schema=schema.remove(schema.get_field_index("vector")))
-        flat = pa.array(vecs.astype(np.float16).reshape(-1))
-        emb = emb.append_column("vector", pa.FixedSizeListArray.from_arrays(flat, self.dim))
+        schema = embedding_schema(self.dim, self.token_count)
+        emb = pa.Table.from_pylist(self.embeddings, schema=pa.schema([f for f in schema if f.name not in
+                                                                      ("vector", "tokens")]))
+        emb = emb.append_column("vector", _fixed_rows(vecs, self.dim))
+        if toks is not None:
+            emb = emb.append_column("tokens", _fixed_rows(toks, self.token_count * self.dim))
         return pa.Table.from_pylist(self.videos, schema=VIDEO_COLUMNS), emb
 
     def clear(self) -> None:
         self.videos.clear()
         self.embeddings.clear()
         self.vectors.clear()
+        self.tokens.clear()
+
+
+def _fixed_rows(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
+    """(R, ...) floats -> R fixed-size float16 lists of ``width``."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.astype(np.float16).reshape(-1)), width)
 
 
 def _video_row(video_id: int, path: str, stamp: tuple | None, status: str) -> dict:
@@ -192,14 +220,14 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
 
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
-              loaded: tuple, scorer: Scorer, shard: tuple[int, int], progress: bool,
+              model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool,
               ) -> tuple[int, int, dict[str, int]]:
     """Tag what the index lacks of ``paths``, committing every ``commit_every`` videos; returns (videos to do, ok,
     failures by status)."""
-    (model, transform, head), (rank, world), rt = loaded, shard, settings.runtime
+    (rank, world), rt = shard, settings.runtime
     todo, retagged = resume_plan(index, paths, listing_errors)
 
-    part = Part(scorer, model.config.embed_dim)
+    part = Part(scorer, model.embed_dim, model.token_count)
 
     def video_id() -> int:
         return next_video_id(index, part, rank, world)
@@ -212,12 +240,11 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             index.commit(*part.tables(), replace=[v["path"] for v in part.videos if v["path"] in retagged])
             part.clear()
 
-    tasks = [settings.task(str(p), model.preprocess_config) for p in todo]
+    tasks = [settings.task(str(p), model.preprocess) for p in todo]
     failed: dict[str, int] = {}
     ok = 0
     bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
-    stream = embed_windows(tasks, model, transform, pooling=settings.pooling, head=head,
-                           batch_size=rt.batch_size, decode_workers=rt.decode_workers,
+    stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     for task, video, error in stream:
@@ -250,14 +277,14 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     folder = index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}"
     if world > 1:  # every rank lists the same sorted paths and takes every world-th one
         paths, listing_errors = paths[rank::world], listing_errors if rank == 0 else []
-    model, transform, head = load_model(rt.model, device, rt.precision, settings.pooling)
+    model = load_model(rt.model, device, rt.precision, settings.pooling)
+    settings = settings.resolved(model)
+    assert settings.templates is not None
     identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
-    scorer = Scorer(class_embeddings(model, list(settings.labels), load_templates(settings.templates)).float().cpu(),
-                    float(model.logit_scale.detach().exp().clamp(max=100)), settings.labels, settings.topk)
-    index = open_for_tagging(folder, identity, model.config.embed_dim)
+    scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
+    index = open_for_tagging(folder, identity, model.embed_dim)
     try:
-        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, (model, transform, head), scorer,
-                                     (rank, world), progress)
+        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world), progress)
     finally:
         index.close()
     barrier(world)

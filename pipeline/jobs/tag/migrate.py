@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.model_spec import RANDOM_PREFIX
-from pipeline.prompts import class_embeddings, load_templates
 
 from .index import TagIndex
 from .job import Part, _video_row, next_video_id
 from .query import index_model
-from .scoring import Scorer
+from .scoring import label_scorer
 
 OLD_VERSION = 1
 
@@ -57,17 +56,15 @@ def _migrate_one(folder: Path, device: str) -> Path:
                          f"format ({OLD_VERSION}); nothing to migrate")
     settings = dict(manifest["settings"]) | {"model": old_identity(manifest["settings"]["model"])}
     model = index_model(settings, device)
-    text = class_embeddings(model, list(settings["labels"]), load_templates(settings["templates"])).float().cpu()
-    scorer = Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), settings["labels"],
-                    settings["topk"])
+    scorer = label_scorer(model, settings["labels"], settings["templates"], settings["topk"])
     shard = settings.get("shard", [0, 1])
     rank, world = int(shard[0]), int(shard[1])
     owner = {path: part["name"] for part in manifest["parts"] for path in part["stamps"]}  # newest part wins
     new = folder.with_name(folder.name + ".migrating")
     shutil.rmtree(new, ignore_errors=True)
-    index = TagIndex.create(new, settings, model.config.embed_dim)
+    index = TagIndex.create(new, settings, model.embed_dim)
     for part_info in manifest["parts"]:
-        part = Part(scorer, model.config.embed_dim)
+        part = Part(scorer, model.embed_dim)
         rows = json.loads((folder / f"{part_info['name']}.json").read_text())
         emb = np.load(folder / f"{part_info['name']}.npz")
         windows: dict[str, list[dict]] = {}

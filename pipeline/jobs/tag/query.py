@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-import clip_model
 from pipeline.model_spec import load_model, resolve_device
-from pipeline.prompts import class_embeddings, load_templates
 from pipeline.video.supervisor import trim_heap
+from pipeline.video_text import VideoState, VideoTextModel
 
 from .index import TagIndex, common_settings, open_indexes, sql_string
-from .scoring import Scorer, check_output, write_outputs
+from .scoring import check_output, label_scorer, write_outputs
 
 HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]
+# X-CLIP: the vector search takes this many times k candidates by the plain text embedding, which are then re-ranked
+# by the text as conditioned on each candidate's stored tokens (the prompt generator adds a small learned share,
+# alpha, to the text, so the plain ranking is the near neighbour of the conditioned one)
+RERANK = 10
 
 
 @dataclass(frozen=True)
@@ -64,29 +67,47 @@ def glob_to_like(glob: str) -> str:
     return "".join(out)
 
 
-def index_model(settings: dict, device: str) -> clip_model.CLIP:
+def index_model(settings: dict, device: str) -> VideoTextModel:
     """The model a tag index was written with, from its stored identity."""
-    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])[0]
-
-
-def text_embedding(model: clip_model.CLIP, text: str) -> np.ndarray:
-    """(E,) float32 unit vector of ``text``, as search compares it with the stored embeddings."""
-    with torch.no_grad():
-        tokens = model.tokenize([text]).to(next(model.parameters()).device)
-        return F.normalize(model.encode_text(tokens).float().cpu(), dim=-1)[0].numpy()
+    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])
 
 
 def nearest(indexes: Sequence[TagIndex], query: np.ndarray, k: int, where: SearchFilter | None = None,
-            ) -> list[dict]:
-    """The ``k`` stored videos and windows nearest ``query`` (cosine, best first) across every rank's index."""
+            states: bool = False) -> list[dict]:
+    """The ``k`` stored videos and windows nearest ``query`` (cosine, best first) across every rank's index; with
+    ``states``, each hit also carries its stored ``state`` (vector and X-CLIP's tokens) for a re-rank."""
     sql = (where or SearchFilter()).sql()
     hits = []
     for index in indexes:
-        table = index.nearest(query, k, where=sql, columns=HIT_COLUMNS)
+        extra = (["vector", "tokens"] if index.token_count() else ["vector"]) if states else []
+        table = index.nearest(query, k, where=sql, columns=HIT_COLUMNS + extra)
         for row in table.to_pylist():
-            hits.append({"video_id": row["video_id"], "path": row["path"], "kind": row["kind"],
-                         "start_s": row["start_s"], "end_s": row["end_s"], "labels": [row["label"]],
-                         "score": 1.0 - float(row["_distance"])})
+            hit = {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"], "start_s": row["start_s"],
+                   "end_s": row["end_s"], "labels": [row["label"]], "score": 1.0 - float(row["_distance"])}
+            if states:
+                tokens = row.get("tokens")
+                hit["state"] = VideoState(torch.tensor(row["vector"])[None], None if tokens is None else
+                                          torch.tensor(tokens).view(1, -1, len(row["vector"])))
+            hits.append(hit)
+    return sorted(hits, key=lambda h: -h["score"])[:k]
+
+
+def text_search(model: VideoTextModel, indexes: Sequence[TagIndex], query: str, k: int,
+                where: SearchFilter | None = None, lock: AbstractContextManager | None = None) -> list[dict]:
+    """The ``k`` best hits for a text: by cosine to its embedding; for X-CLIP, ``RERANK`` x k candidates found so,
+    re-ranked by the cosine to the text as conditioned on each (its score). ``lock`` guards the model's use."""
+    lock = lock or nullcontext()
+    with lock:
+        vector = model.query(query)
+    if not model.xclip:
+        return nearest(indexes, vector, k, where)
+    hits = nearest(indexes, vector, k * RERANK, where, states=True)
+    if hits:
+        with lock:
+            labels = model.labels(model.class_text([query], ["{}"]))
+            cosines = labels.cosines(VideoState.cat([h.pop("state") for h in hits]))[:, 0].tolist()
+        for hit, cosine in zip(hits, cosines):
+            hit["score"] = float(cosine)
     return sorted(hits, key=lambda h: -h["score"])[:k]
 
 
@@ -95,13 +116,15 @@ def search(index_path: str | Path, query: str, topk: int = 10, device: str = "au
     """The stored videos and windows whose embeddings best match ``query`` (cosine), best first: path, kind
     (video or segment), start and end seconds, score, the label each got when tagged, and its video id."""
     indexes = open_indexes(Path(index_path))
-    query_vector = text_embedding(index_model(common_settings(indexes), device), query)
-    trim_heap()  # the model is no longer needed: its memory goes back before the index is searched
-    return nearest(indexes, query_vector, topk, where)
+    model = index_model(common_settings(indexes), device)
+    hits = text_search(model, indexes, query, topk, where)
+    del model
+    trim_heap()  # the model is no longer needed: its memory goes back
+    return hits
 
 
 def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
-          topk: int | None = None, device: str = "auto") -> Path:
+          topk: int | None = None, device: str = "auto", above: float | None = None) -> Path:
     """Score a tag index against a new vocabulary without decoding; writes OUT and its siblings, as tag would."""
     indexes = open_indexes(Path(index_path))
     settings = common_settings(indexes)
@@ -109,9 +132,8 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
     check_output(out)
     model = index_model(settings, device)
     k = topk or settings["topk"]
-    text = class_embeddings(model, list(labels), load_templates(templates or settings["templates"])).float().cpu()
-    scorer = Scorer(text, float(model.logit_scale.detach().exp().clamp(max=100)), labels, k)
+    scorer = label_scorer(model, labels, templates or settings["templates"], k, above)  # X-CLIP's keeps the model
     del model
-    trim_heap()  # only the label embeddings are needed from here: the model's memory goes back before streaming
+    trim_heap()  # only the label texts are needed from here: the model's memory goes back before streaming
     write_outputs(indexes, out, scorer, k)
     return out

@@ -14,9 +14,11 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.prompts import load_templates
 from pipeline.video.supervisor import trim_heap
+from pipeline.video_text import LabelScorer, VideoState, VideoTextModel
 
-from .index import TagIndex
+from .index import SCAN_BATCH, TagIndex
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 # Tables written between two trim_heap calls. Each batch's short-lived NumPy, list and Arrow buffers fragment the
@@ -34,35 +36,76 @@ def output_schemas(topk: int) -> dict[str, pa.Schema]:
     top = top_columns(topk)
     return {
         "videos": pa.schema([("path", pa.string()), ("status", pa.string()), ("duration_s", pa.float64()),
-                             ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()), *top]),
+                             ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()), *top,
+                             ("labels_above", pa.string())]),
         "segments": pa.schema([("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
-                               ("start_s", pa.float64()), ("end_s", pa.float64()), *top, ("windows", pa.int32())]),
+                               ("start_s", pa.float64()), ("end_s", pa.float64()), *top, ("windows", pa.int32()),
+                               ("labels_above", pa.string())]),
         "errors": pa.schema([("path", pa.string()), ("stage", pa.string()), ("status", pa.string()),
                              ("reason", pa.string())]),
     }
 
 
 class Scorer:
-    """Unit embeddings -> zero-shot top-k against prompt-ensembled labels, a batch at a time."""
+    """Stored states -> each row's top-k labels and probabilities, a batch at a time; with ``above``, also every label
+    whose probability reaches it (multi-label tags: with sigmoid scoring each label's own probability, with softmax
+    its share of the labels)."""
 
-    def __init__(self, text: torch.Tensor, scale: float, labels: Sequence[str], topk: int):
-        self.text, self.scale, self.labels = text, scale, np.asarray(labels, dtype=object)
-        self.k = min(topk, len(labels))
+    def __init__(self, labels: LabelScorer, names: Sequence[str], topk: int, above: float | None = None):
+        self.scorer, self.labels = labels, np.asarray(names, dtype=object)
+        self.k, self.above = min(topk, len(names)), above
 
-    def top(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, E) float16 or float32 unit vectors -> (N, k) labels and (N, k) probabilities, best first: the top k of
-        ``zero_shot_probs``, from the logits' top k and their log-sum-exp (no (N, C) softmax is materialised)."""
-        x = torch.from_numpy(np.require(vectors, requirements=["C", "W"])).float()  # (N, E); Arrow buffers are read-only
-        logits = self.scale * x @ self.text.t()  # (N, C)
+    def top(self, vectors: np.ndarray, tokens: np.ndarray | None = None,
+            ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
+        """(N, E) float16 or float32 unit vectors (and X-CLIP's (N, K, E) tokens) -> (N, k) labels and (N, k)
+        probabilities, best first, and per row the labels at or above ``above`` ("a|b", best first; None without
+        ``above``). Softmax probabilities come from the logits' top k and their log-sum-exp."""
+        state = VideoState(_tensor(vectors), None if tokens is None else _tensor(tokens))
+        logits = self.scorer.logits(state)  # (N, C)
         top, idx = logits.topk(self.k, dim=-1)  # (N, k)
-        probs = (top - logits.logsumexp(dim=-1, keepdim=True)).exp()
-        return self.labels[idx.numpy()], probs.double().numpy()
+        if self.scorer.kind == "sigmoid":
+            probs, full = top.sigmoid(), (logits.sigmoid() if self.above is not None else None)
+        else:
+            norm = logits.logsumexp(dim=-1, keepdim=True)
+            probs, full = (top - norm).exp(), ((logits - norm).exp() if self.above is not None else None)
+        return self.labels[idx.numpy()], probs.double().numpy(), self._above(full, len(state))
+
+    def _above(self, probs: torch.Tensor | None, n: int) -> list[str | None]:
+        if probs is None or self.above is None:
+            return [None] * n
+        order = probs.argsort(dim=-1, descending=True)  # (N, C)
+        keep = probs.gather(1, order) >= self.above  # (N, C), a prefix of each row
+        return ["|".join(self.labels[row[: int(count)]]) for row, count in zip(order.numpy(), keep.sum(dim=1))]
 
 
-def vectors(batch: pa.RecordBatch) -> np.ndarray:
-    """The ``vector`` column of a batch as (N, E) float16."""
-    column = batch.column("vector")
-    return column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
+def label_scorer(model: VideoTextModel, labels: Sequence[str], templates: str, topk: int,
+                 above: float | None = None) -> Scorer:
+    """A Scorer of ``labels`` prompted with ``templates`` (``prompts.load_templates``), in ``model``'s scoring."""
+    return Scorer(model.labels(model.class_text(labels, load_templates(templates))), labels, topk, above)
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(array, requirements=["C", "W"])).float()  # Arrow buffers are read-only
+
+
+def vectors(batch: pa.RecordBatch, column: str = "vector") -> np.ndarray:
+    """The ``vector`` column of a batch as (N, E) float16 (``tokens``: X-CLIP's as (N, K·E))."""
+    values = batch.column(column)
+    return values.values.to_numpy(zero_copy_only=False).reshape(len(values), -1)
+
+
+def tokens(batch: pa.RecordBatch, dim: int) -> np.ndarray | None:
+    """X-CLIP's stored tokens of a batch as (N, K, E) float16, or None where the index has none."""
+    if "tokens" not in batch.schema.names:
+        return None
+    return vectors(batch, "tokens").reshape(batch.num_rows, -1, dim)
+
+
+def state_columns(index: TagIndex) -> tuple[list[str], int]:
+    """The embedding columns a score reads (with X-CLIP's tokens where stored), and rows per batch: fewer where each
+    row carries K tokens, so a batch stays the size of ``SCAN_BATCH`` vectors."""
+    k = index.token_count()
+    return (["vector", "tokens"] if k else ["vector"]), max(64, SCAN_BATCH // (k + 1))
 
 
 def _top_dict(labels: np.ndarray, scores: np.ndarray, topk: int) -> dict[str, list]:
@@ -78,29 +121,38 @@ def _top_dict(labels: np.ndarray, scores: np.ndarray, topk: int) -> dict[str, li
 def video_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
     """OUT's rows: each tagged video with its top-k. Videos and their ``video`` embeddings are committed together and
     in the same order, so the two streams zip."""
+    columns, rows = state_columns(index)
     meta = index.scan("videos", ["video_id", "path", "status", "duration_s", "decoder", "windows", "warnings"],
-                      where="status = 'ok'")
-    embeddings = _rows(index.scan("embeddings", ["video_id", "vector"], where="kind = 'video'"))
+                      where="status = 'ok'", batch_rows=rows)
+    embeddings = _rows(index.scan("embeddings", ["video_id", *columns], where="kind = 'video'", batch_rows=rows),
+                       index.state.dim)
     for batch in meta:
         ids = batch.column("video_id").to_numpy()
-        vecs = np.stack([_next_vector(embeddings, int(i)) for i in ids]) if len(ids) else np.zeros((0, 1))
-        labels, scores = scorer.top(vecs)
+        if not len(ids):
+            continue
+        found = [_next_state(embeddings, int(i)) for i in ids]
+        toks = None if found[0][1] is None else np.stack([t for _, t in found if t is not None])
+        labels, scores, above = scorer.top(np.stack([v for v, _ in found]), toks)
         cols = {name: batch.column(name) for name in ("path", "status", "duration_s", "decoder", "windows",
                                                       "warnings")}
-        yield pa.table(cols | _top_dict(labels, scores, topk), schema=output_schemas(topk)["videos"])
+        yield pa.table(cols | _top_dict(labels, scores, topk) | {"labels_above": above},
+                       schema=output_schemas(topk)["videos"])
 
 
-def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, np.ndarray]]:
+def _rows(batches: Iterator[pa.RecordBatch], dim: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
     for batch in batches:
-        yield from zip(batch.column("video_id").to_numpy().tolist(), vectors(batch))
+        toks = tokens(batch, dim)
+        ids = batch.column("video_id").to_numpy().tolist()
+        yield from zip(ids, vectors(batch), toks if toks is not None else [None] * len(ids))
 
 
-def _next_vector(stream: Iterator[tuple[int, np.ndarray]], video_id: int) -> np.ndarray:
-    got, vector = next(stream, (None, None))
+def _next_state(stream: Iterator[tuple[int, np.ndarray, np.ndarray | None]], video_id: int,
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    got, vector, toks = next(stream, (None, None, None))
     if got != video_id or vector is None:  # the commit protocol keeps the two tables in step; anything else is a damaged index
         raise ValueError(f"tag index: video {video_id} has no video embedding in step (found {got}); the index is "
                          "damaged, tag into a new --out")
-    return vector
+    return vector, toks
 
 
 def segment_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
@@ -109,12 +161,14 @@ def segment_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Tabl
     contiguous and in order in the index; a run still open at the end of a batch carries over to the next."""
     schema = output_schemas(topk)["segments"]
     carry: pa.Table | None = None  # the windows of the run left open by the previous batch
-    for batch in index.scan("embeddings", ["path", "window", "start_s", "end_s", "vector"], where="kind = 'segment'"):
-        labels, scores = scorer.top(vectors(batch))
+    columns, rows = state_columns(index)
+    for batch in index.scan("embeddings", ["path", "window", "start_s", "end_s", *columns], where="kind = 'segment'",
+                            batch_rows=rows):
+        labels, scores, above = scorer.top(vectors(batch), tokens(batch, index.state.dim))
         windows = pa.table({"path": batch.column("path"), "kind": pa.array(["window"] * batch.num_rows),
                             "window": batch.column("window"), "start_s": batch.column("start_s"),
                             "end_s": batch.column("end_s")} | _top_dict(labels, scores, topk)
-                           | {"windows": pa.nulls(batch.num_rows, pa.int32())}, schema=schema)
+                           | {"windows": pa.nulls(batch.num_rows, pa.int32()), "labels_above": above}, schema=schema)
         yield windows
         runs = windows if carry is None else pa.concat_tables([carry, windows])
         starts = _run_starts(runs)

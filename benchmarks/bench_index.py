@@ -84,8 +84,8 @@ class Embeddings:
 
 
 def settings(windows: int) -> TagSettings:
-    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS, templates="none", num_frames=8, window_s=4.0,
-                       stride_s=2.0, commit_every=32)
+    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS, templates="none", num_frames=8, pooling="mean",
+                       window_s=4.0, stride_s=2.0, commit_every=32)
 
 
 def build(args: argparse.Namespace) -> dict:

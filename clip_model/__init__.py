@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from .adapted import ADAPTED_MODELS, OpenVCLIP, adapted_path
 from .checkpoint import Checkpoint, detect_format, read_checkpoint, save_checkpoint
 from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .download import cache_dir, model_path, published_models
@@ -26,8 +27,8 @@ __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "load_temporal", "load_with_temporal", "save_checkpoint", "tokenize", "VideoCLIP", "SigLIP", "SigLIPConfig",
-    "XCLIP", "XCLIPConfig", "FrameTextModel",
+    "load_temporal", "load_with_temporal", "load_video_model", "no_pooler_error", "save_checkpoint", "tokenize", "VideoCLIP", "SigLIP",
+    "SigLIPConfig", "XCLIP", "XCLIPConfig", "FrameTextModel", "OpenVCLIP",
 ]
 
 
@@ -52,7 +53,10 @@ def create_model(name: str, *, seed: int | None = None) -> CLIP:
 def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
     """The model of the checkpoint's family (its config's type): CLIP, SigLIP or X-CLIP (a CLIP subclass)."""
     model: CLIP | SigLIP
-    if isinstance(ckpt.config, SigLIPConfig):
+    if ckpt.family in ("openvclip", "froster"):
+        assert isinstance(ckpt.config, CLIPConfig)
+        model = OpenVCLIP(ckpt.config, ckpt.preprocess, ckpt.family)
+    elif isinstance(ckpt.config, SigLIPConfig):
         tokenizer = None
         if ckpt.tokenizer is not None:
             tokenizer = SentencePieceTokenizer(ckpt.tokenizer[0], ckpt.tokenizer[1], ckpt.config.context_length)
@@ -61,6 +65,8 @@ def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
         model = XCLIP(ckpt.config, ckpt.preprocess)
     else:
         model = CLIP(ckpt.config, ckpt.preprocess)
+        if ckpt.family is not None:  # a CLIP fine-tuned for video: its protocol is its family's
+            model.family = ckpt.family
     load_state_dict_strict(model, ckpt.state_dict, source=source)
     return model.eval()
 
@@ -72,6 +78,8 @@ def load(
     download_root: str | Path | None = None,
     quick_gelu: bool | None = None,
     precision: str = "fp32",
+    base: str | Path | None = None,
+    ratio: float | None = None,
 ) -> tuple[CLIP | SigLIP, ClipTransform]:
     """Load a published model by name (downloaded and SHA256-checked once) or any supported checkpoint path.
 
@@ -80,19 +88,33 @@ def load(
     ``bf16`` (weights in bfloat16; features stay within cosine 0.999 of fp32) or ``fp16`` (GPU only).
     """
     path = _resolve(name_or_path, download_root, precision)
-    model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu), source=str(path))
+    model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu, base=base, ratio=ratio),
+                                  source=str(path))
     return model.to(device=device, dtype=PRECISIONS[precision]), ClipTransform(model.preprocess_config)
+
+
+def load_video_model(name_or_path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
+                     base: str | Path | None = None, ratio: float | None = None,
+                     ) -> tuple[CLIP | SigLIP, ClipTransform, TemporalTransformer | None]:
+    """``load`` plus the temporal pooler the checkpoint carries (one written by train, ActionCLIP's fusion
+    transformer), or None, from one read of the file."""
+    path = _resolve(name_or_path, None, precision)
+    ckpt = read_checkpoint(path, base=base, ratio=ratio)
+    model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
+    head = temporal_from_checkpoint(ckpt, path).to(device) if ckpt.temporal is not None else None
+    return model, ClipTransform(model.preprocess_config), head
 
 
 def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
                        ) -> tuple[CLIP, ClipTransform, TemporalTransformer]:
     """``load`` plus the trained temporal pooler of the same clip_video checkpoint, from one read of the file."""
-    path = _resolve(path, None, precision)
-    ckpt = read_checkpoint(path)
-    model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
-    if not isinstance(model, CLIP) or model.family != "clip":
-        raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones)")
-    return model, ClipTransform(model.preprocess_config), temporal_from_checkpoint(ckpt, path).to(device)
+    model, transform, head = load_video_model(path, device, precision=precision)
+    if not isinstance(model, CLIP) or model.family not in ("clip", "actionclip"):
+        raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones; "
+                              "ActionCLIP's fusion transformer is one)")
+    if head is None:
+        raise no_pooler_error(Path(path))
+    return model, transform, head
 
 
 def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> TemporalTransformer:
@@ -101,10 +123,15 @@ def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> Tempo
     return temporal_from_checkpoint(read_checkpoint(path), path).to(device)
 
 
+def no_pooler_error(path: str | Path) -> CheckpointError:
+    """The error of asking for temporal pooling on a checkpoint without a temporal pooler."""
+    return CheckpointError(f"{path}: this checkpoint has no trained temporal pooler; pool with mean instead, or "
+                           "train one with pooling: temporal")
+
+
 def temporal_from_checkpoint(ckpt: Checkpoint, path: Path) -> TemporalTransformer:
     if ckpt.temporal is None:
-        raise CheckpointError(f"{path}: this checkpoint has no trained temporal pooler; pool with mean instead, or "
-                              "train one with pooling: temporal")
+        raise no_pooler_error(path)
     try:
         head = TemporalTransformer(TemporalConfig(**ckpt.temporal["config"]))
     except (TypeError, ValueError) as e:
@@ -122,10 +149,12 @@ def _resolve(name_or_path: str | Path, download_root: str | Path | None, precisi
         return model_path(name, Path(download_root) if download_root else None)
     if name in HUB_MODELS:
         return hub_folder(name, Path(download_root) if download_root else None)
+    if name in ADAPTED_MODELS:
+        return adapted_path(name, Path(download_root) if download_root else cache_dir())
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise CheckpointError(
-            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())}) or "
-            f"hub id ({', '.join(HUB_MODELS)})"
+            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())}), "
+            f"hub id ({', '.join(HUB_MODELS)}) or video CLIP ({', '.join(ADAPTED_MODELS)})"
         )
     return path

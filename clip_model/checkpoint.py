@@ -11,7 +11,14 @@ Formats (``detect_format``):
   - ``open_clip``: an open_clip hub folder (``open_clip_config.json`` beside its weights).
 Every path ends in ``Checkpoint``: a state dict in our layout (OpenAI's for CLIP, VideoX's for X-CLIP, siglip.py's
 for SigLIP) plus the config, whose type names the family, and the preprocessing it implies. A pickle whose state
-dict has X-CLIP's ``mit.*`` and ``prompts_*`` entries (VideoX's ``{"model": ...}`` files) is read as X-CLIP.
+dict has X-CLIP's ``mit.*`` and ``prompts_*`` entries (VideoX's ``{"model": ...}`` files) is read as X-CLIP; the
+layouts of ViFi-CLIP, ActionCLIP (both), Open-VCLIP and FROSTER are recognised by their keys (``adapted``). A
+``torch.save`` file that ``weights_only`` refuses only for a config object it carries (ViFi-CLIP's yacs CfgNode)
+is read by the restricted unpickler of ``torchscript.read_torch_save``, which refuses anything else.
+
+ViFi-CLIP lacks the token embedding, and Open-VCLIP is evaluated interpolated with the CLIP it was tuned from: that
+CLIP (``base``) is the published model of the same architecture, downloaded and SHA256-checked, unless a path is
+given (``base=`` or ``$CLIP_VIDEO_BASE_MODEL``).
 """
 from __future__ import annotations
 
@@ -27,12 +34,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from . import adapted
+from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .errors import CheckpointError
 from .hf_layout import HF_LAYER
 from .siglip import SigLIPConfig
 from .siglip import from_hf as siglip_from_hf
-from .torchscript import is_torchscript_archive, read_torchscript_state_dict
+from .torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
 from .xclip import XCLIPConfig
 from .xclip import from_hf as xclip_from_hf
 
@@ -60,6 +68,8 @@ class Checkpoint:
     temporal: Mapping[str, Any] | None = None
     # SigLIP: (SentencePiece model file, "siglip" | "siglip2") found beside the weights
     tokenizer: tuple[Path, str] | None = None
+    family: str | None = None  # a CLIP fine-tuned for video (vificlip, actionclip, openvclip, froster); None: the
+    #                            config's type says it
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -112,10 +122,13 @@ def _file_format(path: Path) -> Literal["torchscript", "pickle", "safetensors"]:
 
 
 def read_pickle(path: Path) -> Any:
-    """torch.load with weights_only=True, never retried without it."""
+    """torch.load with weights_only=True, never retried without it: a zip it refuses is read by the restricted
+    unpickler (``read_torch_save``: tensors, plain data and inert config objects), which refuses anything else."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path):
+            return read_torch_save(path)  # raises CheckpointError naming the refused global
         reason = str(e).strip().splitlines()[0][:200]
         raise CheckpointError(
             f"{path}: refusing to load: the pickle needs arbitrary code to load ({reason}); nothing in it was run. "
@@ -177,6 +190,9 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors (top-level type {type(obj).__name__})")
     sd = dict(obj)
+    for k, v in sd.items():  # a view repeating its storage (zero strides) would grow on the first copy
+        if v.numel() * v.element_size() > v.untyped_storage().nbytes():
+            raise CheckpointError(f"{path}: tensor {k!r} of shape {tuple(v.shape)} has more elements than its storage")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -345,8 +361,13 @@ def _infer_config(sd: Mapping[str, torch.Tensor], path: Path, **kw: Any) -> CLIP
         raise CheckpointError(f"{path}: not a CLIP checkpoint: {e.args[0]}; top-level keys start {sorted(sd)[:5]}") from None
 
 
-def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Checkpoint:
-    """Our self-describing checkpoint, or a bare OpenAI/open_clip-layout state dict (any wrapper)."""
+def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None, base: str | Path | None = None,
+                 ratio: float | None = None) -> Checkpoint:
+    """Our self-describing checkpoint, a layout of ``adapted`` (ViFi-CLIP, ActionCLIP, Open-VCLIP, FROSTER), or a
+    bare OpenAI/open_clip-layout state dict (any wrapper)."""
+    found = _adapted(obj, path, base, ratio)
+    if found is not None:
+        return found
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_TAG:
         try:
             config = CLIPConfig.from_dict(obj["config"])
@@ -373,11 +394,14 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None) -> Che
     return Checkpoint(sd, config, PreprocessConfig(image_size=config.vision.image_size), fmt)
 
 
-def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None) -> Checkpoint:
+def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None, base: str | Path | None = None,
+                    ratio: float | None = None) -> Checkpoint:
     """Read any supported checkpoint into an OpenAI-layout state dict with its config.
 
     ``quick_gelu`` only matters for bare state dicts, whose activation shapes cannot reveal: OpenAI's weights use
-    QuickGELU (the default); most open_clip-trained ones use GELU.
+    QuickGELU (the default); most open_clip-trained ones use GELU. ``base`` is the CLIP a ViFi-CLIP or Open-VCLIP
+    checkpoint was tuned from (default: ``$CLIP_VIDEO_BASE_MODEL``, else the published model of its architecture);
+    ``ratio`` is Open-VCLIP's interpolation weight of that CLIP (default: its test scripts' value).
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -386,7 +410,7 @@ def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None) -> Chec
     elif fmt == "open_clip":
         ckpt = _load_open_clip_folder(path)
     else:
-        ckpt = _from_object(read_tensors(path), path, fmt, quick_gelu)
+        ckpt = _from_object(read_tensors(path), path, fmt, quick_gelu, base, ratio)
     if quick_gelu is not None and isinstance(ckpt.config, CLIPConfig) and ckpt.config.quick_gelu != quick_gelu:
         ckpt = dataclasses.replace(ckpt, config=dataclasses.replace(ckpt.config, quick_gelu=quick_gelu))
     return ckpt
@@ -415,3 +439,87 @@ def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | No
     torch.save(obj, tmp)
     tmp.replace(path)
     return path
+
+
+# ---------------------------------------------------------------- CLIPs adapted to video (adapted.py)
+
+
+def _adapted(obj: Any, path: Path, base: str | Path | None, ratio: float | None) -> Checkpoint | None:
+    """A ViFi-CLIP, ActionCLIP (original or mmaction2), Open-VCLIP or FROSTER checkpoint, or None."""
+    if not isinstance(obj, Mapping):
+        return None
+    try:
+        if "model_state_dict" in obj and "fusion_model_state_dict" in obj:  # ActionCLIP's own
+            clip = unwrap_state_dict(obj["model_state_dict"], path)
+            fusion = unwrap_state_dict(obj["fusion_model_state_dict"], path)
+            return _adapted_checkpoint("actionclip", clip, path, temporal=adapted.actionclip_head(fusion, 1e-12))
+        inner = obj.get("state_dict")
+        if isinstance(inner, Mapping) and any(k.startswith("adapter.") for k in inner):  # mmaction2's port
+            clip = {k[len("clip."):]: v for k, v in inner.items() if k.startswith("clip.")}
+            fusion = {k[len("adapter."):]: v for k, v in inner.items() if k.startswith("adapter.")}
+            return _adapted_checkpoint("actionclip", clip, path, temporal=adapted.actionclip_head(fusion, 1e-5),
+                                       layout="mmaction2")
+        inner = obj.get("model_state")
+        if isinstance(inner, Mapping) and any(k.removeprefix("module.").startswith("model.visual.") for k in inner):
+            sd, froster = adapted.from_openvclip(inner)
+            family = "froster" if froster else "openvclip"
+            config = _infer_config(sd, path, quick_gelu=True)
+            r = (0.0 if froster else None) if ratio is None else ratio  # FROSTER's tests do not interpolate
+            if r != 0.0:
+                name = _published_name(config)
+                r = adapted.OPENVCLIP_RATIO.get(name or "", 0.5) if r is None else r
+                original = _base_state_dict(config, base, path, "Open-VCLIP interpolates it")
+                sd = adapted.interpolate(sd, original, r)
+                # its test builds the label texts from the original CLIP before loading the checkpoint
+                # (temporalclip_video_model.py); the released text tower equals it, a user's ratio must not move it
+                sd |= {k: v.float() for k, v in original.items() if not k.startswith("visual.") and k != "logit_scale"}
+            return _adapted_checkpoint(family, sd, path, config=config)
+        inner = obj.get("model")
+        if isinstance(inner, Mapping):
+            sd = unwrap_state_dict(inner, path)
+            if adapted.is_vificlip(sd):
+                placeholder = torch.zeros(49408, sd["text_encoder.ln_final.weight"].shape[0])  # CLIP's vocabulary
+                config = _infer_config(adapted.from_vificlip(sd, placeholder), path, quick_gelu=True)
+                token = _base_state_dict(config, base, path, "ViFi-CLIP's checkpoint lacks its token embedding")
+                return _adapted_checkpoint("vificlip", adapted.from_vificlip(sd, token["token_embedding.weight"]),
+                                           path)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: an incomplete checkpoint of a video CLIP: missing {e}") from None
+    return None
+
+
+def _adapted_checkpoint(family: str, sd: dict[str, torch.Tensor], path: Path, config: CLIPConfig | None = None,
+                        temporal: Mapping[str, Any] | None = None, layout: str = "") -> Checkpoint:
+    sd = convert_openai(sd)
+    config = config or _infer_config(sd, path, quick_gelu=True)
+    preprocess = adapted.family_preprocess(family, config.vision.image_size, layout)
+    return Checkpoint(sd, config, preprocess, family, temporal=temporal, family=family)
+
+
+def _published_name(config: CLIPConfig) -> str | None:
+    return next((name for name, c in MODEL_CONFIGS.items() if c == config), None)
+
+
+def _base_state_dict(config: CLIPConfig, base: str | Path | None, path: Path, why: str) -> dict[str, torch.Tensor]:
+    """The original CLIP of ``config``'s architecture: ``base`` (or $CLIP_VIDEO_BASE_MODEL) if given, else the
+    published model of that architecture, downloaded once and SHA256-checked."""
+    import os
+
+    from .download import model_path
+
+    base = base or os.environ.get("CLIP_VIDEO_BASE_MODEL") or None
+    if base is None:
+        name = _published_name(config)
+        if name is None:
+            raise CheckpointError(f"{path}: {why}, and its architecture is no published CLIP: pass the original "
+                                  "CLIP's checkpoint as base= (or $CLIP_VIDEO_BASE_MODEL)")
+        try:
+            base = model_path(name)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {why}: it needs OpenAI's {name} ({e})") from None
+    original = read_checkpoint(base)
+    if not isinstance(original.config, CLIPConfig) or original.family is not None:
+        raise CheckpointError(f"{base}: the base of {path} must be a plain CLIP checkpoint")
+    if original.config.text.width != config.text.width or original.config.vision != config.vision:
+        raise CheckpointError(f"{base}: its architecture does not match {path}'s (the CLIP it was tuned from?)")
+    return original.state_dict

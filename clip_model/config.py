@@ -21,16 +21,34 @@ HEAD_WIDTH = 64
 
 @dataclass(frozen=True)
 class FamilyProtocol:
-    """What a model family brings to every job as its default: how it scores labels and which prompt templates."""
+    """What a model family brings to every job as its defaults: how it scores labels, which prompt templates, how
+    many frames a clip has, how frames pool into a video, and how views and templates are combined. Each entry
+    follows the family's own evaluation code (see the sources in the comments)."""
 
     scoring: str  # softmax (over the labels) | sigmoid (each label its own probability)
-    templates: str  # pipeline.prompts.load_templates: CLIP's own evaluations ensemble prompts, X-CLIP's use bare names
+    templates: str  # pipeline.prompts.load_templates
+    frames: int = 8  # frames per clip by default (X-CLIP's checkpoint fixes its own)
+    pooling: str = "mean"  # mean (normalised mean of frame embeddings) | temporal (the checkpoint's head) |
+    #                        mean_of_unit (the mean of normalised frame embeddings, not renormalised)
+    scale: float | None = None  # a fixed logit scale instead of the checkpoint's exp(logit_scale)
+    template_ensemble: str = "embedding"  # embedding: one averaged text per label | probabilities: average over
+    #                                       templates of each template's softmax
+    view_ensemble: str = "probabilities"  # probabilities: average the views' probabilities | logits: sum logits
 
 
 FAMILY_PROTOCOLS = {
     "clip": FamilyProtocol("softmax", "video"),
     "siglip": FamilyProtocol("sigmoid", "video"),
     "xclip": FamilyProtocol("softmax", "none"),  # VideoX's evaluation tokenizes the bare class names
+    # ViFi-CLIP main.py/trainers/vificlip.py: 32 frames, "a photo of a {}.", mean then normalise, summed view softmaxes
+    "vificlip": FamilyProtocol("softmax", "vificlip", frames=32),
+    # ActionCLIP test.py: 8 frames through its fusion transformer, 100 * cos, softmax per template, averaged
+    "actionclip": FamilyProtocol("softmax", "actionclip", pooling="temporal", scale=100.0,
+                                 template_ensemble="probabilities"),
+    # Open-VCLIP / FROSTER temporalclip_video_model.py: per-frame logits averaged (= mean of unit frame embeddings),
+    # view logits summed, 28 (FROSTER 29) templates averaged as unit embeddings
+    "openvclip": FamilyProtocol("softmax", "openvclip", pooling="mean_of_unit", view_ensemble="logits"),
+    "froster": FamilyProtocol("softmax", "froster", pooling="mean_of_unit", view_ensemble="logits"),
 }
 
 
@@ -90,6 +108,8 @@ class PreprocessConfig:
     std: tuple[float, float, float] = OPENAI_STD
     interpolation: str = "bicubic"
     resize: str = "shortest"  # "shortest": short side to image_size, then a centre crop; "squash": straight to S x S
+    resize_to: int | None = None  # "shortest": the short side before the crop, if not image_size (ViFi-CLIP: 256)
+    antialias: bool = True  # PIL-like (CLIP); False where a family's own test resizes with plain interpolation
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -100,6 +120,8 @@ class PreprocessConfig:
             raise ValueError(f"resize must be 'shortest' or 'squash', got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError(f"mean and std need 3 channels, got {self.mean} and {self.std}")
+        if self.resize_to is not None and self.resize_to < self.image_size:
+            raise ValueError(f"resize_to ({self.resize_to}) must be at least image_size ({self.image_size})")
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ class TemporalConfig:
     layers: int = 2
     heads: int = 4
     position_init_std: float = 1.0  # see the module docstring
+    quick_gelu: bool = False  # ActionCLIP's fusion transformer uses QuickGELU
+    eps: float = 1e-5  # LayerNorm epsilon (ActionCLIP's TF-style LayerNorm: 1e-12)
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -42,7 +44,7 @@ class TemporalTransformer(nn.Module):
         super().__init__()
         self.config = cfg
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.num_frames, cfg.width))
-        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, quick_gelu=False)
+        self.transformer = Transformer(cfg.width, cfg.layers, cfg.heads, quick_gelu=cfg.quick_gelu, eps=cfg.eps)
         nn.init.normal_(self.positional_embedding, std=cfg.position_init_std)
         for block in self.transformer.resblocks:  # start as the identity: residual branches begin at zero
             assert isinstance(block, ResidualAttentionBlock)  # Transformer holds only these

@@ -1,4 +1,6 @@
-"""Read the tensors of a TorchScript archive (OpenAI's published ``.pt`` files) without running any of its code.
+"""Read the tensors of a TorchScript archive (OpenAI's published ``.pt`` files) without running any of its code; and
+``torch.save`` archives that carry a research codebase's config object beside their tensors (ViFi-CLIP pickles its
+yacs ``CfgNode``), which ``weights_only=True`` refuses, read the same restricted way (``read_torch_save``).
 
 ``torch.jit.load`` compiles and runs the archive's code while loading and has no safe mode. Here the archive's
 ``data.pkl`` is read by a restricted unpickler that can only build tensors, ordered dicts and inert stand-ins for the
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import io
+import math
 import pickle
 import re
 import zipfile
@@ -54,7 +57,23 @@ class _StorageType:
         self.dtype = dtype
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+def _restricted_build(self: Any) -> None:
+    """BUILD (set an object's state) only on the inert stand-ins this module creates: never on a tensor or on one
+    of the allowed functions."""
+    obj = self.stack[-2]
+    if not isinstance(obj, (_ScriptObject, InertConfig, _PlainDict)):
+        raise CheckpointError(f"{self.path}: refusing to load: the pickle sets the state of a "
+                              f"{type(obj).__name__}; nothing from it was run")
+    pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler (its opcode table can be restricted, the C one's cannot) with an allowlist of globals
+    and BUILD limited to the inert stand-ins. data.pkl files are small: the tensors are separate zip entries."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch[pickle.BUILD[0]] = _restricted_build
+
     def __init__(self, data: bytes, zf: zipfile.ZipFile, root: str, path: Path):
         super().__init__(io.BytesIO(data))
         self.zf, self.root, self.path = zf, root, path
@@ -85,6 +104,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         member = f"{self.root}/data/{key}"
         try:
             info = self.zf.getinfo(member)
+            if info.compress_type != zipfile.ZIP_STORED:  # torch writes them stored; a compressed one could expand
+                raise CheckpointError(f"{self.path}: tensor record {member} is compressed, which torch never writes")
         except KeyError:
             raise CheckpointError(f"{self.path}: TorchScript archive lacks tensor data {member}") from None
         nbytes = int(numel) * torch.empty(0, dtype=stype.dtype).element_size()
@@ -98,6 +119,71 @@ class _RestrictedUnpickler(pickle.Unpickler):
             0, dtype=stype.dtype)
         self.storages[key] = flat
         return flat
+
+
+class InertConfig(dict):
+    """What a pickled yacs ``CfgNode`` becomes: its items and its attribute state as plain data, no yacs code."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.state = dict(state) if isinstance(state, dict) else {}
+
+
+class _PlainDict(dict):
+    """An OrderedDict read back (insertion order is kept by dict); a state dict's ``_metadata`` is dropped."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+# torch.save globals besides tensors that a checkpoint may hold as plain data: OrderedDict, set (a py2 pickle names
+# it __builtin__.set), and yacs' CfgNode (a dict subclass), read as InertConfig.
+_TORCH_SAVE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("collections", "OrderedDict"): _PlainDict, ("builtins", "set"): set, ("__builtin__", "set"): set,
+    ("yacs.config", "CfgNode"): InertConfig,
+}
+
+
+class _TorchSaveUnpickler(_RestrictedUnpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _TORCH_SAVE_GLOBALS:
+            return _TORCH_SAVE_GLOBALS[module, name]
+        if (module, name) in (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter")):
+            return _rebuild_tensor if name == "_rebuild_tensor_v2" else _rebuild_parameter
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        raise CheckpointError(f"{self.path}: refusing to load: the pickle references {module}.{name}, which is not "
+                              "a tensor or plain data; nothing from it was run")
+
+
+def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None, *_: Any) -> torch.Tensor:
+    if not isinstance(data, torch.Tensor):
+        raise CheckpointError("a parameter is rebuilt from something that is not a tensor")
+    return data
+
+
+def read_torch_save(path: str | Path) -> Any:
+    """The object in a ``torch.save`` zip whose pickle holds only tensors, containers and plain data, plus the
+    config objects in ``_TORCH_SAVE_GLOBALS`` as inert data. Any other global is refused before it is resolved, so
+    nothing in the file runs (``torch.load(weights_only=False)`` is never used)."""
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path}: not a torch.save zip archive") from None
+    with zf:
+        names = zf.namelist()
+        root = next((n.split("/", 1)[0] for n in names if n.endswith("/data.pkl") and n.count("/") == 1), None)
+        if root is None:
+            raise CheckpointError(f"{path}: a zip without <root>/data.pkl is not a torch.save archive")
+        info = zf.getinfo(f"{root}/data.pkl")
+        if info.file_size > MAX_PICKLE_BYTES:
+            raise CheckpointError(f"{path}: data.pkl is {info.file_size} bytes, over the {MAX_PICKLE_BYTES} cap")
+        try:
+            return _TorchSaveUnpickler(zf.read(info), zf, root, path).load()
+        except CheckpointError:
+            raise
+        except Exception as e:  # a malformed stream: report, never fall back to a permissive loader
+            raise CheckpointError(f"{path}: unreadable torch.save data.pkl: {type(e).__name__}: {e}") from None
 
 
 def _new_script_object(cls: type[_ScriptObject], qualname: str) -> _ScriptObject:
@@ -116,6 +202,8 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
     if not isinstance(storage, torch.Tensor):
         raise CheckpointError("TorchScript archive rebuilds a tensor from something that is not a stored tensor")
     extent = offset + sum((s - 1) * st for s, st in zip(size, stride)) + 1 if all(size) else 0
+    if math.prod(size) > storage.numel():  # a view with repeated (zero-stride) elements: any later copy would grow it
+        raise CheckpointError(f"tensor of size {tuple(size)} has more elements than its storage ({storage.numel()})")
     if offset < 0 or any(s < 0 for s in size) or any(st < 0 for st in stride) or extent > storage.numel():
         raise CheckpointError(f"tensor of size {tuple(size)} at offset {offset} overruns its storage of {storage.numel()}")
     return storage.as_strided(tuple(size), tuple(stride), offset)

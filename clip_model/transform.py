@@ -44,7 +44,9 @@ class ClipTransform:
 
     def _resized(self, height: int, width: int) -> tuple[int, int]:
         size = self.cfg.image_size
-        return (size, size) if self.cfg.resize == "squash" else resized_size(height, width, size)
+        if self.cfg.resize == "squash":
+            return size, size
+        return resized_size(height, width, self.cfg.resize_to or size)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         size = self.cfg.image_size
@@ -62,8 +64,8 @@ class ClipTransform:
         x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W)
         h, w = self._resized(x.shape[-2], x.shape[-1])
         if (h, w) != tuple(x.shape[-2:]):
-            x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation, antialias=True,
-                              align_corners=False)
+            x = F.interpolate(x.contiguous(), size=(h, w), mode=self.cfg.interpolation,
+                              antialias=self.cfg.antialias, align_corners=False)
         return x
 
     def resize_crop(self, frames: torch.Tensor) -> torch.Tensor:

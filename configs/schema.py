@@ -51,8 +51,9 @@ class BenchmarkConfig:
     frames: Literal["segments", "centre", "all"] = "segments"
     num_frames: int | None = None  # None: the model's (fixed by an X-CLIP checkpoint), else 8
     clips: int = 1
+    frame_interval: int = 1  # clips > 1: frames apart within a clip (Open-VCLIP: 16)
     crops: int = 1
-    pooling: Literal["mean", "max", "temporal", "frame_scores"] = "mean"  # temporal: trained checkpoints
+    pooling: Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"] | None = None  # None: the model's
     headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
     device: str = RuntimeSettings.device
     precision: Literal["fp32", "bf16", "fp16"] = RuntimeSettings.precision
@@ -70,7 +71,7 @@ class BenchmarkConfig:
         _check_choice("frames", self.frames, FRAME_PROTOCOLS)
         _check_choice("headline", self.headline, HEADLINES)
         _check_choice("dataset.format", self.dataset.format, FORMATS)
-        for key in ("num_frames", "clips"):
+        for key in ("num_frames", "clips", "frame_interval"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
         try:

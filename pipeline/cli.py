@@ -192,23 +192,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from clip_model import MODEL_CONFIGS, published_models
+    from clip_model.adapted import ADAPTED_MODELS
     from clip_model.config import FAMILY_PROTOCOLS
     from clip_model.hub import HUB_MODELS, endpoint
 
     rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
     for name, entry in published_models().items():
         clip = FAMILY_PROTOCOLS["clip"]
-        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), "any", clip.scoring, clip.templates,
+        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), str(clip.frames), clip.scoring,
+                     clip.templates,
                      entry["url"].split("/", 3)[2] + " (SHA256 pinned)"))
     for repo, model in HUB_MODELS.items():
         family = FAMILY_PROTOCOLS[model.family]
         rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), family.scoring,
                      family.templates, f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
+    for name, adapted in ADAPTED_MODELS.items():
+        family = FAMILY_PROTOCOLS[adapted.family]
+        host = adapted.url.split("/")[2]
+        where = (f"by hand from {host} (a share link)" if adapted.share_link
+                 else f"{host} (SHA256 prefix {adapted.sha256} in its name)")
+        rows.append((name, adapted.family, str(MODEL_CONFIGS[adapted.base].vision.image_size), str(family.frames),
+                     family.scoring, family.templates, where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     print("\nclassify, benchmark, tag, retag, search and serve take every family; train fine-tunes clip. Any "
-          "checkpoint file or folder also works as --model.")
+          "checkpoint file or folder also works as --model. Frames: the default (X-CLIP's are fixed by the "
+          "checkpoint). ViFi-CLIP and Open-VCLIP also read the CLIP they were tuned from (downloaded by name, or "
+          "$CLIP_VIDEO_BASE_MODEL).")
     return 0
 
 
@@ -248,9 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the model's (fixed by X-CLIP checkpoints), else 8")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
-    p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores"), default="mean",
-                   help="mean/max of frame embeddings, the trained temporal pooler of a checkpoint written by train, "
-                        "or the mean of per-frame probabilities")
+    p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores", "mean_of_unit"), default=None,
+                   help="mean/max of frame embeddings, the temporal pooler of a checkpoint (written by train, or "
+                        "ActionCLIP's), the mean of per-frame probabilities, or of unit frame embeddings (Open-VCLIP); "
+                        "default: the model's")
     p.add_argument("--unknown-below", type=float, default=None, metavar="P",
                    help="open set: answer 'unknown' when the top probability is below P (softmax: the top label's "
                         "share; sigmoid: its own probability, so no label is likely)")
@@ -276,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "OUT's .segments/.errors siblings, the index to OUT.index/")
     p.add_argument("--labels", help="file with one label per line, or a shipped list (kinetics400, ucf101, ...)")
     p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE; default: the model's")
-    p.add_argument("--pooling", choices=("mean", "max", "temporal"), default="mean")
+    p.add_argument("--pooling", choices=("mean", "max", "temporal", "mean_of_unit"), default=None,
+                   help="default: the model's")
     p.add_argument("--num-frames", type=int, default=None,
                    help="frames per window; default: the model's (fixed by X-CLIP checkpoints), else 8")
     p.add_argument("--window", type=float, default=4.0, help="window length in seconds")

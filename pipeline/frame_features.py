@@ -56,7 +56,7 @@ class FrameEncoder:
     """
 
     def __init__(self, model: VideoTextModel, batch_size: int):
-        self.model, self.group = model, model.group
+        self.model, self.group, self.rows = model, model.group, model.rows_per_group
         self.batch_size = max(batch_size // self.group, 1) * self.group
         self._queue: deque[_Owned] = deque()
         self.queued_frames = 0  # added, not yet encoded
@@ -93,7 +93,7 @@ class FrameEncoder:
         try:
             x = torch.cat([o.frames[a:b] for o, a, b in slices])  # (B, 3, S, S) uint8
             feats = self.model.encode(self.model.transform.normalize(x))  # (B / group, ..., E)
-            pieces = list(feats.split([(b - a) // self.group for _, a, b in slices]))
+            pieces = list(feats.split([(b - a) // self.group * self.rows for _, a, b in slices]))
         except Exception:  # noqa: BLE001 - find whose frames fail; the others are kept
             pieces = [self._encode_alone(o.frames[a:b]) for o, a, b in slices]
         for (owned, a, b), piece in zip(slices, pieces):

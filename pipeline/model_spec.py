@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 import clip_model
+from clip_model.adapted import ADAPTED_MODELS
 from clip_model.hub import HUB_MODELS, hub_folder
 
 from .video_text import VideoTextModel
@@ -51,25 +53,24 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", "auto: this CPU has no native bf16 (no amx_bf16 or avx512_bf16 flag)"
 
 
-def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str = "mean") -> VideoTextModel:
-    """The model of checkpoint ``spec`` behind the jobs' interface (``video_text``), with (``pooling`` temporal) the
-    trained temporal pooler of the same file, read once. ``random:tiny-vit`` builds an untrained CLIP (seed 0) for
-    smoke tests; anything else goes to clip_model, whatever its family."""
-    head = None
-    model: clip_model.CLIP | clip_model.SigLIP
-    if pooling == "temporal":
-        if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
+def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str | None = None,
+               ) -> VideoTextModel:
+    """The model of checkpoint ``spec`` behind the jobs' interface (``video_text``), with the temporal pooler the
+    same file carries (written by train, or ActionCLIP's), read once; ``pooling`` None takes the family's.
+    ``random:tiny-vit`` builds an untrained CLIP (seed 0) for smoke tests; anything else goes to clip_model,
+    whatever its family."""
+    if spec.startswith(RANDOM_PREFIX):
+        if pooling == "temporal":
             raise ValueError(f"pooling temporal needs a checkpoint with a trained temporal pooler (written by train); "
                              f"{spec} has none: use pooling mean")
-        model, transform, head = clip_model.load_with_temporal(spec, device, precision=precision)
-    elif spec.startswith(RANDOM_PREFIX):
         if precision not in clip_model.PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device, clip_model.PRECISIONS[precision])
-        transform = clip_model.ClipTransform(model.preprocess_config)
-    else:
-        model, transform = clip_model.load(spec, device=device, precision=precision)
-    return VideoTextModel(model, transform, pooling, head, name=spec)
+        return VideoTextModel(model, clip_model.ClipTransform(model.preprocess_config), pooling, name=spec)
+    loaded, transform, head = clip_model.load_video_model(spec, device, precision=precision)
+    if pooling == "temporal" and head is None:
+        raise clip_model.no_pooler_error(spec)
+    return VideoTextModel(loaded, transform, pooling, head, name=spec)
 
 
 def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:
@@ -88,7 +89,13 @@ def model_identity(spec: str, precision: str = "fp32") -> dict:
         return {"spec": spec, "precision": precision}
     if spec in HUB_MODELS:  # its cached files identify it (the hub's main branch can move)
         return {"spec": spec, "precision": precision} | _file_stamps(hub_folder(spec))
-    return {"spec": str(Path(spec).expanduser().resolve()), "precision": precision} | _file_stamps(Path(spec))
+    base = os.environ.get("CLIP_VIDEO_BASE_MODEL")  # ViFi-CLIP's and Open-VCLIP's weights depend on it
+    if spec in ADAPTED_MODELS:
+        file = clip_model.cache_dir() / "adapted" / ADAPTED_MODELS[spec].file
+        return {"spec": spec, "precision": precision} | (_file_stamps(file) if file.is_file() else {}) | (
+            {"base": base} if base else {})
+    return {"spec": str(Path(spec).expanduser().resolve()), "precision": precision} | _file_stamps(Path(spec)) | (
+        {"base": base} if base else {})
 
 
 def _file_stamps(path: Path) -> dict:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 # mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (video_text.VideoTextModel.view_probs)
-Pooling = Literal["mean", "max", "temporal", "frame_scores"]
-POOLINGS = ("mean", "max", "temporal", "frame_scores")
+Pooling = Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"]
+POOLINGS = ("mean", "max", "temporal", "frame_scores", "mean_of_unit")
 
 
 def mean_pool(frame_features: torch.Tensor) -> torch.Tensor:
@@ -35,7 +35,11 @@ def temporal_pool(frame_features: torch.Tensor, head: nn.Module) -> torch.Tensor
 
 
 def pool_views(frame_features: torch.Tensor, pooling: str, head: nn.Module | None = None) -> torch.Tensor:
-    """(V, T, E) raw frame embeddings -> (V, E) unit vectors by ``mean``, ``max`` or ``temporal`` (needs ``head``)."""
+    """(V, T, E) raw frame embeddings -> (V, E) unit vectors by ``mean``, ``max`` or ``temporal`` (needs ``head``);
+    ``mean_of_unit`` (Open-VCLIP's mean of per-frame logits): the mean of the unit frame embeddings, not
+    renormalised."""
+    if pooling == "mean_of_unit":
+        return F.normalize(frame_features, dim=-1).mean(dim=-2)
     if pooling == "temporal":
         if head is None:
             raise ValueError("temporal pooling needs a trained temporal pooler (a checkpoint written by train)")

@@ -24,22 +24,48 @@ VIDEO_TEMPLATES = (
 )
 
 
+# The prompts each video CLIP's own evaluation code uses (family protocols in clip_model.config.FAMILY_PROTOCOLS)
+_ACTIONS = ("{}.", "a person {}.", "a person using {}.", "a person doing {}.", "a person during {}.",
+            "a person performing {}.", "a person practicing {}.")
+OPENVCLIP_TEMPLATES = tuple(f"{prefix} {a}" for prefix in ("a photo of", "a video of", "a example of",  # sic
+                                                            "a demonstration of") for a in _ACTIONS)
+FAMILY_TEMPLATES = {
+    "vificlip": ("a photo of a {}.",),  # ViFi-CLIP trainers/vificlip.py: ctx_init "a photo of a" + name + "."
+    # ActionCLIP utils/Text_Prompt.py text_aug, in its order
+    "actionclip": ("a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
+                   "{} this is an action", "{}, a video of action", "Playing action of {}", "{}",
+                   "Playing a kind of action, {}", "Doing a kind of action, {}", "Look, the human is {}",
+                   "Can you recognize the action of {}?", "Video classification of {}", "A video of {}",
+                   "The man is {}", "The woman is {}"),
+    "openvclip": OPENVCLIP_TEMPLATES,  # Open-VCLIP temporalclip_video_model.py: 4 prefixes x 7 patterns
+    # FROSTER temporalclip_video_model.py: each of Open-VCLIP's 28 formatted with the name, then " " and the full
+    # "Name: description" string; then that string alone. Its LLM-written descriptions are per dataset and not
+    # shipped, so the full string is the name: "a photo of {0}. {0}"
+    "froster": (*(t.replace("{}", "{0}") + " {0}" for t in OPENVCLIP_TEMPLATES), "{}"),
+}
+
+
 def load_templates(spec: str) -> list[str]:
-    """``none`` (bare name), ``video`` (a generic set), ``ucf101`` / ``kinetics700`` (CLIP's published sets) or a file
-    with one template per line, each containing ``{}``."""
+    """``none`` (bare name), ``video`` (a generic set), ``ucf101`` / ``kinetics700`` (CLIP's published sets), a video
+    CLIP's own set (``vificlip``, ``actionclip``, ``openvclip``, ``froster``) or a file with one template per line,
+    each containing ``{}``."""
     if spec == "none":
         return ["{}"]
     if spec == "video":
         return list(VIDEO_TEMPLATES)
+    if spec in FAMILY_TEMPLATES:
+        return list(FAMILY_TEMPLATES[spec])
     if spec in ("ucf101", "kinetics700"):
         return json.loads((DATA_DIR / "prompts" / f"{spec}_clip.json").read_text())["templates"]
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"templates {spec!r}: not none|video|ucf101|kinetics700 and no such file")
+        raise ValueError(f"templates {spec!r}: not none|video|ucf101|kinetics700|{'|'.join(FAMILY_TEMPLATES)} and no "
+                         "such file")
     templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
-    bad = [t for t in templates if "{}" not in t]
+    bad = [t for t in templates if "{}" not in t and "{0}" not in t]
     if not templates or bad:
-        raise ValueError(f"{path}: every template line must contain '{{}}'; offending: {bad[:3] or 'file is empty'}")
+        raise ValueError(f"{path}: every template line must contain '{{}}' (or '{{0}}'); offending: "
+                         f"{bad[:3] or 'file is empty'}")
     return templates
 
 
@@ -58,6 +84,18 @@ def class_embeddings(model: clip_model.FrameTextModel, classnames: Sequence[str]
     if not normalize:
         return per_prompt.mean(dim=1)
     return F.normalize(F.normalize(per_prompt, dim=-1).mean(dim=1), dim=-1)
+
+
+@torch.no_grad()
+def template_embeddings(model: clip_model.FrameTextModel, classnames: Sequence[str], templates: Sequence[str],
+                        batch_size: int = 256) -> torch.Tensor:
+    """(K, C, E) unit vectors: each template's prompt of each class, for scorers that average over templates the
+    probabilities rather than the embeddings (ActionCLIP)."""
+    device = next(model.parameters()).device
+    prompts = [t.format(c) for t in templates for c in classnames]  # template-major: (K·C,)
+    feats = [model.encode_text(model.tokenize(prompts[i : i + batch_size]).to(device)).float()
+             for i in range(0, len(prompts), batch_size)]
+    return F.normalize(torch.cat(feats), dim=-1).view(len(templates), len(classnames), -1)
 
 
 def text_cache_key(model_key: str, classnames: Sequence[str], templates: Sequence[str], normalize: bool = True) -> str:

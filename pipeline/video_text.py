@@ -5,14 +5,18 @@ per video (or window) to score later without decoding, and how it scores labels 
         --state--> VideoState: (V, E) unit vectors [+ (V, K, E) prompt tokens]     what the tag index stores
         --LabelScorer.probs--> (V, C) probabilities                                 softmax or a sigmoid per label
 
-    family          encodes           features (L rows of E)                 state
-    clip, siglip    frame by frame    T raw frame embeddings                 pooled over time: mean | max | temporal
-    xclip           T frames at once  its MIT video embedding + K tokens     unit video embedding + K prompt tokens
+    family                 encodes           features (L rows of E)               state
+    clip, siglip, vificlip frame by frame    T raw frame embeddings               pooled: mean | max | temporal
+    actionclip             frame by frame    T raw frame embeddings               its fusion transformer (temporal)
+    openvclip, froster     T frames at once  T raw frame embeddings               mean of unit frame embeddings
+    xclip                  T frames at once  its MIT video embedding + K tokens   unit video embedding + K tokens
 
 Per-frame families share a frame between overlapping windows and can pool by any rule; X-CLIP's frames exchange
-messages inside the vision transformer, so a window's T frames are encoded together (exactly T: the count its
-checkpoint was built for), and its label texts are conditioned on each video's tokens (the video-specific prompt
-generator) before they are compared. A family's protocol (frames, templates, scoring) is its default everywhere.
+messages inside the vision transformer and Open-VCLIP's attend to their neighbours, so a window's T frames are
+encoded together (X-CLIP: exactly T, the count its checkpoint was built for). X-CLIP's label texts are conditioned
+on each video's tokens (the video-specific prompt generator) before they are compared. A family's protocol
+(``clip_model.config.FAMILY_PROTOCOLS``: frames, templates, pooling, scoring, how templates and views combine) is its
+default everywhere.
 """
 from __future__ import annotations
 
@@ -29,10 +33,9 @@ import clip_model
 from clip_model.config import FAMILY_PROTOCOLS
 
 from .pooling import pool_views
-from .prompts import cached_class_embeddings
+from .prompts import cached_class_embeddings, template_embeddings
 from .zero_shot import LabelScoring, label_scoring
 
-DEFAULT_FRAMES = 8  # frames per clip or window for families that take any count
 XCLIP_ROWS = 64  # videos whose label texts are conditioned at once: (rows, C, E) floats stay ~50 MB at C = 400
 
 
@@ -64,24 +67,32 @@ class VideoState:
 
 
 class VideoTextModel:
-    """A loaded model of any family behind one interface (see the module doc); ``head`` is a trained temporal pooler
-    (``pooling`` temporal, CLIP checkpoints written by train)."""
+    """A loaded model of any family behind one interface (see the module doc); ``head`` is a temporal pooler (one
+    trained by train, or ActionCLIP's fusion transformer); ``pooling`` None takes the family's."""
 
     def __init__(self, model: clip_model.CLIP | clip_model.SigLIP, transform: clip_model.ClipTransform,
-                 pooling: str = "mean", head: nn.Module | None = None, name: str = "model"):
+                 pooling: str | None = None, head: nn.Module | None = None, name: str = "model"):
         self.model, self.transform, self.head, self.name = model, transform, head, name
         self.family: str = model.family
-        protocol = FAMILY_PROTOCOLS[self.family]
-        self.templates: str = protocol.templates  # default templates
+        self.protocol = FAMILY_PROTOCOLS[self.family]
+        self.templates: str = self.protocol.templates  # default templates
         self.xclip = isinstance(model, clip_model.XCLIP)
+        self.openvclip = isinstance(model, clip_model.OpenVCLIP)
+        pooling = pooling or self.protocol.pooling
         if self.xclip and pooling != "mean":
             raise ValueError(f"{name}: X-CLIP pools a clip's frames with its own transformer (MIT); pooling "
-                             f"{pooling!r} does not apply to it (leave --pooling at mean)")
+                             f"{pooling!r} does not apply to it (leave --pooling out)")
+        if pooling == "temporal" and head is None:
+            raise ValueError(f"{name}: pooling temporal needs a checkpoint with a temporal pooler (written by train, "
+                             "or ActionCLIP's); this one has none: use pooling mean")
         self.pooling = pooling
         # frames per clip or window: fixed by an X-CLIP checkpoint (its MIT has one position per frame), else any
         self.fixed_frames: int | None = model.num_frames if isinstance(model, clip_model.XCLIP) else None
-        self.group = self.fixed_frames or 1  # frames that go through the model together
-        self.scoring = label_scoring(model)
+        # frames that go through the model together: X-CLIP's fixed count; Open-VCLIP's clip length (``num_frames``)
+        self.group = self.fixed_frames or (self.protocol.frames if self.openvclip else 1)
+        self.rows_per_group = 1 if self.xclip else self.group  # rows encode returns per group
+        scoring = label_scoring(model)
+        self.scoring = scoring if self.protocol.scale is None else LabelScoring(scoring.kind, self.protocol.scale)
 
     @property
     def preprocess(self) -> clip_model.PreprocessConfig:
@@ -102,9 +113,13 @@ class VideoTextModel:
 
     def num_frames(self, asked: int | None) -> int:
         """The frames per clip or window to sample: the checkpoint's where it fixes them (asking for another count
-        is an error naming it), else ``asked`` or 8."""
+        is an error naming it), else ``asked`` or the family's (8; ViFi-CLIP 32). Open-VCLIP's clips are then
+        encoded in groups of that many frames."""
         if self.fixed_frames is None:
-            return asked or DEFAULT_FRAMES
+            frames = asked or self.protocol.frames
+            if self.openvclip:
+                self.group = self.rows_per_group = frames
+            return frames
         if asked not in (None, self.fixed_frames):
             raise ValueError(f"{self.name}: this X-CLIP checkpoint was built for {self.fixed_frames} frames per clip "
                              f"(its frame-integration transformer has {self.fixed_frames} positions); --num-frames "
@@ -127,6 +142,8 @@ class VideoTextModel:
             if isinstance(self.model, clip_model.XCLIP):
                 video, tokens = self.model.encode_video(x.view(-1, self.group, *x.shape[1:]))  # (B, E), (B, K, E)
                 return torch.cat([video[:, None], tokens], dim=1).float().cpu()  # (B, 1 + K, E)
+            if isinstance(self.model, clip_model.OpenVCLIP):  # (B, T, E) -> (N, E): frames seen with neighbours
+                return self.model.encode_video(x.view(-1, self.group, *x.shape[1:])).flatten(0, 1).float().cpu()
             return self.model.encode_image(x).float().cpu()  # (N, E)
 
     def state(self, features: torch.Tensor) -> VideoState:
@@ -135,19 +152,27 @@ class VideoTextModel:
             return VideoState(F.normalize(features[:, 0], dim=-1), features[:, 1:])
         return VideoState(pool_views(features, self.pooling, self.head))
 
+    @property
+    def joint(self) -> bool:
+        """Whether a clip's frames are encoded together (X-CLIP, Open-VCLIP), so windows cannot share frames."""
+        return self.group > 1
+
     def window_frames(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """A chunk's distinct frames (U, 3, S, S) and its windows' (w, T) positions -> the frames to encode: the
-        distinct ones (shared by overlapping windows), or for X-CLIP each window's T frames in a row (w·T, ...)."""
-        return frames[positions.reshape(-1)] if self.xclip else frames
+        distinct ones (shared by overlapping windows), or where a clip's frames go together each window's T frames
+        in a row (w·T, ...)."""
+        return frames[positions.reshape(-1)] if self.joint else frames
 
     def window_features(self, encoded: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """``encode``'s rows for ``window_frames`` -> (w, L, E) per-window features."""
-        return encoded if self.xclip else encoded[positions]
+        if self.xclip:
+            return encoded
+        return encoded.view(*positions.shape, -1) if self.joint else encoded[positions]
 
     def probe_feature(self, features: torch.Tensor) -> torch.Tensor:
         """(V, L, E) views -> (E,) unit vector, the feature a linear probe is trained and applied on: each view's
         embedding (mean-pooled, or by the trained temporal pooler; X-CLIP's own), averaged, renormalised."""
-        if self.xclip:
+        if self.xclip or self.pooling == "mean_of_unit":
             return self.state(features).mean().vectors[0]
         views = pool_views(features, "mean" if self.head is None else "temporal", self.head)  # (V, E)
         return F.normalize(views.mean(dim=0), dim=-1)
@@ -157,8 +182,11 @@ class VideoTextModel:
     def class_text(self, classnames: Sequence[str], templates: Sequence[str], cache_dir: Path | None = None,
                    model_key: str = "") -> torch.Tensor:
         """(C, E) float32 label texts, prompt-ensembled (see ``prompts``): unit vectors; for X-CLIP unnormalised (the
-        mean of each label's prompt embeddings), which its prompt generator conditions on each video. With
+        mean of each label's prompt embeddings), which its prompt generator conditions on each video; for families
+        that average probabilities over templates (ActionCLIP) (K, C, E), one unit vector per template. With
         ``cache_dir``, cached there under ``model_key`` (``model_spec.model_key``)."""
+        if self.protocol.template_ensemble == "probabilities":
+            return template_embeddings(self.model, classnames, templates).float().cpu()
         text = cached_class_embeddings(self.model, model_key, classnames, templates, cache_dir,
                                        normalize=not self.xclip)
         return text.float().cpu()
@@ -175,12 +203,16 @@ class VideoTextModel:
         return F.normalize(self.model.encode_text(tokens).float().cpu(), dim=-1)[0].numpy()
 
     def view_probs(self, features: torch.Tensor, scorer: LabelScorer) -> torch.Tensor:
-        """(V, L, E) views -> (C,) probabilities, averaged over the views (X-CLIP's multi-view protocol too).
-        Pooling ``frame_scores`` (per-frame families) scores every frame and averages the probabilities instead."""
+        """(V, L, E) views -> (C,) probabilities, averaged over the views (X-CLIP's multi-view protocol too), or
+        for Open-VCLIP's families the softmax of the views' summed logits. Pooling ``frame_scores`` (per-frame
+        families) scores every frame and averages the probabilities instead."""
         if self.pooling == "frame_scores":
             frames = F.normalize(features.flatten(0, 1), dim=-1)  # (V·T, E)
             return scorer.probs(VideoState(frames)).mean(dim=0)
-        return scorer.probs(self.state(features)).mean(dim=0)
+        state = self.state(features)
+        if self.protocol.view_ensemble == "logits":
+            return scorer.logits(state).sum(dim=0).softmax(dim=-1)
+        return scorer.probs(state).mean(dim=0)
 
 
 class LabelScorer:
@@ -196,7 +228,10 @@ class LabelScorer:
 
     @torch.no_grad()
     def cosines(self, state: VideoState) -> torch.Tensor:
-        """(N, C) float32 cosines of the states' vectors and the label texts (for X-CLIP, as conditioned on each)."""
+        """(N, C) float32 cosines of the states' vectors and the label texts (for X-CLIP, as conditioned on each;
+        with one text per template (K, C, E), their mean over the templates)."""
+        if self.text.ndim == 3:
+            return torch.einsum("ne,kce->nc", state.vectors.float(), self.text) / self.text.shape[0]
         if self.xclip is None:
             return state.vectors.float() @ self.text.t()
         assert state.tokens is not None, "X-CLIP states carry their tokens"
@@ -214,5 +249,9 @@ class LabelScorer:
         return self.scoring.scale * self.cosines(state) + self.scoring.bias
 
     def probs(self, state: VideoState) -> torch.Tensor:
-        """(N, C): softmax over the labels, or each label's own sigmoid."""
+        """(N, C): softmax over the labels, or each label's own sigmoid; with one text per template, each
+        template's probabilities averaged (ActionCLIP's test)."""
+        if self.text.ndim == 3:
+            cos = torch.einsum("ne,kce->knc", state.vectors.float(), self.text)  # (K, N, C)
+            return self.scoring.probs(cos).mean(dim=0)
         return self.scoring.probs(self.cosines(state))

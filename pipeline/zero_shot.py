@@ -31,12 +31,12 @@ class LabelScoring:
 
 
 def label_scoring(model: clip_model.FrameTextModel) -> LabelScoring:
-    """A model's own scoring: SigLIP's sigmoid with its learned scale and bias; X-CLIP's softmax at its learned
-    scale; CLIP's softmax with its scale capped at 100, as CLIP trained it."""
+    """A model's own scoring: SigLIP's sigmoid with its learned scale and bias; the video CLIPs' softmax at their
+    learned scale; CLIP's softmax with its scale capped at 100, as CLIP trained it."""
     scale = model.logit_scale.detach().float().exp()
     if isinstance(model, clip_model.SigLIP):
         return LabelScoring("sigmoid", float(scale), float(model.logit_bias.detach().float()))
-    if isinstance(model, clip_model.XCLIP):
+    if model.family != "clip":  # X-CLIP, ViFi-CLIP, Open-VCLIP, FROSTER: their evaluations do not cap it
         return LabelScoring("softmax", float(scale))
     return LabelScoring("softmax", float(scale.clamp(max=100)))
 

@@ -29,7 +29,9 @@ class _Payload:
 def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned.txt"
     torch.save({"state_dict": {"w": torch.zeros(2)}, "evil": _Payload(marker)}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"evil\.pt: refusing to load: the pickle needs arbitrary code"):
+    # weights_only refuses it; the restricted reader that then looks for plain data refuses it too, naming the global
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refusing to load: the pickle references "
+                                              r"(__builtin__|builtins)\.exec, .*nothing from it was run"):
         clip_model.load(tmp_path / "evil.pt")
     assert not marker.exists()
 
@@ -121,3 +123,30 @@ def test_non_tensor_state_dict_is_refused(tmp_path):
     torch.save({"state_dict": {"a": 1}}, tmp_path / "x.pt")
     with pytest.raises(CheckpointError, match="holds no state dict of tensors"):
         clip_model.load(tmp_path / "x.pt")
+
+
+class _SetWithState:
+    """Pickles as set() followed by BUILD: setting state on an allowed global's result."""
+
+    def __reduce__(self):
+        return set, (), {"x": 1}
+
+
+def test_restricted_torch_save_reader_refuses_state_on_anything_but_its_stand_ins(tmp_path):
+    from yacs.config import CfgNode
+
+    torch.save({"model": {"w": torch.zeros(2)}, "config": CfgNode({"A": 1}), "x": _SetWithState()}, tmp_path / "b.pth")
+    with pytest.raises(CheckpointError, match="sets the state of a set; nothing from it was run"):
+        clip_model.read_checkpoint(tmp_path / "b.pth")
+
+
+def test_a_tensor_repeating_its_storage_is_refused_on_both_paths(tmp_path):
+    from yacs.config import CfgNode
+
+    grown = torch.zeros(1).expand(1 << 20)  # one stored float viewed as a million
+    torch.save({"visual.proj": grown}, tmp_path / "plain.pt")  # weights_only reads it
+    with pytest.raises(CheckpointError, match="more elements than its storage"):
+        clip_model.read_checkpoint(tmp_path / "plain.pt")
+    torch.save({"model": {"w": grown}, "config": CfgNode({"A": 1})}, tmp_path / "cfg.pth")  # the restricted reader
+    with pytest.raises(CheckpointError, match="more elements than its storage"):
+        clip_model.read_checkpoint(tmp_path / "cfg.pth")

@@ -278,7 +278,7 @@ def test_old_index_is_refused_with_the_command_that_migrates_it_and_then_migrate
     assert np.allclose(vecs[("/a/x.mp4", 0)], first["windows"][0], atol=1e-3)
     assert len(vecs) == 6
     cfg = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu"), LABELS, templates="none", num_frames=8,
-                      window_s=2.0, stride_s=2.0, topk=3)
+                      pooling="mean", window_s=2.0, stride_s=2.0, topk=3)
     resumed = open_for_tagging(folder, cfg.identity(), 64)  # the same settings resume without complaint
     assert resume_plan(resumed, [], [])[0] == []
 

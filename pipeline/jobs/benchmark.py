@@ -51,7 +51,7 @@ def sampling_for(cfg: BenchmarkConfig, num_frames: int) -> Sampling:
     if cfg.frames == "all":
         return Sampling("all")
     if cfg.clips > 1:
-        return Sampling("dense", clip_len=num_frames, num_clips=cfg.clips)
+        return Sampling("dense", clip_len=num_frames, num_clips=cfg.clips, frame_interval=cfg.frame_interval)
     return Sampling("segments", num_frames=num_frames)
 
 

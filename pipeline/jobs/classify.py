@@ -27,7 +27,7 @@ class ClassifySettings:
     num_frames: int | None = None  # frames per clip; None: the model's (fixed by X-CLIP checkpoints), else 8
     clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
     crops: int = 1  # spatial views: 1 (centre) or 3
-    pooling: Pooling = "mean"
+    pooling: Pooling | None = None  # None: the model's (mean; ActionCLIP's fusion transformer; Open-VCLIP's)
     topk: int = 5
     unknown_below: float | None = None  # open set: answer "unknown" when the top probability is below this
     cache_dir: Path | None = None  # text-feature cache; None disables it
@@ -39,7 +39,7 @@ class ClassifySettings:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.crops not in (1, 3):
             raise ValueError(f"crops ({self.crops}) must be 1 or 3")
-        if self.pooling not in POOLINGS:
+        if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
             raise ValueError(f"unknown_below ({self.unknown_below}) must lie in (0, 1)")

@@ -46,7 +46,7 @@ class TagSettings:
     runtime: RuntimeSettings
     labels: tuple[str, ...]
     templates: str | None = None  # None: the model's (``resolved``)
-    pooling: str = "mean"  # mean | max | temporal (a checkpoint written by train)
+    pooling: str | None = None  # mean | max | temporal (the checkpoint's pooler); None: the model's
     num_frames: int | None = None  # frames per window; None: the model's (fixed by X-CLIP checkpoints), else 8
     window_s: float = 4.0
     stride_s: float = 2.0
@@ -68,12 +68,12 @@ class TagSettings:
             raise ValueError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
             raise ValueError("window_s and stride_s must be > 0")
-        if self.pooling not in ("mean", "max", "temporal"):
+        if self.pooling not in (None, "mean", "max", "temporal", "mean_of_unit"):
             raise ValueError(f"pooling {self.pooling!r}: choose mean, max or temporal")
 
     def resolved(self, model: VideoTextModel) -> TagSettings:
         """The settings with the model's defaults filled in (templates, frames per window), checked against it."""
-        return dataclasses.replace(self, templates=self.templates or model.templates,
+        return dataclasses.replace(self, templates=self.templates or model.templates, pooling=model.pooling,
                                    num_frames=model.num_frames(self.num_frames))
 
     def identity(self) -> dict:

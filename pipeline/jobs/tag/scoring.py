@@ -59,19 +59,14 @@ class Scorer:
             ) -> tuple[np.ndarray, np.ndarray, list[str | None]]:
         """(N, E) float16 or float32 unit vectors (and X-CLIP's (N, K, E) tokens) -> (N, k) labels and (N, k)
         probabilities, best first, and per row the labels at or above ``above`` ("a|b", best first; None without
-        ``above``). Softmax probabilities come from the logits' top k and their log-sum-exp."""
+        ``above``)."""
         state = VideoState(_tensor(vectors), None if tokens is None else _tensor(tokens))
-        logits = self.scorer.logits(state)  # (N, C)
-        top, idx = logits.topk(self.k, dim=-1)  # (N, k)
-        if self.scorer.kind == "sigmoid":
-            probs, full = top.sigmoid(), (logits.sigmoid() if self.above is not None else None)
-        else:
-            norm = logits.logsumexp(dim=-1, keepdim=True)
-            probs, full = (top - norm).exp(), ((logits - norm).exp() if self.above is not None else None)
-        return self.labels[idx.numpy()], probs.double().numpy(), self._above(full, len(state))
+        probs = self.scorer.probs(state)  # (N, C)
+        top, idx = probs.topk(self.k, dim=-1)  # (N, k)
+        return self.labels[idx.numpy()], top.double().numpy(), self._above(probs, len(state))
 
-    def _above(self, probs: torch.Tensor | None, n: int) -> list[str | None]:
-        if probs is None or self.above is None:
+    def _above(self, probs: torch.Tensor, n: int) -> list[str | None]:
+        if self.above is None:
             return [None] * n
         order = probs.argsort(dim=-1, descending=True)  # (N, C)
         keep = probs.gather(1, order) >= self.above  # (N, C), a prefix of each row

@@ -8,14 +8,15 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames, rotated, vfr
+from videos import encode, h264_bframes, mpeg4_avi_bframes, mpeg4_avi_not_coded, reference_frames, rotated, vfr
 
 from pipeline.video.open import open_video
 from pipeline.video.reader import VideoDecodeError
 from pipeline.video.samplers import segment_indices, uniform_time_indices
 from pipeline.video.supervisor import rss_mb
 
-MAKERS = {"h264_bframes.mp4": h264_bframes, "mpeg4_bframes.avi": mpeg4_avi_bframes, "vfr.mp4": vfr}
+MAKERS = {"h264_bframes.mp4": h264_bframes, "mpeg4_bframes.avi": mpeg4_avi_bframes, "vfr.mp4": vfr,
+          "mpeg4_not_coded.avi": mpeg4_avi_not_coded}
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,25 @@ def test_exact_frames_on_real_sample_videos(sample_videos):
         for backend in ("pyav", "decord", "auto"):
             reader, wrong = _check_exact(path, backend, n_indices=16)
             assert wrong == [], (path.name, backend)
+
+
+def test_avi_seeks_on_its_packet_index_unless_a_packet_may_decode_to_no_frame(made, monkeypatch):
+    """An MPEG-4 AVI with B-frames is read by keyframe seeks (its demuxed pts are presentation times); one with
+    "not coded" VOPs (packets FFmpeg decodes to no frame) is read sequentially, and must be: numbered by its packets
+    it would be wrong from the first such packet on."""
+    import pipeline.video.pyav_reader as pyav_reader
+
+    with open_video(made["mpeg4_bframes.avi"], "pyav") as reader:
+        assert reader._indexed and reader.reorders
+    path = made["mpeg4_not_coded.avi"]
+    ref = reference_frames(path)
+    with open_video(path, "pyav") as reader:
+        assert not reader._indexed and reader.num_frames == len(ref) == 40
+    monkeypatch.setattr(pyav_reader, "AVI_NOT_CODED_BYTES", 0)  # without the check
+    with open_video(path, "pyav") as reader:
+        assert reader._indexed and reader.num_frames == 42  # 42 packets, 40 frames
+        frames = reader.get_frames(np.arange(40)).numpy()
+    assert not all(np.array_equal(a, b) for a, b in zip(frames, ref))
 
 
 def test_decord_is_wrong_on_mpeg4_avi_and_says_so_while_auto_is_exact(made):
@@ -221,3 +241,14 @@ def test_info_is_available_after_close(made):
     with open_video(made["mpeg4_bframes.avi"], "pyav") as reader:  # the sequential path reopens the container
         pass
     assert reader.info.codec == "mpeg4" and reader.info.num_frames == 60 and reader.info.stream == 0
+
+
+def test_decord_on_a_bframe_avi_takes_pyavs_frame_times(made):
+    """decord reports garbage timestamps (about -3.8e17 s) for the first frames of an MPEG-4 AVI with B-frames;
+    the reader replaces them with PyAV's for the same stream and says so, so window sampling stays sane."""
+    path = made["mpeg4_bframes.avi"]
+    with open_video(path, "pyav") as pyav:
+        times, duration = pyav.timestamps, pyav.duration
+    with open_video(path, "decord") as reader:
+        assert np.allclose(reader.timestamps, times) and reader.duration == pytest.approx(duration)
+        assert any("no usable timestamps" in w for w in reader.warnings)

@@ -49,6 +49,36 @@ def mpeg4_avi_bframes(path: Path, n: int = 60) -> Path:
     return encode(path, n, codec="mpeg4", fmt="avi", options={"bf": "2", "g": "12", "qscale": "3"})
 
 
+def mpeg4_avi_not_coded(path: Path, n: int = 40, after: tuple[int, ...] = (9, 25)) -> Path:
+    """MPEG-4 Part 2 in AVI (no B-frames) with a "not coded" VOP (an N-VOP, as DivX writes for dropped frames and
+    after packed B-frames) muxed after each packet of ``after``: a 6-byte packet that FFmpeg decodes to no frame, so
+    the file has ``n`` frames in ``n + len(after)`` packets."""
+    # start code 000001B6; then P (01), modulo_time_base 0, marker 1, vop_time_increment (5 bits: the encoder's
+    # resolution is the frame rate, 25), marker 1, vop_coded 0, and stuffing 0111 to the byte boundary
+    bits = "01" + "0" + "1" + "00000" + "1" + "0" + "01111"
+    not_coded = b"\x00\x00\x01\xb6" + int(bits, 2).to_bytes(2, "big")
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.height, stream.width, stream.pix_fmt = 96, 128, "yuv420p"
+        stream.options = {"g": "12", "qscale": "3"}
+        packets = []
+        for i in range(n):
+            packets += stream.encode(av.VideoFrame.from_ndarray(pattern(i), format="rgb24"))
+        packets += stream.encode()
+        slot = 0
+        for k, packet in enumerate(packets):
+            packet.pts = packet.dts = slot
+            out.mux(packet)
+            slot += 1
+            if k in after:
+                extra = av.Packet(not_coded)
+                extra.stream, extra.time_base = stream, packet.time_base
+                extra.pts = extra.dts = slot
+                out.mux(extra)
+                slot += 1
+    return path
+
+
 def vfr(path: Path, n: int = 40) -> Path:
     """Variable frame rate: the first half at 10 fps, the second at 40 fps (timestamps in ms)."""
     pts, t = [], 0

@@ -44,6 +44,8 @@ def decord_trusted(pyav: PyAVReader) -> tuple[bool, str]:
     """Whether decord's frame i is PyAV's frame i for this file, judged from PyAV's probe (no decoding)."""
     if not pyav._indexed:
         return False, f"{pyav.info.container}/{pyav.info.codec} timestamps are not a presentation index"
+    if "avi" in pyav.info.container.split(",") and pyav.reorders:  # decord#195: it mis-seeks on these
+        return False, f"{pyav.info.container}/{pyav.info.codec} with B-frames, whose seeks decord gets wrong"
     if pyav.warnings:
         return False, "the file's header and packets disagree"
     return True, ""  # decord applies the display rotation itself (tested equal to PyAV's corrected frames)
@@ -90,6 +92,14 @@ class DecordReader(VideoReader):
                                               f"{expected.info.stream} has {w}x{h}")
         self.timestamps = stamps[:, 0].astype(np.float64) - float(stamps[0, 0])
         duration = float(stamps[-1, 1] - stamps[0, 0])
+        if not (np.all(np.diff(self.timestamps) >= 0) and 0 < duration < 1e7):  # decord's timestamps are garbage
+            if expected is not None:  # where FFmpeg has no pts (B-frame AVIs): take PyAV's for the same stream
+                self.timestamps, duration = np.array(expected.timestamps, dtype=np.float64), float(expected.duration)
+            else:
+                rate = float(self._vr.get_avg_fps()) or 25.0
+                self.timestamps, duration = np.arange(n) / rate, n / rate
+            self.warnings.append("decord gave no usable timestamps; frame times come from "
+                                 + ("PyAV's index" if expected is not None else "the average frame rate"))
         fps = n / duration if duration > 0 else float(self._vr.get_avg_fps())
         self.num_frames, self.duration = n, duration
         self._info = VideoInfo(self.path, "decord", n, fps, shape[0], shape[1],

@@ -5,8 +5,15 @@ The index is every video packet's presentation timestamp, read by demuxing (no d
 smallest pts. To fetch frame i the reader seeks to the last keyframe at or before it and decodes forward, skipping
 the decode of non-reference frames that are not wanted (``skip_frame=NONREF``, set per packet, whose pts is known
 before decoding). A decoded frame whose pts is not in the index proves the index wrong: the request is redone by
-sequential decoding. Containers whose timestamps are not presentation times (AVI, raw streams, anything outside
+sequential decoding. Containers whose timestamps are not presentation times (raw streams, anything outside
 ``INDEXED_CONTAINERS``) always decode sequentially, which is the definition of frame i.
+
+AVI stores no presentation times, but FFmpeg's demuxer gives every packet one (its parser reorders B-frames), and
+each packet then decodes to exactly one frame, so the same index holds, with one exception checked without
+decoding: packets that decode to no frame. MPEG-4 Part 2 marks a frame "not coded" (an N-VOP: DivX's placeholder
+after a packed P+B packet, or a dropped frame) with a packet of a few bytes, which FFmpeg decodes to nothing; an AVI
+with any packet of at most ``AVI_NOT_CODED_BYTES`` decodes sequentially. Decoding after a seek still checks every
+frame's pts against the index, as for MP4.
 """
 from __future__ import annotations
 
@@ -19,7 +26,8 @@ import numpy as np
 
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, VideoReader
 
-INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm")
+INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
+AVI_NOT_CODED_BYTES = 16  # an N-VOP is a 4-byte start code and a few header bits; any real frame is larger
 REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
 MAX_LOGGED_WARNINGS = 20
 # Frame threading pays for its per-frame synchronisation only when frames carry real work: on tiny packets (a few
@@ -157,7 +165,10 @@ class PyAVReader(VideoReader):
         index = self._demux_index() if any(name in INDEXED_CONTAINERS for name in fmt.split(",")) else None
         if index is not None and (len(index[0]) == 0 or len(np.unique(index[0])) != len(index[0])):
             index = None  # no packets, or pts shared by two packets: the pts cannot name frames
+        if index is not None and "avi" in fmt.split(",") and self._smallest_packet <= AVI_NOT_CODED_BYTES:
+            index = None  # a packet that may decode to no frame (see the module doc): only decoding can count them
         self._indexed = index is not None
+        self.reorders = bool(stream.codec_context.has_b_frames)  # B-frames: decode order is not presentation order
         if index is not None:
             self._init_indexed(*index)
         else:
@@ -193,6 +204,7 @@ class PyAVReader(VideoReader):
         keys: list[bool] = []
         durs: list[int] = []
         total_bytes = 0
+        self._smallest_packet = 1 << 62
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0:
@@ -203,6 +215,7 @@ class PyAVReader(VideoReader):
                 keys.append(packet.is_keyframe)
                 durs.append(packet.duration or 0)
                 total_bytes += packet.size
+                self._smallest_packet = min(self._smallest_packet, packet.size)
         except self.av.FFmpegError as e:
             self.warnings.append(f"demuxing stopped after {len(pts)} packets: {_reason(e)}")
         if pts and total_bytes / len(pts) < FRAME_THREADING_MIN_BYTES:

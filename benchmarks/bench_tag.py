@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Tagging throughput against a naive loop on the same folder, model and windows, and memory on a one-hour video.
 
-Throughput rows (videos/s; one folder of ``--videos`` H.264 files written by this script):
+Throughput rows (videos/s; one folder of ``--videos`` files written by this script: H.264 MP4, or with
+``--container avi`` UCF101-like MPEG-4/XVID AVIs with B-frames), once per ``--precisions`` entry (fp32, bf16):
   * naive loop: decord, then one model call per video on all its windows' frames, in this process (what most
     scripts do);
   * ``tag``: the real job end to end (supervised decode workers streaming chunks, cross-video batches, commits,
@@ -16,7 +17,9 @@ Nothing here is asserted: the numbers are printed, with the machine's core count
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -41,13 +44,34 @@ from pipeline.video.supervisor import rss_mb
 from pipeline.windows import WindowChunk, decode_windows
 
 
-def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int) -> list[Path]:
+def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int, container: str = "mp4") -> list[Path]:
     paths = []
     for i in range(n):
         frames = moving_square_frames(list(DIRECTIONS)[i % len(DIRECTIONS)], "red", size=size,
                                       num_frames=int(seconds * fps), square=size // 5, seed=i)
-        paths.append(write_video(folder / f"v{i:03d}.mp4", frames, fps=fps))
+        if container == "avi":
+            paths.append(write_avi(folder / f"v{i:03d}.avi", frames, fps))
+        else:
+            paths.append(write_video(folder / f"v{i:03d}.mp4", frames, fps=fps))
     return paths
+
+
+def write_avi(path: Path, frames: np.ndarray, fps: int) -> Path:
+    """MPEG-4 Part 2 tagged XVID in AVI, two B-frames, a keyframe every 12 frames (UCF101's kind of file)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="avi") as out:
+        s = out.add_stream("mpeg4", rate=fps)
+        s.height, s.width, s.pix_fmt = frames.shape[1], frames.shape[2], "yuv420p"
+        s.codec_context.codec_tag = "XVID"
+        s.options = {"g": "12", "bf": "2", "qscale": "4"}
+        for frame in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    return path
 
 
 def write_long_video(path: Path, minutes: int, fps: int = 24) -> Path:
@@ -150,8 +174,11 @@ def _pss_mb(pid: int) -> float:
 
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
     folder = tmp / "archive"
-    paths = write_folder(folder, args.videos, args.size, args.seconds, 24)
-    model = load_model(args.model, torch.device("cpu"))
+    paths = sorted(folder.glob("v*.*")) or write_folder(folder, args.videos, args.size, args.seconds, 24,
+                                                          args.container)
+    shutil.rmtree(tmp / "tags.parquet.index", ignore_errors=True)  # each precision tags afresh
+    model = load_model(args.model, torch.device("cpu"), settings.runtime.precision)
+    model.num_frames(settings.num_frames)
     cap = 2 * model.preprocess.image_size
     sampling = Sampling("windows", num_frames=settings.num_frames, window_s=settings.window_s,
                         stride_s=settings.stride_s)
@@ -187,7 +214,8 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     frames = sum(len(c.frames) for c in chunks) / len(paths)
     naive_frames = decode_request(requests[0]).frames.shape[0]
     slower = min(decode_only, model_only)
-    print(f"{args.videos} videos of {args.seconds:g} s at {args.size}x{args.size}, 24 fps; model {args.model}; "
+    print(f"\n{args.videos} {args.container} videos of {args.seconds:g} s at {args.size}x{args.size}, 24 fps; "
+          f"model {args.model} in {settings.runtime.precision}; "
           f"{len(os.sched_getaffinity(0))} cores; windows {settings.window_s:g} s every {settings.stride_s:g} s, "
           f"{settings.num_frames} frames each; frames encoded per video: naive {naive_frames}, tag {frames:g}")
     print(f"\n{'row':<44}{'videos/s':>10}")
@@ -235,13 +263,17 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--long-minutes", type=int, default=60, help="length of the memory run's video (0: skip it)")
     ap.add_argument("--skip-throughput", action="store_true")
+    ap.add_argument("--precisions", default="fp32,bf16", help="the throughput rows are run once per precision")
+    ap.add_argument("--container", choices=("mp4", "avi"), default="mp4")
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     settings = TagSettings(RuntimeSettings(args.model, device="cpu", decode_workers=args.workers), tuple(DIRECTIONS),
                            templates="none", num_frames=8, window_s=4.0, stride_s=2.0, commit_every=16)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
-            throughput(args, settings, Path(tmp))
+            for precision in args.precisions.split(","):
+                runtime = dataclasses.replace(settings.runtime, precision=precision)
+                throughput(args, dataclasses.replace(settings, runtime=runtime), Path(tmp))
         if args.long_minutes:
             memory(args, settings, Path(tmp))
 

@@ -204,7 +204,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     t = time.perf_counter()
     encoder = FrameEncoder(model, settings.runtime.batch_size)
     for k, chunk in enumerate(chunks):
-        encoder.add((k, torch.from_numpy(chunk.positions)), chunk.frames)
+        encoder.add((k, torch.from_numpy(chunk.positions)), torch.from_numpy(chunk.frames).permute(0, 3, 1, 2))
         for (_, positions), feats, _ in encoder.ready():
             pool_views(feats[positions], "mean")
     for (_, positions), feats, _ in encoder.ready(flush=True):

@@ -52,15 +52,15 @@ def stream(task: tuple[str, int]):
 def windows_then_segfault(task):
     """Stands in for decode_windows on a file whose PyAV decode crashes after its first chunk: the decord retry must
     not inherit that chunk."""
-    import torch
+    import numpy as np
 
-    from pipeline.windows import decode_windows
+    from pipeline.window_decode import decode_windows
 
     gen = decode_windows(task)
     if task.backend == "auto":
         yield next(gen)
         chunk = next(gen)
-        yield type(chunk)(chunk.first, chunk.positions, torch.zeros_like(chunk.frames))  # wrong frames, then a crash
+        yield type(chunk)(chunk.first, chunk.positions, np.zeros_like(chunk.frames))  # wrong frames, then a crash
         time.sleep(1.0)  # once the parent has them
         ctypes.string_at(0)
     return (yield from gen)

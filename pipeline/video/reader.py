@@ -14,10 +14,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where frames become tensors, so a NumPy-only worker never loads it
+    import torch
 
 MAX_PIXELS = 7680 * 4320  # 8K UHD; larger frames are refused unless a resize is asked for (PyAV then scales on the fly)
 SNIFF_BYTES = 4096
@@ -76,11 +78,11 @@ class VideoReader(ABC):
     def _read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 (len(unique sorted indices), H, W, 3) for sorted unique in-range indices."""
 
-    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-        """uint8 (T, H, W, 3) RGB frames at ``indices`` (any order, repeats allowed)."""
+    def read_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """uint8 (T, H, W, 3) RGB frames at ``indices`` (any order, repeats allowed), as a NumPy array."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size == 0:
-            return torch.empty(0, self.info.height, self.info.width, 3, dtype=torch.uint8)
+            return np.empty((0, self.info.height, self.info.width, 3), dtype=np.uint8)
         if idx.min() < 0 or idx.max() >= self.num_frames:
             raise VideoDecodeError(self.path, f"frame indices must lie in [0, {self.num_frames}); "
                                               f"got min {idx.min()}, max {idx.max()}")
@@ -88,8 +90,14 @@ class VideoReader(ABC):
         with self._lock:
             frames = self._read(unique)
         if len(unique) == len(idx) and np.array_equal(unique, idx):
-            return torch.from_numpy(frames)  # sorted and distinct already: no second copy of the frames
-        return torch.from_numpy(frames[inverse])
+            return frames  # sorted and distinct already: no second copy of the frames
+        return frames[inverse]
+
+    def get_frames(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """``read_frames`` as a uint8 (T, H, W, 3) tensor (no copy)."""
+        import torch
+
+        return torch.from_numpy(self.read_frames(indices))
 
     def close(self) -> None:  # noqa: B027 (optional hook)
         pass

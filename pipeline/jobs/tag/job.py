@@ -33,7 +33,7 @@ from configs.schema import changed_settings
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.runtime import RuntimeSettings
 from pipeline.video_text import VideoState, VideoTextModel
-from pipeline.windows import WindowedVideo, WindowTask, embed_windows
+from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
 from .discover import discover, file_stamp
@@ -85,7 +85,7 @@ class TagSettings:
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does."""
         assert self.num_frames is not None, "resolved() first"
-        return WindowTask(path, preprocess, self.num_frames, self.window_s, self.stride_s, self.runtime.backend,
+        return WindowTask(path, FrameGeometry.of(preprocess), self.num_frames, self.window_s, self.stride_s, self.runtime.backend,
                           2 * preprocess.image_size, self.chunk_mb)
 
 

@@ -35,10 +35,13 @@ def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert spec.resolve_precision("fp16", cpu) == ("fp16", "as asked")
-    for flag, expected in (("amx_bf16", "bf16"), ("avx512_bf16", "bf16"), (None, "fp32")):
+    for flag, speedup, expected in (("amx_bf16", 3.1, "bf16"), ("avx512_bf16", 2.9, "bf16"),
+                                    ("avx512_bf16", 0.65, "fp32"), (None, 3.0, "fp32")):
         monkeypatch.setattr(spec, "cpu_bf16", lambda flag=flag: flag)
+        monkeypatch.setattr(spec, "bf16_speedup", lambda speedup=speedup: speedup)
         got, why = spec.resolve_precision("auto", cpu)
         assert got == expected and (flag or "no native bf16") in why
+        assert flag is None or f"{speedup:.1f}x" in why or f"{speedup:.2f}x" in why
     for capability, expected in (((9, 0), "bf16"), ((8, 0), "bf16"), ((7, 5), "fp16")):  # H100, A100, T4
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, c=capability: c)
         assert spec.resolve_precision("auto", cuda)[0] == expected

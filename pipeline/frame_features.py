@@ -36,7 +36,7 @@ def encode_clip(model: VideoTextModel, clip: DecodedClip, *, crops: int = 1, bat
     step = max(batch_size // model.group, 1) * model.group  # whole clips per batch where frames go together
     out = []
     for start in range(0, clip.frames.shape[0], step):
-        frames = clip.frames[start : start + step]  # (b, H, W, 3) uint8
+        frames = torch.from_numpy(clip.frames[start : start + step])  # (b, H, W, 3) uint8
         x = model.transform.video_three_crop(frames) if crops == 3 else model.transform.video(frames)[None]
         rows = model.encode(x.flatten(0, 1))  # (crops·b / group, ..., E)
         out.append(rows.view(crops, -1, *rows.shape[1:]))

@@ -51,5 +51,5 @@ def thumbnail_jpeg(task: ThumbnailTask) -> bytes:
     with open_video(task.path, resize=2 * task.max_side) as reader:
         stamps = np.asarray(reader.timestamps)
         index = max(0, int(np.searchsorted(stamps, task.time_s, side="right")) - 1)
-        frame = reader.get_frames(np.array([index]))[0]  # (H, W, 3)
+        frame = reader.read_frames(np.array([index]))[0]  # (H, W, 3): NumPy, so the worker never loads torch
     return jpeg(frame, task.max_side, max_bytes=4 * POSTER_BYTES)

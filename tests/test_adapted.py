@@ -390,7 +390,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     model = load_model(str(path), torch.device("cpu"))
     model.num_frames(T)
     ref = decode_request(DecodeRequest(str(video), Sampling("windows", num_frames=T, window_s=1.0, stride_s=0.5)))
-    frames = model.transform.video(ref.frames).view(len(ref.indices), T, 3, S, S)
+    frames = model.transform.video(torch.from_numpy(ref.frames)).view(len(ref.indices), T, 3, S, S)
     for row in sorted(stored, key=lambda r: r["window"]):
         alone = model.state(model.encode(frames[row["window"]]).view(1, T, -1)).vectors[0]
         assert np.allclose(row["vector"], alone.numpy(), atol=2e-3)  # float16 rows
@@ -402,7 +402,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
 
     result, = classify_videos(ClassifySettings(rt, tuple(NAMES), num_frames=T, clips=3, topk=3), [video])
     dense = decode_request(DecodeRequest(str(video), Sampling("dense", clip_len=T, num_clips=3)))
-    views = model.transform.video(dense.frames).view(3, T, 3, S, S)
+    views = model.transform.video(torch.from_numpy(dense.frames)).view(3, T, 3, S, S)
     with torch.no_grad():
         feats = torch.stack([F.normalize(model.model.encode_video(v[None])[0], dim=-1).mean(0) for v in views])
         text = model.class_text(NAMES, OPENVCLIP_PROMPTS)

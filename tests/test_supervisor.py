@@ -62,7 +62,7 @@ def test_decoding_in_workers(tmp_path):
     assert ok.status == "ok"
     idx = segment_indices(60, 6)
     assert np.array_equal(ok.result.indices, idx)
-    assert all(np.array_equal(ok.result.frames[k].numpy(), ref[i]) for k, i in enumerate(idx))
+    assert all(np.array_equal(ok.result.frames[k], ref[i]) for k, i in enumerate(idx))
     dense = results[str(good) + "dense"].result
     assert dense.indices.shape == (2, 4) and dense.frames.shape == (8, 96, 128, 3)
     bad = results[str(tmp_path / "bad.mp4") + "segments"]
@@ -100,3 +100,17 @@ def test_workers_that_die_at_start_up_raise_instead_of_respawning_forever(tmp_pa
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode != 0
     assert "worker processes die before they start" in done.stderr.strip().splitlines()[-1]
+
+
+def test_decode_workers_never_load_torch(tmp_path):
+    """classify's and benchmark's workers (decode_request) and tag's (decode_windows) decode, sample, resize and
+    return NumPy arrays without importing torch or the model library (each would cost ~0.6 GB and ~2 s a worker)."""
+    from worker_fns import modules_after_decoding
+
+    from pipeline.window_decode import FrameGeometry, WindowTask
+
+    path = str(h264_bframes(tmp_path / "v.mp4", n=60, gop=12))
+    tasks = [DecodeRequest(path, Sampling("segments", num_frames=4)),
+             WindowTask(path, FrameGeometry(32), num_frames=4, window_s=1.0, stride_s=0.5)]
+    outcomes = [o for _, o in decode_in_workers(tasks, num_workers=1, fn=modules_after_decoding)]
+    assert [(o.status, o.result) for o in outcomes] == [("ok", []), ("ok", [])]

@@ -67,7 +67,7 @@ def test_chunks_rebuild_the_windows_of_a_whole_video_decode(tmp_path, chunk_mb):
     assert (len(chunks) > 1) == (chunk_mb < 1)  # 0.05 MB holds ~1.4 frames of 96x128: one window per chunk
     # the reference: every window's frames decoded in one request, then the model's resize and crop
     ref = decode_request(DecodeRequest(str(video), Sampling("windows", num_frames=8, window_s=2.0, stride_s=1.0)))
-    ref_frames = GEOMETRY.resize_crop(ref.frames.numpy()).reshape(5, 8, S, S, 3)
+    ref_frames = GEOMETRY.resize_crop(ref.frames).reshape(5, 8, S, S, 3)
     rebuilt = np.concatenate([c.frames[c.positions] for c in chunks])  # (W, T, S, S, 3)
     assert [c.first for c in chunks] == list(np.cumsum([0] + [len(c.positions) for c in chunks[:-1]]))
     assert np.array_equal(rebuilt, ref_frames)
@@ -148,7 +148,7 @@ def test_a_crashed_attempt_leaves_nothing_in_its_retry(tmp_path):
 
 def _pooled(clip) -> torch.Tensor:
     """(W, E): a whole decode's windows through the worker's resize (Pillow), then the model, mean-pooled."""
-    frames = torch.from_numpy(GEOMETRY.resize_crop(clip.frames.numpy())).permute(0, 3, 1, 2)  # (W·T, 3, S, S)
+    frames = torch.from_numpy(GEOMETRY.resize_crop(clip.frames)).permute(0, 3, 1, 2)  # (W·T, 3, S, S)
     feats = MODEL.encode(MODEL.transform.normalize(frames)).view(*clip.indices.shape, -1)  # (W, T, E)
     return pool_views(feats, "mean")
 

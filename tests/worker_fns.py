@@ -64,3 +64,19 @@ def windows_then_segfault(task):
         time.sleep(1.0)  # once the parent has them
         ctypes.string_at(0)
     return (yield from gen)
+
+
+def modules_after_decoding(task):
+    """Run a decode worker's real function on ``task`` (a DecodeRequest, or a WindowTask for the tag job's), then say
+    which heavy libraries this worker process has loaded."""
+    import sys
+
+    from pipeline.video.open import DecodeRequest, decode_request
+    from pipeline.window_decode import decode_windows
+
+    if isinstance(task, DecodeRequest):
+        decode_request(task)
+    else:
+        for _ in decode_windows(task):
+            pass
+    return sorted(name for name in ("torch", "clip_model") if name in sys.modules)

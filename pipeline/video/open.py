@@ -2,7 +2,8 @@
 
 ``open_video(path, backend="auto" | "pyav" | "decord", resize=None, stream=None)`` returns a ``VideoReader``:
 ``info`` (frame count, fps, duration, display size, rotation, codec, stream), ``timestamps`` (seconds, one per frame),
-``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and ``warnings`` (FFmpeg decode errors and
+``read_frames(indices) -> uint8 (T, H, W, 3)`` NumPy RGB in the order asked for (``get_frames``: the same as a torch
+tensor; torch is imported only there, so decode workers never load it), and ``warnings`` (FFmpeg decode errors and
 header/stream disagreements met so far: best-effort frames are never returned silently).
 
 Frame index i means the i-th frame that sequential decoding with PyAV yields, in presentation order. The PyAV backend
@@ -98,7 +99,7 @@ def decode_request(request: DecodeRequest) -> DecodedClip:
     with open_video(request.path, request.backend, resize=request.resize, threads=request.threads,
                     stream=request.stream) as reader:
         idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
-        frames = reader.get_frames(idx.reshape(-1))
+        frames = reader.read_frames(idx.reshape(-1))  # NumPy: a decode worker never loads torch
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))
 
 

@@ -1,8 +1,9 @@
 """The reader interface every backend implements, what it returns, and the checks every file passes first.
 
 ``VideoReader``: ``info`` (frame count, fps, duration, display size, rotation, codec, the stream decoded),
-``timestamps`` (seconds, one per frame), ``get_frames(indices) -> uint8 (T, H, W, 3)`` RGB in the order asked for, and
-``warnings`` (FFmpeg decode errors and header/stream disagreements met so far: best-effort frames are never returned
+``timestamps`` (seconds, one per frame), ``read_frames(indices) -> uint8 (T, H, W, 3)`` NumPy RGB in the order
+asked for (``get_frames``: the same as a torch tensor; torch is imported only there, so decode workers never load
+it), and ``warnings`` (FFmpeg decode errors and header/stream disagreements met so far: best-effort frames are never returned
 silently).
 """
 from __future__ import annotations
@@ -113,7 +114,7 @@ class VideoReader(ABC):
 class DecodedClip:
     """What a decode job returns: frames plus everything a caller needs to trust them."""
 
-    frames: torch.Tensor  # uint8 (T, H, W, 3), T = indices.size
+    frames: np.ndarray  # uint8 (T, H, W, 3), T = indices.size
     indices: np.ndarray  # the sampler's shape, e.g. (T,) or (num_clips, clip_len)
     timestamps: np.ndarray  # seconds, same shape as indices
     info: VideoInfo

@@ -24,24 +24,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video
-from pipeline.frame_features import FrameEncoder, encode_clip
-from pipeline.jobs.tag.job import TagSettings, tag
-from pipeline.model_spec import load_model
-from pipeline.pooling import pool_views
-from pipeline.runtime import RuntimeSettings
-from pipeline.video.open import (
-    DecodeRequest,
-    decode_in_workers,
-    decode_request,
-)
+from pipeline.video.open import DecodeRequest, decode_in_workers, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.video.supervisor import rss_mb
-from pipeline.windows import WindowChunk, decode_windows
+from pipeline.window_decode import WindowChunk, decode_windows
+
+if TYPE_CHECKING:
+    from pipeline.jobs.tag.job import TagSettings
+
+# torch and the model-side modules are imported inside the functions: a spawned decode worker imports this script as
+# its __main__, and must measure as light as it is under run_pipeline.py
 
 
 def write_folder(folder: Path, n: int, size: int, seconds: float, fps: int, container: str = "mp4") -> list[Path]:
@@ -173,6 +170,13 @@ def _pss_mb(pid: int) -> float:
 
 
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
+    import torch
+
+    from pipeline.frame_features import FrameEncoder, encode_clip
+    from pipeline.jobs.tag.job import tag
+    from pipeline.model_spec import load_model
+    from pipeline.pooling import pool_views
+
     folder = tmp / "archive"
     paths = sorted(folder.glob("v*.*")) or write_folder(folder, args.videos, args.size, args.seconds, 24,
                                                           args.container)
@@ -234,6 +238,8 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
 
 
 def memory(args, settings: TagSettings, tmp: Path) -> None:
+    from pipeline.jobs.tag.job import tag
+
     folder = tmp / "long"
     folder.mkdir()
     t = time.perf_counter()
@@ -259,6 +265,11 @@ def memory(args, settings: TagSettings, tmp: Path) -> None:
 
 
 def main() -> None:
+    import torch
+
+    from pipeline.jobs.tag.job import TagSettings
+    from pipeline.runtime import RuntimeSettings
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=60)
     ap.add_argument("--model", default="random:tiny-vit", help="e.g. random:ViT-B/32 for a model-bound run")

@@ -32,9 +32,9 @@ from pipeline.jobs.tag.index import ANN_MIN_ROWS, TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.scoring import Scorer
+from pipeline.model_interface import LabelScorer, VideoState
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoInfo
-from pipeline.video_text import LabelScorer, VideoState
 from pipeline.windows import WindowedVideo
 from pipeline.zero_shot import LabelScoring
 

@@ -45,7 +45,7 @@ def _imports(name: str, source: str, is_package: bool, known: set[str]) -> set[s
 
 
 def _in_video_layer(name: str) -> bool:
-    return name == "pipeline.video" or name.startswith("pipeline.video.")  # not pipeline.video_text (a stage)
+    return name == "pipeline.video" or name.startswith("pipeline.video.")  # not pipeline.video_* siblings
 
 
 def _layer(name: str) -> int:

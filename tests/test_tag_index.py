@@ -16,9 +16,9 @@ from pipeline.jobs.tag.job import Part, TagSettings, _video_row, open_for_taggin
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.scoring import Scorer, TableWriter, output_schemas, sibling, write_outputs
+from pipeline.model_interface import LabelScorer
 from pipeline.model_spec import model_identity
 from pipeline.runtime import RuntimeSettings
-from pipeline.video_text import LabelScorer
 from pipeline.zero_shot import LabelScoring
 
 DIM = 32

@@ -1,7 +1,7 @@
 """The benchmark job: a validated config in, per-split metrics, mean ± std, predictions and an HTML report out.
 
 Zero-shot scores each test video against prompt-ensembled class names; the linear probe fits on the training
-split's pooled features and scores the test split. Per-view features (``video_text``: frame embeddings, or X-CLIP's
+split's pooled features and scores the test split. Per-view features (``model_interface``: frame embeddings, or X-CLIP's
 clip rows) are cached on disk per video (keyed by model, sampling and the file's size and mtime), so a second
 protocol or split over the same videos decodes nothing.
 """
@@ -27,12 +27,12 @@ from datasets.records import VideoDataset, VideoRecord
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.metrics import compute_metrics, mean_std
+from pipeline.model_interface import VideoTextModel
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.prompts import load_templates
 from pipeline.tensor_cache import load_tensor, save_tensor
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
-from pipeline.video_text import VideoTextModel
 
 from .benchmark_report import confusion_png, per_class_png, write_reports
 

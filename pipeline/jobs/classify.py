@@ -23,7 +23,7 @@ from pipeline.zero_shot import Prediction, top_k
 class ClassifySettings:
     runtime: RuntimeSettings
     classnames: tuple[str, ...]
-    templates: str | None = None  # None: the model's own (video_text; CLIP's "video", X-CLIP's "none")
+    templates: str | None = None  # None: the model's own (model_interface; CLIP's "video", X-CLIP's "none")
     num_frames: int | None = None  # frames per clip; None: the model's (fixed by X-CLIP checkpoints), else 8
     clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
     crops: int = 1  # spatial views: 1 (centre) or 3

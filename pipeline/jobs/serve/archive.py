@@ -31,7 +31,7 @@ from ..tag.index import TagIndex, common_settings, open_indexes
 from ..tag.query import SearchFilter, index_model, text_search
 
 if TYPE_CHECKING:
-    from pipeline.video_text import VideoTextModel
+    from pipeline.model_interface import VideoTextModel
 
 LOG = logging.getLogger(__name__)
 VIDEO_FIELDS = ("video_id", "path", "status", "stage", "reason", "duration_s", "decoder", "windows", "warnings",

@@ -5,7 +5,7 @@
     OUT.errors.* (streamed from the index)
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
-each). A window's state (``video_text``) is its pooled frames, or X-CLIP's encoding of the window with its tokens; a
+each). A window's state (``model_interface``) is its pooled frames, or X-CLIP's encoding of the window with its tokens; a
 video's is the mean of its windows' (vectors renormalised). Labels are scored zero-shot against both with the model's
 own scoring (softmax, or SigLIP's sigmoid per label), and adjacent windows with the same top label merge into action
 segments.
@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
+from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.runtime import RuntimeSettings
-from pipeline.video_text import VideoState, VideoTextModel
 from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, resolve_device
 from pipeline.video.supervisor import trim_heap
-from pipeline.video_text import VideoState, VideoTextModel
 
 from .index import TagIndex, common_settings, open_indexes, sql_string
 from .scoring import check_output, label_scorer, write_outputs

@@ -14,9 +14,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.model_interface import LabelScorer, VideoState, VideoTextModel
 from pipeline.prompts import load_templates
 from pipeline.video.supervisor import trim_heap
-from pipeline.video_text import LabelScorer, VideoState, VideoTextModel
 
 from .index import SCAN_BATCH, TagIndex
 

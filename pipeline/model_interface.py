@@ -90,7 +90,6 @@ class VideoTextModel:
         self.fixed_frames: int | None = model.num_frames if isinstance(model, clip_model.XCLIP) else None
         # frames that go through the model together: X-CLIP's fixed count; Open-VCLIP's clip length (``num_frames``)
         self.group = self.fixed_frames or (self.protocol.frames if self.openvclip else 1)
-        self.rows_per_group = 1 if self.xclip else self.group  # rows encode returns per group
         scoring = label_scoring(model)
         self.scoring = scoring if self.protocol.scale is None else LabelScoring(scoring.kind, self.protocol.scale)
 
@@ -118,7 +117,7 @@ class VideoTextModel:
         if self.fixed_frames is None:
             frames = asked or self.protocol.frames
             if self.openvclip:
-                self.group = self.rows_per_group = frames
+                self.group = frames
             return frames
         if asked not in (None, self.fixed_frames):
             raise ValueError(f"{self.name}: this X-CLIP checkpoint was built for {self.fixed_frames} frames per clip "
@@ -151,6 +150,11 @@ class VideoTextModel:
         if self.xclip:
             return VideoState(F.normalize(features[:, 0], dim=-1), features[:, 1:])
         return VideoState(pool_views(features, self.pooling, self.head))
+
+    @property
+    def rows_per_group(self) -> int:
+        """Rows ``encode`` returns per group of frames: one per clip for X-CLIP, one per frame otherwise."""
+        return 1 if self.xclip else self.group
 
     @property
     def joint(self) -> bool:

@@ -17,62 +17,49 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 
+from datasets.synthetic import write_video
 from pipeline.video.open import open_video
 from pipeline.video.pyav_reader import PyAVReader
 from pipeline.video.samplers import segment_indices
 
 
-def make_long(path: Path, seconds: int, height: int, width: int) -> Path:
-    """H.264, 25 fps, GOP 250, 3 B-frames: moving gradients plus drifting blocks, so P/B frames carry real work."""
-    if path.exists():
-        return path
-    rng = np.random.default_rng(0)
+def drifting_frames(n: int, height: int, width: int, *, cells: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """uint8 (height, width, 3) frames: moving gradients, and 8x8 random blocks (each ``height // cells`` x
+    ``width // cells`` pixels) drifting down in the top-left quarter, so that P and B frames carry real work."""
+    rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
     blocks = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    tmp = path.with_suffix(".part.mp4")
-    with av.open(str(tmp), "w") as out:
-        s = out.add_stream("libx264", rate=25)
-        s.height, s.width, s.pix_fmt = height, width, "yuv420p"
-        s.options = {"g": "250", "bf": "3", "preset": "veryfast", "crf": "23", "x264-params": "scenecut=0"}
-        for i in range(seconds * 25):
-            frame = np.stack([(x + 3 * i) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
-            tile = np.kron(np.roll(blocks, i // 5, axis=0), np.ones((height // 16, width // 16, 1), np.uint8))
-            frame[: tile.shape[0] // 2, : tile.shape[1] // 2] = tile[: tile.shape[0] // 2, : tile.shape[1] // 2]
-            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    tmp.rename(path)
+    for i in range(n):
+        frame = np.stack([(x + 3 * i + seed) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
+        tile = np.kron(np.roll(blocks, i // 5, axis=0), np.ones((height // cells, width // cells, 1), np.uint8))
+        h, w = tile.shape[0] // 2, tile.shape[1] // 2
+        frame[:h, :w] = tile[:h, :w]
+        yield frame
+
+
+def make_long(path: Path, seconds: int, height: int, width: int) -> Path:
+    """H.264, 25 fps, GOP 250, 3 B-frames."""
+    if not path.exists():
+        tmp = write_video(path.with_suffix(".part.mp4"), drifting_frames(seconds * 25, height, width, cells=16), 25,
+                          options={"g": "250", "bf": "3", "preset": "veryfast", "crf": "23",
+                                   "x264-params": "scenecut=0"})
+        tmp.rename(path)
     return path
 
 
 def make_avi(path: Path, seconds: float = 7.0, gop: int = 12, bframes: int = 2, seed: int = 0) -> Path:
-    """A UCF101-like AVI: MPEG-4 Part 2 tagged XVID, 320x240, 25 fps, moving gradients and drifting blocks."""
-    if path.exists():
-        return path
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:240, 0:320]
-    blocks = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    tmp = path.with_suffix(".part.avi")
-    with av.open(str(tmp), "w", format="avi") as out:
-        s = out.add_stream("mpeg4", rate=25)
-        s.height, s.width, s.pix_fmt = 240, 320, "yuv420p"
-        s.codec_context.codec_tag = "XVID"
-        s.options = {"g": str(gop), "bf": str(bframes), "qscale": "4"}
-        for i in range(int(seconds * 25)):
-            frame = np.stack([(x + 3 * i + seed) % 256, (y + 2 * i) % 256, (x + y + i) % 256], -1).astype(np.uint8)
-            tile = np.kron(np.roll(blocks, i // 5, axis=0), np.ones((30, 40, 1), np.uint8))
-            frame[:120, :160] = tile[:120, :160]
-            for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-    tmp.rename(path)
+    """A UCF101-like AVI: MPEG-4 Part 2 tagged XVID, 320x240, 25 fps."""
+    if not path.exists():
+        tmp = write_video(path.with_suffix(".part.avi"), drifting_frames(int(seconds * 25), 240, 320, cells=8,
+                                                                         seed=seed), 25,
+                          codec="mpeg4", codec_tag="XVID", options={"g": str(gop), "bf": str(bframes), "qscale": "4"})
+        tmp.rename(path)
     return path
 
 

@@ -1,6 +1,7 @@
 """Procedurally generated action videos, written as real H.264 files with PyAV."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -28,18 +29,27 @@ def moving_square_frames(action: str, color: str, *, size: int = 64, num_frames:
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 12, crf: int = 18) -> Path:
-    """Encode uint8 (T, H, W, 3) RGB frames as H.264 in an MP4."""
+def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int = 12, crf: int = 18, *,
+                codec: str = "libx264", container: str | None = None, options: dict[str, str] | None = None,
+                codec_tag: str | None = None) -> Path:
+    """Encode uint8 RGB frames ((T, H, W, 3), or (H, W, 3) frames one by one, so a long video need not be held) with
+    ``codec``: H.264 at ``crf`` in an MP4 by default. ``options`` replace the encoder's (``crf`` is H.264's only);
+    ``container`` overrides the one the file name implies; ``codec_tag`` sets the FourCC (e.g. XVID in an AVI)."""
     import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
+    with av.open(str(path), "w", format=container) as out:
+        stream = out.add_stream(codec, rate=fps)
+        if not isinstance(stream, av.VideoStream):
+            raise ValueError(f"{codec!r} is not a video codec")
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
-        for frame in frames:
+        stream.options = dict(options) if options is not None else {"crf": str(crf)} if codec == "libx264" else {}
+        if codec_tag is not None:
+            stream.codec_context.codec_tag = codec_tag
+        for k, frame in enumerate(frames):
+            if k == 0:
+                stream.height, stream.width = frame.shape[:2]
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 out.mux(packet)
         for packet in stream.encode():

@@ -54,15 +54,7 @@ def _frames(actions: list[str], colour: str, shape: str, seed: int) -> np.ndarra
 
 def _avi(path: Path, frames: np.ndarray) -> Path:
     """MPEG-4 Part 2 in AVI: a file FFmpeg decodes and browsers cannot play."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=WORLD.fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+    return write_video(path, frames, WORLD.fps, codec="mpeg4")
 
 
 @pytest.fixture(scope="module")

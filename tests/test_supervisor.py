@@ -92,6 +92,26 @@ def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
     assert [o for o in seen if o.task_id == 1][-1].error.startswith("no result within 1.5 s")
 
 
+def test_tasks_submitted_while_mapping_run_in_that_map_the_first_ones_next():
+    with WorkerPool(behave, num_workers=1) as pool:
+        order = []
+        for outcome in pool.map([("ok", 1), ("ok", 2), ("ok", 3)]):
+            order.append((outcome.task_id, outcome.result))
+            if outcome.task_id == 0:  # ids number on from the mapped tasks'; "first" jumps the queue
+                assert pool.submit(("ok", 10)) == 3 and pool.submit(("ok", 20), first=True) == 4
+    assert order == [(0, 2), (4, 40), (1, 4), (2, 6), (3, 20)]
+
+
+def test_follow_ups_run_ahead_of_waiting_requests_in_the_order_given():
+    def follow_up(request, outcome):
+        return [("ok", 100 + request[1]), ("ok", 200 + request[1])] if request[1] < 10 else []
+
+    seen = [(r, o.result) for r, o in decode_in_workers([("ok", 1), ("ok", 2)], num_workers=1, fn=behave,
+                                                        follow_up=follow_up)]
+    assert seen == [(("ok", 1), 2), (("ok", 101), 202), (("ok", 201), 402), (("ok", 2), 4), (("ok", 102), 204),
+                    (("ok", 202), 404)]
+
+
 def test_workers_that_die_at_start_up_raise_instead_of_respawning_forever(tmp_path):
     script = tmp_path / "unguarded.py"  # the classic spawn mistake: work at module level, no __main__ guard
     script.write_text("from pipeline.video.supervisor import WorkerPool\nfrom worker_fns import behave\n"

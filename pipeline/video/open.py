@@ -121,27 +121,35 @@ TaskT = TypeVar("TaskT", bound=DecodeTask)
 
 @overload
 def decode_in_workers(requests: Sequence[DecodeRequest], *, num_workers: int = ..., timeout_s: float = ...,
-                      max_rss_mb: float = ..., fn: None = None) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
+                      max_rss_mb: float = ..., fn: None = None, follow_up: None = None,
+                      ) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
 
 
 @overload
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., timeout_s: float = ...,
-                      max_rss_mb: float = ..., fn: Callable[[TaskT], Any]) -> Iterator[tuple[TaskT, Outcome]]: ...
+                      max_rss_mb: float = ..., fn: Callable[[TaskT], Any],
+                      follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
+                      ) -> Iterator[tuple[TaskT, Outcome]]: ...
 
 
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
                       max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
+                      follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
                       ) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
-    retried once on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings."""
+    retried on decord, whose own FFmpeg build may get through, once the requests waiting at the time have started;
+    the retried result carries decord's warnings. ``follow_up(request, outcome)``, asked of every outcome before it
+    is yielded, returns more requests to run, in that order, ahead of those waiting (a long video's first part asks for its other
+    time ranges); their outcomes are yielded the same way."""
     with WorkerPool(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
-        retry: list[TaskT] = []
+        by_id: dict[int, TaskT] = dict(enumerate(requests))
         for outcome in pool.map(requests):
-            request = requests[outcome.task_id]
+            request = by_id[outcome.task_id]
             if outcome.status == "crash" and request.backend == "auto":
-                retry.append(dataclasses.replace(request, backend="decord"))
-            else:
-                yield request, outcome
-        for outcome in pool.map(retry):
-            yield retry[outcome.task_id], outcome
+                retry = dataclasses.replace(request, backend="decord")
+                by_id[pool.submit(retry)] = retry
+                continue
+            for more in reversed(follow_up(request, outcome) if follow_up is not None else ()):
+                by_id[pool.submit(more, first=True)] = more  # reversed: they start in the order given
+            yield request, outcome

@@ -132,6 +132,8 @@ class WorkerPool:
         self._workers: list[_Worker] = []
         self.restarts = 0
         self._startup_failures = 0  # workers that died before saying ready, in a row
+        self._pending: deque[tuple[int, Any]] = deque()  # (task_id, task) not yet given to a worker
+        self._next_id = 0
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -155,12 +157,25 @@ class WorkerPool:
         self._workers[self._workers.index(worker)] = _Worker(self._ctx, self.fn)
         self.restarts += 1
 
+    def submit(self, task: Any, *, first: bool = False) -> int:
+        """Queue one more task while ``map`` runs (``first``: ahead of every task still waiting); its final Outcome
+        comes out of that same ``map``. Returns its task_id."""
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        if first:
+            self._pending.appendleft((task_id, task))
+        else:
+            self._pending.append((task_id, task))
+        return task_id
+
     def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
-        """Yield one final Outcome for every task (task_id = its position in ``tasks``), in completion order, each
-        preceded by the ``part`` outcomes of a generator task."""
+        """Yield one final Outcome for every task (task_id = its position in ``tasks``; ``submit`` numbers on from
+        there), in completion order, each preceded by the ``part`` outcomes of a generator task."""
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self._ctx, self.fn))
-        pending: deque[tuple[int, Any]] = deque(enumerate(tasks))
+        self._pending, self._next_id = deque(), 0
+        for task in tasks:
+            self.submit(task)
+        pending = self._pending
         running = 0
         while pending or running:
             for w in self._workers:

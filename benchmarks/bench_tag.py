@@ -247,6 +247,69 @@ def memory(args, settings: TagSettings, tmp: Path) -> None:
     print(f"(the windows' frames decoded at once would take {whole:.0f} MiB; chunks hold <= {settings.chunk_mb:g} MiB)")
 
 
+def split(args, settings: TagSettings, tmp: Path) -> None:
+    """One long video, one decode worker against ``--workers`` time ranges: decode only, then tag end to end; and
+    what the measured costs predict for more cores (a range's worker reopens the file: one demux pass each)."""
+    import torch
+
+    from pipeline.jobs.tag.job import tag
+    from pipeline.model_spec import load_model
+    from pipeline.video.open import open_video
+    from pipeline.window_decode import range_tasks
+
+    folder = tmp / "split"
+    folder.mkdir()
+    video = write_long_video(folder / "long.mp4", args.split_minutes)
+    t, used = time.perf_counter(), time.process_time()
+    with open_video(video) as reader:  # what each range's worker repeats before it decodes: open and demux
+        reader.timestamps  # noqa: B018
+    open_s, open_cpu = time.perf_counter() - t, time.process_time() - used
+    model = load_model(args.model, torch.device("cpu"))
+    seconds, cpu = {}, {}
+    for workers in (1, args.workers):
+        task = dataclasses.replace(settings, runtime=dataclasses.replace(settings.runtime, decode_workers=workers)
+                                   ).resolved(model).task(str(video), model.preprocess)
+        t, windows, ranges, used = time.perf_counter(), 0, 0, _cpu_seconds()
+        for _, o in decode_in_workers([task], num_workers=workers, fn=decode_windows, follow_up=range_tasks,
+                                      timeout_s=600):
+            windows += len(o.result.positions) if isinstance(o.result, WindowChunk) else 0
+            ranges += o.status == "ok"
+        seconds[workers], cpu[workers] = time.perf_counter() - t, _cpu_seconds() - used
+        print(f"decode only, {workers} worker(s): {seconds[workers]:.1f} s for {windows} windows in {ranges} "
+              f"range(s); {cpu[workers]:.1f} CPU s in all ({cpu[workers] / seconds[workers]:.2f} cores busy)")
+    cores = len(os.sched_getaffinity(0))
+    one, many = seconds[1], seconds[args.workers]
+    decode = one - open_s  # the wall time that divides between ranges
+
+    def predicted(n: int, c: int) -> float:
+        """Wall time with n ranges on c cores: each range's open, then its share of the decoding; or, if longer, the
+        CPU work spread over the cores: that of the split run (on saturated cores, so without the idle spinning of
+        FFmpeg's frame threads) plus an open for each further range."""
+        return max(open_s + decode / n, (cpu[args.workers] + (n - args.workers) * open_cpu) / c)
+
+    print(f"\none {args.split_minutes}-minute 640x360 video, {cores} cores: {args.workers} ranges decode "
+          f"{one / many:.2f}x as fast as one worker; the model (open {open_s:.2f} s, then decode {decode:.1f} s / n, "
+          f"unless {cpu[args.workers]:.1f} CPU s plus {open_cpu:.2f} per further range fill the cores) predicts "
+          f"{one / predicted(args.workers, cores):.2f}x here")
+    for n in (4, 8, 16):
+        print(f"   predicted with {n} workers on {n} cores: {one / predicted(n, n):.1f}x")
+    for workers in (1, args.workers):
+        runtime = dataclasses.replace(settings.runtime, decode_workers=workers)
+        t = time.perf_counter()
+        tag(dataclasses.replace(settings, runtime=runtime), folder, tmp / f"split{workers}.parquet", progress=False)
+        seconds[workers] = time.perf_counter() - t
+    print(f"tag end to end ({args.model}): {seconds[1]:.1f} s with 1 decode worker, {seconds[args.workers]:.1f} s "
+          f"with {args.workers}: {seconds[1] / seconds[args.workers]:.2f}x")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and of its ended child processes (a pool's workers once closed)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def main() -> None:
     import torch
 
@@ -260,6 +323,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--long-minutes", type=int, default=60, help="length of the memory run's video (0: skip it)")
+    ap.add_argument("--split-minutes", type=int, default=10,
+                    help="length of the video decoded by one worker and by --workers time ranges (0: skip it)")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16", help="the throughput rows are run once per precision")
     ap.add_argument("--container", choices=("mp4", "avi"), default="mp4")
@@ -272,6 +337,8 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 runtime = dataclasses.replace(settings.runtime, precision=precision)
                 throughput(args, dataclasses.replace(settings, runtime=runtime), Path(tmp))
+        if args.split_minutes:
+            split(args, settings, Path(tmp))
         if args.long_minutes:
             memory(args, settings, Path(tmp))
 

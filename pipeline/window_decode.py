@@ -10,6 +10,7 @@ torch's resize in the worker, imported there only for them.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,7 @@ from pipeline.video import Backend
 from pipeline.video.open import open_video
 from pipeline.video.reader import VideoDecodeError, VideoInfo
 from pipeline.video.samplers import sliding_windows
-from pipeline.video.supervisor import trim_heap
+from pipeline.video.supervisor import Outcome, trim_heap
 
 from .thumbnails import jpeg
 
@@ -102,14 +103,27 @@ class WindowTask:
     backend: Backend = "auto"
     resize: int | None = None  # the decoder's short-side cap (before the model's resize)
     chunk_mb: float = 32.0  # decoded frames held at once, at most (one window's frames always fit)
+    split: int = 1  # a long video's windows may be cut into up to this many time ranges, decoded by as many workers
+    windows: tuple[int, int] | None = None  # [a, b): the window numbers of one such range; None: the whole video
+    min_range_s: float = 60.0  # seconds of video per range, at least: reopening the file for a range (a demux pass
+    # over the whole file, about 1 s for an hour of 720p H.264) stays small beside decoding its windows
+
+    def __post_init__(self) -> None:
+        if self.split < 1:
+            raise ValueError(f"split ({self.split}) must be >= 1")
+        if self.min_range_s <= 0:
+            raise ValueError(f"min_range_s ({self.min_range_s}) must be > 0")
 
 
 @dataclass(frozen=True)
 class WindowHeader:
-    """First item of every attempt at a video: a consumer starts (or starts over) on it."""
+    """First item of every attempt at a video or at one of its time ranges: a consumer starts (or starts over) on
+    it. A whole video's header lists its ``ranges``; its own worker decodes the first, and the consumer asks other
+    workers for the rest (``range_tasks``)."""
 
     info: VideoInfo
     bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) of every window
+    ranges: tuple[tuple[int, int], ...] = ()  # [a, b) window numbers: the video's ranges, or this range alone
 
 
 @dataclass(frozen=True)
@@ -134,8 +148,30 @@ def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, in
         yield start, len(indices)
 
 
+def time_ranges(num_windows: int, duration: float, split: int, min_range_s: float) -> tuple[tuple[int, int], ...]:
+    """[a, b) window numbers cutting a video into at most ``split`` ranges of equal window counts (within one), as
+    many as give each ``min_range_s`` of video or more; a single range where the video is too short for two."""
+    parts = max(1, min(split, int(duration // min_range_s), num_windows))
+    cuts = np.linspace(0, num_windows, parts + 1).round().astype(int).tolist()
+    return tuple(zip(cuts[:-1], cuts[1:]))
+
+
+def range_tasks(task: WindowTask, outcome: Outcome) -> list[WindowTask]:
+    """``decode_in_workers``'s follow-up: a whole video's header asks for the tasks of its other time ranges (none
+    for any other outcome, a range's own header, or an unsplit video's)."""
+    header = outcome.result
+    if outcome.status != "part" or not isinstance(header, WindowHeader) or task.windows is not None:
+        return []
+    return [dataclasses.replace(task, windows=r) for r in header.ranges[1:]]
+
+
 def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, None, tuple[str, ...]]:
-    """Yield a WindowHeader, then WindowChunks in time order; return the decoder's warnings. Runs in a worker."""
+    """Yield a WindowHeader, then WindowChunks in time order; return the decoder's warnings. Runs in a worker.
+
+    A whole video (``task.windows`` None) of ``2 * min_range_s`` or more is cut into time ranges where its reader
+    seeks (``time_ranges``): the header names them all and this worker decodes the first. A range's task decodes
+    its own windows, its first chunk read from the keyframe before them. A retry on decord (after PyAV's worker
+    crashed) is never cut, so a consumer can tell a crashed attempt's ranges from a live one's."""
     try:
         reader = open_video(task.path, task.backend, resize=task.resize)
     except VideoDecodeError as e:
@@ -147,11 +183,24 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
             info = reader.info
         except VideoDecodeError as e:
             raise StageError("open", e.reason) from None
-        yield WindowHeader(info, tuple((w.start_s, w.end_s) for w in windows))
+        ranges: tuple[tuple[int, int], ...]
+        if task.windows is not None:
+            first, last = task.windows
+            if not 0 <= first < last <= len(windows):
+                raise StageError("open", f"windows {first}-{last} asked for, but the video now has {len(windows)}: "
+                                         "the file changed while it was being tagged")
+            ranges = (task.windows,)
+        elif task.backend != "decord" and reader.seeks:
+            ranges = time_ranges(len(windows), reader.duration, task.split, task.min_range_s)
+        else:
+            ranges = ((0, len(windows)),)
+        yield WindowHeader(info, tuple((w.start_s, w.end_s) for w in windows), ranges)
         indices = np.stack([w.indices for w in windows])  # (W, T) frame numbers
         middle = len(indices) // 2
+        first, last = ranges[0]
         frame_bytes = info.height * info.width * 3
-        for start, end in chunk_ranges(indices, max(1, int(task.chunk_mb * 2**20 // frame_bytes))):
+        for start, end in chunk_ranges(indices[first:last], max(1, int(task.chunk_mb * 2**20 // frame_bytes))):
+            start, end = start + first, end + first
             unique, inverse = np.unique(indices[start:end], return_inverse=True)
             try:
                 frames = reader.read_frames(unique)  # (U, H, W, 3) uint8

@@ -14,6 +14,10 @@ shipped once, and ``positions`` says which frames make up each window; a per-fra
 encodes each window's frames together). Frames cross to the model's
 process already resized and cropped (uint8, S x S x 3), not at the decoder's size; ``ClipTransform.normalize``
 finishes them there (the resize is Pillow's: see ``window_decode`` for how its pixels compare).
+
+A long video is not left to one worker: its first worker names its time ranges (a minute or more each, at most one
+per decode worker), decodes the first, and the other ranges go to the next free workers ahead of the videos still
+waiting; each opens at the keyframe before its first window, and the windows are put back in time order here.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from .window_decode import (
     WindowTask,
     chunk_ranges,
     decode_windows,
+    range_tasks,
 )
 
 __all__ = ["FrameGeometry", "StageError", "WindowChunk", "WindowHeader", "WindowTask", "WindowedVideo", "chunk_ranges",
@@ -53,20 +58,37 @@ class WindowedVideo:
 
 @dataclass(eq=False)
 class _Video:
-    task: WindowTask  # the attempt under way (a retry runs on another backend)
-    header: WindowHeader
-    states: list[VideoState] = field(default_factory=list)  # (w, ...) per chunk, in order
-    sent: int = 0  # chunks queued for the model
-    encoded: int = 0  # chunks encoded and pooled
-    decoded: bool = False  # the worker finished the video
-    warnings: tuple[str, ...] = ()
+    task: WindowTask  # the whole video's attempt under way (a retry runs on another backend)
+    header: WindowHeader  # that attempt's: every window's bounds, and the video's time ranges
+    running: set[tuple[int, int]]  # time ranges whose worker has not finished
+    states: dict[int, VideoState] = field(default_factory=dict)  # a chunk's first window -> (w, ...) its states
+    queued: set[int] = field(default_factory=set)  # first windows of the chunks with the model
+    warnings: list[str] = field(default_factory=list)
     poster: bytes | None = None
     error: str | None = None
 
+    def restart(self, window_range: tuple[int, int]) -> None:
+        """Forget what an earlier attempt at this range sent (its chunks begin inside it)."""
+        a, b = window_range
+        self.states = {k: v for k, v in self.states.items() if not a <= k < b}
+        self.queued = {k for k in self.queued if not a <= k < b}
 
-def _other_than(path: str) -> Callable[[Any], bool]:
-    """A ``FrameEncoder.drop`` filter keeping every queued chunk but ``path``'s (chunks are keyed (path, positions))."""
-    return lambda key: key[0] != path
+    def note(self, warnings: Sequence[str]) -> None:
+        """Each range reopens the file, so its warnings come once per range: keep one of each."""
+        self.warnings += [w for w in warnings if w not in self.warnings]
+
+    def result(self) -> WindowedVideo:
+        states = [self.states[k] for k in sorted(self.states)]  # time order, whichever worker sent them
+        windows = VideoState.cat(states)
+        assert len(windows) == len(self.header.bounds), "every window is in exactly one chunk"
+        return WindowedVideo(self.header.info, self.header.bounds, windows, tuple(self.warnings), self.poster)
+
+
+def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Callable[[Any], bool]:
+    """A ``FrameEncoder.drop`` filter keeping every queued chunk (keyed (path, first window, positions)) but
+    ``path``'s, or only those of its chunks inside ``window_range``."""
+    a, b = window_range or (0, 1 << 62)
+    return lambda key: key[0] != path or not a <= key[1] < b
 
 
 def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_size: int = 32,
@@ -75,55 +97,93 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                   ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, error) per video as each is complete; an error reads ``status: reason`` and names
-    the stage (``open``, ``decode`` or ``model``) in the reason. A video whose worker crashed on ``auto`` is retried
-    on decord (``decode_in_workers``): its new header discards whatever the crashed attempt sent."""
+    the stage (``open``, ``decode`` or ``model``) in the reason.
+
+    A long video's time ranges (``window_decode.time_ranges``, ``split`` per task) are decoded by several workers at
+    once, ahead of the videos still waiting, and its windows put back in time order; it fails if any range fails.
+    A video whose worker crashed on ``auto`` is retried on decord (``decode_in_workers``): its new header discards
+    whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
+    retry is never split). A range whose own worker crashed is retried alone the same way."""
     encoder = FrameEncoder(model, batch_size)
     videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
+    closed: set[str] = set()  # split videos already yielded: their other ranges' outcomes may still come
+
+    def current(task: WindowTask) -> _Video | None:
+        """The video this task's outcome belongs to, or None where it is stale (the video failed or finished, or its
+        attempt was replaced by an unsplit retry)."""
+        video = videos.get(task.path)
+        if video is None or task.windows is None:
+            return video
+        return video if task.windows in video.running else None
 
     def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
-        path, positions = key
+        path, first, positions = key
         trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
         video = videos[path]
-        video.encoded += 1
+        video.queued.discard(first)
         if error is None and video.error is None:
             assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no error"
             try:
-                video.states.append(model.state(model.window_features(feats, positions)))  # (w, L, E) -> (w, ...)
+                video.states[first] = model.state(model.window_features(feats, positions))  # (w, L, E) -> (w, ...)
             except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
                 error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         if error is not None and video.error is None:
             video.error = f"error: model: {error}"
 
+    def close(path: str) -> None:
+        video = videos.pop(path)
+        encoder.drop(_chunk_filter(path))
+        if len(video.header.ranges) > 1:
+            closed.add(path)
+
     def finished() -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
         for path, video in list(videos.items()):
-            if video.decoded and video.encoded == video.sent:
-                del videos[path]
-                if video.error:
-                    yield video.task, None, video.error
-                else:
-                    yield video.task, WindowedVideo(video.header.info, video.header.bounds, VideoState.cat(video.states),
-                                                    video.warnings, video.poster), None
+            if not video.running and not video.queued:
+                close(path)
+                yield (video.task, None, video.error) if video.error else (video.task, video.result(), None)
 
-    workers = max(1, min(decode_workers, len(tasks)))
+    workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
-                                           max_rss_mb=max_rss_mb, fn=fn):
-        path = task.path
-        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):  # (re)start: forget any earlier
-            encoder.drop(_other_than(path))  # attempt's queued chunks
-            videos[path] = _Video(task, outcome.result)
+                                           max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks):
+        path, video = task.path, current(task)
+        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
+            header = outcome.result
+            if path in closed:
+                continue  # a crashed whole-video attempt retried after one of its ranges failed the video
+            if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
+                encoder.drop(_chunk_filter(path))
+                videos[path] = _Video(task, header, set(header.ranges))
+            elif video is not None:  # one range (re)starts
+                encoder.drop(_chunk_filter(path, task.windows))
+                video.restart(task.windows)
+                if header.bounds != video.header.bounds:
+                    video.error = (f"error: decode: windows {task.windows[0]}-{task.windows[1]}, reopened with "
+                                   f"{header.info.backend}, have other bounds than at the video's first opening (the "
+                                   "file changed while it was being tagged, or two decoders disagree on its timestamps)")
+                elif header.info.backend != video.header.info.backend:
+                    video.note([f"windows {task.windows[0]}-{task.windows[1]} decoded with {header.info.backend} "
+                                f"(the {video.header.info.backend} worker on them crashed)"])
+        elif video is None:
+            if task.windows is None and outcome.status not in ("part", "ok") and path not in closed:
+                yield task, None, f"{outcome.status}: {outcome.error}"  # failed before its header
+            continue  # stale: a range of a failed, finished or restarted video
         elif outcome.status == "part":
-            video, chunk = videos[path], outcome.result
-            video.sent += 1
+            chunk = outcome.result
             video.poster = chunk.poster or video.poster
             positions = torch.from_numpy(chunk.positions)
             frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
-            encoder.add((path, positions), model.window_frames(frames, positions))
+            if video.error is None:
+                video.queued.add(chunk.first)
+                encoder.add((path, chunk.first, positions), model.window_frames(frames, positions))
         elif outcome.status == "ok":
-            videos[path].decoded, videos[path].warnings = True, tuple(outcome.result)
-        else:
-            videos.pop(path, None)
-            encoder.drop(_other_than(path))
-            yield task, None, f"{outcome.status}: {outcome.error}"
+            video.running.discard(task.windows or video.header.ranges[0])
+            video.note(outcome.result)
+        else:  # this video's worker, or one of its ranges', failed: so does the video
+            close(path)
+            yield video.task, None, f"{outcome.status}: {outcome.error}"
+        if video is not None and video.error is not None and video.queued:  # a model error: encode no more of it
+            encoder.drop(_chunk_filter(path))
+            video.queued.clear()
         for key, feats, error in encoder.ready():
             encoded(key, feats, error)
         yield from finished()

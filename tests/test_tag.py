@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from tag_world import LABELS, WORLD
 
 from datasets.synthetic import write_video
@@ -23,6 +24,7 @@ from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
+from pipeline.model_spec import load_model
 from pipeline.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -328,3 +330,28 @@ def test_auto_precision_resumes_in_the_precision_the_index_was_written_in(tmp_pa
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "precision: fp32 (auto: the index being resumed was tagged in fp32)" in proc.stderr
     assert "2 already done" in proc.stdout
+
+
+def test_a_long_video_split_across_two_workers_tags_as_one_worker_does(tmp_path):
+    """130 s at 2 fps: with two decode workers its windows are decoded as two time ranges (a minute or more each)
+    and put back in order; every window's row must be the one-worker run's."""
+    t = np.arange(260)[:, None, None]
+    x = np.arange(64)[None, None, :]
+    frames = np.stack([(x * 4 + t * 7) % 256, (x * 2 + t * 3) % 256, (t * 11) % 256 + 0 * x], -1)  # (260, 1, 64, 3)
+    write_video(tmp_path / "archive" / "long.mp4", np.repeat(frames, 64, axis=1).astype(np.uint8), fps=2)
+    model = load_model("random:tiny-vit", torch.device("cpu"))
+    rows = {}
+    for workers in (1, 2):
+        settings = _settings(runtime={"decode_workers": workers}, window_s=4.0, stride_s=2.0)
+        assert settings.resolved(model).task("long.mp4", model.preprocess).split == workers
+        out = tmp_path / f"w{workers}.parquet"
+        tag(settings, tmp_path / "archive", out, progress=False)
+        rows[workers] = [pd.read_parquet(out), pd.read_parquet(sibling(out, "segments"))]
+    for one, two in zip(rows[1], rows[2]):
+        assert list(one.columns) == list(two.columns)
+        for column in one.columns:
+            if one[column].dtype.kind == "f":
+                np.testing.assert_allclose(two[column], one[column], atol=2e-3, err_msg=column)
+            else:
+                assert [str(v) for v in two[column]] == [str(v) for v in one[column]], column
+    assert rows[1][0]["windows"].tolist() == [64]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from videos import h264_bframes, pattern
+from videos import h264_bframes, mpeg4_avi_not_coded, pattern
 
 from pipeline.frame_features import FrameEncoder, encode_clip
 from pipeline.model_spec import load_model
 from pipeline.pooling import pool_views
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
+from pipeline.window_decode import time_ranges
 from pipeline.windows import (
     FrameGeometry,
     WindowChunk,
@@ -144,6 +145,91 @@ def test_a_crashed_attempt_leaves_nothing_in_its_retry(tmp_path):
     assert error is None and done.backend == "decord" and video.info.backend == "decord"
     ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
     assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)
+
+
+def test_time_ranges_cut_equal_runs_of_at_least_the_minimum():
+    for windows, duration, split, minimum in [(1799, 3600.0, 2, 60.0), (1799, 3600.0, 16, 60.0), (59, 119.9, 4, 60.0),
+                                              (60, 120.0, 4, 60.0), (61, 122.0, 16, 60.0), (5, 6.0, 8, 1.0),
+                                              (3, 6.0, 8, 1.0), (1, 4.0, 8, 1.0)]:
+        ranges = time_ranges(windows, duration, split, minimum)
+        assert len(ranges) == max(1, min(split, int(duration // minimum), windows)), (windows, duration, split)
+        assert ranges[0][0] == 0 and ranges[-1][1] == windows
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        sizes = [b - a for a, b in ranges]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+def test_only_a_seekable_long_video_is_split(tmp_path):
+    """An MPEG-4 AVI with a "not coded" packet is read from the start on every request (see pyav_reader): cutting
+    it would make every range decode all that comes before it. An H.264 MP4 of the same length is cut."""
+    avi = mpeg4_avi_not_coded(tmp_path / "v.avi", n=100)
+    mp4 = h264_bframes(tmp_path / "v.mp4", n=100, gop=12)
+    for path, parts in [(avi, 1), (mp4, 3)]:
+        header = next(decode_windows(_long_task(path)))
+        assert header.info.duration >= 3.0 and len(header.ranges) == parts, path  # three 1 s ranges if it seeks
+        assert header.ranges[0][0] == 0 and header.ranges[-1][1] == len(header.bounds)
+    assert next(decode_windows(_long_task(mp4, backend="decord"))).ranges == ((0, 7),)  # a crash's retry: never cut
+
+
+def _long_task(path, **kw):
+    """A 'long' video at test scale: ranges of a second or more, so a 6 s video splits into three."""
+    return WindowTask(str(path), GEOMETRY, **{"num_frames": 4, "window_s": 1.0, "stride_s": 0.5, "chunk_mb": 0.2,
+                                              "split": 3, "min_range_s": 1.0} | kw)
+
+
+def test_a_split_video_decodes_its_ranges_apart_and_reassembles_them_in_order(tmp_path):
+    from worker_fns import windows_logged
+
+    path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)  # 6 s: 11 windows, three ranges
+    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
+                                                timeout_s=60, fn=windows_logged))
+    assert error is None and done.windows is None
+    tasks = sorted(line.split(" ", 1)[1] for line in (tmp_path / "v.mp4.tasks").read_text().splitlines())
+    assert tasks == ["(4, 7) auto", "(7, 11) auto", "None auto"]  # the whole video's task decoded (0, 4)
+    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
+    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # every window once, in time order
+    assert len(video.bounds) == 11 and video.warnings == ()
+    [(_, whole, _)] = list(embed_windows([_long_task(path, split=1)], MODEL, batch_size=5, decode_workers=2,
+                                         timeout_s=60))
+    assert whole.bounds == video.bounds and whole.poster == video.poster  # the poster came from range (4, 7)
+    assert torch.allclose(whole.windows.vectors, video.windows.vectors, atol=1e-5)
+
+
+def test_a_video_fails_once_when_one_of_its_ranges_fails(tmp_path):
+    from worker_fns import windows_range_fails
+
+    long = h264_bframes(tmp_path / "long.mp4", n=150, gop=12)
+    short = h264_bframes(tmp_path / "short.mp4", n=40, gop=12)  # 1.6 s: one range
+    out = list(embed_windows([_long_task(long), _long_task(short)], MODEL, batch_size=5, decode_workers=2,
+                             timeout_s=60, fn=windows_range_fails))
+    assert sorted(t.path for t, _, _ in out) == [str(long), str(short)]  # one outcome per video, none twice
+    by_path = {t.path: (v, e) for t, v, e in out}
+    assert by_path[str(long)][0] is None and by_path[str(long)][1].startswith("error: decode: frames of windows (")
+    assert by_path[str(short)][1] is None and len(by_path[str(short)][0].bounds) == 3
+
+
+def test_a_crashed_range_is_redone_alone_on_decord(tmp_path):
+    from worker_fns import windows_range_segfaults
+
+    path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)
+    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
+                                                timeout_s=60, fn=windows_range_segfaults))
+    assert error is None and done.backend == "auto" and video.info.backend == "pyav"
+    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
+    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # the zeroed frames were replaced
+    assert sorted(video.warnings) == ["windows 4-7 decoded with decord (the pyav worker on them crashed)",
+                                      "windows 7-11 decoded with decord (the pyav worker on them crashed)"]
+
+
+def test_a_crashed_split_video_is_redone_whole_on_decord(tmp_path):
+    from worker_fns import windows_then_segfault
+
+    path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)
+    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
+                                                timeout_s=60, fn=windows_then_segfault))
+    assert error is None and done.backend == "decord" and video.info.backend == "decord"
+    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
+    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # the crashed attempt's ranges left nothing
 
 
 def _pooled(clip) -> torch.Tensor:

@@ -80,3 +80,39 @@ def modules_after_decoding(task):
         for _ in decode_windows(task):
             pass
     return sorted(name for name in ("torch", "clip_model") if name in sys.modules)
+
+
+def windows_logged(task):
+    """decode_windows, logging which part of the video each task decoded (``<video>.tasks``: pid, window range, backend)
+    so a test can see a long video's time ranges go to their own tasks."""
+    from pipeline.window_decode import decode_windows
+
+    with open(task.path + ".tasks", "a") as log:
+        log.write(f"{os.getpid()} {task.windows} {task.backend}\n")
+    return (yield from decode_windows(task))
+
+
+def windows_range_fails(task):
+    """decode_windows, except that a time range beginning after window 0 fails as a decode error would."""
+    from pipeline.window_decode import StageError, decode_windows
+
+    if task.windows is not None and task.windows[0] > 0:
+        raise StageError("decode", f"frames of windows {task.windows} are corrupt")
+    return (yield from decode_windows(task))
+
+
+def windows_range_segfaults(task):
+    """decode_windows, except that a time range's PyAV worker sends wrong frames and then crashes: its decord retry
+    must replace them and the other ranges' windows must be kept."""
+    import numpy as np
+
+    from pipeline.window_decode import decode_windows
+
+    gen = decode_windows(task)
+    if task.windows is not None and task.backend == "auto":
+        yield next(gen)
+        chunk = next(gen)
+        yield type(chunk)(chunk.first, chunk.positions, np.zeros_like(chunk.frames))
+        time.sleep(1.0)
+        ctypes.string_at(0)
+    return (yield from gen)

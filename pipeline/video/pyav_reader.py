@@ -198,6 +198,10 @@ class PyAVReader(VideoReader):
                                    self._format, self.duration, self._stream_index)
         return self._info
 
+    @property
+    def seeks(self) -> bool:
+        return self._indexed  # a container without a trustworthy index is decoded from the start every time
+
     def _demux_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """Every video packet's pts, keyframe flag and duration, without decoding; None if any pts is missing."""
         pts: list[int] = []

@@ -79,6 +79,12 @@ class VideoReader(ABC):
     def _read(self, indices: np.ndarray) -> np.ndarray:
         """uint8 (len(unique sorted indices), H, W, 3) for sorted unique in-range indices."""
 
+    @property
+    def seeks(self) -> bool:
+        """Whether a frame far into the file is reached by a keyframe seek, rather than by decoding every frame
+        before it (so that parts of a long video can be read apart, each from its own keyframe)."""
+        return True
+
     def read_frames(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """uint8 (T, H, W, 3) RGB frames at ``indices`` (any order, repeats allowed), as a NumPy array."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)

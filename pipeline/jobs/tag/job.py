@@ -83,10 +83,12 @@ class TagSettings:
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk}
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
-        """One video's decode task; the decoder caps the short side at twice the model's input, as classify does."""
+        """One video's decode task; the decoder caps the short side at twice the model's input, as classify does,
+        and a long video is split across as many time ranges as there are decode workers."""
         assert self.num_frames is not None, "resolved() first"
-        return WindowTask(path, FrameGeometry.of(preprocess), self.num_frames, self.window_s, self.stride_s, self.runtime.backend,
-                          2 * preprocess.image_size, self.chunk_mb)
+        return WindowTask(path, FrameGeometry.of(preprocess), self.num_frames, self.window_s, self.stride_s,
+                          self.runtime.backend, 2 * preprocess.image_size, self.chunk_mb,
+                          split=self.runtime.decode_workers)
 
 
 @dataclass

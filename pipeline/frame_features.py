@@ -67,7 +67,8 @@ class FrameEncoder:
         self.queued_frames += frames.shape[0]
 
     def drop(self, keep: Callable[[Any], bool]) -> None:
-        """Forget queued owners whose key ``keep`` rejects (a video that failed, or restarts on another backend)."""
+        """Forget queued owners whose key ``keep`` rejects (a video that failed, or whose attempt, or one of its time
+        ranges, restarts on another backend)."""
         for owned in [o for o in self._queue if not keep(o.key)]:
             self._queue.remove(owned)
             self.queued_frames -= owned.frames.shape[0] - owned.fed

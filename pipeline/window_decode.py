@@ -118,12 +118,12 @@ class WindowTask:
 @dataclass(frozen=True)
 class WindowHeader:
     """First item of every attempt at a video or at one of its time ranges: a consumer starts (or starts over) on
-    it. A whole video's header lists its ``ranges``; its own worker decodes the first, and the consumer asks other
-    workers for the rest (``range_tasks``)."""
+    it. A whole video's header lists its ``ranges``; its own worker decodes the first, and ``range_tasks`` (the
+    follow-up given to ``decode_in_workers``) asks other workers for the rest."""
 
     info: VideoInfo
     bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) of every window
-    ranges: tuple[tuple[int, int], ...] = ()  # [a, b) window numbers: the video's ranges, or this range alone
+    ranges: tuple[tuple[int, int], ...]  # [a, b) window numbers: the video's ranges, or this range alone
 
 
 @dataclass(frozen=True)

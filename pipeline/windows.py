@@ -15,9 +15,10 @@ encodes each window's frames together). Frames cross to the model's
 process already resized and cropped (uint8, S x S x 3), not at the decoder's size; ``ClipTransform.normalize``
 finishes them there (the resize is Pillow's: see ``window_decode`` for how its pixels compare).
 
-A long video is not left to one worker: its first worker names its time ranges (a minute or more each, at most one
-per decode worker), decodes the first, and the other ranges go to the next free workers ahead of the videos still
-waiting; each opens at the keyframe before its first window, and the windows are put back in time order here.
+A long video is not left to one worker: its first worker names its time ranges (a minute or more each, at most
+``split`` of them, which the tag job sets to its decode workers) and decodes the first; the other ranges go to the
+next free workers, ahead of the videos still waiting. Each opens at the keyframe before its first window, and the
+windows are put back in time order here.
 """
 from __future__ import annotations
 
@@ -85,8 +86,8 @@ class _Video:
 
 
 def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Callable[[Any], bool]:
-    """A ``FrameEncoder.drop`` filter keeping every queued chunk (keyed (path, first window, positions)) but
-    ``path``'s, or only those of its chunks inside ``window_range``."""
+    """A ``FrameEncoder.drop`` filter: it drops ``path``'s queued chunks (keyed (path, first window, positions)), or
+    only those of them that begin inside ``window_range``, and keeps every other."""
     a, b = window_range or (0, 1 << 62)
     return lambda key: key[0] != path or not a <= key[1] < b
 
@@ -104,6 +105,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     A video whose worker crashed on ``auto`` is retried on decord (``decode_in_workers``): its new header discards
     whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
     retry is never split). A range whose own worker crashed is retried alone the same way."""
+    if len({t.path for t in tasks}) != len(tasks):
+        raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
     encoder = FrameEncoder(model, batch_size)
     videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
     closed: set[str] = set()  # split videos already yielded: their other ranges' outcomes may still come
@@ -129,6 +132,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                 error = f"{type(e).__name__}: {' '.join(str(e).split())}"
         if error is not None and video.error is None:
             video.error = f"error: model: {error}"
+            encoder.drop(_chunk_filter(path))  # encode no more of it
+            video.queued.clear()
 
     def close(path: str) -> None:
         video = videos.pop(path)
@@ -181,9 +186,6 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
         else:  # this video's worker, or one of its ranges', failed: so does the video
             close(path)
             yield video.task, None, f"{outcome.status}: {outcome.error}"
-        if video is not None and video.error is not None and video.queued:  # a model error: encode no more of it
-            encoder.drop(_chunk_filter(path))
-            video.queued.clear()
         for key, feats, error in encoder.ready():
             encoded(key, feats, error)
         yield from finished()

@@ -208,6 +208,12 @@ def test_a_video_fails_once_when_one_of_its_ranges_fails(tmp_path):
     assert by_path[str(short)][1] is None and len(by_path[str(short)][0].bounds) == 3
 
 
+def test_a_path_given_twice_is_refused(tmp_path):
+    path = h264_bframes(tmp_path / "v.mp4", n=25, gop=12)
+    with pytest.raises(ValueError, match="each path once"):
+        next(embed_windows([_long_task(path), _long_task(path, chunk_mb=1.0)], MODEL))
+
+
 def test_a_crashed_range_is_redone_alone_on_decord(tmp_path):
     from worker_fns import windows_range_segfaults
 

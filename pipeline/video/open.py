@@ -138,17 +138,17 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
                       ) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
-    retried on decord, whose own FFmpeg build may get through, once the requests waiting at the time have started;
-    the retried result carries decord's warnings. ``follow_up(request, outcome)``, asked of every outcome before it
-    is yielded, returns more requests to run, in that order, ahead of those waiting (a long video's first part asks for its other
-    time ranges); their outcomes are yielded the same way."""
+    retried next on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings.
+    ``follow_up(request, outcome)``, asked of every outcome before it is yielded, returns more requests to run next,
+    in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
+    way."""
     with WorkerPool(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         by_id: dict[int, TaskT] = dict(enumerate(requests))
         for outcome in pool.map(requests):
             request = by_id[outcome.task_id]
             if outcome.status == "crash" and request.backend == "auto":
                 retry = dataclasses.replace(request, backend="decord")
-                by_id[pool.submit(retry)] = retry
+                by_id[pool.submit(retry, first=True)] = retry
                 continue
             for more in reversed(follow_up(request, outcome) if follow_up is not None else ()):
                 by_id[pool.submit(more, first=True)] = more  # reversed: they start in the order given

@@ -12,7 +12,8 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".m
 def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
              ) -> tuple[list[Path], list[dict]]:
     """Absolute paths of the videos under a folder (recursive, sorted) or listed in a manifest file (one path per line,
-    relative to the manifest; ``#`` comments), and error rows for folders that cannot be read.
+    relative to the manifest; ``#`` comments), and error rows for folders that cannot be read. A file reached by two
+    names (a link to it in the same archive) is listed once, under the first.
 
     ``include``/``exclude`` are globs on the path relative to the folder (default: common video extensions).
     """
@@ -40,7 +41,7 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
             VIDEO_EXTENSIONS)
         if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
             found.append(Path(real).resolve() if is_link else Path(real))
-    return found, errors
+    return list(dict.fromkeys(found)), errors  # a file linked to from inside the archive is listed once
 
 
 def _walk(source: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, str, bool]]:

@@ -35,7 +35,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> No
     p.add_argument("--backend", choices=BACKENDS, default=R.backend,
                    help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
                         "the file")
-    p.add_argument("--decode-workers", type=int, default=R.decode_workers, help="supervised decode processes")
+    p.add_argument("--decode-workers", type=int, default=R.decode_workers,
+                   help="supervised decode processes (tag also cuts a video of two minutes or more into up to this "
+                        "many time ranges, decoded at once)")
     p.add_argument("--decode-timeout", type=float, default=R.decode_timeout_s,
                    help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
 

@@ -177,20 +177,29 @@ def _long_task(path, **kw):
                                               "split": 3, "min_range_s": 1.0} | kw)
 
 
+def _embed_long(path, fn=decode_windows, **kw):
+    """(task, video, error) of the one video ``path``, split into its three ranges, through two workers."""
+    [out] = list(embed_windows([_long_task(path, **kw)], MODEL, batch_size=5, decode_workers=2, timeout_s=60, fn=fn))
+    return out
+
+
+def _long_reference(path) -> torch.Tensor:
+    """(W, E): the windows of _long_task, decoded in one request and pooled."""
+    return _pooled(decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0,
+                                                                    stride_s=0.5))))
+
+
 def test_a_split_video_decodes_its_ranges_apart_and_reassembles_them_in_order(tmp_path):
     from worker_fns import windows_logged
 
     path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)  # 6 s: 11 windows, three ranges
-    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
-                                                timeout_s=60, fn=windows_logged))
+    done, video, error = _embed_long(path, windows_logged)
     assert error is None and done.windows is None
     tasks = sorted(line.split(" ", 1)[1] for line in (tmp_path / "v.mp4.tasks").read_text().splitlines())
     assert tasks == ["(4, 7) auto", "(7, 11) auto", "None auto"]  # the whole video's task decoded (0, 4)
-    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
-    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # every window once, in time order
+    assert torch.allclose(video.windows.vectors, _long_reference(path), atol=1e-5)  # every window once, in order
     assert len(video.bounds) == 11 and video.warnings == ()
-    [(_, whole, _)] = list(embed_windows([_long_task(path, split=1)], MODEL, batch_size=5, decode_workers=2,
-                                         timeout_s=60))
+    _, whole, _ = _embed_long(path, split=1)
     assert whole.bounds == video.bounds and whole.poster == video.poster  # the poster came from range (4, 7)
     assert torch.allclose(whole.windows.vectors, video.windows.vectors, atol=1e-5)
 
@@ -218,11 +227,9 @@ def test_a_crashed_range_is_redone_alone_on_decord(tmp_path):
     from worker_fns import windows_range_segfaults
 
     path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)
-    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
-                                                timeout_s=60, fn=windows_range_segfaults))
+    done, video, error = _embed_long(path, windows_range_segfaults)
     assert error is None and done.backend == "auto" and video.info.backend == "pyav"
-    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
-    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # the zeroed frames were replaced
+    assert torch.allclose(video.windows.vectors, _long_reference(path), atol=1e-5)  # the zeroed frames were replaced
     assert sorted(video.warnings) == ["windows 4-7 decoded with decord (the pyav worker on them crashed)",
                                       "windows 7-11 decoded with decord (the pyav worker on them crashed)"]
 
@@ -231,11 +238,9 @@ def test_a_crashed_split_video_is_redone_whole_on_decord(tmp_path):
     from worker_fns import windows_then_segfault
 
     path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)
-    [(done, video, error)] = list(embed_windows([_long_task(path)], MODEL, batch_size=5, decode_workers=2,
-                                                timeout_s=60, fn=windows_then_segfault))
+    done, video, error = _embed_long(path, windows_then_segfault)
     assert error is None and done.backend == "decord" and video.info.backend == "decord"
-    ref = decode_request(DecodeRequest(str(path), Sampling("windows", num_frames=4, window_s=1.0, stride_s=0.5)))
-    assert torch.allclose(video.windows.vectors, _pooled(ref), atol=1e-5)  # the crashed attempt's ranges left nothing
+    assert torch.allclose(video.windows.vectors, _long_reference(path), atol=1e-5)  # the crashed attempt left nothing
 
 
 def _pooled(clip) -> torch.Tensor:

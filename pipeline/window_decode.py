@@ -106,7 +106,8 @@ class WindowTask:
     split: int = 1  # a long video's windows may be cut into up to this many time ranges, decoded by as many workers
     windows: tuple[int, int] | None = None  # [a, b): the window numbers of one such range; None: the whole video
     min_range_s: float = 60.0  # seconds of video per range, at least: reopening the file for a range (a demux pass
-    # over the whole file, about 1 s for an hour of 720p H.264) stays small beside decoding its windows
+    # over the whole file: 0.5 s for an hour of 640x360 H.264, bench_tag.py --split-minutes) stays small beside
+    # decoding its windows (22 s for that hour)
 
     def __post_init__(self) -> None:
         if self.split < 1:

@@ -356,3 +356,27 @@ def test_a_long_video_split_across_two_workers_tags_as_one_worker_does(tmp_path)
             else:
                 assert [str(v) for v in two[column]] == [str(v) for v in one[column]], column
     assert rows[1][0]["windows"].tolist() == [64]
+
+
+def test_retry_failed_tags_again_what_failed_and_only_that(tmp_path):
+    """A file that failed is skipped by a plain rerun while its size and mtime stand; --retry-failed tags it again
+    and replaces its failure row. Here the file is broken, then mended in place at the same size and mtime."""
+    videos = _archive(tmp_path, 3)
+    target = videos[0]
+    original, st = target.read_bytes(), target.stat()
+
+    def put(data: bytes) -> None:
+        target.write_bytes(data)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    put(b"\x00" * len(original))  # same size, no container
+    out = tmp_path / "tags.csv"
+    assert tag(_settings(), tmp_path / "archive", out, progress=False).failed == {"error": 1}
+    put(original)
+    again = tag(_settings(), tmp_path / "archive", out, progress=False)
+    assert (again.skipped, again.ok, again.failed) == (3, 0, {})
+    assert pd.read_csv(sibling(out, "errors"))["path"].tolist() == [str(target)]
+    retried = tag(_settings(), tmp_path / "archive", out, retry_failed=True, progress=False)
+    assert (retried.skipped, retried.ok, retried.failed) == (2, 1, {})
+    assert sorted(pd.read_csv(out)["path"]) == sorted(map(str, videos))  # one row each, none twice
+    assert pd.read_csv(sibling(out, "errors")).empty

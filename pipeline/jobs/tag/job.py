@@ -12,7 +12,8 @@ segments.
 
 Resume. Every ``commit_every`` videos the part is committed to the index (``index.TagIndex``: atomic, so a kill at
 any moment loses at most the part under way). A rerun skips every path stored with its current size and
-modification time; a changed file is tagged again and its old rows are deleted in the same commit. The final files
+modification time (failures too, unless ``retry_failed``); a changed file is tagged again and its old rows are
+deleted in the same commit. The final files
 are written from the index, one row set per video: none lost, none twice. ``retag`` writes them for other labels
 through the same code, without decoding; ``search`` (``query``) ranks the stored videos and windows for a text.
 """
@@ -69,7 +70,7 @@ class TagSettings:
         if self.window_s <= 0 or self.stride_s <= 0:
             raise ValueError("window_s and stride_s must be > 0")
         if self.pooling not in (None, "mean", "max", "temporal", "mean_of_unit"):
-            raise ValueError(f"pooling {self.pooling!r}: choose mean, max or temporal")
+            raise ValueError(f"pooling {self.pooling!r}: choose mean, max, temporal or mean_of_unit")
 
     def resolved(self, model: VideoTextModel) -> TagSettings:
         """The settings with the model's defaults filled in (templates, frames per window), checked against it."""
@@ -211,23 +212,25 @@ def open_for_tagging(folder: Path, identity: dict, dim: int) -> TagIndex:
     return index
 
 
-def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence[dict],
+def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence[dict], retry_failed: bool = False,
                 ) -> tuple[list[Path], set[str]]:
-    """The paths to tag now (new, or changed since they were stored), and the stored paths whose rows the coming
-    commits replace (changed files, and folders that could not be listed again)."""
+    """The paths to tag now (new, changed since they were stored, or with ``retry_failed`` stored as failures), and
+    the stored paths whose rows the coming commits replace (those files, and folders that could not be listed
+    again)."""
     stored = index.stamps()
-    todo = [p for p in paths if stored.get(str(p)) != file_stamp(p)]
+    failed = index.failed_paths() if retry_failed else set()
+    todo = [p for p in paths if stored.get(str(p)) != file_stamp(p) or str(p) in failed]
     retagged = {str(p) for p in todo if str(p) in stored} | {e["path"] for e in listing_errors if e["path"] in stored}
     return todo, retagged
 
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
-              model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool,
+              model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool, retry_failed: bool,
               ) -> tuple[int, int, dict[str, int]]:
-    """Tag what the index lacks of ``paths``, committing every ``commit_every`` videos; returns (videos to do, ok,
-    failures by status)."""
+    """Tag what the index lacks of ``paths`` (and what failed, with ``retry_failed``), committing every
+    ``commit_every`` videos; returns (videos to do, ok, failures by status)."""
     (rank, world), rt = shard, settings.runtime
-    todo, retagged = resume_plan(index, paths, listing_errors)
+    todo, retagged = resume_plan(index, paths, listing_errors, retry_failed)
 
     part = Part(scorer, model.embed_dim, model.token_count)
 
@@ -268,8 +271,10 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
 
 
 def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: Sequence[str] = (),
-        exclude: Sequence[str] = (), progress: bool = True) -> TagSummary:
-    """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc)."""
+        exclude: Sequence[str] = (), retry_failed: bool = False, progress: bool = True) -> TagSummary:
+    """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc).
+    A rerun skips the files stored unchanged, failures included, unless ``retry_failed`` (a timeout or crash may
+    not recur, say with a longer ``decode_timeout_s``): their rows are then replaced."""
     start = time.perf_counter()
     rt = settings.runtime
     out = Path(out).expanduser().resolve()
@@ -286,7 +291,8 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
     index = open_for_tagging(folder, identity, model.embed_dim)
     try:
-        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world), progress)
+        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world), progress,
+                                     retry_failed)
     finally:
         index.close()
     barrier(world)

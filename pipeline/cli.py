@@ -133,7 +133,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above,
     )
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
-                  retry_failed=args.retry_failed)
+                  retry_failed=args.retry_failed, forget_missing=args.forget_missing)
     print(summary.line())
     return 0
 
@@ -308,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="on a resume, tag again the unchanged files that failed before (error, timeout or crash; "
                         "e.g. with a longer --decode-timeout); a plain rerun skips them")
+    p.add_argument("--forget-missing", action="store_true",
+                   help="delete the stored rows of files that no longer exist (a plain rerun keeps them)")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")

@@ -21,6 +21,7 @@ from tag_world import LABELS, WORLD
 from datasets.synthetic import write_video
 from datasets.world import Clip, render, write_world
 from pipeline.jobs.tag.discover import discover
+from pipeline.jobs.tag.index import TagIndex
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
@@ -380,3 +381,23 @@ def test_retry_failed_tags_again_what_failed_and_only_that(tmp_path):
     assert (retried.skipped, retried.ok, retried.failed) == (2, 1, {})
     assert sorted(pd.read_csv(out)["path"]) == sorted(map(str, videos))  # one row each, none twice
     assert pd.read_csv(sibling(out, "errors")).empty
+
+
+def test_forget_missing_deletes_the_rows_of_files_gone_from_disk_and_nothing_else(tmp_path):
+    videos = _archive(tmp_path, 3)
+    out = tmp_path / "tags.parquet"
+    tag(_settings(), tmp_path / "archive", out, progress=False)
+    gone = videos[1]
+    gone.unlink()
+    kept = tag(_settings(), tmp_path / "archive", out, progress=False)  # a plain rerun keeps the rows
+    assert kept.forgotten == 0 and str(gone) in set(pd.read_parquet(out)["path"])
+    forgot = tag(_settings(), tmp_path / "archive", out, forget_missing=True, progress=False)
+    assert (forgot.forgotten, forgot.skipped, forgot.ok) == (1, 2, 0) and "1 gone from disk forgotten" in forgot.line()
+    assert sorted(pd.read_parquet(out)["path"]) == sorted(str(v) for v in videos if v != gone)
+    assert str(gone) not in set(pd.read_parquet(sibling(out, "segments"))["path"])
+    index = TagIndex.open(Path(str(out) + ".index"))
+    try:
+        assert index.count("embeddings", f"path = '{gone}'") == 0 and index.count("videos", f"path = '{gone}'") == 0
+        assert index.count("videos") == 2
+    finally:
+        index.close()

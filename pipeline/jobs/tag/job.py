@@ -20,6 +20,7 @@ through the same code, without decoding; ``search`` (``query``) ranks the stored
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,11 +101,13 @@ class TagSummary:
     failed: dict  # status -> count
     seconds: float
     out: Path
+    forgotten: int = 0  # stored files gone from disk whose rows were deleted (forget_missing)
 
     def line(self) -> str:
         rate = (self.ok + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
         failed = ", ".join(f"{n} {s}" for s, n in sorted(self.failed.items())) or "none"
-        return (f"{self.total} videos: {self.ok} tagged, {self.skipped} already done, failed: {failed}; "
+        forgotten = f", {self.forgotten} gone from disk forgotten" if self.forgotten else ""
+        return (f"{self.total} videos: {self.ok} tagged, {self.skipped} already done{forgotten}, failed: {failed}; "
                 f"{rate:.2f} videos/s; rows in {self.out}")
 
 
@@ -224,6 +227,20 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
     return todo, retagged
 
 
+def forget_missing_files(index: TagIndex) -> int:
+    """Delete the rows of every stored file that no longer exists (whatever the listing; a folder that could not be
+    listed stays), in commits of ``FORGET_BATCH`` paths; returns how many were forgotten."""
+    gone = [path for path in index.stamps() if not os.path.lexists(path)]
+    dim, tokens = index.state.dim, index.token_count()
+    for start in range(0, len(gone), FORGET_BATCH):
+        index.commit(VIDEO_COLUMNS.empty_table(), embedding_schema(dim, tokens).empty_table(),
+                     replace=gone[start : start + FORGET_BATCH])
+    return len(gone)
+
+
+FORGET_BATCH = 1000  # paths per deleting commit: the delete's SQL names each one
+
+
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
               model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool, retry_failed: bool,
               ) -> tuple[int, int, dict[str, int]]:
@@ -271,10 +288,12 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
 
 
 def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: Sequence[str] = (),
-        exclude: Sequence[str] = (), retry_failed: bool = False, progress: bool = True) -> TagSummary:
+        exclude: Sequence[str] = (), retry_failed: bool = False, forget_missing: bool = False,
+        progress: bool = True) -> TagSummary:
     """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc).
     A rerun skips the files stored unchanged, failures included, unless ``retry_failed`` (a timeout or crash may
-    not recur, say with a longer ``decode_timeout_s``): their rows are then replaced."""
+    not recur, say with a longer ``decode_timeout_s``): their rows are then replaced. Rows of files deleted since
+    stay, unless ``forget_missing`` (``forget_missing_files``)."""
     start = time.perf_counter()
     rt = settings.runtime
     out = Path(out).expanduser().resolve()
@@ -291,6 +310,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
     index = open_for_tagging(folder, identity, model.embed_dim)
     try:
+        forgotten = forget_missing_files(index) if forget_missing else 0
         todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world), progress,
                                      retry_failed)
     finally:
@@ -299,4 +319,4 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     if rank == 0:  # every rank's index into one set of outputs
         write_outputs(open_indexes(index_folder(out)), out, scorer, settings.topk)
     barrier(world)
-    return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out)
+    return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten)

@@ -309,7 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on a resume, tag again the unchanged files that failed before (error, timeout or crash; "
                         "e.g. with a longer --decode-timeout); a plain rerun skips them")
     p.add_argument("--forget-missing", action="store_true",
-                   help="delete the stored rows of files that no longer exist (a plain rerun keeps them)")
+                   help="delete the stored rows of files that no longer exist (a plain rerun keeps them); judged by each "
+                        "file's existence now, so mind an unmounted drive")
     _add_runtime_args(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")

@@ -119,6 +119,8 @@ def test_manifest_and_globs(tmp_path):
     manifest = tmp_path / "list.txt"
     manifest.write_text("# two of them\n" + "\n".join(os.path.relpath(v, tmp_path) for v in videos[:2]) + "\n")
     assert discover(manifest)[0] == videos[:2]
+    with pytest.raises(ValueError, match="list.txt: --include/--exclude filter a folder's files"):
+        discover(manifest, exclude=["sub/*"])
     found, _ = discover(tmp_path / "archive", exclude=["sub/*"])
     assert found == [v for v in videos if v.parent.name != "sub"]
     assert discover(tmp_path / "archive", include=["sub/*.mp4"])[0] == [v for v in videos if v.parent.name == "sub"]

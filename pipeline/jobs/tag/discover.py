@@ -21,6 +21,8 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
     if not source.exists():
         raise ValueError(f"{source}: no such archive folder or manifest file")
     errors: list[dict] = []
+    if source.is_file() and (include or exclude):
+        raise ValueError(f"{source}: --include/--exclude filter a folder's files; a manifest lists its files itself")
     if source.is_file():
         try:
             lines = source.read_text(encoding="utf-8").splitlines()

@@ -104,12 +104,13 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     once, ahead of the videos still waiting, and its windows put back in time order; it fails if any range fails.
     A video whose worker crashed on ``auto`` is retried on decord (``decode_in_workers``): its new header discards
     whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
-    retry is never split). A range whose own worker crashed is retried alone the same way."""
+    retry is never split). A range whose own worker crashed is retried alone the same way. Once a split video is
+    yielded (done, or failed by one range), its tasks still running or waiting are withdrawn."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
     encoder = FrameEncoder(model, batch_size)
     videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
-    closed: set[str] = set()  # split videos already yielded: their other ranges' outcomes may still come
+    closed: set[str] = set()  # split videos already yielded: what of them still runs or waits is withdrawn
 
     def current(task: WindowTask) -> _Video | None:
         """The video this task's outcome belongs to, or None where it is stale (the video failed or finished, or its
@@ -149,7 +150,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
 
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
-                                           max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks):
+                                           max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
+                                           skip=lambda t: t.path in closed):
         path, video = task.path, current(task)
         if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
             header = outcome.result

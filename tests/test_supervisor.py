@@ -102,6 +102,17 @@ def test_tasks_submitted_while_mapping_run_in_that_map_the_first_ones_next():
     assert order == [(0, 2), (4, 40), (1, 4), (2, 6), (3, 20)]
 
 
+def test_withdrawn_tasks_are_stopped_or_never_started_and_say_nothing():
+    withdrawn: set = set()
+    with WorkerPool(behave, num_workers=2, timeout_s=60) as pool:
+        seen = []
+        for outcome in pool.map([("sleep", 30), ("ok", 1), ("ok", 2), ("ok", 3)], skip=lambda t: t in withdrawn):
+            seen.append((outcome.task_id, outcome.status, outcome.result))
+            withdrawn.update({("sleep", 30), ("ok", 2)})  # one running, one waiting
+        assert pool.restarts == 1  # the sleeper's worker, replaced
+    assert seen == [(1, "ok", 2), (3, "ok", 6)]  # the sleeper never woke; ("ok", 2) never ran
+
+
 def test_follow_ups_run_ahead_of_waiting_requests_in_the_order_given():
     def follow_up(request, outcome):
         return [("ok", 100 + request[1]), ("ok", 200 + request[1])] if request[1] < 10 else []

@@ -215,6 +215,7 @@ def test_a_video_fails_once_when_one_of_its_ranges_fails(tmp_path):
     by_path = {t.path: (v, e) for t, v, e in out}
     assert by_path[str(long)][0] is None and by_path[str(long)][1].startswith("error: decode: frames of windows (")
     assert by_path[str(short)][1] is None and len(by_path[str(short)][0].bounds) == 3
+    assert not (tmp_path / "long.mp4.woke").exists()  # the failed video's first worker was stopped, not waited for
 
 
 def test_a_path_given_twice_is_refused(tmp_path):

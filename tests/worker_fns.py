@@ -93,12 +93,22 @@ def windows_logged(task):
 
 
 def windows_range_fails(task):
-    """decode_windows, except that a time range beginning after window 0 fails as a decode error would."""
+    """decode_windows, except that a time range beginning after window 0 fails as a decode error would, and a split
+    video's first worker pauses 20 s after its header, then leaves ``<video>.woke``: a worker the failure withdrew
+    never gets there."""
+    from pathlib import Path
+
     from pipeline.window_decode import StageError, decode_windows
 
     if task.windows is not None and task.windows[0] > 0:
         raise StageError("decode", f"frames of windows {task.windows} are corrupt")
-    return (yield from decode_windows(task))
+    gen = decode_windows(task)
+    header = next(gen)
+    yield header
+    if task.windows is None and len(header.ranges) > 1:
+        time.sleep(20)
+        Path(task.path + ".woke").touch()
+    return (yield from gen)
 
 
 def windows_range_segfaults(task):

@@ -167,9 +167,13 @@ class WorkerPool:
             self._pending.append((task_id, task))
         return task_id
 
-    def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
+    def map(self, tasks: Iterable[Any], *, skip: Callable[[Any], bool] | None = None) -> Iterator[Outcome]:
         """Yield one final Outcome for every task (task_id = its position in ``tasks``; ``submit`` numbers on from
-        there), in completion order, each preceded by the ``part`` outcomes of a generator task."""
+        there), in completion order, each preceded by the ``part`` outcomes of a generator task.
+
+        ``skip(task)``, asked again whenever the caller takes an outcome, withdraws a task that is no longer wanted:
+        one still waiting is dropped when its turn comes, one running has its worker replaced. A withdrawn task gets
+        no further outcome."""
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self._ctx, self.fn))
         self._pending, self._next_id = deque(), 0
@@ -177,13 +181,23 @@ class WorkerPool:
             self.submit(task)
         pending = self._pending
         running = 0
+        wanted: Callable[[Any], bool] = (lambda task: not skip(task)) if skip is not None else (lambda task: True)
         while pending or running:
+            for w in list(self._workers):
+                if w.task is not None and not wanted(w.task[1]):
+                    self._replace(w)
+                    running -= 1
             for w in self._workers:
-                if w.ready and w.task is None and pending:
+                while w.ready and w.task is None and pending:
                     w.task = pending.popleft()
+                    if not wanted(w.task[1]):
+                        w.task = None
+                        continue
                     w.deadline = time.monotonic() + self.timeout_s
                     w.conn.send(w.task)
                     running += 1
+            if not (pending or running):
+                break
             now = time.monotonic()
             busy = [w for w in self._workers if w.task is not None]
             timeout = max(0.0, min((w.deadline for w in busy), default=now + 1.0) - now)

@@ -62,6 +62,7 @@ class _Video:
     task: WindowTask  # the whole video's attempt under way (a retry runs on another backend)
     header: WindowHeader  # that attempt's: every window's bounds, and the video's time ranges
     running: set[tuple[int, int]]  # time ranges whose worker has not finished
+    split: bool  # this attempt, or an earlier one, cut the video into ranges: tasks of it may outlive it
     states: dict[int, VideoState] = field(default_factory=dict)  # a chunk's first window -> (w, ...) its states
     queued: set[int] = field(default_factory=set)  # first windows of the chunks with the model
     warnings: list[str] = field(default_factory=list)
@@ -139,7 +140,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     def close(path: str) -> None:
         video = videos.pop(path)
         encoder.drop(_chunk_filter(path))
-        if len(video.header.ranges) > 1:
+        if video.split:
             closed.add(path)
 
     def finished() -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
@@ -159,7 +160,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                 continue  # a crashed whole-video attempt retried after one of its ranges failed the video
             if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
                 encoder.drop(_chunk_filter(path))
-                videos[path] = _Video(task, header, set(header.ranges))
+                split = len(header.ranges) > 1 or (video is not None and video.split)
+                videos[path] = _Video(task, header, set(header.ranges), split)
             elif video is not None:  # one range (re)starts
                 encoder.drop(_chunk_filter(path, task.windows))
                 video.restart(task.windows)

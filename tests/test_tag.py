@@ -22,7 +22,7 @@ from datasets.synthetic import write_video
 from datasets.world import Clip, render, write_world
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import TagIndex
-from pipeline.jobs.tag.job import TagSettings, tag
+from pipeline.jobs.tag.job import TagSettings, shard_of, tag
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
 from pipeline.model_spec import load_model
@@ -95,6 +95,23 @@ def test_mixed_archive_lists_every_bad_file_and_tags_the_rest(tmp_path, monkeypa
     assert ((windows["end_s"] - windows["start_s"]).round(3) <= 0.5).all()
     actions = segments[segments["kind"] == "action"]  # merged runs of one top label tile each video's windows
     assert (actions.groupby("path")["windows"].sum().sort_index() == expected_windows).all()
+    # the folder can be listed again: its error row goes and what it holds is tagged
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    shutil.copy(good[0], locked / "inside.mp4")
+    again = tag(_settings(), archive, out, progress=False)
+    assert (again.ok, again.failed) == (1, {})
+    errors = pd.read_csv(sibling(out, "errors"))
+    assert sorted(Path(p).name for p in errors["path"]) == ["audio.mp4", "cut.mp4", "text.mp4", "zero.mp4"]
+    assert str((locked / "inside.mp4").resolve()) in set(pd.read_csv(out)["path"])
+
+
+def test_sharding_by_path_keeps_every_file_on_its_rank_when_the_archive_changes():
+    paths = [f"/archive/{k // 7}/clip_{k:05d}.mp4" for k in range(5000)]
+    before = {p: shard_of(p, 4) for p in paths}
+    after = {p: shard_of(p, 4) for p in paths[::2] + [f"/archive/new_{k}.mp4" for k in range(100)]}
+    assert all(after[p] == before[p] for p in paths[::2])  # deleting and adding files moves nothing else
+    counts = np.bincount(list(before.values()), minlength=4)
+    assert counts.min() > 0.9 * len(paths) / 4, counts  # and the ranks get even shares
 
 
 def test_missing_archive_and_bad_output_fail_before_any_work(tmp_path):

@@ -203,9 +203,12 @@ class WorkerPool:
             timeout = max(0.0, min((w.deadline for w in busy), default=now + 1.0) - now)
             ready = wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout)
             for w in list(self._workers):
+                task = w.task
                 outcome = self._poll(w, ready)
                 if outcome is not None:
                     running -= outcome.status != "part"
+                    if task is not None and not wanted(task[1]):
+                        continue  # withdrawn since this batch began (its worker, if still on it, goes next time)
                     yield outcome
 
     def _poll(self, w: _Worker, ready: list) -> Outcome | None:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+LISTING_FAILURE = "cannot list folder"  # the reason of a folder's error row (re-listed on every run)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 
@@ -34,7 +35,7 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
 
     def unreadable(e: OSError) -> None:
         errors.append({"path": str(Path(e.filename).resolve()), "stage": "open", "status": "error",
-                       "reason": f"cannot list folder: {e.strerror}"})
+                       "reason": f"{LISTING_FAILURE}: {e.strerror}"})
 
     found = []
     for real, rel, is_link in _walk(source, unreadable):

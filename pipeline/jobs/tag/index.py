@@ -196,10 +196,9 @@ class TagIndex:
                                                             batch.column(2).to_pylist())))
         return out
 
-    def failed_paths(self) -> set[str]:
-        """Every stored path whose row is a failure (error, timeout or crash)."""
-        return {path for batch in self.scan("videos", ["path"], where="status != 'ok'")
-                for path in batch.column(0).to_pylist()}
+    def paths(self, where: str) -> set[str]:
+        """The stored paths whose video row matches ``where`` (SQL)."""
+        return {path for batch in self.scan("videos", ["path"], where=where) for path in batch.column(0).to_pylist()}
 
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
              batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from pipeline.runtime import RuntimeSettings
 from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
-from .discover import discover, file_stamp
+from .discover import LISTING_FAILURE, discover, file_stamp
 from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
 from .scoring import Scorer, check_output, label_scorer, write_outputs
 
@@ -191,6 +192,15 @@ def _video_row(video_id: int, path: str, stamp: tuple | None, status: str) -> di
     return {"video_id": video_id, "path": path, "size": size, "mtime_ns": mtime, "status": status}
 
 
+def shard_of(path: str, world: int) -> int:
+    """The rank of ``world`` that tags ``path``: from a hash of the path alone, so that files added to or deleted from
+    the archive move no other file to another rank (its rows would then be in two indexes)."""
+    return zlib.crc32(os.fsencode(path)) % world
+
+
+SHARD_OF = "crc32(path) % world"  # recorded in a sharded index's settings: an index sharded otherwise is refused
+
+
 def next_video_id(index: TagIndex, part: Part, rank: int = 0, world: int = 1) -> int:
     """The id the next video of ``part`` gets: unique across the ranks of a sharded run (rank r takes r, r + N, ...)."""
     return (index.state.next_video_id + len(part)) * world + rank
@@ -221,7 +231,7 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
     the stored paths whose rows the coming commits replace (those files, and folders that could not be listed
     again)."""
     stored = index.stamps()
-    failed = index.failed_paths() if retry_failed else set()
+    failed = index.paths("status != 'ok'") if retry_failed else set()
     todo = [p for p in paths if stored.get(str(p)) != file_stamp(p) or str(p) in failed]
     retagged = {str(p) for p in todo if str(p) in stored} | {e["path"] for e in listing_errors if e["path"] in stored}
     return todo, retagged
@@ -229,16 +239,21 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
 
 def forget_missing_files(index: TagIndex) -> int:
     """Delete the rows of every stored file that no longer exists (whatever the listing; a folder that could not be
-    listed stays), in commits of ``FORGET_BATCH`` paths; returns how many were forgotten."""
+    listed stays); returns how many were forgotten."""
     gone = [path for path in index.stamps() if not os.path.lexists(path)]
-    dim, tokens = index.state.dim, index.token_count()
-    for start in range(0, len(gone), FORGET_BATCH):
-        index.commit(VIDEO_COLUMNS.empty_table(), embedding_schema(dim, tokens).empty_table(),
-                     replace=gone[start : start + FORGET_BATCH])
+    delete_rows(index, gone)
     return len(gone)
 
 
-FORGET_BATCH = 1000  # paths per deleting commit: the delete's SQL names each one
+def delete_rows(index: TagIndex, paths: Sequence[str]) -> None:
+    """Delete every row of ``paths``, in commits of ``DELETE_BATCH`` paths."""
+    videos = VIDEO_COLUMNS.empty_table()
+    embeddings = embedding_schema(index.state.dim, index.token_count()).empty_table()
+    for start in range(0, len(paths), DELETE_BATCH):
+        index.commit(videos, embeddings, replace=paths[start : start + DELETE_BATCH])
+
+
+DELETE_BATCH = 1000  # paths per deleting commit: the delete's SQL names each one
 
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
@@ -247,6 +262,8 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
     """Tag what the index lacks of ``paths`` (and what failed, with ``retry_failed``), committing every
     ``commit_every`` videos; returns (videos to do, ok, failures by status)."""
     (rank, world), rt = shard, settings.runtime
+    unlisted = index.paths(f"reason LIKE '{LISTING_FAILURE}:%'") - {e["path"] for e in listing_errors}
+    delete_rows(index, sorted(unlisted))  # folders listed again this time: their error rows go
     todo, retagged = resume_plan(index, paths, listing_errors, retry_failed)
 
     part = Part(scorer, model.embed_dim, model.token_count)
@@ -301,12 +318,12 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     paths, listing_errors = discover(source, include, exclude)
     rank, world, device = init_distributed(resolve_device(rt.device))
     folder = index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}"
-    if world > 1:  # every rank lists the same sorted paths and takes every world-th one
-        paths, listing_errors = paths[rank::world], listing_errors if rank == 0 else []
+    if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
+        paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
     model = load_model(rt.model, device, rt.precision, settings.pooling)
     settings = settings.resolved(model)
     assert settings.templates is not None
-    identity = settings.identity() | ({"shard": [rank, world]} if world > 1 else {})
+    identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
     scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
     index = open_for_tagging(folder, identity, model.embed_dim)
     try:

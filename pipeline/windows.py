@@ -152,12 +152,10 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
-                                           skip=lambda t: t.path in closed):
+                                           skip=lambda t: t.path in closed):  # no outcome of them comes here
         path, video = task.path, current(task)
         if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
             header = outcome.result
-            if path in closed:
-                continue  # a crashed whole-video attempt retried after one of its ranges failed the video
             if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
                 encoder.drop(_chunk_filter(path))
                 split = len(header.ranges) > 1 or (video is not None and video.split)
@@ -173,7 +171,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                     video.note([f"windows {task.windows[0]}-{task.windows[1]} decoded with {header.info.backend} "
                                 f"(the {video.header.info.backend} worker on them crashed)"])
         elif video is None:
-            if task.windows is None and outcome.status not in ("part", "ok") and path not in closed:
+            if task.windows is None and outcome.status not in ("part", "ok"):
                 yield task, None, f"{outcome.status}: {outcome.error}"  # failed before its header
             continue  # stale: a range of a failed, finished or restarted video
         elif outcome.status == "part":

@@ -21,9 +21,11 @@ import inspect
 import multiprocessing as mp
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any, Literal
@@ -74,12 +76,19 @@ _LIBC = _libc()
 
 
 def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
+    """Run tasks until told to stop or the parent is gone. Ctrl-C is the parent's to handle (it stops the workers),
+    and a parent that died leaves a broken pipe: either way the worker exits without a word."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _serve_tasks(conn, fn)
+    except (EOFError, OSError):  # the parent closed the pipe or died (BrokenPipeError, ConnectionResetError)
+        return
+
+
+def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
     conn.send(("ready", None, rss_mb()))
     while True:
-        try:
-            msg = conn.recv()
-        except EOFError:
-            return
+        msg = conn.recv()
         if msg is None:
             return
         task_id, task = msg
@@ -103,7 +112,8 @@ class _Worker:
     def __init__(self, ctx: Any, fn: Callable[[Any], Any]):
         self.conn, child = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_worker_main, args=(child, fn), daemon=True)
-        self.proc.start()
+        with _sigint_ignored():  # from its first instruction: a Ctrl-C while it starts prints nothing there
+            self.proc.start()
         child.close()
         self.ready = False
         self.task: tuple[int, Any] | None = None
@@ -115,6 +125,30 @@ class _Worker:
             self.proc.kill()
         self.proc.join(timeout=10)
         self.conn.close()
+
+
+def reap_helpers() -> None:
+    """Stop and reap multiprocessing's resource tracker, which spawned workers start: left to itself it outlives
+    this process by a moment and lingers as a zombie until init collects it. Call it when the work is over."""
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    if getattr(tracker, "_pid", None) is not None:
+        tracker._stop()  # type: ignore[attr-defined]  # closes its pipe (it exits) and waits for it
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while a child starts (it inherits that, and Python then leaves it so). Only the main thread may
+    change signal handlers; workers started elsewhere ignore it from ``_worker_main`` on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class WorkerPool:
@@ -138,17 +172,20 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(now=exc_type is not None)
 
-    def close(self) -> None:
+    def close(self, now: bool = False) -> None:
+        """Stop the workers: each finishes its task first, unless ``now`` (the caller is leaving on an exception,
+        Ctrl-C included, so their work is not wanted)."""
         for w in self._workers:
             try:
                 w.conn.send(None)
             except (OSError, BrokenPipeError):
                 pass
         for w in self._workers:
-            w.proc.join(timeout=5)
+            if not now:
+                w.proc.join(timeout=5)
             w.kill()
         self._workers = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,7 +66,23 @@ def load_labels(spec: str) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
-    names = [clean_name(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not names:
+    lines = [(n, clean_name(line)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if line.strip()]
+    if not lines:
         raise ValueError(f"labels {spec!r}: no labels found (expected one label per line)")
+    names = [name for _, name in lines]
+    check_unique_labels(names, f"{spec}: ", [n for n, _ in lines], "lines")
     return names
+
+
+def check_unique_labels(names: Sequence[str], where: str = "", numbers: list[int] | None = None,
+                        unit: str = "positions") -> None:
+    """Refuse a label given twice (its probability would be split between the copies), naming each duplicate and
+    where it stands (``numbers``: each label's line, else its position from 1)."""
+    seen: dict[str, list[int]] = {}
+    for name, number in zip(names, numbers or range(1, len(names) + 1)):
+        seen.setdefault(name, []).append(number)
+    twice = sorted((name, at) for name, at in seen.items() if len(at) > 1)
+    if twice:
+        listed = ", ".join(f"{name!r} ({unit} {', '.join(map(str, at))})" for name, at in twice)
+        raise ValueError(f"{where}duplicate labels: {listed}; give each label once")

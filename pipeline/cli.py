@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,7 +134,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above,
     )
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
-                  retry_failed=args.retry_failed, forget_missing=args.forget_missing)
+                  retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
     return 0
 
@@ -168,6 +169,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     where = SearchFilter(args.path, args.label, args.after, args.before, args.kind)
     hits = search(args.index, args.query, args.topk, args.device, where)
+    from .jobs.tag.names import shown_name
+
+    for hit in hits:
+        hit["path"] = shown_name(hit["path"])  # a name that is not UTF-8 prints with its odd bytes as \xHH
     if args.format == "json":
         for hit in hits:
             print(json.dumps(hit))
@@ -175,6 +180,27 @@ def cmd_search(args: argparse.Namespace) -> int:
     for hit in hits:
         span = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
         print(f"{hit['score']:.4f}  {hit['path']}  ({span}; tagged {hit['labels'][0]})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .jobs.tag.index import open_indexes
+    from .jobs.tag.maintenance import verify_index
+
+    reports = [verify_index(index.folder) for index in open_indexes(Path(args.index))]
+    for report in reports:
+        print(report.line())
+        for problem in report.damaged:
+            print(f"  damaged: {problem}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def cmd_repair_index(args: argparse.Namespace) -> int:
+    from .jobs.tag.maintenance import repair_index
+
+    state = repair_index(Path(args.index).expanduser())
+    print(f"rebuilt {args.index}/state.json: videos at version {state.versions['videos']}, embeddings at version "
+          f"{state.versions['embeddings']}, {state.rows.get('videos', 0)} video rows; run_pipeline.py verify checks it")
     return 0
 
 
@@ -308,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="on a resume, tag again the unchanged files that failed before (error, timeout or crash; "
                         "e.g. with a longer --decode-timeout); a plain rerun skips them")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the tag index under OUT.index and start over (a resume never deletes it otherwise)")
     p.add_argument("--forget-missing", action="store_true",
                    help="delete the stored rows of files that no longer exist (a plain rerun keeps them); judged by each "
                         "file's existence now, so mind an unmounted drive")
@@ -335,6 +363,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_search)
+    p = sub.add_parser("verify", help="check a tag index: every file against its SHA-256, every table's row count")
+    p.add_argument("index", help="the OUT.index folder written by tag")
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("repair-index", help="rebuild a lost state.json of a tag index from its tables")
+    p.add_argument("index", help="the OUT.index folder written by tag")
+    p.set_defaults(func=cmd_repair_index)
     p = sub.add_parser("migrate-index", help="convert a tag index of the first format (manifest.json) in place")
     p.add_argument("index", help="the OUT.index folder")
     p.add_argument("--device", default="auto")
@@ -366,8 +400,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))  # every core this process is given
+    signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a job as Ctrl-C does: cleanly, in one line
     try:
         return args.func(args)
+    except KeyboardInterrupt as e:
+        print(str(e) if str(e).startswith("interrupted") else "interrupted", file=sys.stderr)
+        return 128 + _signal_received[0]
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a read-only folder, a permission: the file and what the system said
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    finally:
+        from .video.supervisor import reap_helpers
+
+        reap_helpers()
+
+
+_signal_received = [signal.SIGINT.value]
+
+
+def _terminated(signum: int, frame: object) -> None:
+    _signal_received[0] = signum
+    raise KeyboardInterrupt

@@ -94,6 +94,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_index(tmp_path):
 
 def test_compaction_keeps_every_row_and_bounds_fragments_and_versions(tmp_path, monkeypatch):
     monkeypatch.setattr(index_module, "COMPACT_EVERY", 4)
+    monkeypatch.setattr(index_module, "KEEP_VERSIONS", 0.0)  # versions a reader may hold are kept 2 minutes
     index = TagIndex.create(tmp_path / "i", _settings(), DIM)
     truth = _fill(index, 42, commit_every=2)  # 21 commits: compacted after the 4th, 8th, ... 20th
     ds = index.table("embeddings")

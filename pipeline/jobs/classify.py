@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import LinearProbe
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
@@ -34,6 +35,7 @@ class ClassifySettings:
     probe: Path | None = None  # a saved linear probe: classify with it instead of zero-shot (its classes win)
 
     def __post_init__(self) -> None:
+        check_unique_labels(self.classnames)
         for name in ("num_frames", "clips", "topk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")

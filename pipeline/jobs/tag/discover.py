@@ -1,8 +1,10 @@
 """Which files an archive holds: a folder searched recursively, or a manifest of paths."""
 from __future__ import annotations
 
+import errno
 import fnmatch
 import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -13,8 +15,12 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".m
 def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[str] = ()
              ) -> tuple[list[Path], list[dict]]:
     """Absolute paths of the videos under a folder (recursive, sorted) or listed in a manifest file (one path per line,
-    relative to the manifest; ``#`` comments), and error rows for folders that cannot be read. A file reached by two
-    names (a link to it in the same archive) is listed once, under the first.
+    relative to the manifest; ``#`` comments), and error rows for folders that cannot be read. A
+    file reached by two names (a link to it in the same archive) is listed once, under the first; a link to nothing, or one
+    of a loop, is listed under its own name (its error row then says so).
+
+    A manifest line is a name as it stands, spaces included; only where no such file exists is it taken without its
+    leading and trailing spaces. Its bytes need not be UTF-8 (names are read as the file system gives them).
 
     ``include``/``exclude`` are globs on the path relative to the folder (default: common video extensions).
     """
@@ -26,11 +32,14 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
         raise ValueError(f"{source}: --include/--exclude filter a folder's files; a manifest lists its files itself")
     if source.is_file():
         try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"{source}: cannot read the manifest: {e}") from None
-        paths = [(source.parent / line.strip()).resolve() for line in lines
-                 if line.strip() and not line.lstrip().startswith("#")]
+            lines = os.fsdecode(source.read_bytes()).splitlines()
+        except OSError as e:
+            raise ValueError(f"{source}: cannot read the manifest: {e.strerror}") from None
+        paths = []
+        for line in lines:
+            if line.strip() and not line.lstrip().startswith("#"):
+                named = source.parent / line
+                paths.append(_resolved(named if os.path.lexists(named) else source.parent / line.strip()))
         return list(dict.fromkeys(paths)), errors
 
     def unreadable(e: OSError) -> None:
@@ -43,8 +52,17 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
         wanted = any(fnmatch.fnmatch(rel, g) for g in include) if include else name.lower().endswith(
             VIDEO_EXTENSIONS)
         if wanted and not any(fnmatch.fnmatch(rel, g) for g in exclude):
-            found.append(Path(real).resolve() if is_link else Path(real))
+            found.append(_resolved(Path(real)) if is_link else Path(real))
     return list(dict.fromkeys(found)), errors  # a file linked to from inside the archive is listed once
+
+
+def _resolved(path: Path) -> Path:
+    """The real path of ``path``; a link to nothing, or one of a loop, stays itself (tagging gives it an error row,
+    ``unreadable_reason``)."""
+    try:
+        return Path(os.path.realpath(os.path.abspath(path), strict=True))
+    except OSError:
+        return Path(os.path.abspath(path))
 
 
 def _walk(source: Path, onerror: Callable[[OSError], None]) -> Iterator[tuple[str, str, bool]]:
@@ -88,3 +106,17 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why ``path`` cannot be decoded at all, found without opening it (a FIFO would block its reader): no such file,
+    a link to nothing, a link loop, not a regular file; None if it is a regular file."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "symlink loop"
+        if os.path.islink(path):
+            return "broken link: no such file"
+        return "no such file" if e.errno == errno.ENOENT else e.strerror or str(e)
+    return None if stat.S_ISREG(st.st_mode) else "not a regular file"

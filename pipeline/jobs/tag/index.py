@@ -16,12 +16,20 @@ IVF-PQ vector indexes and SQL filters evaluated before the vector search, and it
 nothing here holds the archive in memory. It is a format with a maintained library (``pylance``), on local disk or
 object storage, that DuckDB and Ray read too.
 
-Exactly once. A commit deletes the rows of paths being tagged again, appends to both tables (each change its own
-Lance version), then replaces state.json (written, fsynced, renamed) with both tables' new versions. A writer that
-opens the index first restores each table to the version state.json names, so a kill at any moment loses at most
-the commit under way; readers read the named versions only. A commit costs the same whatever the archive's size:
-state.json stays a few hundred bytes, and every ``COMPACT_EVERY`` commits small fragments are merged and the versions
-no longer named are deleted, so neither the fragment list nor the version history grows with the archive.
+Exactly once. A writer takes ``writer.lock`` before it writes anything (a second writer is refused). A commit deletes
+the rows of paths being tagged again, appends to both tables (each change its own Lance version), then replaces
+state.json (written, fsynced, renamed) with both tables' new versions. A writer that opens the index first restores
+each table to the version state.json names, so a kill at any moment loses at most the commit under way; readers read
+the named versions only. A folder whose state.json is lost is refused, never wiped: ``repair_index`` rebuilds it from
+the tables (the settings are also kept in each table's schema metadata), or ``tag --restart`` starts over.
+
+Integrity. Lance keeps no checksums of its data pages, so every file a commit adds is hashed (SHA-256) and recorded
+in state.json with its size, beside each table's row count; ``verify_index`` checks them all, and a read that fails
+names the damaged file (``IndexDamaged``).
+
+Compaction. Every ``COMPACT_EVERY`` commits small fragments are merged and versions older than ``KEEP_VERSIONS``
+seconds are deleted, so neither the fragment list nor the version history grows with the archive, while a reader
+that opened a recent version keeps reading it; one whose version is gone reopens the latest committed one.
 
 A sharded run (torchrun) writes one such index per rank, ``OUT.index/rank-R-of-N/``; readers open them all.
 """
@@ -30,19 +38,26 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
+from .checksums import checksums, differing, version_files
+from .names import file_name, stored_name
+
 FORMAT = "clip_video.tag_index"
 FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
 COMPACT_EVERY = 64  # commits between compactions
+KEEP_VERSIONS = 120.0  # seconds: compaction keeps the versions committed this recently (readers may hold them)
+SETTINGS_KEY = b"clip_video.index"  # each table's schema metadata: the settings and dim, for repair_index
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
 ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
 SCAN_BATCH = 16_384  # rows per streamed batch
@@ -98,6 +113,8 @@ class IndexState:
     commits: int = 0
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+    rows: dict[str, int] = field(default_factory=dict)  # table -> committed row count
+    files: dict[str, list] = field(default_factory=dict)  # "table.lance/..." -> [size, sha256] of each file read
 
     @classmethod
     def read(cls, folder: Path) -> IndexState:
@@ -106,6 +123,9 @@ class IndexState:
             if (folder / "manifest.json").exists():
                 raise ValueError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
                                  f"with: run_pipeline.py migrate-index {folder}")
+            if any((folder / f"{name}.lance").exists() for name in TagIndex.TABLES):
+                raise ValueError(f"{folder}: the tables are here but state.json is gone; rebuild it with "
+                                 f"run_pipeline.py repair-index {folder}, or start over with tag --restart")
             raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
         try:
             data = json.loads(path.read_text())
@@ -119,17 +139,39 @@ class IndexState:
 
     def write(self, folder: Path) -> None:
         """Atomically: a temporary file, fsynced, renamed over state.json, the folder fsynced."""
-        tmp = folder / "state.json.tmp"
-        with open(tmp, "w") as f:
-            json.dump(dataclasses.asdict(self), f)
+        write_atomically(folder / "state.json", json.dumps(dataclasses.asdict(self)).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` all or nothing: a unique temporary file beside it, fsynced, renamed over it, the folder
+    fsynced; the temporary is removed if anything fails (a full disk leaves no stray file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        tmp.replace(folder / "state.json")
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+class IndexDamaged(ValueError):
+    """A file of the index does not match its checksum, or a read of it failed."""
+
+    def __init__(self, folder: Path, table: str, file: str):
+        super().__init__(f"{folder}: damaged (table {table}, file {file}): run run_pipeline.py verify {folder}")
+        self.table, self.file = table, file
+
+
+T = TypeVar("T")
 
 
 class TagIndex:
@@ -137,40 +179,124 @@ class TagIndex:
 
     TABLES = ("videos", "embeddings")
 
-    def __init__(self, folder: Path, state: IndexState, write: bool):
+    def __init__(self, folder: Path, state: IndexState, write: bool, lock: Any = None):
+        """``write`` needs ``lock`` (``_lock(folder)``, taken before the state was read) or takes it now."""
         self.folder, self.state, self.writable = folder, state, write
         self.lance = import_lance()
-        if write:
-            self._lock = _lock(folder)
+        self._lock = (lock or _lock(folder)) if write else None
         self._tables: dict[str, Any] = {}
         self._indexed: tuple[int | None] | None = None  # (rows the vector index covers, or None), once read
+        try:
+            self._open_tables()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_tables(self) -> None:
         for name in self.TABLES:
-            version = state.versions.get(name, 0)
-            if write and not version and (self.folder / f"{name}.lance").exists():
-                shutil.rmtree(self.folder / f"{name}.lance")  # created by a first commit that was killed
+            version = self.state.versions.get(name, 0)
+            if self.writable and not version and (self.folder / f"{name}.lance").exists():
+                shutil.rmtree(self.folder / f"{name}.lance")  # this writer's first commit, killed before it counted
             if version:
-                ds = self.lance.dataset(str(self.folder / f"{name}.lance"), version=version)
-                if write and ds.latest_version != version:  # a commit was killed half way: undo its changes
+                path = str(self.folder / f"{name}.lance")
+                ds: Any = self._guarded(name, lambda p=path, v=version: self.lance.dataset(p, version=v))  # type: ignore[misc]
+                if self.writable and ds.latest_version != version:  # a commit was killed half way: undo its changes
                     ds.restore()
                     ds = self.lance.dataset(str(self.folder / f"{name}.lance"))
                 self._tables[name] = ds
 
     def close(self) -> None:
         """Release the writer's lock (also released when the process ends)."""
-        if self.writable:
+        if self._lock is not None:
             self._lock.close()
-            self.writable = False
+            self._lock = None
+        self.writable = False
 
     @classmethod
-    def create(cls, folder: Path, settings: dict, dim: int) -> TagIndex:
+    def create(cls, folder: Path, settings: dict, dim: int, lock: Any = None) -> TagIndex:
         folder.mkdir(parents=True, exist_ok=True)
+        lock = lock or _lock(folder)
         state = IndexState(settings, dim, {name: 0 for name in cls.TABLES})
-        state.write(folder)
-        return cls(folder, state, write=True)
+        try:
+            state.write(folder)
+        except BaseException:
+            lock.close()
+            raise
+        return cls(folder, state, write=True, lock=lock)
 
     @classmethod
     def open(cls, folder: Path, write: bool = False) -> TagIndex:
-        return cls(folder, IndexState.read(folder), write)
+        if not write:
+            return cls(folder, IndexState.read(folder), write)
+        lock = _lock(folder)  # before the state is read: what it says stays true while this writer runs
+        try:
+            state = IndexState.read(folder)
+        except BaseException:
+            lock.close()
+            raise
+        return cls(folder, state, True, lock)
+
+    @classmethod
+    def open_writer(cls, folder: Path, settings: dict, dim: int, restart: bool = False) -> TagIndex:
+        """The index in ``folder`` to write, created if the folder holds none; ``restart`` discards what it holds.
+        The lock comes first, so two writers racing to create it cannot overwrite each other's state."""
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"{folder}: is a file, not a tag index folder; remove it or use another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = _lock(folder)
+        try:
+            if restart:
+                for name in cls.TABLES:
+                    shutil.rmtree(folder / f"{name}.lance", ignore_errors=True)
+                (folder / "state.json").unlink(missing_ok=True)
+            if not (folder / "state.json").exists() and not (folder / "manifest.json").exists() and not any(
+                    (folder / f"{name}.lance").exists() for name in cls.TABLES):
+                return cls.create(folder, settings, dim, lock)
+            return cls(folder, IndexState.read(folder), True, lock)
+        except BaseException:
+            lock.close()
+            raise
+
+    # ---- damage and versions gone -----------------------------------------------------------------------------
+
+    def _guarded(self, table: str, read: Callable[[], T]) -> T:
+        """``read()`` of ``table``; Lance's errors become ``IndexDamaged`` naming the file (``_reopened`` first, when
+        a writer has committed since this index was opened: the version read may have been compacted away)."""
+        try:
+            return read()
+        except (OSError, ValueError) as e:
+            if isinstance(e, IndexDamaged) or not _is_lance_error(e):
+                raise
+            raise self._damage(table, str(e)) from None
+
+    def _damage(self, table: str, message: str) -> IndexDamaged:
+        bad = [f for f in differing(self.folder, self.state.files, sizes_only=True) if f.startswith(f"{table}.lance/")]
+        if not bad:
+            found = re.search(rf"{re.escape(table)}\.lance/((?:data|_deletions|_indices|_versions)/[^\s,:]+)", message)
+            bad = [f"{table}.lance/{found.group(1)}"] if found else differing(self.folder, self.state.files)
+        file = bad[0].split("/", 1)[1] if bad else "unknown: " + message.splitlines()[0][:200]
+        return IndexDamaged(self.folder, table, file)
+
+    def _reopened(self) -> bool:
+        """Reopen at the versions state.json names now, if it changed; returns whether it did."""
+        try:
+            state = IndexState.read(self.folder)
+        except ValueError:
+            return False
+        if state.versions == self.state.versions:
+            return False
+        self.state, self._tables, self._indexed = state, {}, None
+        self._open_tables()
+        return True
+
+    def _read(self, table: str, read: Callable[[], T]) -> T:
+        """A read that, if its version was deleted by a writer's compaction, is retried once on the latest."""
+        try:
+            return self._guarded(table, read)
+        except IndexDamaged:
+            if not self.writable and self._reopened():
+                return self._guarded(table, read)
+            raise
 
     # ---- reading --------------------------------------------------------------------------------------------------
 
@@ -178,8 +304,7 @@ class TagIndex:
         return self._tables.get(name)
 
     def count(self, name: str, where: str | None = None) -> int:
-        ds = self.table(name)
-        return 0 if ds is None else ds.count_rows(filter=where)
+        return self._read(name, lambda: self._tables[name].count_rows(filter=where) if name in self._tables else 0)
 
     def token_count(self) -> int:
         """K, the X-CLIP tokens each embedding row holds (0: none)."""
@@ -192,23 +317,42 @@ class TagIndex:
         """Path -> (size, mtime_ns) it was tagged at, for every stored path (tagged or failed)."""
         out: dict[str, tuple[int | None, int | None]] = {}
         for batch in self.scan("videos", ["path", "size", "mtime_ns"]):
-            out.update(zip(batch.column(0).to_pylist(), zip(batch.column(1).to_pylist(),
-                                                            batch.column(2).to_pylist())))
+            out.update(zip(map(file_name, batch.column(0).to_pylist()), zip(batch.column(1).to_pylist(),
+                                                                             batch.column(2).to_pylist())))
         return out
 
     def paths(self, where: str) -> set[str]:
-        """The stored paths whose video row matches ``where`` (SQL)."""
-        return {path for batch in self.scan("videos", ["path"], where=where) for path in batch.column(0).to_pylist()}
+        """The stored paths whose video row matches ``where`` (SQL), as file names."""
+        return {file_name(path) for batch in self.scan("videos", ["path"], where=where)
+                for path in batch.column(0).to_pylist()}
 
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
              batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
-        """The committed rows of a table in the order they were committed, as record batches of ``SCAN_BATCH``."""
-        ds = self.table(name)
-        if ds is None:
+        """The committed rows of a table in the order they were committed, as record batches of ``SCAN_BATCH``. A
+        scan whose version is compacted away before its first batch restarts on the latest; one cut later raises
+        ``IndexDamaged`` (a reader that must see every row, like the output writer, starts again)."""
+        def batches() -> Iterator[pa.RecordBatch]:
+            ds = self.table(name)
+            if ds is None:
+                return iter(())
+            return iter(ds.to_batches(columns=list(columns) if columns else None, filter=where,
+                                      batch_size=batch_rows or SCAN_BATCH, scan_in_order=True,
+                                      batch_readahead=READAHEAD, fragment_readahead=READAHEAD,
+                                      io_buffer_size=IO_BUFFER))
+
+        stream: Iterator[pa.RecordBatch] = iter(())
+
+        def start() -> pa.RecordBatch | None:
+            nonlocal stream
+            stream = batches()  # on the tables as (re)opened
+            return next(stream, None)
+
+        first = self._read(name, start)
+        if first is None:
             return
-        yield from ds.to_batches(columns=list(columns) if columns else None, filter=where,
-                                 batch_size=batch_rows or SCAN_BATCH, scan_in_order=True, batch_readahead=READAHEAD,
-                                 fragment_readahead=READAHEAD, io_buffer_size=IO_BUFFER)
+        yield first
+        while (batch := self._guarded(name, lambda: next(stream, None))) is not None:
+            yield batch
 
     def nearest(self, query: np.ndarray, k: int, where: str | None = None, columns: Sequence[str] = (),
                 nprobes: int = NPROBES, refine_factor: int = REFINE) -> pa.Table:
@@ -222,8 +366,9 @@ class TagIndex:
                                    "metric": "cosine"}
         if self.has_vector_index():
             nearest |= {"nprobes": nprobes, "refine_factor": refine_factor}
-        return ds.to_table(columns=[c for c in columns if c != "_distance"] + ["_distance"], filter=where,
-                           prefilter=where is not None, nearest=nearest)
+        return self._read("embeddings", lambda: self._tables["embeddings"].to_table(
+            columns=[c for c in columns if c != "_distance"] + ["_distance"], filter=where,
+            prefilter=where is not None, nearest=nearest))
 
     def video(self, video_id: int, columns: Sequence[str]) -> dict | None:
         """One video's row (``columns`` of the videos table that exist in it), or None if no row has this id."""
@@ -231,7 +376,8 @@ class TagIndex:
         if ds is None:
             return None
         present = [c for c in columns if c in ds.schema.names]
-        rows = ds.to_table(columns=present, filter=f"video_id = {int(video_id)}").to_pylist()
+        rows = self._read("videos", lambda: self._tables["videos"].to_table(
+            columns=present, filter=f"video_id = {int(video_id)}").to_pylist())
         return rows[0] if rows else None
 
     def segments(self, video_id: int, columns: Sequence[str]) -> list[dict]:
@@ -239,8 +385,9 @@ class TagIndex:
         ds = self.table("embeddings")
         if ds is None:
             return []
-        rows = ds.to_table(columns=list(columns), filter=f"video_id = {int(video_id)} AND kind = 'segment'")
-        return sorted(rows.to_pylist(), key=lambda r: (r["start_s"], r["end_s"]))
+        rows = self._read("embeddings", lambda: self._tables["embeddings"].to_table(
+            columns=list(columns), filter=f"video_id = {int(video_id)} AND kind = 'segment'").to_pylist())
+        return sorted(rows, key=lambda r: (r["start_s"], r["end_s"]))
 
     def indexed_rows(self) -> int | None:
         """Rows the vector index covers (later appends are searched exactly beside it), or None without one."""
@@ -259,7 +406,7 @@ class TagIndex:
         """Add one part atomically: rows of ``replace`` paths are deleted first (a changed file tagged again)."""
         assert self.writable, "opened read-only"
         if replace:
-            where = "path IN (" + ", ".join(sql_string(p) for p in replace) + ")"
+            where = "path IN (" + ", ".join(sql_string(stored_name(p)) for p in replace) + ")"
             for name in self.TABLES:
                 if self.table(name) is not None:
                     self._tables[name].delete(where)
@@ -276,17 +423,26 @@ class TagIndex:
         ds = self.table(name)
         if ds is not None and (extra := set(rows.column_names) - set(ds.schema.names)):
             rows = rows.drop_columns(sorted(extra))  # a column added since the index was written (posters)
+        if ds is None:  # the settings ride in the schema too: repair_index reads them if state.json is lost
+            rows = rows.replace_schema_metadata({SETTINGS_KEY: json.dumps(
+                {"settings": self.state.settings, "dim": self.state.dim})})
         self._tables[name] = self.lance.write_dataset(rows, ds if ds is not None else path,
                                                       mode="append" if ds is not None else "create")
 
     def _record(self, **changes: Any) -> None:
+        """Commit: state.json names the tables' current versions, their row counts and the checksums of the files
+        those versions read (the new ones hashed now)."""
         versions = {name: (ds.version if ds is not None else 0) for name, ds in
                     ((n, self.table(n)) for n in self.TABLES)}
-        self.state = dataclasses.replace(self.state, versions=versions, **changes)
+        rows = {name: ds.count_rows() for name, ds in self._tables.items()}
+        read = [rel for name, ds in self._tables.items() for rel in version_files(name, ds)]
+        recorded = checksums(self.folder, read, self.state.files)
+        self.state = dataclasses.replace(self.state, versions=versions, rows=rows, files=recorded, **changes)
         self.state.write(self.folder)
 
     def compact(self) -> None:
-        """Merge small fragments, then delete the versions state.json no longer names (and their files)."""
+        """Merge small fragments, then delete the versions older than ``KEEP_VERSIONS`` seconds that state.json no
+        longer names (and their files)."""
         for name in self.TABLES:
             ds = self.table(name)
             if ds is not None:
@@ -296,7 +452,7 @@ class TagIndex:
         for name in self.TABLES:
             ds = self.table(name)
             if ds is not None:
-                ds.cleanup_old_versions(older_than=timedelta(0), delete_unverified=True)
+                ds.cleanup_old_versions(older_than=timedelta(seconds=KEEP_VERSIONS), delete_unverified=True)
 
     def build_indexes(self) -> None:
         """What a writer runs when it is done: the vector index (from ``ANN_MIN_ROWS``) and the lookup indexes."""
@@ -351,16 +507,29 @@ class TagIndex:
 def _lock(folder: Path) -> Any:
     """An exclusive lock on the index for this process's lifetime: a second writer would undo the first one's
     commit under way (it restores the committed versions), so it is refused instead."""
+    return exclusive_lock(folder / "writer.lock", f"{folder}: another process is writing this tag index; wait for it "
+                                                  "or use another --out")
+
+
+def exclusive_lock(path: Path, busy: str) -> Any:
+    """An open file holding ``flock(LOCK_EX)`` on ``path`` (released when closed, or when the process ends); a lock
+    held elsewhere raises ``ValueError(busy)``."""
     import fcntl
 
-    handle = open(folder / "writer.lock", "a")  # noqa: SIM115 - held open for as long as the index is written
+    handle = open(path, "a")  # noqa: SIM115 - held open for as long as the lock is
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ValueError(f"{folder}: another process is writing this tag index; wait for it or use another --out") \
-            from None
+        raise ValueError(busy) from None
     return handle
+
+
+def _is_lance_error(e: BaseException) -> bool:
+    """Whether an exception came from Lance's reader (its errors are ValueErrors and OSErrors naming LanceError or
+    a missing object), not from this code."""
+    text = str(e)
+    return "LanceError" in text or "Not found" in text or "lance" in type(e).__module__.lower()
 
 
 def sql_string(value: str) -> str:

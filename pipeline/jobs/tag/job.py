@@ -20,10 +20,12 @@ through the same code, without decoding; ``search`` (``query``) ranks the stored
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import time
 import zlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,15 +35,17 @@ from tqdm import tqdm
 
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
+from datasets.labels import check_unique_labels
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.runtime import RuntimeSettings
 from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
-from .discover import LISTING_FAILURE, discover, file_stamp
+from .discover import LISTING_FAILURE, discover, file_stamp, unreadable_reason
 from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
-from .scoring import Scorer, check_output, label_scorer, write_outputs
+from .names import file_name, stored_name
+from .scoring import Scorer, check_output, label_scorer, output_lock, write_outputs
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class TagSettings:
     def __post_init__(self) -> None:
         if not self.labels:
             raise ValueError("tag needs at least one label")
+        check_unique_labels(self.labels)
         if self.above is not None and not 0 < self.above < 1:
             raise ValueError(f"above ({self.above}) must lie in (0, 1)")
         for key in ("num_frames", "topk", "commit_every"):
@@ -189,7 +194,7 @@ def _fixed_rows(values: np.ndarray, width: int) -> pa.FixedSizeListArray:
 
 def _video_row(video_id: int, path: str, stamp: tuple | None, status: str) -> dict:
     size, mtime = stamp if stamp is not None else (None, None)
-    return {"video_id": video_id, "path": path, "size": size, "mtime_ns": mtime, "status": status}
+    return {"video_id": video_id, "path": stored_name(path), "size": size, "mtime_ns": mtime, "status": status}
 
 
 def shard_of(path: str, world: int) -> int:
@@ -214,14 +219,14 @@ def _failure(error: str) -> tuple[str, str, str]:
     return status, stage, reason
 
 
-def open_for_tagging(folder: Path, identity: dict, dim: int) -> TagIndex:
-    """The index to resume, or a new one; a resume whose settings changed is refused, naming them."""
-    if not (folder / "state.json").exists():
-        return TagIndex.create(folder, identity, dim)
-    index = TagIndex.open(folder, write=True)
+def open_for_tagging(folder: Path, identity: dict, dim: int, restart: bool = False) -> TagIndex:
+    """The index to resume, or a new one (``restart``: the folder's is discarded); a resume whose settings changed is
+    refused, naming them."""
+    index = TagIndex.open_writer(folder, identity, dim, restart)
     if changed := changed_settings(index.state.settings, identity):
+        index.close()
         raise ValueError(f"{folder}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
-                         "use another --out or delete the index to start over")
+                         "use another --out, or --restart to discard the index and start over")
     return index
 
 
@@ -232,7 +237,9 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
     again)."""
     stored = index.stamps()
     failed = index.paths("status != 'ok'") if retry_failed else set()
-    todo = [p for p in paths if stored.get(str(p)) != file_stamp(p) or str(p) in failed]
+    # a file that is gone has no stamp, stored as (None, None): it stays an error row until it appears
+    todo = [p for p in paths if str(p) not in stored or stored[str(p)] != (file_stamp(p) or (None, None))
+            or str(p) in failed]
     retagged = {str(p) for p in todo if str(p) in stored} | {e["path"] for e in listing_errors if e["path"] in stored}
     return todo, retagged
 
@@ -276,64 +283,101 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
 
     def commit() -> None:
         if len(part):
-            index.commit(*part.tables(), replace=[v["path"] for v in part.videos if v["path"] in retagged])
+            names = [file_name(v["path"]) for v in part.videos]
+            index.commit(*part.tables(), replace=[name for name in names if name in retagged])
             part.clear()
 
-    tasks = [settings.task(str(p), model.preprocess) for p in todo]
     failed: dict[str, int] = {}
     ok = 0
+    tasks = []
+    for p in todo:  # what cannot be opened at all (gone, a link to nothing, a FIFO) is an error row without a worker
+        if (reason := unreadable_reason(p)) is not None:
+            part.add_failure(video_id(), str(p), file_stamp(p), "error", "open", reason)
+            failed["error"] = failed.get("error", 0) + 1
+        else:
+            tasks.append(settings.task(str(p), model.preprocess))
     bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
-    for task, video, error in stream:
-        stamp = file_stamp(Path(task.path))
-        if video is None:
-            status, stage, reason = _failure(error or "error: decode: no result")
-            part.add_failure(video_id(), task.path, stamp, status, stage, reason)
-            failed[status] = failed.get(status, 0) + 1
-        else:
-            part.add_video(video_id(), task.path, stamp, video)
-            ok += 1
-        bar.update()
-        if len(part) >= settings.commit_every:
-            commit()
+    try:
+        for task, video, error in stream:
+            stamp = file_stamp(Path(task.path))
+            if video is None:
+                status, stage, reason = _failure(error or "error: decode: no result")
+                part.add_failure(video_id(), task.path, stamp, status, stage, reason)
+                failed[status] = failed.get(status, 0) + 1
+            else:
+                part.add_video(video_id(), task.path, stamp, video)
+                ok += 1
+            bar.update()
+            if len(part) >= settings.commit_every:
+                commit()
+    finally:
+        getattr(stream, "close", lambda: None)()  # its decode workers stop now, on an exception too
+        bar.close()
     commit()
-    bar.close()
     index.build_indexes()
     return len(todo), ok, failed
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during ``tag``: what was committed stays, and a rerun resumes from it."""
+
+    def __init__(self, committed: int):
+        super().__init__(f"interrupted: {committed} videos committed; rerun the same command to resume")
+        self.committed = committed
+
+
 def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: Sequence[str] = (),
-        exclude: Sequence[str] = (), retry_failed: bool = False, forget_missing: bool = False,
+        exclude: Sequence[str] = (), retry_failed: bool = False, forget_missing: bool = False, restart: bool = False,
         progress: bool = True) -> TagSummary:
     """Tag every video of ``source`` (folder or manifest) into ``out`` and its siblings; resumable (see module doc).
     A rerun skips the files stored unchanged, failures included, unless ``retry_failed`` (a timeout or crash may
     not recur, say with a longer ``decode_timeout_s``): their rows are then replaced. Rows of files deleted since
-    stay, unless ``forget_missing`` (``forget_missing_files``)."""
+    stay, unless ``forget_missing`` (``forget_missing_files``); ``restart`` discards the index and starts over.
+
+    The index's lock and the outputs' are taken before any work and held until the outputs are written, so a second
+    writer of either is refused at once."""
     start = time.perf_counter()
     rt = settings.runtime
     out = Path(out).expanduser().resolve()
-    check_output(out)
-    paths, listing_errors = discover(source, include, exclude)
     rank, world, device = init_distributed(resolve_device(rt.device))
     folder = index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}"
+    check_output(out, index_folder(out))
+    paths, listing_errors = discover(source, include, exclude)
     if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
         paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
-    model = load_model(rt.model, device, rt.precision, settings.pooling)
-    settings = settings.resolved(model)
-    assert settings.templates is not None
-    identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
-    scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
-    index = open_for_tagging(folder, identity, model.embed_dim)
-    try:
-        forgotten = forget_missing_files(index) if forget_missing else 0
-        todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world), progress,
-                                     retry_failed)
-    finally:
-        index.close()
-    barrier(world)
-    if rank == 0:  # every rank's index into one set of outputs
-        write_outputs(open_indexes(index_folder(out)), out, scorer, settings.topk)
+    with output_lock(out) if rank == 0 else nullcontext():
+        model = load_model(rt.model, device, rt.precision, settings.pooling)
+        settings = settings.resolved(model)
+        assert settings.templates is not None
+        identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
+        scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
+        index = open_for_tagging(folder, identity, model.embed_dim, restart)
+        committed = index.count("videos")
+        try:
+            forgotten = forget_missing_files(index) if forget_missing else 0
+            todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world),
+                                         progress, retry_failed)
+            barrier(world)
+            if rank == 0:  # every rank's index into one set of outputs, under this rank's lock
+                write_outputs(open_indexes(index_folder(out)), out, scorer, settings.topk)
+        except KeyboardInterrupt:
+            raise Interrupted(index.state.rows.get("videos", committed) - committed) from None
+        except OSError as e:
+            raise disk_error(e, out) from None
+        finally:
+            index.close()
     barrier(world)
     return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten)
+
+
+def disk_error(e: OSError, out: Path) -> Exception:
+    """A full or read-only disk under ``out`` as one line (committed work is kept); any other OSError as it is."""
+    text = f"{e.strerror or ''} {e}".lower()
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota exceeded" in text:
+        return ValueError(f"{out}: no space left on device; committed work is kept")
+    if e.errno == errno.EROFS or "read-only file system" in text:
+        return ValueError(f"{out}: read-only file system; committed work is kept")
+    return e

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datasets.labels import check_unique_labels
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, resolve_device
 from pipeline.video.supervisor import trim_heap
 
 from .index import TagIndex, common_settings, open_indexes, sql_string
-from .scoring import check_output, label_scorer, write_outputs
+from .names import file_name
+from .scoring import check_output, label_scorer, output_lock, write_outputs
 
 HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]
 # X-CLIP: the vector search takes this many times k candidates by the plain text embedding, which are then re-ranked
@@ -82,7 +84,7 @@ def nearest(indexes: Sequence[TagIndex], query: np.ndarray, k: int, where: Searc
         extra = (["vector", "tokens"] if index.token_count() else ["vector"]) if states else []
         table = index.nearest(query, k, where=sql, columns=HIT_COLUMNS + extra)
         for row in table.to_pylist():
-            hit = {"video_id": row["video_id"], "path": row["path"], "kind": row["kind"], "start_s": row["start_s"],
+            hit = {"video_id": row["video_id"], "path": file_name(row["path"]), "kind": row["kind"], "start_s": row["start_s"],
                    "end_s": row["end_s"], "labels": [row["label"]], "score": 1.0 - float(row["_distance"])}
             if states:
                 tokens = row.get("tokens")
@@ -126,14 +128,16 @@ def search(index_path: str | Path, query: str, topk: int = 10, device: str = "au
 def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templates: str | None = None,
           topk: int | None = None, device: str = "auto", above: float | None = None) -> Path:
     """Score a tag index against a new vocabulary without decoding; writes OUT and its siblings, as tag would."""
+    check_unique_labels(labels)
     indexes = open_indexes(Path(index_path))
     settings = common_settings(indexes)
     out = Path(out).expanduser().resolve()
     check_output(out)
-    model = index_model(settings, device)
-    k = topk or settings["topk"]
-    scorer = label_scorer(model, labels, templates or settings["templates"], k, above)  # X-CLIP's keeps the model
-    del model
-    trim_heap()  # only the label texts are needed from here: the model's memory goes back before streaming
-    write_outputs(indexes, out, scorer, k)
+    with output_lock(out):
+        model = index_model(settings, device)
+        k = topk or settings["topk"]
+        scorer = label_scorer(model, labels, templates or settings["templates"], k, above)  # X-CLIP's keeps the model
+        del model
+        trim_heap()  # only the label texts are needed from here: the model's memory goes back before streaming
+        write_outputs(indexes, out, scorer, k)
     return out

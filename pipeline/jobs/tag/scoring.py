@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
@@ -18,7 +21,8 @@ from pipeline.model_interface import LabelScorer, VideoState, VideoTextModel
 from pipeline.prompts import load_templates
 from pipeline.video.supervisor import trim_heap
 
-from .index import SCAN_BATCH, TagIndex
+from .index import SCAN_BATCH, IndexDamaged, TagIndex, exclusive_lock
+from .names import file_name, shown_name
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 # Tables written between two trim_heap calls. Each batch's short-lived NumPy, list and Arrow buffers fragment the
@@ -203,13 +207,27 @@ def error_rows(index: TagIndex) -> Iterator[pa.Table]:
         yield pa.Table.from_batches([batch])
 
 
+def shown_paths(table: pa.Table) -> pa.Table:
+    """``table`` with its stored file names (``index.stored_name``) as they are shown: bytes that are not UTF-8 as
+    ``\\xHH``."""
+    column = table.column("path")
+    if not pa.compute.any(pa.compute.match_substring(column, "\x00")).as_py():
+        return table
+    shown = pa.array([None if p is None else shown_name(file_name(p)) for p in column.to_pylist()], pa.string())
+    return table.set_column(table.schema.get_field_index("path"), "path", shown)
+
+
 class TableWriter:
-    """Rows appended in batches to a .parquet, .csv or .jsonl file (by suffix) under a temporary name, renamed into
-    place by ``close``: readers never see half a file, and a failed write leaves the old file alone."""
+    """Rows appended in batches to a .parquet, .csv or .jsonl file (by suffix) under a unique temporary name in the
+    same folder, renamed into place by ``close``: readers never see half a file, a failed write leaves the old file
+    alone, and no two writers share a temporary."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         self.path, self.schema = path, schema
-        self.tmp = path.with_name(path.name + ".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.chmod(tmp, 0o644)
+        self.tmp = Path(tmp)
         self._writer: Any
         if path.suffix == ".parquet":
             self._writer = pq.ParquetWriter(self.tmp, schema)
@@ -220,7 +238,7 @@ class TableWriter:
             self._writer = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def write(self, table: pa.Table) -> None:
-        table = table.select(self.schema.names).cast(self.schema)
+        table = shown_paths(table.select(self.schema.names).cast(self.schema))
         if self.path.suffix in (".parquet", ".csv"):
             self._writer.write_table(table)
         else:
@@ -237,7 +255,18 @@ class TableWriter:
 
 
 def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
-    """OUT and its .segments and .errors siblings from every index (ranks in order), streamed."""
+    """OUT and its .segments and .errors siblings from every index (ranks in order), streamed; begun again once on
+    the latest committed versions if a writer's compaction took away the ones being read. The caller holds
+    ``output_lock(out)``."""
+    try:
+        _write_outputs(indexes, out, scorer, topk)
+    except IndexDamaged:
+        if not any([index._reopened() for index in indexes]):
+            raise
+        _write_outputs(indexes, out, scorer, topk)
+
+
+def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
     schemas = output_schemas(topk)
     writers = {"videos": TableWriter(out, schemas["videos"]),
                "segments": TableWriter(sibling(out, "segments"), schemas["segments"]),
@@ -272,10 +301,29 @@ def sibling(out: Path, what: str) -> Path:
     return out.with_name(f"{out.stem}.{what}{out.suffix}")
 
 
-def check_output(out: Path) -> None:
-    """Refuse a bad ``--out`` before any work is done; create its folder, as benchmark and train do."""
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Held while OUT and its siblings are written (a hidden ``.OUT.lock`` beside them): a second writer of the same
+    outputs, ``tag`` or ``retag``, is refused instead of interleaving its files with this one's."""
+    handle = exclusive_lock(out.with_name(f".{out.name}.lock"), f"{out}: another process is writing {out.name} "
+                                                                "(or its .segments and .errors); wait for it or use "
+                                                                "another --out")
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def check_output(out: Path, index: Path | None = None) -> None:
+    """Refuse a bad ``--out`` (and the ``index`` folder beside it) before any work is done; create its folder, as
+    benchmark and train do."""
     if out.suffix not in FORMATS:
         raise ValueError(f"--out {out}: the file name must end in {', '.join(FORMATS)}")
+    for path in (out, sibling(out, "segments"), sibling(out, "errors")):
+        if path.is_dir():
+            raise ValueError(f"--out {out}: {path}: is a folder; name a file")
+    if index is not None and index.exists() and not index.is_dir():
+        raise ValueError(f"--out {out}: {index}: is a file, not a tag index folder; remove it or use another --out")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +331,9 @@ def check_output(out: Path) -> None:
         raise ValueError(f"--out {out}: {parent} is not a folder") from None
     except OSError as e:
         raise ValueError(f"--out {out}: cannot create folder {parent}: {e.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"--out {out}: folder {parent} is not writable")
+    for folder in (parent, *([index] if index is not None and index.is_dir() else [])):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            raise ValueError(f"--out {out}: {folder} is on a read-only file system")
+        if not os.access(folder, os.W_OK):
+            raise ValueError(f"--out {out}: folder {folder} is not writable")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import urllib.parse
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,12 +28,13 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.background import BackgroundTask
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from ..tag.index import IndexDamaged
 from ..tag.query import SearchFilter
-from .archive import Archive, FileChanged, NotFound
+from .archive import Archive, FileChanged, ListedFile, NotFound
 
+LOG = logging.getLogger(__name__)
 STATIC = Path(__file__).with_name("static")
 TOKEN_COOKIE = "clip_video_token"
 MAX_ID = 2**62
@@ -68,14 +70,20 @@ def create_app(index: str | Path, *, token: str | None = None, device: str = "cp
     async def check_token(request: Request, call_next):
         if token is None:
             return await call_next(request)
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
         given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
-                 or request.headers.get("authorization", "").removeprefix("Bearer "))
+                 or (credentials.strip() if scheme.lower() == "bearer" else ""))
         if not hmac.compare_digest(given.encode(), token.encode()):
             return JSONResponse({"detail": "a token is required: open the link serve printed"}, status_code=401)
         response = await call_next(request)
         if request.query_params.get("token"):  # the page's own requests then carry it as a cookie
             response.set_cookie(TOKEN_COOKIE, token, path="/", httponly=True, samesite="strict")
         return response
+
+    @app.exception_handler(IndexDamaged)
+    async def damaged(request: Request, e: IndexDamaged) -> JSONResponse:  # which file, not a traceback
+        LOG.error("%s", e)
+        return JSONResponse({"detail": str(e)}, status_code=500)
 
     @app.get("/api/labels")
     def labels() -> list[str]:
@@ -112,7 +120,7 @@ def create_app(index: str | Path, *, token: str | None = None, device: str = "cp
             "Cache-Control": "private, max-age=3600" if shows_video else "no-store",
             "X-Thumbnail": "frame" if shows_video else "placeholder"})
 
-    @app.get("/api/videos/{video_id}/media")
+    @app.api_route("/api/videos/{video_id}/media", methods=["GET", "HEAD"])
     def media(video_id: VideoId) -> FileResponse:
         try:
             listed = archive.open_listed(video_id)
@@ -120,13 +128,28 @@ def create_app(index: str | Path, *, token: str | None = None, device: str = "cp
             raise HTTPException(404, str(e)) from None
         except FileChanged as e:
             raise HTTPException(409, str(e)) from None
-        # the descriptor that was checked is the one read (through /proc), and closed after the response
-        return FileResponse(listed.opened(), media_type=listed.media_type, background=BackgroundTask(listed.close))
+        return ListedFileResponse(listed)
 
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="page")
     if allowed_hosts is not None:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     return app
+
+
+class ListedFileResponse(FileResponse):
+    """The checked descriptor's file (read through /proc, so what was checked is what is sent), closed once the
+    response is done, whatever it was: a 206, a 200, or a 416 or 400 for a bad Range (a background task would not
+    run on those, and every bad request would keep a descriptor open)."""
+
+    def __init__(self, listed: ListedFile):
+        super().__init__(listed.opened(), media_type=listed.media_type)
+        self.listed = listed
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.listed.close()
 
 
 def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,

@@ -28,6 +28,7 @@ from pipeline.thumbnails import ThumbnailTask, jpeg, thumbnail_jpeg
 from pipeline.video.supervisor import WorkerPool
 
 from ..tag.index import TagIndex, common_settings, open_indexes
+from ..tag.names import file_name, shown_name
 from ..tag.query import SearchFilter, index_model, text_search
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class ListedFile:
     path: Path  # as the index lists it
     media_type: str
     fd: int
+    _open: bool = True
 
     def opened(self, pid: int | None = None) -> str:
         """A path that reads this descriptor's file (in this process, or in process ``pid``, e.g. a worker's)."""
@@ -71,7 +73,10 @@ class ListedFile:
         return f"/proc/{'self' if pid is None else pid}/fd/{self.fd}"
 
     def close(self) -> None:
-        os.close(self.fd)
+        """Close the descriptor (once; a second call does nothing)."""
+        if self._open:
+            object.__setattr__(self, "_open", False)
+            os.close(self.fd)
 
 
 class Archive:
@@ -113,7 +118,8 @@ class Archive:
         with self._model_lock:  # one text encoder, loaded on the first query, used by one request at a time
             if self._model is None:
                 self._model = index_model(self.settings, self._device)
-        return text_search(self._model, self.indexes, query, k, where, lock=self._model_lock)
+        hits = text_search(self._model, self.indexes, query, k, where, lock=self._model_lock)
+        return [hit | {"path": shown_name(hit["path"])} for hit in hits]  # JSON: names that are not UTF-8 as \xHH
 
     # ---- one video ------------------------------------------------------------------------------------------------
 
@@ -129,6 +135,7 @@ class Archive:
         row = self._find(video_id, VIDEO_FIELDS)
         segments = [s for index in self.indexes for s in index.segments(video_id, SEGMENT_FIELDS)]
         row = {k: v for k, v in row.items() if k not in ("size", "mtime_ns")}
+        row["path"] = shown_name(file_name(row["path"]))
         row["media_type"] = media_type(Path(row["path"]))
         return {"video": row, "segments": segments}
 
@@ -138,9 +145,9 @@ class Archive:
         row = self._find(video_id, ("path", "status", "size", "mtime_ns"))
         if row["status"] != "ok":
             raise NotFound(f"video {video_id} was not tagged ({row['status']}): there is no picture of it to show")
-        path = Path(row["path"])
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        path = Path(file_name(row["path"]))
+        try:  # never blocks: a FIFO or device swapped in for the file is opened, found not regular, and refused
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError:
             raise FileChanged(f"video {video_id}: its file is gone or is now a link") from None
         try:

@@ -1,5 +1,6 @@
 """Archive scale without a model: build a tag index of N videos through the code path tag commits with, then time
-commits, resume, search (exact and approximate, with recall@10 against exact) and retag, with peak memory.
+commits, resume, search (exact and approximate, with recall@10 against exact), verify (every file's SHA-256) and
+retag, with peak memory.
 
     python benchmarks/bench_index.py --videos 100000 --windows-per-video 10 --dim 512 --out /tmp/bench_index
 
@@ -182,6 +183,15 @@ def child(args: argparse.Namespace) -> dict:
                 "retag_rows_per_s": round(rows / streamed[0]),
                 "read_vectors_rows_per_s": round(rows / read), "retag_peak_rss_mb": round(peak_rss_mb()),
                 "retag_stream_start_rss_mb": round(stream_peak[0]), "retag_stream_peak_rss_mb": round(stream_peak[1])}
+    if args.child == "verify":
+        from pipeline.jobs.tag.maintenance import verify_index
+
+        t = time.perf_counter()
+        report = verify_index(out / "tags.index")
+        seconds = time.perf_counter() - t
+        assert report.ok, report.line()
+        return {"verify_s": round(seconds, 1), "verify_files": report.files, "verify_gb": round(report.bytes / 1e9, 2),
+                "verify_gb_per_s": round(report.bytes / 1e9 / seconds, 2), "verify_peak_rss_mb": round(peak_rss_mb())}
     return search_child(args)
 
 
@@ -235,7 +245,7 @@ def main() -> None:
     p.add_argument("--centres", type=int, default=4000, help="cluster centres of the embeddings")
     p.add_argument("--uniform", action="store_true", help="uniform random unit vectors instead of clusters")
     p.add_argument("--out", required=True, help="folder for the archive stand-ins and tags.index (replaced)")
-    p.add_argument("--child", choices=("resume", "search", "retag"), help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=("resume", "search", "retag", "verify"), help=argparse.SUPPRESS)
     p.add_argument("--skip-retag", action="store_true")
     args = p.parse_args()
     if args.child:
@@ -244,7 +254,7 @@ def main() -> None:
     torch.set_grad_enabled(False)
     report = build(args)
     print(json.dumps(report), flush=True)
-    for what in ("resume", "search", *(() if args.skip_retag else ("retag",))):
+    for what in ("resume", "search", "verify", *(() if args.skip_retag else ("retag",))):
         cmd = [sys.executable, __file__, "--child", what, *sys.argv[1:]]
         done = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1"})
         if done.returncode:

@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -68,15 +69,17 @@ def last_lines(err: str) -> list[str]:
 
 
 def probe_kills(folder: Path, kills: int) -> tuple[bool, str]:
-    archive, labels = make_archive(folder, 24)
+    archive, labels = make_archive(folder, 48)
     clean = folder / "clean.csv"
+    start = time.perf_counter()
     assert run(tag_cmd(archive, clean, labels)).returncode == 0
+    seconds = time.perf_counter() - start
     out, state = folder / "t.csv", folder / "t.csv.index" / "state.json"
     rng, done = random.Random(0), 0
     for _ in range(kills):
         proc = subprocess.Popen(tag_cmd(archive, out, labels), cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(1.5, 5.0))  # start-up is ~1.5 s: anywhere from the first commit to the outputs
+        time.sleep(rng.uniform(0.3, 1.0) * seconds)  # anywhere from start-up to the outputs of a whole run
         if proc.poll() is None:
             proc.kill()
             done += 1
@@ -121,8 +124,10 @@ def probe_compaction(folder: Path, readers: int) -> tuple[bool, str]:
         _fill(writer, 2, commit_every=1, seed=k, prefix=f"/p{k}")
         k += 1
     results = [p.communicate(timeout=60) for p in procs]
-    reads = sum(int(out.split()[0]) for out, _ in results)
-    failures = sum(int(out.split()[1]) for out, _ in results)
+    counts = [out.split() for out, _ in results]
+    if any(len(c) != 2 for c in counts):  # a reader that died outside its loop
+        raise RuntimeError("a reader died: " + " | ".join(err.strip()[-300:] for _, err in results))
+    reads, failures = sum(int(c[0]) for c in counts), sum(int(c[1]) for c in counts)
     return failures == 0, f"{reads} reads by {readers} readers across {writer.state.commits} commits " \
                           f"({writer.state.commits // 4} compactions): {failures} failed"
 
@@ -219,7 +224,9 @@ def probe_server(folder: Path, requests: int) -> tuple[bool, str]:
         victim = archive / "v001.mp4"
         victim.unlink()
         os.mkfifo(victim)
-        fifo = client.get(f"/api/videos/{ids['v001.mp4']}/media", headers=auth, timeout=20).status_code
+        with ThreadPoolExecutor(1) as pool:  # a server that blocked on it would time out here
+            fifo = pool.submit(client.get, f"/api/videos/{ids['v001.mp4']}/media", headers=auth).result(timeout=20)
+        fifo = fifo.status_code
     held = leaked <= 2 and not any(c >= 500 for c in codes) and fifo == 409
     return held, f"{requests} bad requests: {dict(sorted(codes.items()))}, {leaked} descriptors left; FIFO: {fifo}"
 

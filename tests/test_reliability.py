@@ -247,6 +247,15 @@ def test_a_reader_open_across_compaction_still_reads(tmp_path, monkeypatch, clip
     hits = reader.nearest(np.ones(32, np.float32), 5, columns=["path"])
     assert hits.num_rows == 5
     assert reader.count("embeddings") == writer.count("embeddings")
+    stale = reader.state  # a reader that read state.json just before the writer compacted its versions away
+    _fill(writer, 8, commit_every=2, seed=5, prefix="/last")
+    with pytest.raises(index_module.IndexDamaged):
+        TagIndex(tmp_path / "i", stale, write=False)
+    reads = iter([stale])
+    real_read = index_module.IndexState.read
+    monkeypatch.setattr(index_module.IndexState, "read", classmethod(
+        lambda cls, folder: next(reads, None) or real_read(folder)))
+    assert TagIndex.open(tmp_path / "i").count("embeddings") == writer.count("embeddings")  # it read state again
 
 
 # ---- 11: bad --out ----------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ FORMAT = "clip_video.tag_index"
 FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
 COMPACT_EVERY = 64  # commits between compactions
 KEEP_VERSIONS = 120.0  # seconds: compaction keeps the versions committed this recently (readers may hold them)
+REOPEN_TRIES = 3  # a reader reopens at most this often in a row when a writer's compaction took its version away
 SETTINGS_KEY = b"clip_video.index"  # each table's schema metadata: the settings and dim, for repair_index
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
 ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
@@ -226,7 +227,14 @@ class TagIndex:
 
     @classmethod
     def open(cls, folder: Path, write: bool = False) -> TagIndex:
-        if not write:
+        if not write:  # a writer may compact away the versions just read from state.json: read it again then
+            for _ in range(REOPEN_TRIES - 1):
+                state = IndexState.read(folder)
+                try:
+                    return cls(folder, state, write)
+                except IndexDamaged:
+                    if IndexState.read(folder).versions == state.versions:
+                        raise
             return cls(folder, IndexState.read(folder), write)
         lock = _lock(folder)  # before the state is read: what it says stays true while this writer runs
         try:
@@ -279,15 +287,23 @@ class TagIndex:
 
     def _reopened(self) -> bool:
         """Reopen at the versions state.json names now, if it changed; returns whether it did."""
-        try:
-            state = IndexState.read(self.folder)
-        except ValueError:
-            return False
-        if state.versions == self.state.versions:
-            return False
-        self.state, self._tables, self._indexed = state, {}, None
-        self._open_tables()
-        return True
+        seen, failed = self.state.versions, None
+        for _ in range(REOPEN_TRIES):
+            try:
+                state = IndexState.read(self.folder)
+            except ValueError:
+                break
+            if state.versions == seen:
+                break
+            self.state, self._tables, self._indexed = state, {}, None
+            try:
+                self._open_tables()
+                return True
+            except IndexDamaged as e:  # compacted away again while it was being opened: try the newer state
+                seen, failed = state.versions, e
+        if failed is not None:  # the tables are closed: never go on reading nothing
+            raise failed
+        return False
 
     def _read(self, table: str, read: Callable[[], T]) -> T:
         """A read that, if its version was deleted by a writer's compaction, is retried once on the latest."""

@@ -1,7 +1,10 @@
 """Benchmark and training configs: YAML validated into frozen dataclasses at load, with one-line errors naming the key.
 
     cfg = load_config("configs/ucf101_zero_shot.yaml", overrides=["model=ViT-B/16", "dataset.splits=[1]"])
-    cfg = load_config("configs/train_world.yaml", cls=TrainConfig)
+    cfg = load_config("train_world", cls=TrainConfig)   # a shipped config by name, from anywhere
+
+The protocols ship inside the package (``configs/*.yaml`` is package data), so a name, or a ``configs/NAME.yaml`` path
+that does not exist where the command runs, finds the shipped file.
 """
 from __future__ import annotations
 
@@ -227,8 +230,29 @@ def apply_override(data: dict, override: str) -> None:
     target[parts[-1]] = yaml.safe_load(raw)
 
 
+SHIPPED = Path(__file__).resolve().parent
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def config_path(spec: str | Path) -> Path:
+    """The config file ``spec`` names: the file itself if it exists, else the shipped config of that name (``NAME``,
+    ``NAME.yaml`` or ``configs/NAME.yaml``)."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    if path.parent in (Path("."), Path("configs")):
+        shipped = SHIPPED / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    raise ConfigError(f"{spec}: no such config file, and no shipped config of that name (shipped: "
+                      f"{', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (), cls: type = BenchmarkConfig) -> Any:
-    path = Path(path)
+    path = config_path(path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:

@@ -30,8 +30,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> No
     p.add_argument("--device", default=R.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default=precision,
                    help="model weights; auto (the default): bf16 on a CPU with native bf16 (AMX or AVX-512 BF16) where "
-                        "a short matmul timing shows it at least 1.2x faster, bf16 on a GPU that has it, fp16 on other "
-                        "GPUs, else fp32. bf16 keeps features within cosine 0.9999 of fp32")
+                        "its matmuls time at least 1.2x faster (measured once per host, kept in the cache folder), "
+                        "bf16 on a GPU that has it, fp16 on other GPUs, else fp32. bf16 keeps features within cosine 0.9999 of fp32")
     p.add_argument("--batch-size", type=int, default=R.batch_size, help="frames per image-encoder batch")
     p.add_argument("--backend", choices=BACKENDS, default=R.backend,
                    help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
@@ -301,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runtime_args(p)
     p.set_defaults(func=cmd_classify)
     p = sub.add_parser("benchmark", help="run a benchmark protocol from a YAML config and write a report")
-    p.add_argument("--config", required=True, help="a YAML file under configs/")
+    p.add_argument("--config", required=True,
+                   help="a YAML file, or the name of a shipped protocol (e.g. ucf101_zero_shot; they ship with the "
+                        "package, see configs/)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model=ViT-B/16 --set dataset.splits=[1]")
     p.set_defaults(func=cmd_benchmark)

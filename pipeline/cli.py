@@ -177,6 +177,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         for hit in hits:
             print(json.dumps(hit))
         return 0
+    if not hits:
+        print(f"no hits for {args.query!r} in {args.index}" + (" with these filters" if where.sql() else ""))
     for hit in hits:
         span = "whole video" if hit["kind"] == "video" else f"{hit['start_s']:.1f}-{hit['end_s']:.1f} s"
         print(f"{hit['score']:.4f}  {hit['path']}  ({span}; tagged {hit['labels'][0]})")

@@ -8,6 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from configs.schema import ConfigError, TrainConfig, load_config, shipped_configs
@@ -43,3 +44,32 @@ def test_the_wheel_carries_every_shipped_config(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"configs/{name}.yaml" for name in shipped_configs()} <= names
     assert len(shipped_configs()) >= 20
+
+
+def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_path):
+    from tag_world import LABELS, WORLD
+
+    from datasets.synthetic import write_video
+    from datasets.world import Clip, render
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.jobs.tag.query import search
+    from pipeline.runtime import RuntimeSettings
+
+    archive = tmp_path / "archive"
+    for i, action in enumerate(LABELS):  # 1 s clips: one 4 s window each
+        write_video(archive / f"v{i}.mp4", render(Clip("red", "square", action, seed=i, split="train"), WORLD),
+                    fps=WORLD.fps)
+    write_video(archive / "long.mp4", np.concatenate([render(Clip("blue", "circle", a, seed=9, split="train"), WORLD)
+                                                      for a in LABELS * 2]), fps=WORLD.fps)  # 8 s: three windows
+    settings = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1),
+                           LABELS, templates="none", window_s=4.0, stride_s=2.0)
+    out = tmp_path / "t.csv"
+    tag(settings, archive, out, progress=False)
+    hits = search(Path(str(out) + ".index"), "growing", topk=50, device="cpu")
+    short = [h for h in hits if h["path"] != str(archive / "long.mp4")]
+    assert sorted(Path(h["path"]).name for h in short) == [f"v{i}.mp4" for i in range(4)]  # each once
+    assert all(h["kind"] == "video" for h in short)
+    assert sum(h["path"] == str(archive / "long.mp4") for h in hits) == 4  # the video and its three windows
+    run = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "search", str(out) + ".index", "growing",
+                          "--label", "no such label", "--device", "cpu"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == f"no hits for 'growing' in {out}.index with these filters"

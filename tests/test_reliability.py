@@ -72,6 +72,9 @@ def test_missing_files_and_broken_links_are_error_rows_until_they_appear(tmp_pat
     errors = pd.read_csv(sibling(out, "errors")).set_index("path")
     assert set(errors.index) == {str(archive / "gone.mp4"), str(archive / "later.mp4")}
     assert (errors["stage"] == "open").all() and (errors["reason"] == "no such file").all()
+    rerun = tag(_settings(), manifest, out, progress=False)
+    assert (rerun.skipped, rerun.failed_earlier) == (3, 2)  # a plain rerun says they failed (issue 23)
+    assert "3 already done (2 of them failed: --retry-failed tries them again)" in rerun.line()
     again = tag(_settings(), manifest, out, progress=False, retry_failed=True)
     assert again.failed == {"error": 2}  # still missing: still failures, never "done"
     shutil.copy(clips[1], archive / "later.mp4")  # it appears: tagged now, its error row gone

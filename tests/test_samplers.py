@@ -15,6 +15,7 @@ from pipeline.video.samplers import (
     sliding_windows,
     time_to_index,
     uniform_time_indices,
+    window_bounds,
 )
 
 
@@ -95,6 +96,18 @@ def test_sliding_windows_cover_the_video(duration, window, stride, starts):
         assert w.end_s - w.start_s == pytest.approx(min(window, duration))
         mids = w.start_s + (np.arange(4) + 0.5) * (w.end_s - w.start_s) / 4
         assert w.indices.tolist() == [int(np.floor(m * 10 + 1e-9)) for m in mids]
+
+
+@pytest.mark.parametrize("duration, window, stride, bounds", [
+    (4.004, 4.0, 2.0, [(0.0, 4.004)]),  # was 0-4 and 0.004-4.004: one window twice
+    (4.2, 4.0, 2.0, [(0.0, 4.2)]),  # at most 5 % longer than a window: one window over all of it
+    (4.3, 4.0, 2.0, [(0.0, 4.0), (0.3, 4.3)]),
+    (6.1, 4.0, 2.0, [(0.0, 4.0), (2.0, 6.0)]),  # 0.1 s left after the stride's windows: no window of its own
+    (6.3, 4.0, 2.0, [(0.0, 4.0), (2.0, 6.0), (2.3, 6.3)]),
+])
+def test_a_sliver_of_a_tail_makes_no_window_of_its_own(duration, window, stride, bounds):
+    got = window_bounds(duration, window, stride)
+    assert np.allclose(got, bounds) and len(got) == len(bounds), got
 
 
 def test_multi_view_is_evenly_spread_dense_clips():

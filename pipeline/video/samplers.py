@@ -126,13 +126,19 @@ def sliding_windows(timestamps: np.ndarray, *, window_s: float, stride_s: float,
             for s, e in window_bounds(duration, window_s, stride_s)]
 
 
+MIN_TAIL = 0.05  # of a window: the end that the windows every stride leave uncovered, below which no window is added
+
+
 def window_bounds(duration: float, window_s: float, stride_s: float) -> list[tuple[float, float]]:
-    """(start_s, end_s) of ``sliding_windows``: every ``stride_s`` seconds, the last one ending at the video's end."""
-    if duration <= window_s:
+    """(start_s, end_s) of ``sliding_windows``: every ``stride_s`` seconds, the last one ending at the video's end;
+    unless the end left over is under ``MIN_TAIL`` of a window (a 4.004 s video gave windows 0-4 and 0.004-4.004 s,
+    one window twice): then the windows stop where the stride puts them, and a video at most that much longer than
+    one window is one window over all of it."""
+    if duration <= window_s * (1 + MIN_TAIL):
         return [(0.0, float(duration))]
     last = duration - window_s
     starts = list(np.arange(0.0, last, stride_s))
-    if not starts or starts[-1] < last - 1e-9:
+    if not starts or starts[-1] < last - MIN_TAIL * window_s:  # a sliver of a tail is no window of its own
         starts.append(last)
     return [(float(s), float(s + window_s)) for s in starts]
 

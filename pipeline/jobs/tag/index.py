@@ -342,6 +342,10 @@ class TagIndex:
         return {file_name(path) for batch in self.scan("videos", ["path"], where=where)
                 for path in batch.column(0).to_pylist()}
 
+    def video_ids(self, where: str) -> set[int]:
+        """The ids of the stored videos whose row matches ``where`` (SQL)."""
+        return {i for batch in self.scan("videos", ["video_id"], where=where) for i in batch.column(0).to_pylist()}
+
     def scan(self, name: str, columns: Sequence[str] | None = None, where: str | None = None,
              batch_rows: int | None = None) -> Iterator[pa.RecordBatch]:
         """The committed rows of a table in the order they were committed, as record batches of ``SCAN_BATCH``. A

@@ -108,12 +108,16 @@ class TagSummary:
     seconds: float
     out: Path
     forgotten: int = 0  # stored files gone from disk whose rows were deleted (forget_missing)
+    failed_earlier: int = 0  # of the skipped, those stored as failures
 
     def line(self) -> str:
         rate = (self.ok + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
         failed = ", ".join(f"{n} {s}" for s, n in sorted(self.failed.items())) or "none"
         forgotten = f", {self.forgotten} gone from disk forgotten" if self.forgotten else ""
-        return (f"{self.total} videos: {self.ok} tagged, {self.skipped} already done{forgotten}, failed: {failed}; "
+        earlier = (f" ({self.failed_earlier} of them failed: --retry-failed tries them again)"
+                   if self.failed_earlier else "")
+        return (f"{self.total} videos: {self.ok} tagged, {self.skipped} already done{earlier}{forgotten}, "
+                f"failed: {failed}; "
                 f"{rate:.2f} videos/s; rows in {self.out}")
 
 
@@ -265,13 +269,15 @@ DELETE_BATCH = 1000  # paths per deleting commit: the delete's SQL names each on
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
               model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool, retry_failed: bool,
-              ) -> tuple[int, int, dict[str, int]]:
+              ) -> tuple[int, int, dict[str, int], int]:
     """Tag what the index lacks of ``paths`` (and what failed, with ``retry_failed``), committing every
-    ``commit_every`` videos; returns (videos to do, ok, failures by status)."""
+    ``commit_every`` videos; returns (videos to do, ok, failures by status, skipped videos stored as failures)."""
     (rank, world), rt = shard, settings.runtime
     unlisted = index.paths(f"reason LIKE '{LISTING_FAILURE}:%'") - {e["path"] for e in listing_errors}
     delete_rows(index, sorted(unlisted))  # folders listed again this time: their error rows go
     todo, retagged = resume_plan(index, paths, listing_errors, retry_failed)
+    skipped = {str(p) for p in paths} - {str(p) for p in todo}
+    failed_earlier = len(skipped & index.paths("status != 'ok'")) if skipped else 0
 
     part = Part(scorer, model.embed_dim, model.token_count)
 
@@ -318,7 +324,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         bar.close()
     commit()
     index.build_indexes()
-    return len(todo), ok, failed
+    return len(todo), ok, failed, failed_earlier
 
 
 class Interrupted(KeyboardInterrupt):
@@ -358,7 +364,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         committed = index.count("videos")
         try:
             forgotten = forget_missing_files(index) if forget_missing else 0
-            todo, ok, failed = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world),
+            todo, ok, failed, failed_earlier = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world),
                                          progress, retry_failed)
             barrier(world)
             if rank == 0:  # every rank's index into one set of outputs, under this rank's lock
@@ -370,7 +376,8 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         finally:
             index.close()
     barrier(world)
-    return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten)
+    return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten,
+                      failed_earlier)
 
 
 def disk_error(e: OSError, out: Path) -> Exception:

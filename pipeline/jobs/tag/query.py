@@ -77,15 +77,25 @@ def index_model(settings: dict, device: str) -> VideoTextModel:
 def nearest(indexes: Sequence[TagIndex], query: np.ndarray, k: int, where: SearchFilter | None = None,
             states: bool = False) -> list[dict]:
     """The ``k`` stored videos and windows nearest ``query`` (cosine, best first) across every rank's index; with
-    ``states``, each hit also carries its stored ``state`` (vector and X-CLIP's tokens) for a re-rank."""
+    ``states``, each hit also carries its stored ``state`` (vector and X-CLIP's tokens) for a re-rank. A video of one
+    window is one hit: its window is the whole video, the same vector (the video's row is kept)."""
     sql = (where or SearchFilter()).sql()
     hits = []
     for index in indexes:
         extra = (["vector", "tokens"] if index.token_count() else ["vector"]) if states else []
-        table = index.nearest(query, k, where=sql, columns=HIT_COLUMNS + extra)
-        for row in table.to_pylist():
-            hit = {"video_id": row["video_id"], "path": file_name(row["path"]), "kind": row["kind"], "start_s": row["start_s"],
-                   "end_s": row["end_s"], "labels": [row["label"]], "score": 1.0 - float(row["_distance"])}
+        table = index.nearest(query, 2 * k, where=sql, columns=HIT_COLUMNS + extra)  # room for the one-window pairs
+        rows = table.to_pylist()
+        single = index.video_ids(f"windows = 1 AND video_id IN ({', '.join(str(int(r['video_id'])) for r in rows)})"
+                                 ) if rows else set()
+        shown: set[int] = set()  # the one-window videos already hit
+        for row in sorted(rows, key=lambda r: (float(r["_distance"]), r["kind"] != "video")):
+            if row["video_id"] in single:
+                if row["video_id"] in shown:
+                    continue
+                shown.add(row["video_id"])
+            hit = {"video_id": row["video_id"], "path": file_name(row["path"]), "kind": row["kind"],
+                   "start_s": row["start_s"], "end_s": row["end_s"], "labels": [row["label"]],
+                   "score": 1.0 - float(row["_distance"])}
             if states:
                 tokens = row.get("tokens")
                 hit["state"] = VideoState(torch.tensor(row["vector"])[None], None if tokens is None else

@@ -73,3 +73,23 @@ def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_
     run = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "search", str(out) + ".index", "growing",
                           "--label", "no such label", "--device", "cpu"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == f"no hits for 'growing' in {out}.index with these filters"
+
+
+def test_serve_on_a_busy_port_says_so_before_it_claims_to_serve(tmp_path):
+    import socket
+
+    from pipeline.jobs.serve.app import listening_socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        with pytest.raises(ValueError, match=rf"--host 127.0.0.1 --port {port}: cannot listen there: Address already "
+                                             r"in use \(another server has it: pick another --port\)"):
+            listening_socket("127.0.0.1", port)
+    finally:
+        taken.close()
+    sock = listening_socket("127.0.0.1", port)  # free again: bound and listening on loopback only
+    assert sock.getsockname() == ("127.0.0.1", port)
+    sock.close()

@@ -16,9 +16,11 @@ through ``archive.Archive``.
 """
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
+import socket
 import urllib.parse
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -163,7 +165,23 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     # DNS rebinding: a page on another site whose name resolves to 127.0.0.1 sends its own name as Host
     hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
     app = create_app(index, token=token, device=device, allowed_hosts=hosts)
+    sock = listening_socket(host, port)  # before the line that says it serves: a busy port is one line, not a lie
     shown = f"[{host}]" if ":" in host else host
     link = f"http://{shown}:{port}/" + (f"?token={urllib.parse.quote(token, safe='')}" if token else "")
     print(f"serving {Path(index).expanduser().resolve()} at {link}", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening (the server then takes it), or a one-line error saying why not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        busy = " (another server has it: pick another --port)" if e.errno == errno.EADDRINUSE else ""
+        raise ValueError(f"--host {host} --port {port}: cannot listen there: {e.strerror}{busy}") from None
+    return sock

@@ -93,3 +93,18 @@ def test_serve_on_a_busy_port_says_so_before_it_claims_to_serve(tmp_path):
     sock = listening_socket("127.0.0.1", port)  # free again: bound and listening on loopback only
     assert sock.getsockname() == ("127.0.0.1", port)
     sock.close()
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    silent = [f"{name} {a.option_strings or a.dest}" for name, sub in commands.items() for a in sub._actions
+              if not isinstance(a, argparse._HelpAction) and (not a.help or "Settings." in a.help)]
+    assert not silent, silent
+    from pipeline.jobs.demo import DemoSettings
+
+    [steps] = [a for a in commands["demo"]._actions if "--steps" in a.option_strings]
+    assert f"{DemoSettings.steps:,}" in steps.help  # the number it quotes is the demo's

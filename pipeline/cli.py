@@ -5,6 +5,7 @@ other jobs."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import signal
@@ -261,16 +262,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _print_prediction(result: VideoResult, fmt: str, precision: str) -> None:
+    """One video's answer: its top labels as scored (they sum as the model's scoring says), and, where no label
+    reached --unknown-below, the answer ``unknown`` beside them rather than among them."""
     path, pred = result.path, result.prediction
     assert pred is not None
     if fmt == "json":
-        print(json.dumps({"path": str(path), "labels": list(pred.labels), "scores": list(pred.scores),
-                          "warnings": list(result.warnings), "precision": precision}))
-    elif fmt == "csv":
-        for rank, (label, score) in enumerate(zip(pred.labels, pred.scores), 1):
-            print(f'"{path}",{rank},"{label}",{score:.6f}')
+        print(json.dumps({"path": str(path), "answer": result.answer, "labels": list(pred.labels),
+                          "scores": list(pred.scores), "warnings": list(result.warnings), "precision": precision}))
+    elif fmt == "csv":  # the csv module quotes what needs it (a label or path with a quote, comma or newline)
+        rows = ([[str(path), 0, result.answer, ""]] if result.unknown else []) + [
+            [str(path), rank, label, f"{score:.6f}"] for rank, (label, score) in enumerate(zip(pred.labels, pred.scores), 1)]
+        csv.writer(sys.stdout, lineterminator="\n").writerows(rows)
     else:
         print(path)
+        if result.unknown:
+            print(f"  unknown  (no label reaches --unknown-below; the best is {pred.scores[0]:.2%})")
         for label, score in zip(pred.labels, pred.scores):
             print(f"  {score:7.2%}  {label}")
 
@@ -296,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the model's")
     p.add_argument("--unknown-below", type=float, default=None, metavar="P",
                    help="open set: answer 'unknown' when the top probability is below P (softmax: the top label's "
-                        "share; sigmoid: its own probability, so no label is likely)")
+                        "share; sigmoid: its own probability, so no label is likely); the labels are still listed "
+                        "with their own scores (csv: 'unknown' at rank 0; json: \"answer\")")
     p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
     p.add_argument("--topk", type=int, default=5, help="labels listed per video, best first")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",

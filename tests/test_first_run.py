@@ -108,3 +108,33 @@ def test_every_option_of_every_command_says_what_it_does():
 
     [steps] = [a for a in commands["demo"]._actions if "--steps" in a.option_strings]
     assert f"{DemoSettings.steps:,}" in steps.help  # the number it quotes is the demo's
+
+
+def test_unknown_is_an_answer_beside_the_labels_and_csv_survives_quotes(tmp_path):
+    import csv
+    import io
+    import json
+
+    from tag_world import WORLD
+
+    from datasets.synthetic import write_video
+    from datasets.world import Clip, render
+
+    video = write_video(tmp_path / 'a "quoted", clip.mp4', render(Clip("red", "square", "growing", seed=0,
+                                                                       split="train"), WORLD), fps=WORLD.fps)
+    labels = tmp_path / "labels.txt"
+    labels.write_text('say "hi", then wave\ngrowing\nblinking\n')
+    base = [sys.executable, str(ROOT / "run_pipeline.py"), "classify", str(video), "--labels", str(labels),
+            "--templates", "none", "--model", "random:tiny-vit", "--device", "cpu", "--precision", "fp32",
+            "--decode-workers", "1", "--unknown-below", "0.99"]
+    runs = {fmt: subprocess.run(base + ["--format", fmt], capture_output=True, text=True, timeout=120)
+            for fmt in ("json", "csv", "table")}
+    assert all(r.returncode == 0 for r in runs.values()), {f: r.stderr for f, r in runs.items()}
+    answer = json.loads(runs["json"].stdout)
+    assert answer["answer"] == "unknown" and "unknown" not in answer["labels"]
+    assert abs(sum(answer["scores"]) - 1.0) < 1e-4  # softmax over the three labels: the sum is not inflated
+    rows = list(csv.reader(io.StringIO(runs["csv"].stdout)))
+    assert rows[0] == ["path", "rank", "label", "score"] and rows[1] == [str(video), "0", "unknown", ""]
+    assert sorted(r[2] for r in rows[2:]) == sorted(['say "hi", then wave', "growing", "blinking"])
+    assert [float(r[3]) for r in rows[2:]] == pytest.approx(answer["scores"], abs=1e-5)
+    assert runs["table"].stdout.splitlines()[1].startswith("  unknown  (no label reaches --unknown-below")

@@ -44,7 +44,7 @@ class ClassifySettings:
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
-            raise ValueError(f"unknown_below ({self.unknown_below}) must lie in (0, 1)")
+            raise ValueError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
         if not self.classnames and self.probe is None:
             raise ValueError("classnames must not be empty")
 
@@ -64,6 +64,11 @@ class VideoResult:
     error: str | None = None  # why it failed, without the path: "no such file", "timeout: ..."
     probs: torch.Tensor | None = None  # (C,) averaged over views: softmax over the labels, or each label's sigmoid
     warnings: tuple[str, ...] = ()
+    unknown: bool = False  # open set: no label reached unknown_below, so the answer is "unknown" (labels kept as they are)
+
+    @property
+    def answer(self) -> str | None:
+        return None if self.prediction is None else UNKNOWN if self.unknown else self.prediction.labels[0]
 
 
 def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> list[VideoResult]:
@@ -94,7 +99,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         else:
             probs = model.view_probs(feats.features, labels)  # (C,)
         (pred,) = top_k(probs[None], classnames, settings.topk)
-        if settings.unknown_below is not None and pred.scores[0] < settings.unknown_below:
-            pred = Prediction((UNKNOWN, *pred.labels), (1.0 - pred.scores[0], *pred.scores))
-        results[request.path] = VideoResult(Path(request.path), pred, probs=probs, warnings=feats.warnings)
+        unknown = settings.unknown_below is not None and pred.scores[0] < settings.unknown_below
+        results[request.path] = VideoResult(Path(request.path), pred, probs=probs, warnings=feats.warnings,
+                                            unknown=unknown)
     return [results[str(p)] for p in paths]

@@ -228,6 +228,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from clip_model.config import FAMILY_PROTOCOLS
     from clip_model.hub import HUB_MODELS, endpoint
 
+    from .model_spec import RANDOM_PREFIX
+
     rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
     for name, entry in published_models().items():
         clip = FAMILY_PROTOCOLS["clip"]
@@ -252,6 +254,8 @@ def cmd_models(args: argparse.Namespace) -> int:
           "checkpoint file or folder also works as --model. Frames: the default (X-CLIP's are fixed by the "
           "checkpoint). ViFi-CLIP and Open-VCLIP also read the CLIP they were tuned from (downloaded by name, or "
           "$CLIP_VIDEO_BASE_MODEL).")
+    print(f"\nUntrained models, for trying things without weights: {', '.join(RANDOM_PREFIX + a for a in MODEL_CONFIGS)}"
+          " (random CLIP weights, seed 0; tiny-vit and tiny-rn run in seconds on a CPU).")
     return 0
 
 

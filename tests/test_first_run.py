@@ -138,3 +138,13 @@ def test_unknown_is_an_answer_beside_the_labels_and_csv_survives_quotes(tmp_path
     assert sorted(r[2] for r in rows[2:]) == sorted(['say "hi", then wave', "growing", "blinking"])
     assert [float(r[3]) for r in rows[2:]] == pytest.approx(answer["scores"], abs=1e-5)
     assert runs["table"].stdout.splitlines()[1].startswith("  unknown  (no label reaches --unknown-below")
+
+
+def test_models_lists_the_untrained_random_names():
+    from clip_model import MODEL_CONFIGS
+
+    run = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "models"], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0
+    [line] = [line for line in run.stdout.splitlines() if line.startswith("Untrained models")]
+    assert [f"random:{name}" for name in MODEL_CONFIGS] == line.split(": ", 1)[1].split(" (")[0].split(", ")

@@ -65,8 +65,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if not args.labels and not args.probe:
         raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
+    classnames = tuple(load_labels(args.labels)) if args.labels else ()  # before the precision is timed
     settings = ClassifySettings(
-        runtime=_runtime(args), classnames=tuple(load_labels(args.labels)) if args.labels else (),
+        runtime=_runtime(args), classnames=classnames,
         templates=args.templates, probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
         unknown_below=args.unknown_below, cache_dir=None if args.no_cache else cache_dir() / "features",

@@ -148,3 +148,19 @@ def test_models_lists_the_untrained_random_names():
     assert run.returncode == 0
     [line] = [line for line in run.stdout.splitlines() if line.startswith("Untrained models")]
     assert [f"random:{name}" for name in MODEL_CONFIGS] == line.split(": ", 1)[1].split(" (")[0].split(", ")
+
+
+def test_classify_reports_files_that_are_no_videos_before_any_model_loads(tmp_path, monkeypatch):
+    import pipeline.jobs.classify as classify
+    from pipeline.runtime import RuntimeSettings
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for videos that do not exist")
+
+    monkeypatch.setattr(classify, "load_model", no_model)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    settings = classify.ClassifySettings(RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32"),
+                                         classnames=("a", "b"))
+    results = classify.classify_videos(settings, [tmp_path / "gone.mp4", tmp_path / "empty.mp4"])
+    assert [(r.path.name, r.error) for r in results] == [("gone.mp4", "no such file"),
+                                                         ("empty.mp4", "empty file (0 bytes)")]

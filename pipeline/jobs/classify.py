@@ -16,6 +16,7 @@ from pipeline.pooling import POOLINGS, Pooling
 from pipeline.prompts import load_templates
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
+from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.video.samplers import Sampling
 from pipeline.zero_shot import Prediction, top_k
 
@@ -75,6 +76,15 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     """Zero-shot classify each video: sampled frames (and views) embedded, pooled over time, scored against
     prompt-ensembled labels; a video that fails to decode gets an error instead of a prediction."""
     rt = settings.runtime
+    results: dict[str, VideoResult] = {}
+    for p in paths:  # what is no video file at all is said before the model loads (and none loads if nothing is left)
+        try:
+            check_file(p)
+        except VideoDecodeError as e:
+            results[str(p)] = VideoResult(Path(p), None, e.reason)
+    paths_left = [p for p in paths if str(p) not in results]
+    if not paths_left:
+        return [results[str(p)] for p in paths]
     model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
     num_frames = model.num_frames(settings.num_frames)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
@@ -83,8 +93,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         labels = model.labels(model.class_text(classnames, load_templates(settings.templates or model.templates),
                                                settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
     cap = 2 * model.preprocess.image_size  # larger frames are scaled down in the decoder
-    requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths]
-    results: dict[str, VideoResult] = {}
+    requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths_left]
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     for request, feats, error in tqdm(stream, total=len(requests), desc="classify", unit="video", disable=None,

@@ -8,6 +8,7 @@ silently).
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -136,8 +137,10 @@ def check_file(path: str | Path) -> Path:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise VideoDecodeError(path, "no such file") from None
+        raise VideoDecodeError(path, "broken link: no such file" if os.path.islink(path) else "no such file") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise VideoDecodeError(path, "symlink loop") from None
         raise VideoDecodeError(path, f"cannot stat: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"

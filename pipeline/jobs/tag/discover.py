@@ -1,10 +1,8 @@
 """Which files an archive holds: a folder searched recursively, or a manifest of paths."""
 from __future__ import annotations
 
-import errno
 import fnmatch
 import os
-import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -107,16 +105,3 @@ def file_stamp(path: Path) -> tuple[int, int] | None:
         return None
     return st.st_size, st.st_mtime_ns
 
-
-def unreadable_reason(path: Path) -> str | None:
-    """Why ``path`` cannot be decoded at all, found without opening it (a FIFO would block its reader): no such file,
-    a link to nothing, a link loop, not a regular file; None if it is a regular file."""
-    try:
-        st = path.stat()
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            return "symlink loop"
-        if os.path.islink(path):
-            return "broken link: no such file"
-        return "no such file" if e.errno == errno.ENOENT else e.strerror or str(e)
-    return None if stat.S_ISREG(st.st_mode) else "not a regular file"

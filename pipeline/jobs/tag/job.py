@@ -39,10 +39,11 @@ from datasets.labels import check_unique_labels
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.runtime import RuntimeSettings
+from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
-from .discover import LISTING_FAILURE, discover, file_stamp, unreadable_reason
+from .discover import LISTING_FAILURE, discover, file_stamp
 from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
 from .names import file_name, stored_name
 from .scoring import Scorer, check_output, label_scorer, output_lock, write_outputs
@@ -296,9 +297,11 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
     failed: dict[str, int] = {}
     ok = 0
     tasks = []
-    for p in todo:  # what cannot be opened at all (gone, a link to nothing, a FIFO) is an error row without a worker
-        if (reason := unreadable_reason(p)) is not None:
-            part.add_failure(video_id(), str(p), file_stamp(p), "error", "open", reason)
+    for p in todo:  # what is no video file at all (gone, a link to nothing, a FIFO, empty) fails without a worker
+        try:
+            check_file(p)
+        except VideoDecodeError as e:
+            part.add_failure(video_id(), str(p), file_stamp(p), "error", "open", e.reason)
             failed["error"] = failed.get("error", 0) + 1
         else:
             tasks.append(settings.task(str(p), model.preprocess))

@@ -164,3 +164,25 @@ def test_classify_reports_files_that_are_no_videos_before_any_model_loads(tmp_pa
     results = classify.classify_videos(settings, [tmp_path / "gone.mp4", tmp_path / "empty.mp4"])
     assert [(r.path.name, r.error) for r in results] == [("gone.mp4", "no such file"),
                                                          ("empty.mp4", "empty file (0 bytes)")]
+
+
+def test_long_work_prints_progress_lines_in_a_log(monkeypatch, capsys):
+    import itertools
+
+    import pipeline.progress as progress
+
+    clock = itertools.chain([0.0, 4.0, 11.0, 15.0, 23.0, 30.0], itertools.repeat(40.0))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    bar = progress.progress(100, desc="train demo", unit="step", every_s=10.0)  # stderr is captured: no terminal
+    assert isinstance(bar, progress.LogLines)
+    for _ in range(4):  # steps at 4, 11, 15 and 23 s: lines at 11 s (10 s after the start) and 23 s
+        bar.set_postfix(loss="2.913")
+        bar.update(25)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["train demo: 50/100 steps (50 %), 4.55 steps/s, 0m11s left, loss 2.913",
+                     "train demo: 100/100 steps (100 %), 4.35 steps/s, done in 0m23s, loss 2.913"]  # not twice
+    quiet = progress.progress(5, desc="tag", unit="video", enabled=False)
+    quiet.update(5)
+    quiet.close()
+    assert capsys.readouterr().err == ""

@@ -278,3 +278,12 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     assert head is not None
     alone = clip_model.load_temporal(result.out / "model.pt")
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), alone.state_dict().values()))
+
+
+def test_training_prints_progress_lines_when_stderr_is_a_log(tmp_path):
+    config = _write_yaml(tmp_path / "t.yaml", _cfg(tmp_path, steps=12, checkpoint_every=12))
+    proc = _cli("run_pipeline.py", "train", "--config", str(config), env={"CLIP_VIDEO_PROGRESS_EVERY": "0"})
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    lines = [line for line in err.splitlines() if line.startswith("train t: ")]
+    assert len(lines) == 12 and lines[-1].startswith("train t: 12/12 steps (100 %), ") and "loss " in lines[-1], err

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from clip_model import cache_dir as default_cache_dir
 from configs.schema import BenchmarkConfig
@@ -29,6 +28,7 @@ from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
 from pipeline.metrics import compute_metrics, mean_std
 from pipeline.model_interface import VideoTextModel
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
+from pipeline.progress import progress as progress_bar
 from pipeline.prompts import load_templates
 from pipeline.tensor_cache import load_tensor, save_tensor
 from pipeline.video.open import DecodeRequest
@@ -164,7 +164,7 @@ def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, samp
     rt = cfg.runtime
     requests = [DecodeRequest(str(r.path), sampling, rt.backend, cap) for r in todo]
     errors: dict[Path, str] = {}
-    with tqdm(total=len(records), initial=len(feats), desc=desc, unit="video", leave=False) as bar:
+    with progress_bar(len(records), initial=len(feats), desc=desc, unit="video") as bar:
         for request, result, error in extract_features(model, requests, crops=cfg.crops,
                                                        batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                                                        timeout_s=rt.decode_timeout_s):

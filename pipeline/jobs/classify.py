@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
 from pipeline.linear_probe import LinearProbe
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling
+from pipeline.progress import progress as progress_bar
 from pipeline.prompts import load_templates
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
@@ -96,8 +96,9 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths_left]
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
-    for request, feats, error in tqdm(stream, total=len(requests), desc="classify", unit="video", disable=None,
-                                      leave=False):
+    bar = progress_bar(len(requests), desc="classify", unit="video")
+    for request, feats, error in stream:
+        bar.update()
         if error is not None:
             status, _, reason = error.partition(": ")  # "error: no such file" -> "no such file"; timeouts say so
             results[request.path] = VideoResult(Path(request.path), None, reason if status == "error" else error)
@@ -111,4 +112,5 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         unknown = settings.unknown_below is not None and pred.scores[0] < settings.unknown_below
         results[request.path] = VideoResult(Path(request.path), pred, probs=probs, warnings=feats.warnings,
                                             unknown=unknown)
+    bar.close()
     return [results[str(p)] for p in paths]

@@ -29,12 +29,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from tqdm import tqdm
 
 import clip_model
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 from pipeline.model_spec import RANDOM_PREFIX, clip_only, resolve_device
+from pipeline.progress import progress as progress_bar
 from pipeline.prompts import class_embeddings
 
 from .distributed import barrier, init_distributed
@@ -260,8 +260,8 @@ def train(cfg: TrainConfig, source: ClipSource | None = None, *, restart: bool =
     per_rank = cfg.batch_size // world
     rows = slice(rank * per_rank, (rank + 1) * per_rank)
     elapsed = history[-1]["seconds"] if history else 0.0
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.name}", unit="step", dynamic_ncols=True,
-               disable=True if not progress or rank else None)  # None: shown on a terminal only
+    bar = progress_bar(cfg.steps, initial=start, desc=f"train {cfg.name}", unit="step",
+                       enabled=progress and not rank)  # a bar on a terminal, a line every few seconds in a log
     try:
         for step in range(start, cfg.steps):
             t0 = time.perf_counter()

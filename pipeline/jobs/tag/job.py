@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from tqdm import tqdm
 
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
+from pipeline.progress import progress as progress_bar
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
@@ -305,7 +305,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             failed["error"] = failed.get("error", 0) + 1
         else:
             tasks.append(settings.task(str(p), model.preprocess))
-    bar = tqdm(total=len(tasks), desc="tag", unit="video", dynamic_ncols=True, disable=None if progress else True)
+    bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)

@@ -54,8 +54,8 @@ def clips(tmp_path_factory) -> list[Path]:
 def _archive(folder: Path, clips: list[Path], n: int = 2) -> Path:
     archive = folder / "archive"
     archive.mkdir(parents=True)
-    for i, clip in enumerate(clips[:n]):
-        shutil.copy(clip, archive / f"v{i}.mp4")
+    for i in range(n):  # past the four clips, copies of them
+        shutil.copy(clips[i % len(clips)], archive / f"v{i}.mp4")
     return archive
 
 
@@ -310,10 +310,7 @@ def _labels(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_tag_says_one_line_and_leaves_no_worker(tmp_path, clips, sig):
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    for i in range(12):
-        shutil.copy(clips[i % len(clips)], archive / f"v{i:02d}.mp4")
+    archive = _archive(tmp_path, clips, 12)
     out = tmp_path / "t.csv"
     state = Path(str(out) + ".index") / "state.json"
     proc = subprocess.Popen(_tag_cmd(archive, out, _labels(tmp_path)), cwd=ROOT, stdout=subprocess.PIPE,
@@ -372,10 +369,7 @@ def tmpfs(tmp_path):
 
 
 def test_a_full_disk_and_a_read_only_index_are_one_line_and_keep_what_was_committed(tmp_path, tmpfs, clips):
-    archive = tmp_path / "archive"
-    archive.mkdir()
-    for i in range(40):
-        shutil.copy(clips[i % len(clips)], archive / f"v{i:02d}.mp4")
+    archive = _archive(tmp_path, clips, 40)
     out = tmpfs / "t.csv"
     run = subprocess.run(_tag_cmd(archive, out, _labels(tmp_path)), cwd=ROOT, capture_output=True, text=True,
                          timeout=600)

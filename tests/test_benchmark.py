@@ -169,6 +169,7 @@ def test_linear_probe_and_feature_cache(tmp_path, clips):
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "t: top1" in out.stdout and "over 1 split(s)" in out.stdout
+    assert f"benchmark: {tmp_path / 'out'} holds an earlier run's reports; they are replaced" in out.stderr  # said
     # the saved probe classifies through the normal classify path, with the probe's own classes
     video = next(iter(clips.values()))
     out = subprocess.run([sys.executable, str(ROOT / "run_pipeline.py"), "classify", str(video), "--model",

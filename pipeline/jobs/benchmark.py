@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,8 +181,12 @@ def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, samp
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
-    """Run every split of the config and write the reports to ``cfg.out``; returns the results dict."""
+    """Run every split of the config and write the reports to ``cfg.out``; returns the results dict. Reports already
+    there are replaced, and it says so on stderr first."""
     splits = load_splits(cfg)
+    if (cfg.out / "results.json").exists():
+        print(f"benchmark: {cfg.out} holds an earlier run's reports; they are replaced when this one ends "
+              "(--set output_dir=... keeps them)", file=sys.stderr, flush=True)
     rt = cfg.runtime
     model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)
     mkey = model_key(model_identity(rt.model, rt.precision))

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +117,40 @@ def test_record_labels_are_validated(tmp_path):
     _touch(tmp_path / "x.mp4")
     with pytest.raises(ValueError, match=r"labels outside \[0, 2\)"):
         read_list(tmp_path, tmp_path / "list.txt", ["a", "b"])
+
+
+def test_the_documented_annotation_examples_read_as_documented(tmp_path):
+    """docs/datasets.md's examples, written to files and read by the readers they document."""
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "datasets.md").read_text(encoding="utf-8")
+    section = {m.group(1): m.group(2) for m in re.finditer(r"## `(\w+)`(.*?)(?=\n## |\Z)", doc, re.S)}
+    blocks = {name: re.findall(r"```\n(.*?)```", text, re.S) for name, text in section.items()}
+
+    def videos(paths):
+        for rel in paths:
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_bytes(b"x")
+
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "classInd.txt").write_text(blocks["ucf101"][0])
+    (ann / "trainlist01.txt").write_text(blocks["ucf101"][1])
+    (ann / "testlist01.txt").write_text(blocks["ucf101"][2])
+    videos(line.split()[0] for block in blocks["ucf101"][1:] for line in block.splitlines())
+    test = read_ucf101(tmp_path, ann, 1, "test")
+    assert [r.path.name for r in test.records] == ["v_ApplyEyeMakeup_g01_c01.avi", "v_ApplyEyeMakeup_g01_c02.avi"]
+    assert test.classnames == ("apply eye makeup", "apply lipstick") and {r.label for r in test.records} == {0}
+
+    (tmp_path / "list.txt").write_text(blocks["list"][0])
+    videos(["jumping/clip_0001.mp4", "running/clip 0002.mp4"])
+    listed = read_list(tmp_path, tmp_path / "list.txt", ["jumping", "running"])
+    assert [(r.path.name, r.label) for r in listed.records] == [("clip_0001.mp4", 0), ("clip 0002.mp4", 1)]
+
+    (tmp_path / "own.csv").write_text(blocks["csv"][0])
+    videos(["kitchen/0001.mp4"])
+    [own] = read_csv(tmp_path, tmp_path / "own.csv").records
+    assert (own.start_s, own.end_s) == (12.0, 16.0)
+
+    (tmp_path / "k.csv").write_text(blocks["kinetics"][0])
+    videos(["clips/0wR5jVB-WPk_000417_000427.mp4"])
+    k = read_kinetics(tmp_path, tmp_path / "k.csv")
+    assert len(k.records) == 1 and k.classnames[k.records[0].label] == "abseiling"

@@ -397,8 +397,10 @@ def test_page_search_plays_the_moment_and_shows_the_timeline(browser, page_url, 
     hit = expected[first]
     page.locator(".hit").nth(first).click()
     page.wait_for_function("([s]) => { const v = document.querySelector('#player');"
-                           " return !v.hidden && v.readyState >= 1 && Math.abs(v.currentTime - s) < 0.01; }",
+                           " return !v.hidden && v.readyState >= 1 && v.currentTime >= s - 0.01 && v.currentTime < s + 2; }",
                            arg=[hit["start_s"]], timeout=20_000)
+    page.wait_for_function("([s]) => { const v = document.querySelector('#player');"  # it plays from there
+                           " return !v.paused && v.currentTime > s + 0.05; }", arg=[hit["start_s"]], timeout=20_000)
     windows = _rows(tagged.index, "embeddings", f"video_id = {hit['video_id']} AND kind = 'segment'")
     assert page.locator("#timeline .segment").count() == len(windows)
     labels = {w["label"] for w in windows}

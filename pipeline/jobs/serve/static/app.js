@@ -141,7 +141,10 @@ async function openHit(hit) {
     strip.hidden = true;
     player.hidden = false;
     player.onerror = showStrip;  // the browser could not decode it after all
-    player.onloadedmetadata = () => { player.currentTime = start; };
+    player.onloadedmetadata = () => {  // from the moment on: seek there, then play (the click allows it)
+      player.currentTime = start;
+      player.play().catch(() => {});
+    };
     player.src = `api/videos/${video.video_id}/media`;
   } else {
     showStrip();

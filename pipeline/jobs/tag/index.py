@@ -268,8 +268,8 @@ class TagIndex:
     # ---- damage and versions gone -----------------------------------------------------------------------------
 
     def _guarded(self, table: str, read: Callable[[], T]) -> T:
-        """``read()`` of ``table``; Lance's errors become ``IndexDamaged`` naming the file (``_reopened`` first, when
-        a writer has committed since this index was opened: the version read may have been compacted away)."""
+        """``read()`` of ``table``; Lance's errors become ``IndexDamaged`` naming the file (``_read`` retries once on
+        the latest versions first, for a reader whose version a writer's compaction took away)."""
         try:
             return read()
         except (OSError, ValueError) as e:

@@ -4,7 +4,9 @@ The public surface mirrors openai/CLIP: ``available_models``, ``load``, ``tokeni
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 
@@ -27,7 +29,8 @@ __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
     "PRECISIONS", "PreprocessConfig", "TextConfig", "VisionConfig", "available_models", "build_model", "cache_dir",
     "config_from_state_dict", "create_model", "detect_format", "load", "load_state_dict_strict", "read_checkpoint",
-    "load_temporal", "load_with_temporal", "load_video_model", "no_pooler_error", "save_checkpoint", "tokenize", "VideoCLIP", "SigLIP",
+    "load_temporal", "load_with_temporal", "load_video_model", "VideoModel", "no_pooler_error", "save_checkpoint",
+    "tokenize", "VideoCLIP", "SigLIP",
     "SigLIPConfig", "XCLIP", "XCLIPConfig", "FrameTextModel", "OpenVCLIP",
 ]
 
@@ -93,22 +96,28 @@ def load(
     return model.to(device=device, dtype=PRECISIONS[precision]), ClipTransform(model.preprocess_config)
 
 
+class VideoModel(NamedTuple):
+    model: CLIP | SigLIP
+    transform: ClipTransform
+    head: TemporalTransformer | None  # the temporal pooler the checkpoint carries, or None
+    protocol: Mapping[str, Any] | None  # what the checkpoint recorded of its protocol (config.RECORDED_PROTOCOL)
+
+
 def load_video_model(name_or_path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
-                     base: str | Path | None = None, ratio: float | None = None,
-                     ) -> tuple[CLIP | SigLIP, ClipTransform, TemporalTransformer | None]:
-    """``load`` plus the temporal pooler the checkpoint carries (one written by train, ActionCLIP's fusion
-    transformer), or None, from one read of the file."""
+                     base: str | Path | None = None, ratio: float | None = None) -> VideoModel:
+    """``load`` plus what the checkpoint carries for video, from one read of the file: its temporal pooler (one
+    written by train, ActionCLIP's fusion transformer) and the protocol it recorded (train's checkpoints do)."""
     path = _resolve(name_or_path, None, precision)
     ckpt = read_checkpoint(path, base=base, ratio=ratio)
     model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
     head = temporal_from_checkpoint(ckpt, path).to(device) if ckpt.temporal is not None else None
-    return model, ClipTransform(model.preprocess_config), head
+    return VideoModel(model, ClipTransform(model.preprocess_config), head, ckpt.protocol)
 
 
 def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
                        ) -> tuple[CLIP, ClipTransform, TemporalTransformer]:
     """``load`` plus the trained temporal pooler of the same clip_video checkpoint, from one read of the file."""
-    model, transform, head = load_video_model(path, device, precision=precision)
+    model, transform, head, _ = load_video_model(path, device, precision=precision)
     if not isinstance(model, CLIP) or model.family not in ("clip", "actionclip"):
         raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones; "
                               "ActionCLIP's fusion transformer is one)")

@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from . import adapted
-from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .config import (
+    MODEL_CONFIGS,
+    CLIPConfig,
+    PreprocessConfig,
+    TextConfig,
+    VisionConfig,
+    check_recorded_protocol,
+    config_from_state_dict,
+)
 from .errors import CheckpointError
 from .hf_layout import HF_LAYER
 from .siglip import SigLIPConfig
@@ -70,6 +78,8 @@ class Checkpoint:
     tokenizer: tuple[Path, str] | None = None
     family: str | None = None  # a CLIP fine-tuned for video (vificlip, actionclip, openvclip, froster); None: the
     #                            config's type says it
+    # what our checkpoint recorded of its protocol (config.RECORDED_PROTOCOL), the family's defaults otherwise
+    protocol: Mapping[str, Any] | None = None
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -377,7 +387,11 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None, base: 
         temporal = obj.get("temporal")
         if temporal is not None and not (isinstance(temporal, Mapping) and {"config", "state_dict"} <= set(temporal)):
             raise CheckpointError(f"{path}: corrupt clip_video checkpoint: 'temporal' needs a config and a state_dict")
-        return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video", temporal)
+        protocol = obj.get("protocol")
+        if protocol is not None and (problem := check_recorded_protocol(protocol)):
+            raise CheckpointError(f"{path}: corrupt clip_video checkpoint: {problem}")
+        return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video", temporal,
+                          protocol=protocol)
     sd = unwrap_state_dict(obj, path)
     if any(k.startswith("text_model.") for k in sd):
         raise CheckpointError(
@@ -417,11 +431,15 @@ def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None, base: s
 
 
 def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,
-                    temporal: TemporalTransformer | None = None) -> Path:
+                    temporal: TemporalTransformer | None = None, protocol: Mapping[str, Any] | None = None) -> Path:
     """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True.
 
     ``temporal``: a trained ``TemporalTransformer`` stored beside the CLIP weights (``load_temporal`` reads it).
+    ``protocol``: how the model is meant to be used (``config.RECORDED_PROTOCOL``: pooling, frames, templates), which
+    every job then takes as its default.
     """
+    if protocol is not None and (problem := check_recorded_protocol(protocol)):
+        raise ValueError(f"{path}: cannot record that protocol: {problem}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {
@@ -432,6 +450,8 @@ def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | No
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
+    if protocol is not None:
+        obj["protocol"] = {k: list(v) if k == "templates" and v is not None else v for k, v in protocol.items()}
     if temporal is not None:
         obj["temporal"] = {"config": temporal.config.to_dict(),
                            "state_dict": {k: v.detach().cpu() for k, v in temporal.state_dict().items()}}

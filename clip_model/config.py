@@ -26,7 +26,7 @@ class FamilyProtocol:
     follows the family's own evaluation code (see the sources in the comments)."""
 
     scoring: str  # softmax (over the labels) | sigmoid (each label its own probability)
-    templates: str  # pipeline.prompts.load_templates
+    templates: str | tuple[str, ...]  # a set pipeline.prompts.load_templates names, or the templates themselves
     frames: int = 8  # frames per clip by default (X-CLIP's checkpoint fixes its own)
     pooling: str = "mean"  # mean (normalised mean of frame embeddings) | temporal (the checkpoint's head) |
     #                        mean_of_unit (the mean of normalised frame embeddings, not renormalised)
@@ -34,6 +34,35 @@ class FamilyProtocol:
     template_ensemble: str = "embedding"  # embedding: one averaged text per label | probabilities: average over
     #                                       templates of each template's softmax
     view_ensemble: str = "probabilities"  # probabilities: average the views' probabilities | logits: sum logits
+
+    def recorded(self, protocol: Mapping[str, Any] | None) -> FamilyProtocol:
+        """This protocol with what a checkpoint recorded of its own (``RECORDED_PROTOCOL``: train writes the pooling
+        it trained, the frames of its clips and the prompt forms of its captions) in place of the family's."""
+        if not protocol:
+            return self
+        templates = protocol.get("templates")
+        return dataclasses.replace(self, pooling=protocol.get("pooling") or self.pooling,
+                                   frames=protocol.get("frames") or self.frames,
+                                   templates=tuple(templates) if templates else self.templates)
+
+
+RECORDED_PROTOCOL = ("pooling", "frames", "templates")  # what a clip_video checkpoint may record of its protocol
+
+
+def check_recorded_protocol(protocol: Any) -> str | None:
+    """What is wrong with a checkpoint's recorded protocol, or None: a mapping of ``RECORDED_PROTOCOL`` keys to a
+    pooling name, a frame count >= 1, and a list of templates each holding ``{}`` (None: the family's)."""
+    if not isinstance(protocol, Mapping) or not set(protocol) <= set(RECORDED_PROTOCOL):
+        return f"'protocol' must map {', '.join(RECORDED_PROTOCOL)} to values, got {protocol!r}"
+    pooling, frames, templates = (protocol.get(k) for k in RECORDED_PROTOCOL)
+    if pooling is not None and pooling not in ("mean", "max", "temporal", "mean_of_unit"):
+        return f"pooling {pooling!r} is not mean, max, temporal or mean_of_unit"
+    if frames is not None and (not isinstance(frames, int) or frames < 1):
+        return f"frames {frames!r} is not a count >= 1"
+    if templates is not None and (not isinstance(templates, (list, tuple)) or not templates
+                                  or not all(isinstance(t, str) and "{}" in t for t in templates)):
+        return "templates must be a list of strings, each holding '{}'"
+    return None
 
 
 FAMILY_PROTOCOLS = {

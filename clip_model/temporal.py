@@ -72,7 +72,7 @@ class VideoCLIP(nn.Module):
         super().__init__()
         if pooling not in ("mean", "temporal"):
             raise ValueError(f"pooling {pooling!r}: choose 'mean' or 'temporal'")
-        self.clip, self.pooling = clip, pooling
+        self.clip, self.pooling, self.num_frames = clip, pooling, num_frames
         width = clip.config.embed_dim
         self.temporal = TemporalTransformer(TemporalConfig(width, num_frames, temporal_layers, max(1, width // 32))) \
             if pooling == "temporal" else None

@@ -26,8 +26,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> No
 
     R = RuntimeSettings  # its defaults
 
-    p.add_argument("--model", default=R.model,
-                   help="published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an untrained model")
+    p.add_argument("--model", help=f"published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an "
+                                   f"untrained model (default: {R.model}; classify --probe: the probe's own)")
     p.add_argument("--device", default=R.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default=precision,
                    help="model weights; auto (the default): bf16 on a CPU with native bf16 (AMX or AVX-512 BF16) where "
@@ -44,17 +44,18 @@ def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> No
                    help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
 
 
-def _runtime(args: argparse.Namespace) -> RuntimeSettings:
+def _runtime(args: argparse.Namespace, model: str | None = None) -> RuntimeSettings:
     """The runtime settings, with ``--precision auto`` resolved for this machine (and said on stderr): what runs,
-    and what the tag index and classify's JSON record, is the precision it resolved to."""
+    and what the tag index and classify's JSON record, is the precision it resolved to. ``model``: the one to use
+    when ``--model`` is not given (else ``RuntimeSettings``'s default)."""
     from .model_spec import resolve_device, resolve_precision
     from .runtime import RuntimeSettings
 
     precision, why = resolve_precision(args.precision, resolve_device(args.device))
     if args.precision == "auto":
         print(f"precision: {precision} ({why})", file=sys.stderr)
-    return RuntimeSettings(args.model, args.device, precision, args.batch_size, args.backend,  # type: ignore[arg-type]
-                           args.decode_workers, args.decode_timeout)
+    return RuntimeSettings(args.model or model or RuntimeSettings.model, args.device, precision,  # type: ignore[arg-type]
+                           args.batch_size, args.backend, args.decode_workers, args.decode_timeout)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -62,12 +63,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from datasets.labels import load_labels
 
     from .jobs.classify import ClassifySettings, classify_videos
+    from .linear_probe import LinearProbe
 
     if not args.labels and not args.probe:
         raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
     classnames = tuple(load_labels(args.labels)) if args.labels else ()  # before the precision is timed
+    probe = LinearProbe.load(args.probe) if args.probe else None
     settings = ClassifySettings(
-        runtime=_runtime(args), classnames=classnames,
+        runtime=_runtime(args, probe.fitted_on.get("model") if probe else None), classnames=classnames,
         templates=args.templates, probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
         unknown_below=args.unknown_below, cache_dir=None if args.no_cache else cache_dir() / "features",
@@ -235,19 +238,19 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name, entry in published_models().items():
         clip = FAMILY_PROTOCOLS["clip"]
         rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), str(clip.frames), clip.scoring,
-                     clip.templates,
+                     str(clip.templates),
                      entry["url"].split("/", 3)[2] + " (SHA256 pinned)"))
     for repo, model in HUB_MODELS.items():
         family = FAMILY_PROTOCOLS[model.family]
         rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), family.scoring,
-                     family.templates, f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
+                     str(family.templates), f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
     for name, adapted in ADAPTED_MODELS.items():
         family = FAMILY_PROTOCOLS[adapted.family]
         host = adapted.url.split("/")[2]
         where = (f"by hand from {host} (a share link)" if adapted.share_link
                  else f"{host} (SHA256 prefix {adapted.sha256} in its name)")
         rows.append((name, adapted.family, str(MODEL_CONFIGS[adapted.base].vision.image_size), str(family.frames),
-                     family.scoring, family.templates, where))
+                     family.scoring, str(family.templates), where))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

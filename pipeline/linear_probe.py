@@ -34,6 +34,9 @@ class LinearProbe:
     intercept: np.ndarray  # (C,)
     C: float
     val_accuracy: dict[float, float] = field(default_factory=dict)  # the sweep: C -> held-out accuracy
+    # the features it was fitted on: model (the spec to load), identity (model_spec.model_identity without the
+    # precision), pooling and num_frames; empty for a probe saved before they were recorded
+    fitted_on: dict = field(default_factory=dict)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, E) L2-normalised video features -> (N, C) logits."""
@@ -49,7 +52,8 @@ class LinearProbe:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"format": "clip_video.linear_probe", "version": 1, "classnames": list(self.classnames),
-                             "C": self.C, "val_accuracy": {str(k): v for k, v in self.val_accuracy.items()}})
+                             "C": self.C, "val_accuracy": {str(k): v for k, v in self.val_accuracy.items()},
+                             "fitted_on": self.fitted_on})
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez(tmp, coef=self.coef, intercept=self.intercept, header=np.array(header))
         tmp.replace(path)
@@ -66,7 +70,32 @@ class LinearProbe:
         if header.get("format") != "clip_video.linear_probe":
             raise ValueError(f"{path}: not a saved linear probe (format {header.get('format')!r})")
         return cls(tuple(header["classnames"]), coef, intercept, float(header["C"]),
-                   {float(k): v for k, v in header["val_accuracy"].items()})
+                   {float(k): v for k, v in header["val_accuracy"].items()}, header.get("fitted_on") or {})
+
+
+def fitted_on(spec: str, pooling: str, num_frames: int) -> dict:
+    """What a probe records of the features it was fitted on (``LinearProbe.fitted_on``): the model, by what
+    identifies its weights (``model_spec.model_identity``; the precision aside: bf16 features are fp32's to
+    cosine 0.9999), and how its frames were sampled and pooled."""
+    from .model_spec import model_identity
+
+    identity = model_identity(spec)
+    identity.pop("precision")
+    return {"model": identity["spec"], "identity": identity, "pooling": pooling, "num_frames": num_frames}
+
+
+def check_fitted_on(probe: LinearProbe, path: str | Path, spec: str) -> None:
+    """Refuse, in one line, to apply ``probe`` to the features of another model than the one it was fitted on."""
+    if not probe.fitted_on:
+        return
+    from .model_spec import model_identity
+
+    identity = model_identity(spec)
+    identity.pop("precision")
+    if identity != probe.fitted_on["identity"]:
+        raise ValueError(f"{path}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
+                         f"{spec}: leave --model out to use its own, or fit a probe on {spec} (benchmark, protocol "
+                         "linear_probe)")
 
 
 def _fit(x: np.ndarray, y: np.ndarray, C: float, settings: ProbeSettings) -> LogisticRegression:

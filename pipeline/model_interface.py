@@ -20,9 +20,10 @@ default everywhere.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,14 +69,16 @@ class VideoState:
 
 class VideoTextModel:
     """A loaded model of any family behind one interface (see the module doc); ``head`` is a temporal pooler (one
-    trained by train, or ActionCLIP's fusion transformer); ``pooling`` None takes the family's."""
+    trained by train, or ActionCLIP's fusion transformer); ``recorded``: what the checkpoint recorded of its
+    protocol (pooling, frames, templates), in place of the family's; ``pooling`` None takes the protocol's."""
 
     def __init__(self, model: clip_model.CLIP | clip_model.SigLIP, transform: clip_model.ClipTransform,
-                 pooling: str | None = None, head: nn.Module | None = None, name: str = "model"):
+                 pooling: str | None = None, head: nn.Module | None = None, name: str = "model",
+                 recorded: Mapping[str, Any] | None = None):
         self.model, self.transform, self.head, self.name = model, transform, head, name
         self.family: str = model.family
-        self.protocol = FAMILY_PROTOCOLS[self.family]
-        self.templates: str = self.protocol.templates  # default templates
+        self.protocol = FAMILY_PROTOCOLS[self.family].recorded(recorded)
+        self.templates: str | tuple[str, ...] = self.protocol.templates  # default templates: a set's name or them
         self.xclip = isinstance(model, clip_model.XCLIP)
         self.openvclip = isinstance(model, clip_model.OpenVCLIP)
         pooling = pooling or self.protocol.pooling

@@ -45,10 +45,12 @@ FAMILY_TEMPLATES = {
 }
 
 
-def load_templates(spec: str) -> list[str]:
+def load_templates(spec: str | Sequence[str]) -> list[str]:
     """``none`` (bare name), ``video`` (a generic set), ``ucf101`` / ``kinetics700`` (CLIP's published sets), a video
     CLIP's own set (``vificlip``, ``actionclip``, ``openvclip``, ``froster``) or a file with one template per line,
-    each containing ``{}``."""
+    each containing ``{}``; or the templates themselves (what a checkpoint recorded)."""
+    if not isinstance(spec, str):
+        return list(spec)
     if spec == "none":
         return ["{}"]
     if spec == "video":

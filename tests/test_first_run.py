@@ -219,3 +219,37 @@ def test_freed_memory_is_kept_so_steps_do_not_page_fault_it_back():
 
     default, kept = faults("default"), faults("keep")
     assert kept * 3 < default  # measured here: 55,000-87,000 against 6,000-10,000
+
+
+def test_a_probe_brings_its_model_and_refuses_another_in_one_line(tmp_path):
+    """A probe records the model its features came from: classify uses it without --model (no download of the
+    default), and refuses another model, or one of another width, in one line instead of a matmul error."""
+    from datasets.synthetic import write_video
+    from pipeline.linear_probe import LinearProbe, fitted_on
+
+    video = write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), np.uint8))
+    rng = np.random.default_rng(1)
+    probe = LinearProbe(("left", "right"), rng.normal(size=(2, 64)), np.zeros(2), 1.0,
+                        fitted_on=fitted_on("random:tiny-vit", "mean", 8))
+    probe.save(tmp_path / "probe.npz")
+    LinearProbe(("left", "right"), rng.normal(size=(2, 32)), np.zeros(2), 1.0).save(tmp_path / "old.npz")
+
+    def classify(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "run_pipeline.py", "classify", str(video), "--precision", "fp32",
+                               "--decode-workers", "1", *args], cwd=ROOT, capture_output=True, text=True,
+                              env={"CLIP_VIDEO_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"})
+
+    own = classify("--probe", str(tmp_path / "probe.npz"))
+    assert own.returncode == 0, own.stderr
+    assert own.stdout.splitlines()[0] == str(video) and {line.split()[-1] for line in own.stdout.splitlines()[1:]} \
+        == {"left", "right"}
+    other = classify("--probe", str(tmp_path / "probe.npz"), "--model", "random:tiny-rn")
+    assert other.returncode == 2 and other.stdout == ""
+    assert other.stderr.strip() == (f"error: {tmp_path / 'probe.npz'}: this probe was fitted on the features of "
+                                    "random:tiny-vit, not of random:tiny-rn: leave --model out to use its own, or fit "
+                                    "a probe on random:tiny-rn (benchmark, protocol linear_probe)")
+    old = classify("--probe", str(tmp_path / "old.npz"), "--model", "random:tiny-vit")
+    assert old.returncode == 2
+    assert old.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'old.npz'}: this probe takes 32-dimensional features; random:tiny-vit gives 64: pass "
+        "the --model it was fitted on")

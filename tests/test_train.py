@@ -236,7 +236,8 @@ def test_rendered_world_is_deterministic_per_step_and_slices_by_rank():
 
 
 def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
-    """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames."""
+    """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames;
+    so does classify with no pooling or templates named: the checkpoint brings the protocol it was trained for."""
     from datasets.world import write_world
     from pipeline.jobs.classify import ClassifySettings, classify_videos
     from pipeline.model_spec import load_model
@@ -265,10 +266,23 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
         scale = model.clip.logit_scale.exp().clamp(max=100)
         expected = (scale * video @ text.t()).softmax(-1)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-3)
+    by_default = ClassifySettings(settings.runtime, WORLD.actions, topk=4)  # pooling, templates, frames: its own
+    torch.testing.assert_close(torch.stack([r.probs for r in classify_videos(by_default, videos)]), expected,
+                               atol=1e-4, rtol=1e-3)
+    from pipeline.jobs.tag.job import TagSettings
+
+    tag = TagSettings(settings.runtime, WORLD.actions).resolved(load_model(str(result.out / "model.pt"),
+                                                                           torch.device("cpu")))
+    assert (tag.pooling, tag.num_frames, list(tag.templates)) == ("temporal", WORLD.num_frames, templates)
+    assert tag.identity()["templates"] == templates  # stored in the index as JSON holds it
     with pytest.raises(ValueError, match="^random:tiny-vit: pooling temporal needs a checkpoint with a temporal "
                                          "pooler .* this one has none: use pooling mean$"):
         load_model("random:tiny-vit", torch.device("cpu"), pooling="temporal")
     plain = clip_model.save_checkpoint(result.model.clip, tmp_path / "plain.pt")
+    unrecorded = load_model(str(plain), torch.device("cpu"))  # no protocol recorded: the family's
+    assert (unrecorded.pooling, unrecorded.templates, unrecorded.num_frames(None)) == ("mean", "video", 8)
+    with pytest.raises(ValueError, match="cannot record that protocol: templates must be a list of strings"):
+        clip_model.save_checkpoint(result.model.clip, tmp_path / "bad.pt", protocol={"templates": ["no slot"]})
     with pytest.raises(clip_model.CheckpointError, match="no trained temporal pooler"):
         clip_model.load_temporal(plain)
     with pytest.raises(ValueError, match=f"^{plain}: pooling temporal needs a checkpoint with a temporal pooler"):

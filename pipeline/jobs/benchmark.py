@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import hashlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics,
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
 from pipeline.frame_features import extract_features
-from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe
+from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
 from pipeline.metrics import compute_metrics, mean_std
 from pipeline.model_interface import VideoTextModel
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
@@ -191,7 +191,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)
     mkey = model_key(model_identity(rt.model, rt.precision))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
-    sampling = sampling_for(cfg, model.num_frames(cfg.num_frames))
+    num_frames = model.num_frames(cfg.num_frames)
+    sampling = sampling_for(cfg, num_frames)
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []
@@ -213,6 +214,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             settings = ProbeSettings(c_grid=cfg.probe_c_grid or DEFAULT_C_GRID, val_fraction=cfg.probe_val_fraction)
             probe = fit_probe(np.stack([model.probe_feature(train_feats[r.path]).numpy() for r in train]),
                               np.array([r.label for r in train]), tuple(classnames), settings)
+            probe = replace(probe, fitted_on=fitted_on(rt.model, model.pooling, num_frames))
             probe.save(cfg.out / f"probe_{split.name}.npz")
             probs = probe.predict_proba(np.stack([model.probe_feature(test_feats[r.path]).numpy() for r in records]))
             probe_info = {"C": probe.C, "train_videos": len(train), "val_accuracy": probe.val_accuracy}

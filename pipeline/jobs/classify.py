@@ -9,7 +9,7 @@ import torch
 
 from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
-from pipeline.linear_probe import LinearProbe
+from pipeline.linear_probe import LinearProbe, check_fitted_on
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling
 from pipeline.progress import progress as progress_bar
@@ -85,9 +85,15 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     paths_left = [p for p in paths if str(p) not in results]
     if not paths_left:
         return [results[str(p)] for p in paths]
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling)
-    num_frames = model.num_frames(settings.num_frames)
     probe = LinearProbe.load(settings.probe) if settings.probe else None
+    if probe is not None:  # its features' model, pooling and frames, unless asked otherwise
+        check_fitted_on(probe, str(settings.probe), rt.model)
+    recorded = probe.fitted_on if probe is not None else {}
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling or recorded.get("pooling"))
+    num_frames = model.num_frames(settings.num_frames or recorded.get("num_frames"))
+    if probe is not None and probe.coef.shape[1] != model.embed_dim:  # a probe saved before fitted_on was recorded
+        raise ValueError(f"{settings.probe}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
+                         f"gives {model.embed_dim}: pass the --model it was fitted on")
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:  # CLIP: softmax over the labels; SigLIP: a sigmoid per label; X-CLIP: texts seen by each video
         labels = model.labels(model.class_text(classnames, load_templates(settings.templates or model.templates),

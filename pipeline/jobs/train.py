@@ -33,6 +33,7 @@ from torch import nn
 import clip_model
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
+from datasets.world import prompt_templates
 from pipeline.model_spec import RANDOM_PREFIX, clip_only, resolve_device
 from pipeline.progress import progress as progress_bar
 from pipeline.prompts import class_embeddings
@@ -174,10 +175,20 @@ def _metrics_writer(path: Path, fmt: str, history: list[dict]):
     return write, f
 
 
+def trained_protocol(cfg: TrainConfig, num_frames: int) -> dict:
+    """How a trained model is meant to be used, recorded in its checkpoint for every job's defaults: the pooling it
+    trained, its clips' frame count and, on the synthetic world, the prompt forms of its captions (elsewhere the
+    family's templates)."""
+    templates = prompt_templates(cfg.world) if cfg.data == "world" else None
+    return {"pooling": cfg.pooling, "frames": num_frames, "templates": templates}
+
+
 def export_model(model: VideoCLIP, path: Path, cfg: TrainConfig | None = None) -> Path:
-    """A clip_video checkpoint of the trained CLIP and its temporal pooler, for classify / benchmark / tag."""
+    """A clip_video checkpoint of the trained CLIP and its temporal pooler, for classify / benchmark / tag, with the
+    protocol it was trained for (``trained_protocol``)."""
     extra = {"training": config_dict(cfg)} if cfg is not None else None
-    return clip_model.save_checkpoint(model.clip, path, extra, temporal=model.temporal)
+    protocol = trained_protocol(cfg, model.num_frames) if cfg is not None else None
+    return clip_model.save_checkpoint(model.clip, path, extra, temporal=model.temporal, protocol=protocol)
 
 
 # ---- one step ------------------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from .scoring import Scorer, check_output, label_scorer, output_lock, write_outp
 class TagSettings:
     runtime: RuntimeSettings
     labels: tuple[str, ...]
-    templates: str | None = None  # None: the model's (``resolved``)
+    templates: str | Sequence[str] | None = None  # a set's name, a file, or the templates; None: the model's
     pooling: str | None = None  # mean | max | temporal (the checkpoint's pooler); None: the model's
     num_frames: int | None = None  # frames per window; None: the model's (fixed by X-CLIP checkpoints), else 8
     window_s: float = 4.0
@@ -88,7 +88,8 @@ class TagSettings:
     def identity(self) -> dict:
         """What the stored rows depend on: a resume must match it (the model by its weights' key)."""
         return {"model": model_identity(self.runtime.model, self.runtime.precision), "labels": list(self.labels),
-                "templates": self.templates, "pooling": self.pooling, "num_frames": self.num_frames,
+                "templates": self.templates if isinstance(self.templates, str | None) else list(self.templates),
+                "pooling": self.pooling, "num_frames": self.num_frames,
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk}
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:

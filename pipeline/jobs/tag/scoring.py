@@ -77,7 +77,7 @@ class Scorer:
         return ["|".join(self.labels[row[: int(count)]]) for row, count in zip(order.numpy(), keep.sum(dim=1))]
 
 
-def label_scorer(model: VideoTextModel, labels: Sequence[str], templates: str, topk: int,
+def label_scorer(model: VideoTextModel, labels: Sequence[str], templates: str | Sequence[str], topk: int,
                  above: float | None = None) -> Scorer:
     """A Scorer of ``labels`` prompted with ``templates`` (``prompts.load_templates``), in ``model``'s scoring."""
     return Scorer(model.labels(model.class_text(labels, load_templates(templates))), labels, topk, above)

@@ -197,3 +197,50 @@ def test_unknown_backend_and_bad_resize(good):
         open_video(good, "opencv")
     with pytest.raises(ValueError, match=r"resize \(0\) must be a positive"):
         open_video(good, "pyav", resize=0)
+
+
+_NATIVE = """
+import sys
+from pathlib import Path
+import numpy as np
+from pipeline.video.decord_reader import DecordReader
+from pipeline.video.reader import VideoDecodeError
+try:
+    DecordReader(Path(sys.argv[1]))
+except VideoDecodeError as e:
+    print(e)
+reader = DecordReader(Path(sys.argv[2]))
+reader.read_frames(np.arange(0, reader.num_frames, 3))
+print("\\n".join(reader.warnings))
+"""
+
+
+def test_decords_native_log_lines_become_the_error_and_warnings_never_stderr(tmp_path, good):
+    """decord's bundled FFmpeg and its C++ logger write to file descriptor 2 (``moov atom not found``,
+    ``video_reader.cc:83: ERROR opening``): captured, the FFmpeg reason joins the one-line error, decode errors
+    become warnings, and nothing reaches stderr."""
+    import subprocess
+    import sys
+
+    data = good.read_bytes()
+    no_moov = tmp_path / "no_moov.mp4"  # the header box is at the end (no faststart): cut it off
+    no_moov.write_bytes(data[: data.rfind(b"moov") - 4] if data.rfind(b"moov") > len(data) // 2 else data[2000:])
+    damaged = bytearray(data)
+    rng = np.random.default_rng(3)
+    for i in rng.integers(len(data) // 3, 2 * len(data) // 3, 10):  # bytes inside coded frames
+        damaged[i] = int(rng.integers(256))
+    (tmp_path / "damaged.mp4").write_bytes(bytes(damaged))
+    run = subprocess.run([sys.executable, "-c", _NATIVE, str(no_moov), str(tmp_path / "damaged.mp4")],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    error, *warnings = run.stdout.splitlines()
+    assert error.startswith(f"{no_moov}: decord cannot open: ") and error.endswith("(FFmpeg: moov atom not found)")
+    assert warnings and all(w.startswith("decord's FFmpeg: ") for w in warnings)
+    assert any("error while decoding" in w or "Reference" in w or "concealing" in w for w in warnings), warnings
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    cli = subprocess.run([sys.executable, "run_pipeline.py", "classify", str(no_moov), "--labels",
+                          str(tmp_path / "labels.txt"), "--model", "random:tiny-vit", "--precision", "fp32"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert cli.returncode == 1  # auto: PyAV failed, the decord fallback too; only our line is on stderr
+    assert cli.stderr.splitlines() == [f"error: {no_moov}: cannot open: Invalid data found when processing input"]

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .pyav_reader import PyAVReader, best_video_stream, open_container, scaled_size
+from .native_log import captured_stderr, native_message
+from .pyav_reader import MAX_LOGGED_WARNINGS, PyAVReader, best_video_stream, open_container, scaled_size
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 
@@ -69,19 +70,24 @@ class DecordReader(VideoReader):
         except UnicodeEncodeError:
             raise VideoDecodeError(self.path, "decord cannot open paths that are not valid UTF-8") from None
         try:
-            if resize is not None:
-                if not h:
-                    probe = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
-                    h, w = probe[0].shape[:2]
-                    del probe
-                h, w = scaled_size(h, w, resize)
-                kwargs.update(width=w, height=h)
-            self._vr = decord.VideoReader(str(self.path), **kwargs)
-            n = len(self._vr)
-            shape = self._vr[0].shape
-            stamps = self._vr.get_frame_timestamp(np.arange(n))
+            with captured_stderr() as logged:  # its FFmpeg's and its own log lines: into the error or the warnings
+                if resize is not None:
+                    if not h:
+                        probe = decord.VideoReader(str(self.path), ctx=decord.cpu(0))
+                        h, w = probe[0].shape[:2]
+                        del probe
+                    h, w = scaled_size(h, w, resize)
+                    kwargs.update(width=w, height=h)
+                self._vr = decord.VideoReader(str(self.path), **kwargs)
+                n = len(self._vr)
+                shape = self._vr[0].shape
+                stamps = self._vr.get_frame_timestamp(np.arange(n))
         except (RuntimeError, decord.DECORDError, IndexError) as e:
-            raise VideoDecodeError(self.path, f"decord cannot open: {' '.join(str(e).split())[:200]}") from None
+            said = next((line for line in logged if line.lower() not in str(e).lower() and "ERROR opening" not in line),
+                        None)  # the FFmpeg line that says why (moov atom not found), where decord's message does not
+            raise VideoDecodeError(self.path, f"decord cannot open: {native_message(str(e))[:200]}"
+                                              + (f" (FFmpeg: {said[:120]})" if said else "")) from None
+        self._note(logged)
         if shape[0] * shape[1] > max_pixels:
             raise VideoDecodeError(self.path, f"frame size {shape[1]}x{shape[0]} is over the {max_pixels}-pixel limit")
         if expected is not None and n != expected.info.num_frames:
@@ -113,9 +119,19 @@ class DecordReader(VideoReader):
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:
-            return self._vr.get_batch(indices.tolist()).asnumpy()
+            with captured_stderr() as logged:
+                frames = self._vr.get_batch(indices.tolist()).asnumpy()
         except Exception as e:  # decord raises bare DECORDError/RuntimeError subclasses from C++
-            raise VideoDecodeError(self.path, f"decord failed: {' '.join(str(e).split())[:160]}") from None
+            raise VideoDecodeError(self.path, f"decord failed: {native_message(str(e))[:160]}") from None
+        self._note(logged)
+        return frames
+
+    def _note(self, logged: list[str]) -> None:
+        """decord's FFmpeg's log lines (decode errors, concealment) as warnings, as PyAV's decode errors are."""
+        for line in logged:
+            message = f"decord's FFmpeg: {line[:160]}"
+            if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:
+                self.warnings.append(message)
 
     def close(self) -> None:
         self._vr = None

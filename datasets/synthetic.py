@@ -7,6 +7,11 @@ from pathlib import Path
 import numpy as np
 
 DIRECTIONS = {"moving left": (-1, 0), "moving right": (1, 0), "moving up": (0, -1), "moving down": (0, 1)}
+# x264's macroblock-tree rate control made the encoding of identical frames differ with the process's earlier work
+# (4 encodes of the same 40 clips in one process: 4 different outputs, decoded pixels up to 11 apart; each new
+# demo run wrote another world). With it off, and with x264's assembly off, the bytes repeat; mbtree off costs
+# nothing here, the assembly would be slow.
+X264_PARAMS = "mbtree=0"
 COLORS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 
 
@@ -33,8 +38,9 @@ def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps
                 codec: str = "libx264", container: str | None = None, options: dict[str, str] | None = None,
                 codec_tag: str | None = None) -> Path:
     """Encode uint8 RGB frames ((T, H, W, 3), or (H, W, 3) frames one by one, so a long video need not be held) with
-    ``codec``: H.264 at ``crf`` in an MP4 by default. ``options`` replace the encoder's (``crf`` is H.264's only);
-    ``container`` overrides the one the file name implies; ``codec_tag`` sets the FourCC (e.g. XVID in an AVI)."""
+    ``codec``: H.264 at ``crf`` in an MP4 by default. ``options`` replace the encoder's (``crf`` and ``X264_PARAMS``
+    are H.264's only); ``container`` overrides the one the file name implies; ``codec_tag`` sets the FourCC (e.g. XVID
+    in an AVI). The same frames give the same bytes, in any process and however often they are encoded."""
     import av
 
     path = Path(path)
@@ -44,7 +50,8 @@ def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps
         if not isinstance(stream, av.VideoStream):
             raise ValueError(f"{codec!r} is not a video codec")
         stream.pix_fmt = "yuv420p"
-        stream.options = dict(options) if options is not None else {"crf": str(crf)} if codec == "libx264" else {}
+        default = {"crf": str(crf), "x264-params": X264_PARAMS} if codec == "libx264" else {}
+        stream.options = dict(options) if options is not None else default
         if codec_tag is not None:
             stream.codec_context.codec_tag = codec_tag
         for k, frame in enumerate(frames):

@@ -115,3 +115,15 @@ def test_written_world_decodes_and_reads_as_a_dataset(tmp_path):
     own = np.abs(decoded - render(clip, SMALL).astype(int)).mean()  # H.264 at crf 12 smooths the pixel noise
     other = np.abs(decoded - render(plan_world(SMALL)[7], SMALL).astype(int)).mean()
     assert own < 10 and other > 2 * own, (own, other)
+
+
+def test_the_same_frames_encode_to_the_same_bytes_every_time(tmp_path):
+    """x264's macroblock tree made repeated encodes of identical frames differ within one process (so each demo run
+    wrote another world); the world's videos are a pure function of its config, encoded bytes included."""
+    from datasets.synthetic import write_video
+
+    cfg = WorldConfig()
+    clips = [render(c, cfg) for c in plan_world(cfg)[:20]]
+    runs = [[write_video(tmp_path / f"{k}.mp4", frames, fps=cfg.fps, crf=12).read_bytes() for k, frames in
+             enumerate(clips)] for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]

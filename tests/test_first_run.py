@@ -253,3 +253,32 @@ def test_a_probe_brings_its_model_and_refuses_another_in_one_line(tmp_path):
     assert old.stderr.strip().splitlines()[-1] == (
         f"error: {tmp_path / 'old.npz'}: this probe takes 32-dimensional features; random:tiny-vit gives 64: pass "
         "the --model it was fitted on")
+
+
+def _demo_rows() -> list[list[str]]:
+    """docs/benchmarks.md's table of demo runs, as cells; runs with other settings (--steps) left out."""
+    text = (ROOT / "docs" / "benchmarks.md").read_text(encoding="utf-8")
+    section = text.split("## The demo", 1)[1].split("\n\n", 2)[1]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    return [r for r in rows[2:] if "--steps" not in r[1]]  # after the header and its rule
+
+
+def test_the_readmes_demo_figures_are_the_measured_ones():
+    """The README's demo accuracy ranges are the extremes of the runs docs/benchmarks.md records (date, host,
+    command), and every time it quotes is a measured wall time there: no figure of its own."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = _demo_rows()
+    scores = [[float(x) for x in re.findall(r"[\d.]+", r[4])] for r in rows]  # temporal, mean, probe
+    claimed = re.search(r"temporal pooler \*\*([\d.]+) to\s+([\d.]+) %\*\*, with mean pooling of the same frame "
+                        r"embeddings ([\d.]+) to ([\d.]+) %, a linear probe ([\d.]+) to ([\d.]+) %", readme)
+    assert claimed, "the README's demo figures moved: update this test's pattern"
+    for k in range(3):
+        assert (float(claimed[2 * k + 1]), float(claimed[2 * k + 2])) == (min(s[k] for s in scores),
+                                                                           max(s[k] for s in scores))
+    timing = readme.split("and `runs/demo/results.json` (", 1)[1].split("`docs/benchmarks.md`)", 1)[0]
+    walls = {int(r[2].rstrip(" s")) for r in rows}
+    quoted = {int(n) for n in re.findall(r"(\d+)(?:-\d+)? s\b", timing)} | {
+        int(n) for n in re.findall(r"\d+-(\d+) s\b", timing)}
+    assert quoted and quoted <= walls, (quoted, walls)

@@ -50,8 +50,8 @@ def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps
         if not isinstance(stream, av.VideoStream):
             raise ValueError(f"{codec!r} is not a video codec")
         stream.pix_fmt = "yuv420p"
-        default = {"crf": str(crf), "x264-params": X264_PARAMS} if codec == "libx264" else {}
-        stream.options = dict(options) if options is not None else default
+        stream.options = dict(options) if options is not None else (
+            {"crf": str(crf), "x264-params": X264_PARAMS} if codec == "libx264" else {})
         if codec_tag is not None:
             stream.codec_context.codec_tag = codec_tag
         for k, frame in enumerate(frames):

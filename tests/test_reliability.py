@@ -462,3 +462,99 @@ def test_a_fifo_swapped_in_for_a_tagged_file_is_a_409_not_a_hang(served):
         thumb = pool.submit(client.get, f"/api/videos/{ids['v2.mp4']}/thumbnail", params={"t": 0.5}, headers=auth)
         assert thumb.result(timeout=20).headers["x-thumbnail"] == "placeholder"
     assert client.get("/api/labels", headers=auth).status_code == 200
+
+
+# ---- found in review (after issue 22) -----------------------------------------------------------------------------
+
+def test_a_failure_while_the_outputs_are_finished_keeps_the_previous_ones_and_no_temporaries(tmp_path, monkeypatch,
+                                                                                              clips):
+    """A full disk (or a signal) while the second of the three outputs is being flushed: OUT was already renamed
+    into place, its siblings were not, and their temporaries stayed. Now all three are finished before any is
+    renamed."""
+    archive = _archive(tmp_path, clips, 2)
+    out = tmp_path / "t.csv"
+    tag(_settings(), archive, out, progress=False)
+    outputs = [out, sibling(out, "segments"), sibling(out, "errors")]
+    before = [p.read_bytes() for p in outputs]
+    real = TableWriter.finish
+    calls = []
+
+    def full_disk(self):
+        calls.append(self.path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self)
+
+    monkeypatch.setattr(TableWriter, "finish", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        retag(Path(str(out) + ".index"), LABELS[::-1], out, device="cpu")
+    assert [p.read_bytes() for p in outputs] == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
+
+
+def test_a_stored_file_missing_from_its_manifest_keeps_its_rows(tmp_path, clips):
+    """With a manifest, a stored file that is gone now (an unmounted drive) was re-tagged into an error row, and its
+    embeddings deleted; its rows stay until --forget-missing, as for a folder."""
+    archive = _archive(tmp_path, clips, 2)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("archive/v0.mp4\narchive/v1.mp4\n")
+    out = tmp_path / "m.csv"
+    tag(_settings(), manifest, out, progress=False)
+    folder = Path(str(out) + ".index")
+    vectors = TagIndex.open(folder).count("embeddings")
+    (archive / "v1.mp4").rename(tmp_path / "v1.away")
+    again = tag(_settings(), manifest, out, progress=False)
+    assert (again.ok, again.failed, again.skipped) == (0, {}, 2)
+    assert TagIndex.open(folder).count("embeddings") == vectors
+    assert set(pd.read_csv(out)["status"]) == {"ok"} and len(pd.read_csv(out)) == 2
+    forgot = tag(_settings(), manifest, out, forget_missing=True, progress=False)
+    assert forgot.forgotten == 1
+    assert pd.read_csv(sibling(out, "errors"))["path"].tolist() == [str(archive / "v1.mp4")]  # now it is missing
+
+
+def test_a_file_that_changes_while_it_is_decoded_is_tagged_again_next_time(tmp_path, monkeypatch, clips):
+    """The stamp was taken after decoding: a file still being copied was decoded truncated, stored with its final
+    size and time, and never tagged again. The stamp now comes from before the decode."""
+    import pipeline.jobs.tag.job as job_module
+
+    archive = _archive(tmp_path, clips, 1)
+    real = job_module.embed_windows
+
+    def growing_while_decoded(tasks, *args, **kwargs):
+        for task, video, error in real(tasks, *args, **kwargs):
+            with open(task.path, "ab") as f:  # the copy goes on
+                f.write(b"\0" * 16)
+            yield task, video, error
+
+    monkeypatch.setattr(job_module, "embed_windows", growing_while_decoded)
+    out = tmp_path / "t.csv"
+    assert tag(_settings(), archive, out, progress=False).ok == 1
+    monkeypatch.setattr(job_module, "embed_windows", real)
+    assert tag(_settings(), archive, out, progress=False).skipped == 0  # changed since its stamp: tagged again
+
+
+def test_concurrent_reopens_never_show_a_reader_no_tables(tmp_path, monkeypatch):
+    """serve reads from a thread pool: a reopen emptied the open tables before refilling them, so another request
+    found none (an empty hit list, or a KeyError as a 500)."""
+    from test_tag_index import _fill
+    from test_tag_index import _settings as index_settings
+
+    writer = TagIndex.create(tmp_path / "i", index_settings(), 32)
+    _fill(writer, 4, commit_every=2)
+    reader = TagIndex.open(tmp_path / "i")
+    _fill(writer, 4, commit_every=2, seed=3, prefix="/more")  # the state on disk is newer than the reader's
+    real_open = TagIndex._opened
+
+    def slow(self, state):
+        time.sleep(0.3)
+        return real_open(self, state)
+
+    monkeypatch.setattr(TagIndex, "_opened", slow)
+    seen = []
+    with ThreadPoolExecutor(1) as pool:
+        reopen = pool.submit(reader._reopened)
+        while not reopen.done():
+            seen.append(reader.table("embeddings") is not None)
+        assert reopen.result() is True
+    assert seen and all(seen)
+    assert reader.count("embeddings") == writer.count("embeddings")

@@ -41,6 +41,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -187,15 +188,18 @@ class TagIndex:
         self._lock = (lock or _lock(folder)) if write else None
         self._tables: dict[str, Any] = {}
         self._indexed: tuple[int | None] | None = None  # (rows the vector index covers, or None), once read
+        self._reopen_lock = threading.Lock()  # serve reads from a thread pool: one reopen at a time
         try:
-            self._open_tables()
+            self._tables = self._opened(state)
         except BaseException:
             self.close()
             raise
 
-    def _open_tables(self) -> None:
+    def _opened(self, state: IndexState) -> dict[str, Any]:
+        """The tables at ``state``'s versions (a writer first undoes a commit killed half way)."""
+        tables: dict[str, Any] = {}
         for name in self.TABLES:
-            version = self.state.versions.get(name, 0)
+            version = state.versions.get(name, 0)
             if self.writable and not version and (self.folder / f"{name}.lance").exists():
                 shutil.rmtree(self.folder / f"{name}.lance")  # this writer's first commit, killed before it counted
             if version:
@@ -204,7 +208,8 @@ class TagIndex:
                 if self.writable and ds.latest_version != version:  # a commit was killed half way: undo its changes
                     ds.restore()
                     ds = self.lance.dataset(str(self.folder / f"{name}.lance"))
-                self._tables[name] = ds
+                tables[name] = ds
+        return tables
 
     def close(self) -> None:
         """Release the writer's lock (also released when the process ends)."""
@@ -253,10 +258,10 @@ class TagIndex:
         folder.mkdir(parents=True, exist_ok=True)
         lock = _lock(folder)
         try:
-            if restart:
+            if restart:  # state first: a crash half way leaves tables without a state, which --restart clears again
+                (folder / "state.json").unlink(missing_ok=True)
                 for name in cls.TABLES:
                     shutil.rmtree(folder / f"{name}.lance", ignore_errors=True)
-                (folder / "state.json").unlink(missing_ok=True)
             if not (folder / "state.json").exists() and not (folder / "manifest.json").exists() and not any(
                     (folder / f"{name}.lance").exists() for name in cls.TABLES):
                 return cls.create(folder, settings, dim, lock)
@@ -285,32 +290,40 @@ class TagIndex:
         file = bad[0].split("/", 1)[1] if bad else "unknown: " + message.splitlines()[0][:200]
         return IndexDamaged(self.folder, table, file)
 
-    def _reopened(self) -> bool:
-        """Reopen at the versions state.json names now, if it changed; returns whether it did."""
-        seen, failed = self.state.versions, None
-        for _ in range(REOPEN_TRIES):
-            try:
-                state = IndexState.read(self.folder)
-            except ValueError:
-                break
-            if state.versions == seen:
-                break
-            self.state, self._tables, self._indexed = state, {}, None
-            try:
-                self._open_tables()
+    def _reopened(self, seen: dict[str, int] | None = None) -> bool:
+        """Reopen at the versions state.json names now, if they differ from ``seen`` (default: those open); returns
+        whether the tables are now newer than ``seen`` (another thread may have reopened them meanwhile). The open
+        tables are replaced only by a complete new set: a concurrent reader never sees some or none."""
+        with self._reopen_lock:
+            seen = self.state.versions if seen is None else seen
+            if self.state.versions != seen:
                 return True
-            except IndexDamaged as e:  # compacted away again while it was being opened: try the newer state
-                seen, failed = state.versions, e
-        if failed is not None:  # the tables are closed: never go on reading nothing
-            raise failed
-        return False
+            failed = None
+            for _ in range(REOPEN_TRIES):
+                try:
+                    state = IndexState.read(self.folder)
+                except ValueError:
+                    break
+                if state.versions == seen:
+                    break
+                try:
+                    tables = self._opened(state)
+                except IndexDamaged as e:  # compacted away again while it was being opened: try the newer state
+                    seen, failed = state.versions, e
+                    continue
+                self.state, self._tables, self._indexed = state, tables, None
+                return True
+            if failed is not None:
+                raise failed
+            return False
 
     def _read(self, table: str, read: Callable[[], T]) -> T:
         """A read that, if its version was deleted by a writer's compaction, is retried once on the latest."""
+        seen = self.state.versions
         try:
             return self._guarded(table, read)
         except IndexDamaged:
-            if not self.writable and self._reopened():
+            if not self.writable and self._reopened(seen):
                 return self._guarded(table, read)
             raise
 

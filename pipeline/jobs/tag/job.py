@@ -240,12 +240,20 @@ def resume_plan(index: TagIndex, paths: Sequence[Path], listing_errors: Sequence
                 ) -> tuple[list[Path], set[str]]:
     """The paths to tag now (new, changed since they were stored, or with ``retry_failed`` stored as failures), and
     the stored paths whose rows the coming commits replace (those files, and folders that could not be listed
-    again)."""
+    again). A listed file that is gone is an error row until it appears, unless it is stored as tagged: then its
+    rows stay as they are (an unmounted drive must not wipe its embeddings; ``forget_missing`` deletes them)."""
     stored = index.stamps()
-    failed = index.paths("status != 'ok'") if retry_failed else set()
-    # a file that is gone has no stamp, stored as (None, None): it stays an error row until it appears
-    todo = [p for p in paths if str(p) not in stored or stored[str(p)] != (file_stamp(p) or (None, None))
-            or str(p) in failed]
+    failures = index.paths("status != 'ok'")
+
+    def wanted(p: Path) -> bool:
+        if str(p) not in stored:
+            return True
+        stamp = file_stamp(p)
+        if stamp is None:  # gone: a stored failure stays one (tried again: no decode), stored rows stay
+            return str(p) in failures and (retry_failed or stored[str(p)] != (None, None))
+        return stored[str(p)] != stamp or (retry_failed and str(p) in failures)
+
+    todo = [p for p in paths if wanted(p)]
     retagged = {str(p) for p in todo if str(p) in stored} | {e["path"] for e in listing_errors if e["path"] in stored}
     return todo, retagged
 
@@ -297,7 +305,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
 
     failed: dict[str, int] = {}
     ok = 0
-    tasks = []
+    tasks, stamps = [], {}
     for p in todo:  # what is no video file at all (gone, a link to nothing, a FIFO, empty) fails without a worker
         try:
             check_file(p)
@@ -306,13 +314,14 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             failed["error"] = failed.get("error", 0) + 1
         else:
             tasks.append(settings.task(str(p), model.preprocess))
+            stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
         for task, video, error in stream:
-            stamp = file_stamp(Path(task.path))
+            stamp = stamps[task.path]
             if video is None:
                 status, stage, reason = _failure(error or "error: decode: no result")
                 part.add_failure(video_id(), task.path, stamp, status, stage, reason)
@@ -365,7 +374,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
         scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
         index = open_for_tagging(folder, identity, model.embed_dim, restart)
-        committed = index.count("videos")
+        committed = index.state.rows.get("videos", 0)
         try:
             forgotten = forget_missing_files(index) if forget_missing else 0
             todo, ok, failed, failed_earlier = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world),

@@ -228,14 +228,18 @@ class TableWriter:
         os.close(fd)
         os.chmod(tmp, 0o644)
         self.tmp = Path(tmp)
-        self._writer: Any
-        if path.suffix == ".parquet":
-            self._writer = pq.ParquetWriter(self.tmp, schema)
-        elif path.suffix == ".csv":
-            self._writer = pa_csv.CSVWriter(self.tmp, schema, write_options=pa_csv.WriteOptions(
-                quoting_style="needed"))
-        else:
-            self._writer = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._writer: Any = None
+        try:
+            if path.suffix == ".parquet":
+                self._writer = pq.ParquetWriter(self.tmp, schema)
+            elif path.suffix == ".csv":
+                self._writer = pa_csv.CSVWriter(self.tmp, schema, write_options=pa_csv.WriteOptions(
+                    quoting_style="needed"))
+            else:
+                self._writer = open(self.tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in finish()
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, table: pa.Table) -> None:
         table = shown_paths(table.select(self.schema.names).cast(self.schema))
@@ -245,12 +249,22 @@ class TableWriter:
             for row in table.to_pylist():
                 self._writer.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    def close(self) -> None:
+    def finish(self) -> None:
+        """Write out everything (the Parquet footer, buffered rows) and flush it to disk, still under the temporary
+        name: what can fail (a full disk) fails here, before any output is replaced."""
         self._writer.close()
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+    def publish(self) -> None:
         self.tmp.replace(self.path)
 
     def discard(self) -> None:
-        self._writer.close()
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        except Exception:  # noqa: BLE001, S110 - it is being thrown away; the error that led here is what counts
+            pass
         self.tmp.unlink(missing_ok=True)
 
 
@@ -267,10 +281,10 @@ def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: 
 
 
 def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
+    """Every output is written and flushed under a temporary name first, then all are renamed into place: a failure
+    (a full disk, a signal) leaves the previous outputs as they were and no temporaries."""
     schemas = output_schemas(topk)
-    writers = {"videos": TableWriter(out, schemas["videos"]),
-               "segments": TableWriter(sibling(out, "segments"), schemas["segments"]),
-               "errors": TableWriter(sibling(out, "errors"), schemas["errors"])}
+    writers: dict[str, TableWriter] = {}
     written = 0
 
     def write(what: str, table: pa.Table) -> None:
@@ -281,6 +295,8 @@ def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk:
             trim_heap()  # see TRIM_EVERY
 
     try:
+        for what, path in (("videos", out), ("segments", sibling(out, "segments")), ("errors", sibling(out, "errors"))):
+            writers[what] = TableWriter(path, schemas[what])
         for index in indexes:
             for table in video_rows(index, scorer, topk):
                 write("videos", table)
@@ -288,12 +304,14 @@ def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk:
                 write("segments", table)
             for table in error_rows(index):
                 write("errors", table)
+        for w in writers.values():
+            w.finish()
     except BaseException:
         for w in writers.values():
             w.discard()
         raise
-    for w in writers.values():
-        w.close()
+    for w in writers.values():  # renames only: nothing left that a full disk can fail
+        w.publish()
 
 
 def sibling(out: Path, what: str) -> Path:

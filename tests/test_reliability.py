@@ -558,3 +558,27 @@ def test_concurrent_reopens_never_show_a_reader_no_tables(tmp_path, monkeypatch)
         assert reopen.result() is True
     assert seen and all(seen)
     assert reader.count("embeddings") == writer.count("embeddings")
+
+
+def test_verify_during_a_writers_compaction_reports_no_false_damage(tmp_path, monkeypatch):
+    """verify read state.json once: a writer's commit and compaction while it hashed deleted files it had listed,
+    and a healthy index was reported damaged."""
+    from test_tag_index import _fill
+    from test_tag_index import _settings as index_settings
+
+    monkeypatch.setattr(index_module, "COMPACT_EVERY", 2)
+    monkeypatch.setattr(index_module, "KEEP_VERSIONS", 0)
+    writer = TagIndex.create(tmp_path / "i", index_settings(), 32)
+    _fill(writer, 4, commit_every=2)
+    real_differing, commits = maintenance.differing, []
+
+    def writer_commits_meanwhile(folder, files, **kw):
+        if not commits:  # once, while the first pass hashes: two commits, the second compacts
+            commits.append(1)
+            _fill(writer, 4, commit_every=2, seed=7, prefix="/meanwhile")
+        return real_differing(folder, files, **kw)
+
+    monkeypatch.setattr(maintenance, "differing", writer_commits_meanwhile)
+    report = maintenance.verify_index(tmp_path / "i")
+    assert report.ok, report.line()
+    assert commits == [1]

@@ -31,11 +31,23 @@ class Verification:
         return f"{self.folder}: damaged: " + "; ".join(self.damaged + self.problems)
 
 
+VERIFY_TRIES = 3  # a live writer that commits (and compacts away what was being checked) makes verify start over
+
+
 def verify_index(folder: Path) -> Verification:
     """Check every recorded file's SHA-256, and that each table opens at its committed version with its committed
-    row count."""
+    row count. Where something is missing or differs while a writer has committed since (its compaction deletes
+    superseded files), the check starts over on the new state: only damage that stays is reported."""
     folder = Path(folder)
-    state = IndexState.read(folder)
+    for _ in range(VERIFY_TRIES):
+        state = IndexState.read(folder)
+        report = _verify(folder, state)
+        if report.ok or IndexState.read(folder).versions == state.versions:
+            return report
+    return report
+
+
+def _verify(folder: Path, state: IndexState) -> Verification:
     damaged = differing(folder, state.files)
     problems, unchecked = [], 0
     lance = import_lance()

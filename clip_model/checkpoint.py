@@ -46,7 +46,7 @@ from .config import (
 )
 from .errors import CheckpointError
 from .hf_layout import HF_LAYER
-from .siglip import SigLIPConfig
+from .siglip import SigLIP, SigLIPConfig
 from .siglip import from_hf as siglip_from_hf
 from .torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
 from .xclip import XCLIPConfig
@@ -75,7 +75,7 @@ class Checkpoint:
     # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
     temporal: Mapping[str, Any] | None = None
     # SigLIP: (SentencePiece model file, "siglip" | "siglip2") found beside the weights
-    tokenizer: tuple[Path, str] | None = None
+    tokenizer: tuple[Path | bytes, str] | None = None  # (its file, or its serialized model), variant
     family: str | None = None  # a CLIP fine-tuned for video (vificlip, actionclip, openvclip, froster); None: the
     #                            config's type says it
     # what our checkpoint recorded of its protocol (config.RECORDED_PROTOCOL), the family's defaults otherwise
@@ -379,8 +379,12 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None, base: 
     if found is not None:
         return found
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_TAG:
+        family = obj.get("family", "clip")  # version 1 files were all plain CLIPs
+        if family not in SAVED_FAMILIES:
+            raise CheckpointError(f"{path}: clip_video checkpoint of unknown family {family!r} (known: "
+                                  f"{', '.join(SAVED_FAMILIES)})")
         try:
-            config = CLIPConfig.from_dict(obj["config"])
+            config = _saved_config(family, obj["config"])
             preprocess = PreprocessConfig(**obj["preprocess"])
         except (KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path}: corrupt clip_video checkpoint config: {e}") from None
@@ -390,8 +394,13 @@ def _from_object(obj: Any, path: Path, fmt: str, quick_gelu: bool | None, base: 
         protocol = obj.get("protocol")
         if protocol is not None and (problem := check_recorded_protocol(protocol)):
             raise CheckpointError(f"{path}: corrupt clip_video checkpoint: {problem}")
+        tokenizer = obj.get("tokenizer")
+        if tokenizer is not None and not (isinstance(tokenizer, Mapping) and isinstance(tokenizer.get("model"),
+                                                                                         torch.Tensor)):
+            raise CheckpointError(f"{path}: corrupt clip_video checkpoint: 'tokenizer' needs its model bytes")
         return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, "clip_video", temporal,
-                          protocol=protocol)
+                          (tokenizer["model"].numpy().tobytes(), tokenizer["variant"]) if tokenizer else None,
+                          family if family in VIDEO_CLIP_FAMILIES else None, protocol=protocol)
     sd = unwrap_state_dict(obj, path)
     if any(k.startswith("text_model.") for k in sd):
         raise CheckpointError(
@@ -430,7 +439,20 @@ def read_checkpoint(path: str | Path, *, quick_gelu: bool | None = None, base: s
     return ckpt
 
 
-def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,
+# the families our format saves, and the config type each is read back with (X-CLIP's and SigLIP's are their own)
+SAVED_FAMILIES = ("clip", "vificlip", "actionclip", "openvclip", "froster", "xclip", "siglip")
+VIDEO_CLIP_FAMILIES = ("vificlip", "actionclip", "openvclip", "froster")  # CLIPs whose protocol is their family's
+
+
+def _saved_config(family: str, d: Mapping[str, Any]) -> CLIPConfig | SigLIPConfig | XCLIPConfig:
+    if family == "xclip":
+        return XCLIPConfig(**d)
+    if family == "siglip":
+        return SigLIPConfig(**d)
+    return CLIPConfig.from_dict(d)
+
+
+def save_checkpoint(model: CLIP | SigLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,
                     temporal: TemporalTransformer | None = None, protocol: Mapping[str, Any] | None = None) -> Path:
     """Write a self-describing checkpoint: config, preprocessing and weights, loadable with weights_only=True.
 
@@ -444,12 +466,18 @@ def save_checkpoint(model: CLIP, path: str | Path, extra: Mapping[str, Any] | No
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {
         "format": FORMAT_TAG,
-        "version": 1,
-        "config": model.config.to_dict(),
+        "version": 2,
+        "family": model.family,  # what the weights are read back as: the model class and its protocol
+        "config": getattr(model, "xclip_config", model.config).to_dict(),  # X-CLIP's: its CLIP's and its own
         "preprocess": dataclasses.asdict(model.preprocess_config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         **(extra or {}),
     }
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is not None:  # SigLIP's SentencePiece model, so the file is whole without its folder
+        obj["tokenizer"] = {"variant": tokenizer.variant,
+                            "model": torch.frombuffer(bytearray(tokenizer.sp.serialized_model_proto()),
+                                                      dtype=torch.uint8)}
     if protocol is not None:
         obj["protocol"] = {k: list(v) if k == "templates" and v is not None else v for k, v in protocol.items()}
     if temporal is not None:

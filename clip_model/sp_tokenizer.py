@@ -34,7 +34,8 @@ def canonicalize(text: str) -> str:
 
 
 class SentencePieceTokenizer:
-    def __init__(self, model_file: str | Path, variant: str = "siglip", context_length: int = 64):
+    def __init__(self, model_file: str | Path | bytes, variant: str = "siglip", context_length: int = 64):
+        """``model_file``: a SentencePiece model file, or such a model serialized (as a checkpoint keeps it)."""
         if variant not in VARIANTS:
             raise ValueError(f"tokenizer variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         try:
@@ -42,9 +43,11 @@ class SentencePieceTokenizer:
         except ImportError:
             raise ImportError("SigLIP's tokenizer needs sentencepiece: pip install sentencepiece") from None
         try:
-            self.sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+            self.sp = sentencepiece.SentencePieceProcessor(model_proto=model_file) if isinstance(model_file, bytes) \
+                else sentencepiece.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as e:
-            raise CheckpointError(f"{model_file}: not a SentencePiece model ({' '.join(str(e).split())})") from None
+            where = "the checkpoint's tokenizer" if isinstance(model_file, bytes) else model_file
+            raise CheckpointError(f"{where}: not a SentencePiece model ({' '.join(str(e).split())})") from None
         self.variant, self.context_length = variant, context_length
         self.end_id, self.pad_id = VARIANTS[variant]
 

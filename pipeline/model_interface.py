@@ -74,7 +74,7 @@ class VideoTextModel:
 
     def __init__(self, model: clip_model.CLIP | clip_model.SigLIP, transform: clip_model.ClipTransform,
                  pooling: str | None = None, head: nn.Module | None = None, name: str = "model",
-                 recorded: Mapping[str, Any] | None = None):
+                 recorded: Mapping[str, Any] | None = None, frames: int | None = None):
         self.model, self.transform, self.head, self.name = model, transform, head, name
         self.family: str = model.family
         self.protocol = FAMILY_PROTOCOLS[self.family].recorded(recorded)
@@ -91,8 +91,13 @@ class VideoTextModel:
         self.pooling = pooling
         # frames per clip or window: fixed by an X-CLIP checkpoint (its MIT has one position per frame), else any
         self.fixed_frames: int | None = model.num_frames if isinstance(model, clip_model.XCLIP) else None
-        # frames that go through the model together: X-CLIP's fixed count; Open-VCLIP's clip length (``num_frames``)
-        self.group = self.fixed_frames or (self.protocol.frames if self.openvclip else 1)
+        if self.fixed_frames is not None and frames not in (None, self.fixed_frames):
+            raise ValueError(f"{name}: this X-CLIP checkpoint was built for {self.fixed_frames} frames per clip (its "
+                             f"frame-integration transformer has {self.fixed_frames} positions); --num-frames "
+                             f"{frames} cannot run on it: leave it out, or use a {frames}-frame checkpoint")
+        self.frames: int = self.fixed_frames or frames or self.protocol.frames  # resolved once, here
+        # frames that go through the model together: X-CLIP's fixed count; Open-VCLIP's clip length
+        self.group = self.fixed_frames or (self.frames if self.openvclip else 1)
         scoring = label_scoring(model)
         self.scoring = scoring if self.protocol.scale is None else LabelScoring(scoring.kind, self.protocol.scale)
 
@@ -114,19 +119,23 @@ class VideoTextModel:
         return (vision.image_size // vision.patch_size) ** 2
 
     def num_frames(self, asked: int | None) -> int:
-        """The frames per clip or window to sample: the checkpoint's where it fixes them (asking for another count
-        is an error naming it), else ``asked`` or the family's (8; ViFi-CLIP 32). Open-VCLIP's clips are then
-        encoded in groups of that many frames."""
-        if self.fixed_frames is None:
-            frames = asked or self.protocol.frames
-            if self.openvclip:
-                self.group = frames
-            return frames
-        if asked not in (None, self.fixed_frames):
-            raise ValueError(f"{self.name}: this X-CLIP checkpoint was built for {self.fixed_frames} frames per clip "
-                             f"(its frame-integration transformer has {self.fixed_frames} positions); --num-frames "
-                             f"{asked} cannot run on it: leave it out, or use a {asked}-frame checkpoint")
-        return self.fixed_frames
+        """The frames per clip or window to sample for ``asked`` (None: the model's, ``frames``). A model whose clip
+        frames go through it together (X-CLIP, Open-VCLIP) was built for its count at load: another is refused in
+        one line."""
+        if asked is None or asked == self.frames:
+            return self.frames
+        if self.joint:
+            raise ValueError(f"{self.name}: loaded for {self.frames} frames per clip, which {self.family} encodes "
+                             f"together; {asked} cannot run on it (pass the count when the model is loaded)")
+        return asked
+
+    def check_clip_frames(self, frames: int | None) -> None:
+        """Refuse a sampling of ``frames`` per clip (None: as many as the video has) where a clip's frames go
+        through the model together in groups of another size."""
+        if self.joint and frames != self.group:
+            got = "every frame of the video" if frames is None else f"{frames} frame{'s' * (frames != 1)} per clip"
+            raise ValueError(f"{self.name}: {self.family} encodes each clip's {self.group} frames together; a sampling "
+                             f"of {got} (frames: centre or all) cannot run on it: sample {self.group} frames")
 
     # ---- frames -> features -> states -----------------------------------------------------------------------------
 

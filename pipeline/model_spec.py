@@ -122,19 +122,22 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 
 def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str | None = None,
-               ) -> VideoTextModel:
+               num_frames: int | None = None) -> VideoTextModel:
     """The model of checkpoint ``spec`` behind the jobs' interface (``model_interface``), with the temporal pooler the
     same file carries (written by train, or ActionCLIP's), read once; ``pooling`` None takes the checkpoint's recorded
-    one, else the family's (the interface refuses pooling temporal where the file has no pooler).
+    one, else the family's (the interface refuses pooling temporal where the file has no pooler); ``num_frames`` None
+    likewise (the frames per clip, fixed at load for the families that encode a clip's frames together).
     ``random:tiny-vit`` builds an untrained CLIP (seed 0) for smoke tests; anything else goes to clip_model,
     whatever its family."""
     if spec.startswith(RANDOM_PREFIX):
         if precision not in clip_model.PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
         model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device, clip_model.PRECISIONS[precision])
-        return VideoTextModel(model, clip_model.ClipTransform(model.preprocess_config), pooling, name=spec)
+        return VideoTextModel(model, clip_model.ClipTransform(model.preprocess_config), pooling, name=spec,
+                              frames=num_frames)
     loaded = clip_model.load_video_model(spec, device, precision=precision)
-    return VideoTextModel(loaded.model, loaded.transform, pooling, loaded.head, name=spec, recorded=loaded.protocol)
+    return VideoTextModel(loaded.model, loaded.transform, pooling, loaded.head, name=spec, recorded=loaded.protocol,
+                          frames=num_frames)
 
 
 def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:

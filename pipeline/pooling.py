@@ -48,5 +48,5 @@ def pool_views(frame_features: torch.Tensor, pooling: str, head: nn.Module | Non
         return mean_pool(frame_features)
     if pooling == "max":
         return max_pool(frame_features)
-    raise ValueError(f"pooling {pooling!r}: choose mean, max or temporal")
+    raise ValueError(f"pooling {pooling!r}: choose mean, max, temporal or mean_of_unit")
 

@@ -34,6 +34,7 @@ from pipeline.video.supervisor import trim_heap
 
 from .frame_features import FrameEncoder
 from .model_interface import VideoState, VideoTextModel
+from .runtime import RuntimeSettings
 from .window_decode import (
     FrameGeometry,
     StageError,
@@ -94,7 +95,8 @@ def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Cal
 
 
 def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_size: int = 32,
-                  decode_workers: int = 2, timeout_s: float = 300.0, max_rss_mb: float = 2048.0,
+                  decode_workers: int = 2, timeout_s: float = RuntimeSettings.decode_timeout_s,
+                  max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
                   ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across

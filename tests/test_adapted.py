@@ -96,8 +96,7 @@ def _ours(path, frames: torch.Tensor, names=NAMES) -> tuple[torch.Tensor, object
     """(C,) probabilities through the jobs' interface: load_model, encode, class_text, view_probs."""
     from pipeline.prompts import load_templates
 
-    model = load_model(str(path), torch.device("cpu"))
-    model.num_frames(frames.shape[1])
+    model = load_model(str(path), torch.device("cpu"), num_frames=frames.shape[1])
     feats = model.encode(frames.flatten(0, 1)).view(1, frames.shape[1], -1)  # (V, T, E)
     labels = model.labels(model.class_text(names, load_templates(model.templates)))
     return model.view_probs(feats, labels), model
@@ -387,8 +386,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     (index,) = open_indexes(tmp_path / "a.parquet.index")
     stored = [r for b in index.scan("embeddings", ["kind", "window", "vector"]) for r in b.to_pylist()
               if r["kind"] == "segment"]
-    model = load_model(str(path), torch.device("cpu"))
-    model.num_frames(T)
+    model = load_model(str(path), torch.device("cpu"), num_frames=T)  # its clips' frame count, fixed at load
     ref = decode_request(DecodeRequest(str(video), Sampling("windows", num_frames=T, window_s=1.0, stride_s=0.5)))
     frames = model.transform.video(torch.from_numpy(ref.frames)).view(len(ref.indices), T, 3, S, S)
     for row in sorted(stored, key=lambda r: r["window"]):
@@ -449,3 +447,34 @@ def test_benchmark_with_actionclip_matches_classify_and_runs_its_linear_probe(tm
     (tmp_path / "probe.yaml").write_text(probe_cfg)
     results = run_benchmark(load_config(tmp_path / "probe.yaml"))
     assert results["splits"][0]["train_videos"] == 6 and results["splits"][0]["videos"] == 6
+
+
+def test_openvclip_refuses_a_sampling_of_another_clip_length_in_one_line(tmp_path, tuned, with_base):
+    """num_frames() used to change the group of frames encoded together as a side effect: a one-frame sampling
+    (benchmark frames: centre) then died inside encode (shape '[-1, 8, 3, 32, 32]' is invalid). The count is
+    fixed at load; another is refused in one line, and a model loaded for it runs."""
+    from configs.schema import BenchmarkConfig, DatasetConfig
+    from datasets.synthetic import moving_square_frames, write_video
+    from pipeline.jobs.benchmark import run_benchmark
+
+    path = tmp_path / "swa_2_22.pth"
+    torch.save({"model_state": {f"model.{k}": v for k, v in tuned.state_dict().items()}}, path)
+    model = load_model(str(path), torch.device("cpu"))
+    assert (model.frames, model.group) == (8, 8)
+    with pytest.raises(ValueError, match=r"loaded for 8 frames per clip, which openvclip encodes together; 4 cannot"):
+        model.num_frames(4)
+    with pytest.raises(ValueError, match=r"encodes each clip's 8 frames together; a sampling of 1 frame per clip "
+                                         r"\(frames: centre or all\) cannot run on it: sample 8 frames$"):
+        model.check_clip_frames(1)
+    assert load_model(str(path), torch.device("cpu"), num_frames=4).group == 4
+    for i, name in enumerate(NAMES[:2]):
+        write_video(tmp_path / "v" / f"{i}.mp4", moving_square_frames("moving left", "red", num_frames=12))
+    (tmp_path / "test.csv").write_text("path,label\n" + "".join(f"v/{i}.mp4,{n}\n" for i, n in enumerate(NAMES[:2])))
+    (tmp_path / "classes.txt").write_text("\n".join(NAMES[:2]) + "\n")
+    cfg = BenchmarkConfig(name="c", dataset=DatasetConfig(format="csv", root=str(tmp_path),
+                                                          annotations=str(tmp_path / "test.csv"),
+                                                          classes=str(tmp_path / "classes.txt")),
+                          model=str(path), frames="centre", device="cpu", decode_workers=1,
+                          output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match="a sampling of 1 frame per clip"):
+        run_benchmark(cfg)

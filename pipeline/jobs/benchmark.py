@@ -188,11 +188,12 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         print(f"benchmark: {cfg.out} holds an earlier run's reports; they are replaced when this one ends "
               "(--set output_dir=... keeps them)", file=sys.stderr, flush=True)
     rt = cfg.runtime
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling)
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling, cfg.num_frames)
     mkey = model_key(model_identity(rt.model, rt.precision))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
-    num_frames = model.num_frames(cfg.num_frames)
+    num_frames = model.frames
     sampling = sampling_for(cfg, num_frames)
+    model.check_clip_frames({"centre": 1, "all": None}.get(cfg.frames, num_frames))
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []

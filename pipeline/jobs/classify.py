@@ -89,8 +89,9 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     if probe is not None:  # its features' model, pooling and frames, unless asked otherwise
         check_fitted_on(probe, str(settings.probe), rt.model)
     recorded = probe.fitted_on if probe is not None else {}
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling or recorded.get("pooling"))
-    num_frames = model.num_frames(settings.num_frames or recorded.get("num_frames"))
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling or recorded.get("pooling"),
+                       settings.num_frames or recorded.get("num_frames"))
+    num_frames = model.frames
     if probe is not None and probe.coef.shape[1] != model.embed_dim:  # a probe saved before fitted_on was recorded
         raise ValueError(f"{settings.probe}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
                          f"gives {model.embed_dim}: pass the --model it was fitted on")

@@ -368,7 +368,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
         paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
     with output_lock(out) if rank == 0 else nullcontext():
-        model = load_model(rt.model, device, rt.precision, settings.pooling)
+        model = load_model(rt.model, device, rt.precision, settings.pooling, settings.num_frames)
         settings = settings.resolved(model)
         assert settings.templates is not None
         identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})

@@ -71,7 +71,8 @@ def glob_to_like(glob: str) -> str:
 
 def index_model(settings: dict, device: str) -> VideoTextModel:
     """The model a tag index was written with, from its stored identity."""
-    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"])
+    return load_model(settings["model"]["spec"], resolve_device(device), settings["model"]["precision"],
+                      num_frames=settings.get("num_frames"))
 
 
 def nearest(indexes: Sequence[TagIndex], query: np.ndarray, k: int, where: SearchFilter | None = None,

@@ -1,0 +1,74 @@
+"""The geometric half of a model's preprocessing, on uint8 NumPy frames and without torch: what decode workers run so
+that only model-sized frames cross to the model's process.
+
+The resize is Pillow's, frame by frame: short side to the model's size (or ``resize_to``), centre crop, the model's
+interpolation, antialiased as ``clip_model.ClipTransform`` resizes uint8 frames. Both round to uint8 on their own:
+on real 720p footage they differ by at most one level on 0.2 % of pixels (``tests/test_windows.py`` bounds it).
+Families whose own evaluation resizes without antialiasing (ViFi-CLIP, mmaction2's ActionCLIP, Open-VCLIP) keep
+torch's resize, imported only for them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+_PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The geometric half of a model's preprocessing (``clip_model.PreprocessConfig``), as plain data a worker can
+    unpickle without importing the model library."""
+
+    size: int  # the square the model takes
+    interpolation: str = "bicubic"
+    resize: str = "shortest"  # shortest: short side to resize_to (or size), centre crop; squash: straight to size
+    resize_to: int | None = None
+    antialias: bool = True
+
+    @classmethod
+    def of(cls, preprocess: Any) -> FrameGeometry:
+        """From a ``PreprocessConfig`` (read by attribute, so this module needs no import of it)."""
+        return cls(preprocess.image_size, preprocess.interpolation, preprocess.resize, preprocess.resize_to,
+                   preprocess.antialias)
+
+    def resize_crop(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (U, H, W, 3) -> uint8 (U, S, S, 3): resized and centre-cropped as the model's transform does."""
+        if not self.antialias:
+            return _torch_resize_crop(frames, self)
+        out = np.empty((len(frames), self.size, self.size, 3), dtype=np.uint8)
+        for k, frame in enumerate(frames):
+            h, w = frame.shape[:2]
+            if self.resize == "squash":
+                th, tw = self.size, self.size
+            else:
+                short = self.resize_to or self.size  # the long side truncated, as torchvision and ClipTransform do
+                th, tw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+            image = Image.fromarray(frame)
+            if (th, tw) != (h, w):
+                image = image.resize((tw, th), _PIL_RESAMPLE[self.interpolation])
+            top, left = int(round((th - self.size) / 2.0)), int(round((tw - self.size) / 2.0))
+            out[k] = np.asarray(image)[top : top + self.size, left : left + self.size]
+        return out
+
+
+def _torch_resize_crop(frames: np.ndarray, geometry: FrameGeometry) -> np.ndarray:
+    """The model's own tensor transform, for the families that resize without antialiasing (torch imported here)."""
+    import torch
+
+    from clip_model.config import PreprocessConfig
+    from clip_model.transform import ClipTransform
+
+    torch.set_num_threads(1)  # one of several decode workers: the resize must not spread over every core
+    transform = ClipTransform(PreprocessConfig(geometry.size, interpolation=geometry.interpolation,
+                                               resize=geometry.resize, resize_to=geometry.resize_to,
+                                               antialias=False))
+    parts = [transform.resize_crop(torch.from_numpy(frames[i : i + RESIZE_BATCH]))
+             for i in range(0, len(frames), RESIZE_BATCH)]
+    return torch.cat(parts).permute(0, 2, 3, 1).contiguous().numpy()  # (U, S, S, 3)
+
+
+RESIZE_BATCH = 16  # frames resized at once by torch: the float copies interpolate makes stay small

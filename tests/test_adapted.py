@@ -467,7 +467,7 @@ def test_openvclip_refuses_a_sampling_of_another_clip_length_in_one_line(tmp_pat
                                          r"\(frames: centre or all\) cannot run on it: sample 8 frames$"):
         model.check_clip_frames(1)
     assert load_model(str(path), torch.device("cpu"), num_frames=4).group == 4
-    for i, name in enumerate(NAMES[:2]):
+    for i in range(2):
         write_video(tmp_path / "v" / f"{i}.mp4", moving_square_frames("moving left", "red", num_frames=12))
     (tmp_path / "test.csv").write_text("path,label\n" + "".join(f"v/{i}.mp4,{n}\n" for i, n in enumerate(NAMES[:2])))
     (tmp_path / "classes.txt").write_text("\n".join(NAMES[:2]) + "\n")

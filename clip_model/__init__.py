@@ -1,29 +1,18 @@
 """CLIP for video: the model, its tokenizer, preprocessing and checkpoint loading.
 
-The public surface mirrors openai/CLIP: ``available_models``, ``load``, ``tokenize``, ``build_model``.
+The public surface mirrors openai/CLIP: ``available_models``, ``load``, ``tokenize``, ``build_model``. It lives in
+``api`` and is imported on first use, so that the torch-free parts (``clip_model.geometry``: the resize and crop
+arithmetic decode workers share with ``ClipTransform``) import without torch.
 """
+# ruff: noqa: F405 - __all__ names the surface that __getattr__ serves from api
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, NamedTuple
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .adapted import ADAPTED_MODELS, OpenVCLIP, adapted_path
-from .checkpoint import Checkpoint, detect_format, read_checkpoint, save_checkpoint
-from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
-from .download import cache_dir, model_path, published_models
-from .errors import CheckpointError
-from .hub import HUB_MODELS, hub_folder
-from .loss import ClipLoss
-from .model import CLIP, build_model, load_state_dict_strict
-from .siglip import SigLIP, SigLIPConfig
-from .sp_tokenizer import SentencePieceTokenizer
-from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
-from .tokenizer import tokenize
-from .transform import ClipTransform
-from .xclip import XCLIP, XCLIPConfig
+if TYPE_CHECKING:
+    from .api import *  # noqa: F403 - the surface, for type checkers
 
 __all__ = [
     "CLIP", "CLIPConfig", "Checkpoint", "CheckpointError", "ClipLoss", "ClipTransform", "MODEL_CONFIGS",
@@ -35,135 +24,13 @@ __all__ = [
 ]
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FrameTextModel = CLIP | SigLIP  # models that embed single frames and texts (X-CLIP embeds whole clips)
-
-
-def available_models() -> list[str]:
-    """Names ``load`` resolves by downloading the published OpenAI weights."""
-    return list(published_models())
-
-
-def create_model(name: str, *, seed: int | None = None) -> CLIP:
-    """A randomly initialised CLIP of a named architecture (``MODEL_CONFIGS``), e.g. ``tiny-vit`` for tests."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
-    if seed is not None:
-        torch.manual_seed(seed)
-    return CLIP(MODEL_CONFIGS[name]).eval()
-
-
-def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
-    """The model of the checkpoint's family (its config's type): CLIP, SigLIP or X-CLIP (a CLIP subclass)."""
-    model: CLIP | SigLIP
-    if ckpt.family in ("openvclip", "froster"):
-        assert isinstance(ckpt.config, CLIPConfig)
-        model = OpenVCLIP(ckpt.config, ckpt.preprocess, ckpt.family)
-    elif isinstance(ckpt.config, SigLIPConfig):
-        tokenizer = None
-        if ckpt.tokenizer is not None:
-            tokenizer = SentencePieceTokenizer(ckpt.tokenizer[0], ckpt.tokenizer[1], ckpt.config.context_length)
-        model = SigLIP(ckpt.config, ckpt.preprocess, tokenizer)
-    elif isinstance(ckpt.config, XCLIPConfig):
-        model = XCLIP(ckpt.config, ckpt.preprocess)
-    else:
-        model = CLIP(ckpt.config, ckpt.preprocess)
-        if ckpt.family is not None:  # a CLIP fine-tuned for video: its protocol is its family's
-            model.family = ckpt.family
-    load_state_dict_strict(model, ckpt.state_dict, source=source)
-    return model.eval()
-
-
-def load(
-    name_or_path: str | Path,
-    device: str | torch.device = "cpu",
-    *,
-    download_root: str | Path | None = None,
-    quick_gelu: bool | None = None,
-    precision: str = "fp32",
-    base: str | Path | None = None,
-    ratio: float | None = None,
-) -> tuple[CLIP | SigLIP, ClipTransform]:
-    """Load a published model by name (downloaded and SHA256-checked once) or any supported checkpoint path.
-
-    Returns the model in eval mode on ``device`` and its image transform: a ``CLIP``, an ``XCLIP`` (a CLIP whose
-    ``encode_video`` takes whole clips) or a ``SigLIP``, as the checkpoint says. ``precision`` is ``fp32`` (default),
-    ``bf16`` (weights in bfloat16; features stay within cosine 0.999 of fp32) or ``fp16`` (GPU only).
-    """
-    path = _resolve(name_or_path, download_root, precision)
-    model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu, base=base, ratio=ratio),
-                                  source=str(path))
-    return model.to(device=device, dtype=PRECISIONS[precision]), ClipTransform(model.preprocess_config)
-
-
-class VideoModel(NamedTuple):
-    model: CLIP | SigLIP
-    transform: ClipTransform
-    head: TemporalTransformer | None  # the temporal pooler the checkpoint carries, or None
-    protocol: Mapping[str, Any] | None  # what the checkpoint recorded of its protocol (config.RECORDED_PROTOCOL)
-
-
-def load_video_model(name_or_path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
-                     base: str | Path | None = None, ratio: float | None = None) -> VideoModel:
-    """``load`` plus what the checkpoint carries for video, from one read of the file: its temporal pooler (one
-    written by train, ActionCLIP's fusion transformer) and the protocol it recorded (train's checkpoints do)."""
-    path = _resolve(name_or_path, None, precision)
-    ckpt = read_checkpoint(path, base=base, ratio=ratio)
-    model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
-    head = temporal_from_checkpoint(ckpt, path).to(device) if ckpt.temporal is not None else None
-    return VideoModel(model, ClipTransform(model.preprocess_config), head, ckpt.protocol)
-
-
-def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, precision: str = "fp32",
-                       ) -> tuple[CLIP, ClipTransform, TemporalTransformer]:
-    """``load`` plus the trained temporal pooler of the same clip_video checkpoint, from one read of the file."""
-    model, transform, head, _ = load_video_model(path, device, precision=precision)
-    if not isinstance(model, CLIP) or model.family not in ("clip", "actionclip"):
-        raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones; "
-                              "ActionCLIP's fusion transformer is one)")
-    if head is None:
-        raise no_pooler_error(Path(path))
-    return model, transform, head
-
-
-def load_temporal(path: str | Path, device: str | torch.device = "cpu") -> TemporalTransformer:
-    """The trained temporal pooler stored in a clip_video checkpoint (see ``save_checkpoint(..., temporal=)``)."""
-    path = Path(path).expanduser()
-    return temporal_from_checkpoint(read_checkpoint(path), path).to(device)
-
-
-def no_pooler_error(path: str | Path) -> CheckpointError:
-    """The error of asking for temporal pooling on a checkpoint without a temporal pooler."""
-    return CheckpointError(f"{path}: this checkpoint has no trained temporal pooler; pool with mean instead, or "
-                           "train one with pooling: temporal")
-
-
-def temporal_from_checkpoint(ckpt: Checkpoint, path: Path) -> TemporalTransformer:
-    if ckpt.temporal is None:
-        raise no_pooler_error(path)
-    try:
-        head = TemporalTransformer(TemporalConfig(**ckpt.temporal["config"]))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: corrupt temporal pooler config: {e}") from None
-    load_state_dict_strict(head, ckpt.temporal["state_dict"], source=f"{path} (temporal pooler)")
-    return head.eval()
-
-
-def _resolve(name_or_path: str | Path, download_root: str | Path | None, precision: str) -> Path:
-    """A published name -> its downloaded file; anything else must be an existing file or folder."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    name = str(name_or_path)
-    if name in published_models():
-        return model_path(name, Path(download_root) if download_root else None)
-    if name in HUB_MODELS:
-        return hub_folder(name, Path(download_root) if download_root else None)
-    if name in ADAPTED_MODELS:
-        return adapted_path(name, Path(download_root) if download_root else cache_dir())
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())}), "
-            f"hub id ({', '.join(HUB_MODELS)}) or video CLIP ({', '.join(ADAPTED_MODELS)})"
-        )
-    return path
+def __getattr__(name: str) -> Any:
+    """What ``api`` holds (its ``__all__`` and the names it imports, as this module held them before)."""
+    if name.startswith("__"):
+        raise AttributeError(f"module 'clip_model' has no attribute {name!r}")
+    if importlib.util.find_spec(f"{__name__}.{name}") is not None:  # a submodule: imported as such, never via api
+        return importlib.import_module(f".{name}", __name__)  # (``from . import adapted`` asks here first)
+    api = importlib.import_module(".api", __name__)
+    if hasattr(api, name):
+        return getattr(api, name)
+    raise AttributeError(f"module 'clip_model' has no attribute {name!r}")

@@ -11,20 +11,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .config import PreprocessConfig
+from .geometry import center_crop_box, resized_size, three_crop_boxes
 
 _PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
-
-
-def resized_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(h, w) after resizing the short side to ``short_side``; the long side is truncated as torchvision does."""
-    if height <= width:
-        return short_side, int(short_side * width / height)
-    return int(short_side * height / width), short_side
-
-
-def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
-    """Top-left corner (top, left) of a centred ``size``×``size`` crop, rounded as torchvision does."""
-    return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
 class ClipTransform:
@@ -79,13 +68,12 @@ class ClipTransform:
         """uint8 frames (T, H, W, 3) -> normalised float (T, 3, S, S), vectorised over T."""
         return self.normalize(self.resize_crop(frames))
 
+    def resize_three_crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (T, H, W, 3) -> uint8 (3, T, 3, S, S): start, centre and end crops along the long side."""
+        x, size = self._resize_short(frames), self.cfg.image_size
+        boxes = three_crop_boxes(x.shape[-2], x.shape[-1], size)
+        return torch.stack([x[:, :, t : t + size, l : l + size] for t, l in boxes])
+
     def video_three_crop(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (T, H, W, 3) -> (3, T, 3, S, S): start, centre and end crops along the long side (multi-view test)."""
-        x, size = self._resize_short(frames), self.cfg.image_size
-        h, w = x.shape[-2:]
-        top, left = center_crop_box(h, w, size)
-        if w >= h:
-            boxes = [(top, 0), (top, left), (top, w - size)]
-        else:
-            boxes = [(0, left), (top, left), (h - size, left)]
-        return torch.stack([self.normalize(x[:, :, t : t + size, l : l + size]) for t, l in boxes])
+        return torch.stack([self.normalize(view) for view in self.resize_three_crop(frames)])

@@ -14,6 +14,7 @@ import torch
 from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
 
+from .frame_geometry import FrameGeometry
 from .model_interface import VideoTextModel
 
 
@@ -34,11 +35,12 @@ def encode_clip(model: VideoTextModel, clip: DecodedClip, *, crops: int = 1, bat
     clips = clip.indices.reshape(-1, clip.indices.shape[-1]) if clip.indices.ndim else clip.indices.reshape(1, 1)
     n_clips, t = clips.shape
     step = max(batch_size // model.group, 1) * model.group  # whole clips per batch where frames go together
-    out = []
+    geometry, out = FrameGeometry.of(model.preprocess), []  # the decode workers' resize: tag's inputs, byte for byte
     for start in range(0, clip.frames.shape[0], step):
-        frames = torch.from_numpy(clip.frames[start : start + step])  # (b, H, W, 3) uint8
-        x = model.transform.video_three_crop(frames) if crops == 3 else model.transform.video(frames)[None]
-        rows = model.encode(x.flatten(0, 1))  # (crops·b / group, ..., E)
+        frames = clip.frames[start : start + step]  # (b, H, W, 3) uint8
+        views = geometry.resize_three_crop(frames) if crops == 3 else geometry.resize_crop(frames)[None]
+        x = model.transform.normalize(torch.from_numpy(views).flatten(0, 1).permute(0, 3, 1, 2))  # (crops·b, 3, S, S)
+        rows = model.encode(x)  # (crops·b / group, ..., E)
         out.append(rows.view(crops, -1, *rows.shape[1:]))
     feats = torch.cat(out, dim=1)  # (crops, clips·T, E), or (crops, clips, 1 + K, E)
     return feats.reshape(crops, n_clips, -1, feats.shape[-1]).transpose(0, 1).reshape(n_clips * crops, -1,

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clip_model.geometry import center_crop_box, resized_size, three_crop_boxes
+
 _PIL_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
 
 
@@ -38,37 +40,52 @@ class FrameGeometry:
     def resize_crop(self, frames: np.ndarray) -> np.ndarray:
         """uint8 (U, H, W, 3) -> uint8 (U, S, S, 3): resized and centre-cropped as the model's transform does."""
         if not self.antialias:
-            return _torch_resize_crop(frames, self)
+            return _torch_resize(frames, self, three=False)
         out = np.empty((len(frames), self.size, self.size, 3), dtype=np.uint8)
         for k, frame in enumerate(frames):
-            h, w = frame.shape[:2]
-            if self.resize == "squash":
-                th, tw = self.size, self.size
-            else:
-                short = self.resize_to or self.size  # the long side truncated, as torchvision and ClipTransform do
-                th, tw = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-            image = Image.fromarray(frame)
-            if (th, tw) != (h, w):
-                image = image.resize((tw, th), _PIL_RESAMPLE[self.interpolation])
-            top, left = int(round((th - self.size) / 2.0)), int(round((tw - self.size) / 2.0))
-            out[k] = np.asarray(image)[top : top + self.size, left : left + self.size]
+            image = self._resized(frame)
+            top, left = center_crop_box(image.shape[0], image.shape[1], self.size)
+            out[k] = image[top : top + self.size, left : left + self.size]
         return out
 
+    def resize_three_crop(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 (U, H, W, 3) -> uint8 (3, U, S, S, 3): the start, centre and end crops along the long side (the
+        multi-view test)."""
+        if not self.antialias:
+            return _torch_resize(frames, self, three=True)
+        out = np.empty((3, len(frames), self.size, self.size, 3), dtype=np.uint8)
+        for k, frame in enumerate(frames):
+            image = self._resized(frame)
+            for view, (top, left) in enumerate(three_crop_boxes(image.shape[0], image.shape[1], self.size)):
+                out[view, k] = image[top : top + self.size, left : left + self.size]
+        return out
 
-def _torch_resize_crop(frames: np.ndarray, geometry: FrameGeometry) -> np.ndarray:
-    """The model's own tensor transform, for the families that resize without antialiasing (torch imported here)."""
+    def _resized(self, frame: np.ndarray) -> np.ndarray:
+        """One uint8 (H, W, 3) frame with Pillow: short side to ``resize_to`` (or the size), or squashed."""
+        h, w = frame.shape[:2]
+        if self.resize == "squash":
+            th, tw = self.size, self.size
+        else:
+            th, tw = resized_size(h, w, self.resize_to or self.size)
+        if (th, tw) == (h, w):
+            return frame
+        return np.asarray(Image.fromarray(frame).resize((tw, th), _PIL_RESAMPLE[self.interpolation]))
+
+
+def _torch_resize(frames: np.ndarray, geometry: FrameGeometry, three: bool) -> np.ndarray:
+    """The model's own tensor transform, for the families that resize without antialiasing (torch imported here):
+    uint8 (U, S, S, 3), or (3, U, S, S, 3) with ``three``."""
     import torch
 
     from clip_model.config import PreprocessConfig
     from clip_model.transform import ClipTransform
 
-    torch.set_num_threads(1)  # one of several decode workers: the resize must not spread over every core
     transform = ClipTransform(PreprocessConfig(geometry.size, interpolation=geometry.interpolation,
                                                resize=geometry.resize, resize_to=geometry.resize_to,
                                                antialias=False))
-    parts = [transform.resize_crop(torch.from_numpy(frames[i : i + RESIZE_BATCH]))
-             for i in range(0, len(frames), RESIZE_BATCH)]
-    return torch.cat(parts).permute(0, 2, 3, 1).contiguous().numpy()  # (U, S, S, 3)
+    resize = transform.resize_three_crop if three else transform.resize_crop
+    parts = [resize(torch.from_numpy(frames[i : i + RESIZE_BATCH])) for i in range(0, len(frames), RESIZE_BATCH)]
+    return torch.cat(parts, dim=1 if three else 0).movedim(-3, -1).contiguous().numpy()  # channels last
 
 
 RESIZE_BATCH = 16  # frames resized at once by torch: the float copies interpolate makes stay small

@@ -110,6 +110,10 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
     seeks (``time_ranges``): the header names them all and this worker decodes the first. A range's task decodes
     its own windows, its first chunk read from the keyframe before them. A retry on decord (after PyAV's worker
     crashed) is never cut, so a consumer can tell a crashed attempt's ranges from a live one's."""
+    if not task.geometry.antialias:  # torch resizes these frames: one of several workers, it takes one core
+        import torch
+
+        torch.set_num_threads(1)
     try:
         reader = open_video(task.path, task.backend, resize=task.resize)
     except VideoDecodeError as e:

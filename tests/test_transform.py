@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import clip_model
-from clip_model.transform import ClipTransform, center_crop_box, resized_size
+from clip_model.geometry import center_crop_box, resized_size
+from clip_model.transform import ClipTransform
 from helpers import randomize_
 
 

@@ -1,0 +1,60 @@
+"""One preprocessing path (issue 24): classify and benchmark hand the model, byte for byte, the inputs tag's decode
+workers make from the same decoded frame, for every family's preprocessing. Before, classify resized with torch and
+tag with Pillow, which differed by a grey level on some pixels of a real 720p frame."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from clip_model import ClipTransform, PreprocessConfig
+from clip_model.adapted import family_preprocess
+from clip_model.siglip import SigLIPConfig
+from clip_model.xclip import XCLIPConfig
+from pipeline.frame_features import encode_clip
+from pipeline.frame_geometry import FrameGeometry
+from pipeline.video.open import DecodeRequest, decode_request
+from pipeline.video.samplers import Sampling
+from pipeline.window_decode import WindowTask, decode_windows
+
+PREPROCESSING = {
+    "clip": PreprocessConfig(224),
+    "siglip": SigLIPConfig().default_preprocess(),
+    "xclip": XCLIPConfig().default_preprocess(),
+    "vificlip": family_preprocess("vificlip", 224),
+    "actionclip": family_preprocess("actionclip", 224),
+    "actionclip (mmaction2)": family_preprocess("actionclip", 224, "mmaction2"),
+    "openvclip": family_preprocess("openvclip", 224),
+}
+
+
+class _Recorder:
+    """What encode_clip needs of a VideoTextModel, keeping every input the model is given."""
+
+    group = 1
+
+    def __init__(self, preprocess: PreprocessConfig):
+        self.preprocess, self.transform, self.inputs = preprocess, ClipTransform(preprocess), []
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x)
+        return torch.zeros(len(x), 4)
+
+
+@pytest.mark.parametrize("family", PREPROCESSING)
+def test_classify_gives_the_model_what_tag_gives_it(family, sample_videos):
+    video = next(v for v in sample_videos if "bigbuckbunny" in v.name.lower())  # 1280x720 H.264
+    pre = PREPROCESSING[family]
+    cap = 2 * pre.image_size  # what both jobs ask the decoder for
+    windows = Sampling("windows", num_frames=4, window_s=1.0, stride_s=1.0)  # the frames tag's windows take
+    clip = decode_request(DecodeRequest(str(video), windows, resize=cap))
+    recorder = _Recorder(pre)
+    encode_clip(recorder, clip)  # classify's and benchmark's path, on those frames
+    classify_inputs = torch.cat(recorder.inputs)  # (W·T, 3, S, S), frame clip.indices.flat[i] in row i
+
+    task = WindowTask(str(video), FrameGeometry.of(pre), num_frames=4, window_s=1.0, stride_s=1.0, resize=cap)
+    tagged = np.concatenate([c.frames for c in decode_windows(task) if hasattr(c, "frames")])  # (U, S, S, 3)
+    distinct, first = np.unique(clip.indices.reshape(-1), return_index=True)  # tag's chunks: distinct, in order
+    assert len(tagged) == len(distinct) >= 8
+    tag_inputs = recorder.transform.normalize(torch.from_numpy(tagged).permute(0, 3, 1, 2))
+    assert torch.equal(classify_inputs[first], tag_inputs)

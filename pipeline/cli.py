@@ -73,6 +73,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         runtime=_runtime(args, probe.fitted_on.get("model") if probe else None), classnames=classnames,
         templates=args.templates, probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
+        prescale=args.prescale,
         unknown_below=args.unknown_below, cache_dir=None if args.no_cache else cache_dir() / "features",
     )
     if args.format == "csv":
@@ -304,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: the model's (fixed by X-CLIP checkpoints), else 8")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
+    p.add_argument("--prescale", action="store_true",
+                   help="scale frames whose short side exceeds twice the model's input down in the decoder, then "
+                        "resize: 9-11%% faster on 720p/1080p, inputs about 1 grey level off the single resize the "
+                        "references do (the default)")
     p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores", "mean_of_unit"), default=None,
                    help="mean/max of frame embeddings, the temporal pooler of a checkpoint (written by train, or "
                         "ActionCLIP's), the mean of per-frame probabilities, or of unit frame embeddings (Open-VCLIP); "
@@ -331,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config key, e.g. --set steps=200 --set freeze=image")
     p.add_argument("--restart", action="store_true", help="discard the run's checkpoint and start over")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("tag", help="tag a folder or manifest of videos, per video and per time window (resumable)")
+    p = sub.add_parser("tag", help="tag a folder or manifest of videos, per video and per time window (resumable)",
+                       description="Frames whose short side exceeds twice the model's input are scaled down in the "
+                                   "decoder before the model's resize (9-11%% faster decoding on 720p/1080p; model "
+                                   "inputs about 1 grey level off a single resize; classify --prescale does the same)")
     p.add_argument("source", help="an archive folder (searched recursively) or a manifest file (one path per line)")
     p.add_argument("--out", required=True, help="per-video rows: .parquet, .csv or .jsonl; segments and errors go to "
                                                 "OUT's .segments/.errors siblings, the index to OUT.index/")

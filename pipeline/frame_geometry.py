@@ -72,6 +72,16 @@ class FrameGeometry:
         return np.asarray(Image.fromarray(frame).resize((tw, th), _PIL_RESAMPLE[self.interpolation]))
 
 
+PRESCALE = 2  # decoder pre-scaling: frames whose short side exceeds this many times the model's input
+
+
+def decode_cap(preprocess: Any, prescale: bool) -> int | None:
+    """The short side the decoder scales larger frames down to before the model's resize, or None (one resize, as
+    every family's reference does). Pre-scaling is 9-11 % faster on 720p and 1080p H.264 and moves the model inputs
+    by 1-1.4 grey levels on average, 18 at most (``benchmarks/bench_prescale.py``; ``docs/benchmarks.md``)."""
+    return PRESCALE * preprocess.image_size if prescale else None
+
+
 def _torch_resize(frames: np.ndarray, geometry: FrameGeometry, three: bool) -> np.ndarray:
     """The model's own tensor transform, for the families that resize without antialiasing (torch imported here):
     uint8 (U, S, S, 3), or (3, U, S, S, 3) with ``three``."""

@@ -25,6 +25,7 @@ from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics,
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
 from pipeline.frame_features import extract_features
+from pipeline.frame_geometry import decode_cap
 from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
 from pipeline.metrics import compute_metrics, mean_std
 from pipeline.model_interface import VideoTextModel
@@ -161,7 +162,7 @@ def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, samp
             feats[r.path] = hit
         else:
             todo.append(r)
-    cap = 2 * model.preprocess.image_size
+    cap = decode_cap(model.preprocess, cfg.prescale)
     rt = cfg.runtime
     requests = [DecodeRequest(str(r.path), sampling, rt.backend, cap) for r in todo]
     errors: dict[Path, str] = {}
@@ -194,7 +195,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     num_frames = model.frames
     sampling = sampling_for(cfg, num_frames)
     model.check_clip_frames({"centre": 1, "all": None}.get(cfg.frames, num_frames))
-    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}")
+    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}" + "|prescale" * cfg.prescale)
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []
     for split in splits:

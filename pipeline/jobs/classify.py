@@ -9,6 +9,7 @@ import torch
 
 from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
+from pipeline.frame_geometry import decode_cap
 from pipeline.linear_probe import LinearProbe, check_fitted_on
 from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
 from pipeline.pooling import POOLINGS, Pooling
@@ -34,6 +35,8 @@ class ClassifySettings:
     unknown_below: float | None = None  # open set: answer "unknown" when the top probability is below this
     cache_dir: Path | None = None  # text-feature cache; None disables it
     probe: Path | None = None  # a saved linear probe: classify with it instead of zero-shot (its classes win)
+    prescale: bool = False  # scale large frames down in the decoder first (frame_geometry.decode_cap): faster, not
+    #                         the references' single resize
 
     def __post_init__(self) -> None:
         check_unique_labels(self.classnames)
@@ -99,7 +102,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     if probe is None:  # CLIP: softmax over the labels; SigLIP: a sigmoid per label; X-CLIP: texts seen by each video
         labels = model.labels(model.class_text(classnames, load_templates(settings.templates or model.templates),
                                                settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
-    cap = 2 * model.preprocess.image_size  # larger frames are scaled down in the decoder
+    cap = decode_cap(model.preprocess, settings.prescale)
     requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths_left]
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)

@@ -35,6 +35,7 @@ import pyarrow as pa
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
+from pipeline.frame_geometry import decode_cap
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.progress import progress as progress_bar
@@ -97,7 +98,7 @@ class TagSettings:
         and a long video is split across as many time ranges as there are decode workers."""
         assert self.num_frames is not None, "resolved() first"
         return WindowTask(path, FrameGeometry.of(preprocess), self.num_frames, self.window_s, self.stride_s,
-                          self.runtime.backend, 2 * preprocess.image_size, self.chunk_mb,
+                          self.runtime.backend, decode_cap(preprocess, prescale=True), self.chunk_mb,
                           split=self.runtime.decode_workers)
 
 

@@ -82,3 +82,29 @@ def test_classify_resizes_once_by_default_and_prescales_only_when_asked(sample_v
     expected = ClipTransform(PreprocessConfig(32)).normalize(torch.from_numpy(once).permute(0, 3, 1, 2))
     assert torch.equal(inputs[False], expected)
     assert not torch.equal(inputs[True], expected)
+
+
+def test_tag_records_its_decoder_prescaling_and_resumes_indexes_written_before(tmp_path):
+    """tag pre-scales (its --help says so) and records it in the index's settings; an index written before the
+    setting was recorded was pre-scaled the same way and resumes; another value is refused, naming it."""
+    import json
+
+    from datasets.synthetic import moving_square_frames, write_video
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.runtime import RuntimeSettings
+
+    write_video(tmp_path / "a" / "v.mp4", moving_square_frames("moving left", "red", num_frames=12))
+    rt = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1)
+    settings = TagSettings(rt, ("left", "right"), templates="none", window_s=0.5, stride_s=0.5, topk=2)
+    out = tmp_path / "t.csv"
+    assert tag(settings, tmp_path / "a", out, progress=False).ok == 1
+    state_file = tmp_path / "t.csv.index" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["settings"]["decode_prescale"] == 2
+    del state["settings"]["decode_prescale"]  # as an index of the previous release holds it
+    state_file.write_text(json.dumps(state))
+    assert tag(settings, tmp_path / "a", out, progress=False).skipped == 1
+    state["settings"]["decode_prescale"] = 3
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(ValueError, match=r"settings changed since it was written: decode_prescale \(3 -> 2\)"):
+        tag(settings, tmp_path / "a", out, progress=False)

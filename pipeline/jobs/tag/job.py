@@ -35,7 +35,7 @@ import pyarrow as pa
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
-from pipeline.frame_geometry import decode_cap
+from pipeline.frame_geometry import PRESCALE, decode_cap
 from pipeline.model_interface import VideoState, VideoTextModel
 from pipeline.model_spec import load_model, model_identity, resolve_device
 from pipeline.progress import progress as progress_bar
@@ -91,7 +91,8 @@ class TagSettings:
         return {"model": model_identity(self.runtime.model, self.runtime.precision), "labels": list(self.labels),
                 "templates": self.templates if isinstance(self.templates, str | None) else list(self.templates),
                 "pooling": self.pooling, "num_frames": self.num_frames,
-                "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk}
+                "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk,
+                "decode_prescale": PRESCALE}  # tag always pre-scales large frames (frame_geometry.decode_cap)
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does,
@@ -226,11 +227,15 @@ def _failure(error: str) -> tuple[str, str, str]:
     return status, stage, reason
 
 
+# what an index written before a setting was recorded ran with: it resumes as if it had recorded it
+SETTINGS_BEFORE_RECORDED = {"decode_prescale": PRESCALE}
+
+
 def open_for_tagging(folder: Path, identity: dict, dim: int, restart: bool = False) -> TagIndex:
     """The index to resume, or a new one (``restart``: the folder's is discarded); a resume whose settings changed is
     refused, naming them."""
     index = TagIndex.open_writer(folder, identity, dim, restart)
-    if changed := changed_settings(index.state.settings, identity):
+    if changed := changed_settings(SETTINGS_BEFORE_RECORDED | index.state.settings, identity):
         index.close()
         raise ValueError(f"{folder}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
                          "use another --out, or --restart to discard the index and start over")

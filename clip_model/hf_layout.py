@@ -1,6 +1,6 @@
 """transformers' names for the pieces our models share: an encoder layer's parameters, and q, k, v kept apart where
 we keep nn.MultiheadAttention's fused ``in_proj`` (rows [q; k; v]). Every conversion from transformers uses them:
-CLIP's (checkpoint.py), SigLIP's and X-CLIP's."""
+CLIP's (checkpoint/conversions.py), SigLIP's and X-CLIP's."""
 from __future__ import annotations
 
 import re

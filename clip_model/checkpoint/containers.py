@@ -1,0 +1,178 @@
+"""Checkpoint containers: the format of a path (``detect_format``), the raw readers (pickle with
+``weights_only``, header-checked safetensors), and the ``Checkpoint`` every layout ends in."""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from ..config import (
+    CLIPConfig,
+    PreprocessConfig,
+)
+from ..errors import CheckpointError
+from ..siglip import SigLIPConfig
+from ..torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
+from ..xclip import XCLIPConfig
+
+if TYPE_CHECKING:  # annotations only
+    pass
+
+
+Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
+FORMAT_TAG = "clip_video.checkpoint"
+MAX_SAFETENSORS_HEADER = 100 << 20
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+SIGLIP_TOKENIZERS = (("spiece.model", "siglip"), ("tokenizer.model", "siglip2"))  # T5's vocabulary; Gemma's
+OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# Entries of OpenAI/open_clip/TorchScript state dicts that are bookkeeping, not weights.
+NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    state_dict: dict[str, torch.Tensor]  # our layout for the family
+    config: CLIPConfig | SigLIPConfig | XCLIPConfig
+    preprocess: PreprocessConfig
+    format: str
+    # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
+    temporal: Mapping[str, Any] | None = None
+    # SigLIP: (SentencePiece model file, "siglip" | "siglip2") found beside the weights
+    tokenizer: tuple[Path | bytes, str] | None = None  # (its file, or its serialized model), variant
+    family: str | None = None  # a CLIP fine-tuned for video (vificlip, actionclip, openvclip, froster); None: the
+    #                            config's type says it
+    # what our checkpoint recorded of its protocol (config.RECORDED_PROTOCOL), the family's defaults otherwise
+    protocol: Mapping[str, Any] | None = None
+
+
+def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def detect_format(path: str | Path) -> Format:
+    """Name the container format of ``path`` from its file layout and magic bytes (no tensor is read)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "open_clip_config.json").is_file() and _first_existing(path, OPEN_CLIP_WEIGHTS):
+            return "open_clip"
+        if (path / "config.json").is_file() and _first_existing(path, HF_WEIGHTS):
+            return "hf"
+        raise CheckpointError(
+            f"{path}: folder holds no checkpoint: expected config.json with one of {HF_WEIGHTS} (Hugging Face) "
+            f"or open_clip_config.json with one of {OPEN_CLIP_WEIGHTS} (open_clip)"
+        )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.name == "config.json":
+        return "hf"
+    if path.name in OPEN_CLIP_WEIGHTS and (path.parent / "open_clip_config.json").is_file():
+        return "open_clip"
+    if path.name in HF_WEIGHTS and (path.parent / "config.json").is_file():
+        return "hf"
+    return _file_format(path)
+
+
+def _file_format(path: Path) -> Literal["torchscript", "pickle", "safetensors"]:
+    """Container format of one weights file, from its magic bytes."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return "torchscript" if is_torchscript_archive(zf.namelist()) else "pickle"
+        except zipfile.BadZipFile as e:
+            raise CheckpointError(f"{path}: unreadable zip checkpoint (truncated or corrupt): {e}") from None
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then a JSON header
+        return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol marker of a legacy (non-zip) torch.save file
+        return "pickle"
+    raise CheckpointError(
+        f"{path}: unrecognised checkpoint format (not a zip, pickle or safetensors file; first bytes {head[:8]!r})"
+    )
+
+
+# ---------------------------------------------------------------- raw readers (container -> dict of tensors)
+
+
+def read_pickle(path: Path) -> Any:
+    """torch.load with weights_only=True, never retried without it: a zip it refuses is read by the restricted
+    unpickler (``read_torch_save``: tensors, plain data and inert config objects), which refuses anything else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as e:
+        if zipfile.is_zipfile(path):
+            return read_torch_save(path)  # raises CheckpointError naming the refused global
+        reason = str(e).strip().splitlines()[0][:200]
+        raise CheckpointError(
+            f"{path}: refusing to load: the pickle needs arbitrary code to load ({reason}); nothing in it was run. "
+            "Re-save it as a plain state dict or safetensors"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: unreadable torch checkpoint: {e}") from None
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Validate the header (size cap, every tensor inside the file, sizes matching dtypes), then read."""
+    from safetensors.torch import load_file
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > min(MAX_SAFETENSORS_HEADER, size - 8):
+            raise CheckpointError(f"{path}: safetensors header claims {header_len} bytes (file {size}, cap {MAX_SAFETENSORS_HEADER})")
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt safetensors header: {e}") from None
+    data_size = size - 8 - header_len
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        numel = 1
+        for s in entry["shape"]:
+            numel *= s
+        itemsize = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+                    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}.get(entry["dtype"])
+        if itemsize is None or not 0 <= begin <= end <= data_size or end - begin != numel * itemsize:
+            raise CheckpointError(f"{path}: safetensors entry {name!r} {entry} does not fit the file's {data_size} data bytes")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:  # the library's own SafetensorError types vary by version
+        raise CheckpointError(f"{path}: unreadable safetensors file: {e}") from None
+
+
+def read_tensors(path: Path) -> Any:
+    """Tensors from any single weights file: .safetensors, a TorchScript archive, or a torch pickle."""
+    fmt = _file_format(path)
+    if fmt == "torchscript":
+        return read_torchscript_state_dict(path)
+    if fmt == "safetensors":
+        return read_safetensors(path)
+    return read_pickle(path)
+
+
+# ---------------------------------------------------------------- layout conversions (each -> OpenAI layout)
+
+
+def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers, without a ``module.`` prefix."""
+    for key in ("state_dict", "model"):
+        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: holds no state dict of tensors (top-level type {type(obj).__name__})")
+    sd = dict(obj)
+    for k, v in sd.items():  # a view repeating its storage (zero strides) would grow on the first copy
+        if v.numel() * v.element_size() > v.untyped_storage().nbytes():
+            raise CheckpointError(f"{path}: tensor {k!r} of shape {tuple(v.shape)} has more elements than its storage")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd

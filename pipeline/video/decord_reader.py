@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .native_log import captured_stderr, native_message
-from .pyav_reader import MAX_LOGGED_WARNINGS, PyAVReader, best_video_stream, open_container, scaled_size
+from .pyav_reader import PyAVReader, best_video_stream, open_container, scaled_size
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 
@@ -129,9 +129,7 @@ class DecordReader(VideoReader):
     def _note(self, logged: list[str]) -> None:
         """decord's FFmpeg's log lines (decode errors, concealment) as warnings, as PyAV's decode errors are."""
         for line in logged:
-            message = f"decord's FFmpeg: {line[:160]}"
-            if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:
-                self.warnings.append(message)
+            self.warn(f"decord's FFmpeg: {line[:160]}")
 
     def close(self) -> None:
         self._vr = None

@@ -29,7 +29,6 @@ from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, Vid
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
 AVI_NOT_CODED_BYTES = 16  # an N-VOP is a 4-byte start code and a few header bits; any real frame is larger
 REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
-MAX_LOGGED_WARNINGS = 20
 # Frame threading pays for its per-frame synchronisation only when frames carry real work: on tiny packets (a few
 # hundred bytes a frame) slice threading was faster, on larger ones frame threading (bench_decode.py measures both).
 FRAME_THREADING_MIN_BYTES = 1024
@@ -285,15 +284,11 @@ class PyAVReader(VideoReader):
                         self.frames_decoded += 1
                         yield frame
                 except self.av.FFmpegError as e:
-                    self._warn(f"decode error at pts {packet.pts}: {_reason(e)}")
+                    self.warn(f"decode error at pts {packet.pts}: {_reason(e)}")
         except self.av.FFmpegError as e:
-            self._warn(f"demux error: {_reason(e)}")
+            self.warn(f"demux error: {_reason(e)}")
         finally:
             cc.skip_frame = "DEFAULT"
-
-    def _warn(self, message: str) -> None:
-        if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:
-            self.warnings.append(message)
 
     def _decode_from_start(self) -> Iterator[tuple[int, Any]]:
         """(i, frame) for every frame from the start: a freshly opened container, so no seek has to be trusted."""
@@ -322,7 +317,7 @@ class PyAVReader(VideoReader):
         try:
             got = self._read_parallel(indices) if self._indexed else self._read_sequential(indices)
         except _IndexMismatch as e:
-            self._warn(f"packet index disagrees with decoding ({e}); decoded sequentially")
+            self.warn(f"packet index disagrees with decoding ({e}); decoded sequentially")
             self._indexed = False
             got = self._read_sequential(indices)
         if not got:
@@ -333,7 +328,7 @@ class PyAVReader(VideoReader):
             have = np.array(sorted(got))
             for i in missing:
                 got[i] = got[int(have[np.abs(have - i).argmin()])]
-            self._warn(f"frames {missing[:10]} could not be decoded; each was replaced by the nearest decoded frame")
+            self.warn(f"frames {missing[:10]} could not be decoded; each was replaced by the nearest decoded frame")
         return np.stack([got[int(i)] for i in indices])
 
     def _read_parallel(self, indices: np.ndarray) -> dict[int, np.ndarray]:
@@ -357,7 +352,7 @@ class PyAVReader(VideoReader):
             for h in helpers:
                 self.frames_decoded += h.frames_decoded
                 for w in h.warnings:
-                    self._warn(w)
+                    self.warn(w)
                 h.close()
         return got
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # torch is imported where frames become tensors, so a NumPy-o
 
 MAX_PIXELS = 7680 * 4320  # 8K UHD; larger frames are refused unless a resize is asked for (PyAV then scales on the fly)
 SNIFF_BYTES = 4096
+MAX_LOGGED_WARNINGS = 20  # a damaged file can fail on every packet: the first ones say what is wrong
 
 
 class VideoDecodeError(RuntimeError):
@@ -70,6 +71,11 @@ class VideoReader(ABC):
     def __init__(self) -> None:
         self.warnings: list[str] = []
         self._lock = threading.Lock()  # FFmpeg and decord contexts abort when two threads decode at once
+
+    def warn(self, message: str) -> None:
+        """Add a warning once, up to ``MAX_LOGGED_WARNINGS`` of them."""
+        if len(self.warnings) < MAX_LOGGED_WARNINGS and message not in self.warnings:
+            self.warnings.append(message)
 
     @property
     @abstractmethod

@@ -427,10 +427,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from clip_model import CheckpointError
 
-    from .runtime import keep_freed_memory
+    from .video.supervisor import keep_freed_memory
 
     torch.set_grad_enabled(False)
-    keep_freed_memory()  # steps reuse their memory instead of page-faulting it back (pipeline.runtime)
+    keep_freed_memory()  # steps reuse their memory instead of page-faulting it back (video.supervisor)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun: processes sharing this machine
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_ranks))  # every core this process is given
     signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a job as Ctrl-C does: cleanly, in one line

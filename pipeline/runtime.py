@@ -37,28 +37,3 @@ class RuntimeSettings:
         if self.decode_timeout_s <= 0:
             raise ValueError(f"decode_timeout_s ({self.decode_timeout_s}) must be > 0")
 
-
-# glibc's mallopt parameter for the free memory kept at the top of the heap (malloc.h: M_TOP_PAD)
-_M_TOP_PAD = -2
-HEAP_PAD_BYTES = 512 << 20
-
-
-def keep_freed_memory(pad: int = HEAP_PAD_BYTES) -> bool:
-    """Have glibc's malloc keep up to ``pad`` bytes of freed heap instead of handing it back to the kernel at once.
-
-    A training or inference step allocates and frees the same few-megabyte activations every time; by default glibc
-    returns them to the kernel (an mmap or a heap trim) and the next step page-faults them back in, zero-filled. On
-    the demo's training that churn was 11.5 million page faults and 51 s of system time, and keeping the memory made
-    a step 16 % faster with bit-identical results (docs/benchmarks.md). PyTorch's CPU tuning guide reaches the same
-    end with jemalloc or tcmalloc, which a pip install cannot bring. The cost is at most ``pad`` bytes of resident
-    memory kept after a peak. Returns False where malloc is not glibc's (musl, macOS): nothing changes there."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_TOP_PAD, pad))

@@ -191,7 +191,7 @@ def test_long_work_prints_progress_lines_in_a_log(monkeypatch, capsys):
 _CHURN = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from pipeline.runtime import keep_freed_memory
+    from pipeline.video.supervisor import keep_freed_memory
     assert keep_freed_memory()
 import clip_model
 from clip_model.temporal import VideoCLIP

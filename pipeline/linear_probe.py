@@ -77,22 +77,24 @@ def fitted_on(spec: str, pooling: str, num_frames: int) -> dict:
     """What a probe records of the features it was fitted on (``LinearProbe.fitted_on``): the model, by what
     identifies its weights (``model_spec.model_identity``; the precision aside: bf16 features are fp32's to
     cosine 0.9999), and how its frames were sampled and pooled."""
+    identity = _weights_identity(spec)
+    return {"model": identity["spec"], "identity": identity, "pooling": pooling, "num_frames": num_frames}
+
+
+def _weights_identity(spec: str) -> dict:
+    """``model_spec.model_identity`` without the precision: what a probe's features depend on."""
     from .model_spec import model_identity
 
     identity = model_identity(spec)
     identity.pop("precision")
-    return {"model": identity["spec"], "identity": identity, "pooling": pooling, "num_frames": num_frames}
+    return identity
 
 
 def check_fitted_on(probe: LinearProbe, path: str | Path, spec: str) -> None:
     """Refuse, in one line, to apply ``probe`` to the features of another model than the one it was fitted on."""
     if not probe.fitted_on:
         return
-    from .model_spec import model_identity
-
-    identity = model_identity(spec)
-    identity.pop("precision")
-    if identity != probe.fitted_on["identity"]:
+    if _weights_identity(spec) != probe.fitted_on["identity"]:
         raise ValueError(f"{path}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
                          f"{spec}: leave --model out to use its own, or fit a probe on {spec} (benchmark, protocol "
                          "linear_probe)")

@@ -194,7 +194,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     num_frames = model.frames
     sampling = sampling_for(cfg, num_frames)
-    model.check_clip_frames({"centre": 1, "all": None}.get(cfg.frames, num_frames))
+    model.check_clip_frames(sampling.clip_frames)
     cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}" + "|prescale" * cfg.prescale)
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []

@@ -181,6 +181,13 @@ class Sampling:
         if self.short not in SHORT_POLICIES:
             raise ValueError(f"short {self.short!r}: choose one of {', '.join(SHORT_POLICIES)}")
 
+    @property
+    def clip_frames(self) -> int | None:
+        """Frames per clip (per window, per dense clip), or None where a video's length decides (fps, all)."""
+        if self.kind in ("fps", "all"):
+            return None
+        return self.clip_len if self.kind == "dense" else self.num_frames
+
     def indices(self, num_frames: int, timestamps: np.ndarray, duration: float | None = None) -> np.ndarray:
         if self.kind == "segments":
             return segment_indices(num_frames, self.num_frames)

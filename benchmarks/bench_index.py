@@ -33,11 +33,12 @@ from pipeline.jobs.tag.index import ANN_MIN_ROWS, TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.scoring import Scorer
-from pipeline.model_interface import LabelScorer, VideoState
+from pipeline.model.state import VideoState
+from pipeline.model.video_text import LabelScorer
+from pipeline.model.zero_shot import LabelScoring
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoInfo
 from pipeline.windows import WindowedVideo
-from pipeline.zero_shot import LabelScoring
 
 MODEL = "random:ViT-B/32"
 LABELS = tuple(f"action {i}" for i in range(20))

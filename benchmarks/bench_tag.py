@@ -157,8 +157,8 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
 
     from pipeline.frame_features import FrameEncoder, encode_clip
     from pipeline.jobs.tag.job import tag
-    from pipeline.model_spec import load_model
-    from pipeline.pooling import pool_views
+    from pipeline.model.loading import load_model
+    from pipeline.model.pooling import pool_views
 
     folder = tmp / "archive"
     paths = sorted(folder.glob("v*.*")) or write_folder(folder, args.videos, args.size, args.seconds, 24,
@@ -253,7 +253,7 @@ def split(args, settings: TagSettings, tmp: Path) -> None:
     import torch
 
     from pipeline.jobs.tag.job import tag
-    from pipeline.model_spec import load_model
+    from pipeline.model.loading import load_model
     from pipeline.video.open import open_video
     from pipeline.window_decode import range_tasks
 

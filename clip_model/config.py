@@ -26,7 +26,7 @@ class FamilyProtocol:
     follows the family's own evaluation code (see the sources in the comments)."""
 
     scoring: str  # softmax (over the labels) | sigmoid (each label its own probability)
-    templates: str | tuple[str, ...]  # a set pipeline.prompts.load_templates names, or the templates themselves
+    templates: str | tuple[str, ...]  # a set pipeline.model.prompts.load_templates names, or the templates themselves
     frames: int = 8  # frames per clip by default (X-CLIP's checkpoint fixes its own)
     pooling: str = "mean"  # mean (normalised mean of frame embeddings) | temporal (the checkpoint's head) |
     #                        mean_of_unit (the mean of normalised frame embeddings, not renormalised)

@@ -48,7 +48,7 @@ def _runtime(args: argparse.Namespace, model: str | None = None) -> RuntimeSetti
     """The runtime settings, with ``--precision auto`` resolved for this machine (and said on stderr): what runs,
     and what the tag index and classify's JSON record, is the precision it resolved to. ``model``: the one to use
     when ``--model`` is not given (else ``RuntimeSettings``'s default)."""
-    from .model_spec import resolve_device, resolve_precision
+    from .model.loading import resolve_device, resolve_precision
     from .runtime import RuntimeSettings
 
     precision, why = resolve_precision(args.precision, resolve_device(args.device))
@@ -233,7 +233,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from clip_model.config import FAMILY_PROTOCOLS
     from clip_model.hub import HUB_MODELS, endpoint
 
-    from .model_spec import RANDOM_PREFIX
+    from .model.loading import RANDOM_PREFIX
 
     rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
     for name, entry in published_models().items():

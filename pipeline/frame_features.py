@@ -1,4 +1,4 @@
-"""Decoded clips -> per-view features (``model_interface``: frame embeddings, or X-CLIP's clip rows), with temporal and
+"""Decoded clips -> per-view features (``model.video_text``: frame embeddings, or X-CLIP's clip rows), with temporal and
 spatial views, for every job that needs video features; and cross-video batching of model-sized frames
 (``FrameEncoder``) for the streaming tag job."""
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
 
 from .frame_geometry import FrameGeometry
-from .model_interface import VideoTextModel
+from .model.video_text import VideoTextModel
 
 
 @dataclass(frozen=True)

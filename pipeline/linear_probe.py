@@ -34,7 +34,7 @@ class LinearProbe:
     intercept: np.ndarray  # (C,)
     C: float
     val_accuracy: dict[float, float] = field(default_factory=dict)  # the sweep: C -> held-out accuracy
-    # the features it was fitted on: model (the spec to load), identity (model_spec.model_identity without the
+    # the features it was fitted on: model (the spec to load), identity (loading.model_identity without the
     # precision), pooling and num_frames; empty for a probe saved before they were recorded
     fitted_on: dict = field(default_factory=dict)
 
@@ -75,15 +75,15 @@ class LinearProbe:
 
 def fitted_on(spec: str, pooling: str, num_frames: int) -> dict:
     """What a probe records of the features it was fitted on (``LinearProbe.fitted_on``): the model, by what
-    identifies its weights (``model_spec.model_identity``; the precision aside: bf16 features are fp32's to
+    identifies its weights (``loading.model_identity``; the precision aside: bf16 features are fp32's to
     cosine 0.9999), and how its frames were sampled and pooled."""
     identity = _weights_identity(spec)
     return {"model": identity["spec"], "identity": identity, "pooling": pooling, "num_frames": num_frames}
 
 
 def _weights_identity(spec: str) -> dict:
-    """``model_spec.model_identity`` without the precision: what a probe's features depend on."""
-    from .model_spec import model_identity
+    """``loading.model_identity`` without the precision: what a probe's features depend on."""
+    from .model.loading import model_identity
 
     identity = model_identity(spec)
     identity.pop("precision")

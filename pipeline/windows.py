@@ -5,7 +5,7 @@
                  yield (with the video's poster, a small JPEG of the middle window's middle frame, in the chunk that
                  holds it)
     this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> each window's state
-                 (``model_interface``: its frames pooled, or X-CLIP's window encoded whole)
+                 (``model.video_text``: its frames pooled, or X-CLIP's window encoded whole)
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
 is never more than one chunk ahead of the model (``pipeline.video.supervisor`` streams generator tasks). Overlapping windows
@@ -33,7 +33,8 @@ from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import trim_heap
 
 from .frame_features import FrameEncoder
-from .model_interface import VideoState, VideoTextModel
+from .model.state import VideoState
+from .model.video_text import VideoTextModel
 from .runtime import RuntimeSettings
 from .window_decode import (
     FrameGeometry,

@@ -17,11 +17,11 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
 import clip_model
 from clip_model.adapted import NeighbourFrameAttention
-from pipeline.model_spec import load_model
+from pipeline.model.loading import load_model
 
 NAMES = ["riding a bike", "juggling balls", "brushing hair"]
 T, S = 4, 32
-# The projects' prompts, written out here from their source (not from pipeline.prompts)
+# The projects' prompts, written out here from their source (not from pipeline.model.prompts)
 ACTIONCLIP_PROMPTS = [  # ActionCLIP utils/Text_Prompt.py text_aug
     "a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action", "{} this is an action",
     "{}, a video of action", "Playing action of {}", "{}", "Playing a kind of action, {}",
@@ -94,7 +94,7 @@ def _text(model: OpenClipCLIP, templates, names=NAMES) -> torch.Tensor:
 
 def _ours(path, frames: torch.Tensor, names=NAMES) -> tuple[torch.Tensor, object]:
     """(C,) probabilities through the jobs' interface: load_model, encode, class_text, view_probs."""
-    from pipeline.prompts import load_templates
+    from pipeline.model.prompts import load_templates
 
     model = load_model(str(path), torch.device("cpu"), num_frames=frames.shape[1])
     feats = model.encode(frames.flatten(0, 1)).view(1, frames.shape[1], -1)  # (V, T, E)

@@ -80,7 +80,7 @@ def test_every_family_saves_and_reloads_as_itself(tmp_path, family):
     assert (loaded.head is None) == (head is None)
     for ours, theirs in zip(_outputs(loaded.model, loaded.head), _outputs(model, head), strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
-    from pipeline.model_spec import load_model
+    from pipeline.model.loading import load_model
 
     job_model = load_model(str(path), torch.device("cpu"))
     assert job_model.family == family and job_model.pooling == ("temporal" if family == "actionclip" else

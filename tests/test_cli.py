@@ -40,7 +40,7 @@ def test_classify_json_lines(videos, tmp_path):
     assert out.returncode == 0, out.stderr
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["path"] for r in rows] == list(map(str, videos))
-    from pipeline.model_spec import cpu_bf16
+    from pipeline.model.loading import cpu_bf16
 
     # --precision auto, the default: fp32 without a bf16 flag; with one, what a timing on this CPU chose (it says so)
     said = next(line for line in out.stderr.splitlines() if line.startswith("precision: "))

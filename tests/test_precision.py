@@ -31,7 +31,7 @@ def test_unknown_precision_lists_choices(tmp_path):
 
 
 def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
-    import pipeline.model_spec as spec
+    import pipeline.model.loading as spec
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert spec.resolve_precision("fp16", cpu) == ("fp16", "as asked")
@@ -48,7 +48,7 @@ def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
 
 
 def test_cpu_bf16_reads_this_machines_flags():
-    import pipeline.model_spec as spec
+    import pipeline.model.loading as spec
 
     with open("/proc/cpuinfo") as f:  # read here independently: the first "flags" line
         flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
@@ -57,7 +57,7 @@ def test_cpu_bf16_reads_this_machines_flags():
 
 
 def test_the_bf16_timing_is_measured_once_per_host_and_kept(tmp_path, monkeypatch):
-    import pipeline.model_spec as spec
+    import pipeline.model.loading as spec
 
     monkeypatch.setenv("CLIP_VIDEO_CACHE", str(tmp_path))
     timings = iter([2.5, 0.6])  # the second would flip the decision, were it taken
@@ -79,7 +79,7 @@ def test_the_bf16_timing_is_measured_once_per_host_and_kept(tmp_path, monkeypatc
 
 
 def test_the_bf16_timing_takes_the_median_round_so_one_burst_of_load_cannot_flip_it(monkeypatch):
-    import pipeline.model_spec as spec
+    import pipeline.model.loading as spec
 
     # per round: three fp32 timings, then three bf16 ones (each the difference of two clock reads); the rounds'
     # best-of-3 ratios are 2.0, 50.0 (a burst of load on the bf16 side's neighbour) and 1.8: the median is 2.0

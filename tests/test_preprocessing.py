@@ -64,7 +64,7 @@ def test_classify_resizes_once_by_default_and_prescales_only_when_asked(sample_v
     """classify asked the decoder to scale frames above twice the model's input and resized again: on this 720p
     video 0.97 grey levels off the references' single resize on average. Now one resize unless --prescale."""
     from pipeline.jobs.classify import ClassifySettings, classify_videos
-    from pipeline.model_interface import VideoTextModel
+    from pipeline.model.video_text import VideoTextModel
     from pipeline.runtime import RuntimeSettings
 
     video = next(v for v in sample_videos if "bigbuckbunny" in v.name.lower())

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
-from pipeline.prompts import cached_class_embeddings, class_embeddings, load_templates
+from pipeline.model.prompts import cached_class_embeddings, class_embeddings, load_templates
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_cache_hits_and_keys(model, tmp_path, monkeypatch):
     names, templates = ["a", "b"], ["{}"]
     first = cached_class_embeddings(model, "m1", names, templates, tmp_path)
     assert len(list(tmp_path.glob("text_*.pt"))) == 1
-    import pipeline.prompts as prompts
+    import pipeline.model.prompts as prompts
 
     def boom(*a, **k):
         raise AssertionError("recomputed despite a cache hit")

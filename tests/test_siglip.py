@@ -15,7 +15,7 @@ from clip_model import CheckpointError, load_state_dict_strict
 from clip_model.siglip import SigLIP, SigLIPConfig, from_hf
 from clip_model.sp_tokenizer import SentencePieceTokenizer, canonicalize
 from datasets.labels import SHIPPED, shipped_labels
-from pipeline.prompts import load_templates
+from pipeline.model.prompts import load_templates
 
 # (text tower, vision tower) of transformers configs: SigLIP-like (patch 8, MLP not 4x) and SigLIP 2-like (another
 # vocabulary size, patch 4, more layers); heads of width 8 and 16
@@ -145,7 +145,7 @@ def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
     from transformers import SiglipImageProcessor
 
     import clip_model
-    from pipeline.model_spec import clip_only, load_model
+    from pipeline.model.loading import clip_only, load_model
 
     hf, _ = _pair("siglip")
     hf.save_pretrained(tmp_path / "siglip")

@@ -25,7 +25,7 @@ from pipeline.jobs.tag.index import TagIndex
 from pipeline.jobs.tag.job import TagSettings, shard_of, tag
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.jobs.tag.scoring import sibling
-from pipeline.model_spec import load_model
+from pipeline.model.loading import load_model
 from pipeline.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,10 +16,10 @@ from pipeline.jobs.tag.job import Part, TagSettings, _video_row, open_for_taggin
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.scoring import Scorer, TableWriter, output_schemas, sibling, write_outputs
-from pipeline.model_interface import LabelScorer
-from pipeline.model_spec import model_identity
+from pipeline.model.loading import model_identity
+from pipeline.model.video_text import LabelScorer
+from pipeline.model.zero_shot import LabelScoring
 from pipeline.runtime import RuntimeSettings
-from pipeline.zero_shot import LabelScoring
 
 DIM = 32
 LABELS = ("jumping", "running", "swimming", "cooking")

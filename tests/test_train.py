@@ -240,7 +240,7 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     so does classify with no pooling or templates named: the checkpoint brings the protocol it was trained for."""
     from datasets.world import write_world
     from pipeline.jobs.classify import ClassifySettings, classify_videos
-    from pipeline.model_spec import load_model
+    from pipeline.model.loading import load_model
     from pipeline.runtime import RuntimeSettings
     from pipeline.video.open import open_video
 

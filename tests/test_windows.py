@@ -8,8 +8,8 @@ import torch
 from videos import h264_bframes, mpeg4_avi_not_coded, pattern
 
 from pipeline.frame_features import FrameEncoder, encode_clip
-from pipeline.model_spec import load_model
-from pipeline.pooling import pool_views
+from pipeline.model.loading import load_model
+from pipeline.model.pooling import pool_views
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.window_decode import time_ranges

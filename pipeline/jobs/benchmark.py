@@ -1,7 +1,7 @@
 """The benchmark job: a validated config in, per-split metrics, mean ± std, predictions and an HTML report out.
 
 Zero-shot scores each test video against prompt-ensembled class names; the linear probe fits on the training
-split's pooled features and scores the test split. Per-view features (``model_interface``: frame embeddings, or X-CLIP's
+split's pooled features and scores the test split. Per-view features (``model.video_text``: frame embeddings, or X-CLIP's
 clip rows) are cached on disk per video (keyed by model, sampling and the file's size and mtime), so a second
 protocol or split over the same videos decodes nothing.
 """
@@ -28,11 +28,11 @@ from pipeline.frame_features import extract_features
 from pipeline.frame_geometry import decode_cap
 from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
 from pipeline.metrics import compute_metrics, mean_std
-from pipeline.model_interface import VideoTextModel
-from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
+from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
+from pipeline.model.prompts import load_templates
+from pipeline.model.tensor_cache import load_tensor, save_tensor
+from pipeline.model.video_text import VideoTextModel
 from pipeline.progress import progress as progress_bar
-from pipeline.prompts import load_templates
-from pipeline.tensor_cache import load_tensor, save_tensor
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
 

@@ -11,22 +11,22 @@ from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
 from pipeline.frame_geometry import decode_cap
 from pipeline.linear_probe import LinearProbe, check_fitted_on
-from pipeline.model_spec import load_model, model_identity, model_key, resolve_device
-from pipeline.pooling import POOLINGS, Pooling
+from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
+from pipeline.model.pooling import POOLINGS, Pooling
+from pipeline.model.prompts import load_templates
+from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.progress import progress as progress_bar
-from pipeline.prompts import load_templates
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.video.samplers import Sampling
-from pipeline.zero_shot import Prediction, top_k
 
 
 @dataclass(frozen=True)
 class ClassifySettings:
     runtime: RuntimeSettings
     classnames: tuple[str, ...]
-    templates: str | None = None  # None: the model's own (model_interface; CLIP's "video", X-CLIP's "none")
+    templates: str | None = None  # None: the model's own (model.video_text; CLIP's "video", X-CLIP's "none")
     num_frames: int | None = None  # frames per clip; None: the model's (fixed by X-CLIP checkpoints), else 8
     clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
     crops: int = 1  # spatial views: 1 (centre) or 3

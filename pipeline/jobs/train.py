@@ -34,9 +34,9 @@ import clip_model
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 from datasets.world import prompt_templates
-from pipeline.model_spec import RANDOM_PREFIX, clip_only, resolve_device
+from pipeline.model.loading import RANDOM_PREFIX, clip_only, resolve_device
+from pipeline.model.prompts import class_embeddings
 from pipeline.progress import progress as progress_bar
-from pipeline.prompts import class_embeddings
 
 from .distributed import barrier, init_distributed
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld

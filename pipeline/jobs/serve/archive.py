@@ -32,7 +32,7 @@ from ..tag.names import file_name, shown_name
 from ..tag.query import SearchFilter, index_model, text_search
 
 if TYPE_CHECKING:
-    from pipeline.model_interface import VideoTextModel
+    from pipeline.model.video_text import VideoTextModel
 
 LOG = logging.getLogger(__name__)
 VIDEO_FIELDS = ("video_id", "path", "status", "stage", "reason", "duration_s", "decoder", "windows", "warnings",

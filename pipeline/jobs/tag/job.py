@@ -5,7 +5,7 @@
     OUT.errors.* (streamed from the index)
 
 Every video is decoded once into sliding windows (``window_s`` seconds every ``stride_s``, ``num_frames`` frames
-each). A window's state (``model_interface``) is its pooled frames, or X-CLIP's encoding of the window with its tokens; a
+each). A window's state (``model.video_text``) is its pooled frames, or X-CLIP's encoding of the window with its tokens; a
 video's is the mean of its windows' (vectors renormalised). Labels are scored zero-shot against both with the model's
 own scoring (softmax, or SigLIP's sigmoid per label), and adjacent windows with the same top label merge into action
 segments.
@@ -36,8 +36,9 @@ from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
 from pipeline.frame_geometry import PRESCALE, decode_cap
-from pipeline.model_interface import VideoState, VideoTextModel
-from pipeline.model_spec import load_model, model_identity, resolve_device
+from pipeline.model.loading import load_model, model_identity, resolve_device
+from pipeline.model.state import VideoState
+from pipeline.model.video_text import VideoTextModel
 from pipeline.progress import progress as progress_bar
 from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoDecodeError, check_file

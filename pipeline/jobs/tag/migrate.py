@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model_spec import RANDOM_PREFIX
+from pipeline.model.loading import RANDOM_PREFIX
 
 from .index import TagIndex
 from .job import Part, _video_row, next_video_id
@@ -27,7 +27,7 @@ OLD_VERSION = 1
 
 def old_identity(key: str) -> dict:
     """The first format's model key (``spec|precision`` or ``path|name:size:mtime,...|precision``) as the identity
-    dict ``model_spec.model_identity`` gives today, so a resume after migration matches."""
+    dict ``loading.model_identity`` gives today, so a resume after migration matches."""
     parts = key.split("|")
     if len(parts) == 2:
         return {"spec": parts[0], "precision": parts[1]}

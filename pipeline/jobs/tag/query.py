@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from datasets.labels import check_unique_labels
-from pipeline.model_interface import VideoState, VideoTextModel
-from pipeline.model_spec import load_model, resolve_device
+from pipeline.model.loading import load_model, resolve_device
+from pipeline.model.state import VideoState
+from pipeline.model.video_text import VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
 from .index import TagIndex, common_settings, open_indexes, sql_string

@@ -17,8 +17,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.model_interface import LabelScorer, VideoState, VideoTextModel
-from pipeline.prompts import load_templates
+from pipeline.model.prompts import load_templates
+from pipeline.model.state import VideoState
+from pipeline.model.video_text import LabelScorer, VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
 from .index import SCAN_BATCH, IndexDamaged, TagIndex, exclusive_lock

@@ -21,7 +21,6 @@ default everywhere.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,36 +34,10 @@ from clip_model.config import FAMILY_PROTOCOLS
 
 from .pooling import pool_views
 from .prompts import cached_class_embeddings, template_embeddings
+from .state import VideoState
 from .zero_shot import LabelScoring, label_scoring
 
 XCLIP_ROWS = 64  # videos whose label texts are conditioned at once: (rows, C, E) floats stay ~50 MB at C = 400
-
-
-@dataclass(frozen=True)
-class VideoState:
-    """What scoring a video (or window, or view) needs, without its frames: (N, E) unit vectors and, for X-CLIP,
-    the (N, K, E) visual tokens its prompt generator attends to."""
-
-    vectors: torch.Tensor  # (N, E) float32 unit vectors
-    tokens: torch.Tensor | None = None  # (N, K, E) float32, or None
-
-    def __len__(self) -> int:
-        return self.vectors.shape[0]
-
-    def mean(self) -> VideoState:
-        """One state (1, ...) from N: the renormalised mean of the vectors and the mean of the tokens (a video from
-        its windows or views)."""
-        tokens = None if self.tokens is None else self.tokens.mean(dim=0, keepdim=True)
-        return VideoState(F.normalize(self.vectors.mean(dim=0, keepdim=True), dim=-1), tokens)
-
-    def rows(self, start: int, end: int) -> VideoState:
-        return VideoState(self.vectors[start:end], None if self.tokens is None else self.tokens[start:end])
-
-    @staticmethod
-    def cat(states: Sequence[VideoState]) -> VideoState:
-        tokens = [s.tokens for s in states]
-        return VideoState(torch.cat([s.vectors for s in states]),
-                          None if any(t is None for t in tokens) else torch.cat(tokens))  # type: ignore[arg-type]
 
 
 class VideoTextModel:
@@ -200,7 +173,7 @@ class VideoTextModel:
         """(C, E) float32 label texts, prompt-ensembled (see ``prompts``): unit vectors; for X-CLIP unnormalised (the
         mean of each label's prompt embeddings), which its prompt generator conditions on each video; for families
         that average probabilities over templates (ActionCLIP) (K, C, E), one unit vector per template. With
-        ``cache_dir``, cached there under ``model_key`` (``model_spec.model_key``)."""
+        ``cache_dir``, cached there under ``model_key`` (``loading.model_key``)."""
         if self.protocol.template_ensemble == "probabilities":
             return template_embeddings(self.model, classnames, templates).float().cpu()
         text = cached_class_embeddings(self.model, model_key, classnames, templates, cache_dir,

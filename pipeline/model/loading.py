@@ -13,7 +13,7 @@ import clip_model
 from clip_model.adapted import ADAPTED_MODELS
 from clip_model.hub import HUB_MODELS, hub_folder
 
-from .model_interface import VideoTextModel
+from .video_text import VideoTextModel
 
 RANDOM_PREFIX = "random:"
 BF16_MIN_SPEEDUP = 1.2  # what bf16 must gain over fp32 on this CPU for --precision auto to take it
@@ -123,7 +123,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
 
 def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling: str | None = None,
                num_frames: int | None = None) -> VideoTextModel:
-    """The model of checkpoint ``spec`` behind the jobs' interface (``model_interface``), with the temporal pooler the
+    """The model of checkpoint ``spec`` behind the jobs' interface (``model.video_text``), with the temporal pooler the
     same file carries (written by train, or ActionCLIP's), read once; ``pooling`` None takes the checkpoint's recorded
     one, else the family's (the interface refuses pooling temporal where the file has no pooler); ``num_frames`` None
     likewise (the frames per clip, fixed at load for the families that encode a clip's frames together).

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (model_interface.VideoTextModel.view_probs)
+# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (video_text.VideoTextModel.view_probs)
 Pooling = Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"]
 POOLINGS = ("mean", "max", "temporal", "frame_scores", "mean_of_unit")
 

@@ -112,7 +112,7 @@ def cached_class_embeddings(model: clip_model.FrameTextModel, model_key: str, cl
                             normalize: bool = True) -> torch.Tensor:
     """``class_embeddings`` cached on disk under ``cache_dir``, keyed by model, labels and templates.
 
-    ``model_key`` must change whenever the weights do (see ``pipeline.model_spec.model_key``). A Kinetics-700 ensemble is
+    ``model_key`` must change whenever the weights do (see ``pipeline.model.loading.model_key``). A Kinetics-700 ensemble is
     19,600 prompts: worth computing once.
     """
     if cache_dir is None:

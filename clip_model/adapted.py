@@ -16,7 +16,7 @@ Visual-AI/FROSTER slowfast/models/torch_utils/functional.py (expand_temporal_vie
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,6 @@ from .model import CLIP, ResidualAttentionBlock, SelfAttention, VisionTransforme
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# Open-VCLIP's test scripts: TEST.PATCHING_RATIO (the original CLIP's share) per backbone
-OPENVCLIP_RATIO = {"ViT-B/16": 0.5, "ViT-B/32": 0.5, "ViT-L/14": 0.6}
 ACTIONCLIP_LAYERS, ACTIONCLIP_HEAD_WIDTH = 6, 64
 
 
@@ -91,18 +89,28 @@ def adapted_path(name: str, cache: Path) -> Path:
                           f"{entry.url} ({entry.source}) and put the file at {dest}{digest}")
 
 
-def family_preprocess(family: str, image_size: int, layout: str = "") -> PreprocessConfig:
-    """Each family's test-time transform, from its evaluation code (mmcv and F.interpolate resize without
-    antialiasing; PIL, which ActionCLIP's own pipeline uses, with it)."""
-    resize_to = image_size * 256 // 224
-    if family == "vificlip":  # datasets/build.py: mmcv short side int(256/224*224), centre crop, ImageNet statistics
-        return PreprocessConfig(image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear", resize_to=resize_to,
-                                antialias=False)
-    if family == "actionclip" and layout == "mmaction2":  # its test pipeline: mmcv Resize(-1, 256), bilinear
-        return PreprocessConfig(image_size, interpolation="bilinear", resize_to=resize_to, antialias=False)
-    if family == "actionclip":  # utils/Augmentation.py: GroupScale(256) (PIL bicubic), centre crop 224, CLIP statistics
-        return PreprocessConfig(image_size, interpolation="bicubic", resize_to=resize_to)
-    # Open-VCLIP, FROSTER (datasets/transform.py): F.interpolate bilinear to a short side of 224, crop 224
+# Each family's test-time transform, from its evaluation code (mmcv and F.interpolate resize without antialiasing;
+# PIL, which ActionCLIP's own pipeline uses, with it); the layouts that read each family apply its own.
+
+
+def vificlip_preprocess(image_size: int) -> PreprocessConfig:
+    """ViFi-CLIP datasets/build.py: mmcv short side int(256/224*224), centre crop, ImageNet statistics."""
+    return PreprocessConfig(image_size, IMAGENET_MEAN, IMAGENET_STD, "bilinear", resize_to=image_size * 256 // 224,
+                            antialias=False)
+
+
+def actionclip_preprocess(image_size: int) -> PreprocessConfig:
+    """ActionCLIP utils/Augmentation.py: GroupScale(256) (PIL bicubic), centre crop 224, CLIP statistics."""
+    return PreprocessConfig(image_size, interpolation="bicubic", resize_to=image_size * 256 // 224)
+
+
+def mmaction2_actionclip_preprocess(image_size: int) -> PreprocessConfig:
+    """mmaction2's ActionCLIP test pipeline: mmcv Resize(-1, 256), bilinear, centre crop."""
+    return PreprocessConfig(image_size, interpolation="bilinear", resize_to=image_size * 256 // 224, antialias=False)
+
+
+def openvclip_preprocess(image_size: int) -> PreprocessConfig:
+    """Open-VCLIP and FROSTER datasets/transform.py: F.interpolate bilinear to a short side of 224, crop 224."""
     return PreprocessConfig(image_size, interpolation="bilinear", antialias=False)
 
 
@@ -113,8 +121,10 @@ def _strip(sd: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def is_vificlip(sd: Mapping[str, torch.Tensor]) -> bool:
-    return any(k.startswith("image_encoder.") for k in sd) and any(k.startswith("text_encoder.") for k in sd)
+def is_vificlip(keys: Iterable[str]) -> bool:
+    """Whether state-dict ``keys`` (``module.`` stripped) are ViFi-CLIP's: an image and a text encoder."""
+    keys = list(keys)
+    return any(k.startswith("image_encoder.") for k in keys) and any(k.startswith("text_encoder.") for k in keys)
 
 
 def from_vificlip(sd: Mapping[str, torch.Tensor], token_embedding: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -140,13 +150,12 @@ def actionclip_head(fusion: Mapping[str, torch.Tensor], eps: float) -> dict:
             "state_dict": state}
 
 
-def from_openvclip(sd: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-    """Open-VCLIP's or FROSTER's ``model_state`` -> (OpenAI layout, whether FROSTER's projector heads were there).
-    The frozen teacher (``raw_model.*``) and the projectors are training-only."""
+def from_openvclip(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Open-VCLIP's or FROSTER's ``model_state`` -> OpenAI layout. The frozen teacher (``raw_model.*``) and
+    FROSTER's projectors (``projector_v``/``projector_t``) are training-only."""
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    froster = any(k.startswith("projector_") for k in sd)
     return {k: v.float() for k, v in _strip(sd, "model.").items()
-            if k not in ("input_resolution", "context_length", "vocab_size")}, froster
+            if k not in ("input_resolution", "context_length", "vocab_size")}
 
 
 def interpolate(sd: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], ratio: float,
@@ -221,12 +230,11 @@ class OpenVCLIP(CLIP):
 
     family = "openvclip"
 
-    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, family: str = "openvclip"):
+    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, family: str | None = None):
         if config.vision.is_resnet:
             raise ValueError("Open-VCLIP's neighbour-frame attention needs a ViT image tower")
         super().__init__(config, preprocess, visual=NeighbourFrameVision(config.vision, config.embed_dim,
-                                                                          config.quick_gelu))
-        self.family = family
+                                                                          config.quick_gelu), family=family)
         self.neighbours = True  # False: plain CLIP frame by frame (what ratio 1 must then equal)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ from .errors import CheckpointError
 from .hub import HUB_MODELS, hub_folder
 from .loss import ClipLoss
 from .model import CLIP, build_model, load_state_dict_strict
+from .names import resolve_name, weights_path
 from .siglip import SigLIP, SigLIPConfig
 from .sp_tokenizer import SentencePieceTokenizer
 from .temporal import TemporalConfig, TemporalTransformer, VideoCLIP
@@ -25,6 +26,12 @@ from .xclip import XCLIP, XCLIPConfig
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FrameTextModel = CLIP | SigLIP  # models that embed single frames and texts (X-CLIP embeds whole clips)
+
+
+def _dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 def available_models() -> list[str]:
@@ -42,22 +49,20 @@ def create_model(name: str, *, seed: int | None = None) -> CLIP:
 
 
 def model_from_checkpoint(ckpt: Checkpoint, source: str) -> CLIP | SigLIP:
-    """The model of the checkpoint's family (its config's type): CLIP, SigLIP or X-CLIP (a CLIP subclass)."""
+    """The checkpoint's model: its architecture's class (``Checkpoint.architecture``; the config's type says all
+    but Open-VCLIP's), built from its config, marked with its family."""
     model: CLIP | SigLIP
-    if ckpt.family in ("openvclip", "froster"):
-        assert isinstance(ckpt.config, CLIPConfig)
-        model = OpenVCLIP(ckpt.config, ckpt.preprocess, ckpt.family)
-    elif isinstance(ckpt.config, SigLIPConfig):
+    config = ckpt.config
+    if isinstance(config, SigLIPConfig):
         tokenizer = None
         if ckpt.tokenizer is not None:
-            tokenizer = SentencePieceTokenizer(ckpt.tokenizer[0], ckpt.tokenizer[1], ckpt.config.context_length)
-        model = SigLIP(ckpt.config, ckpt.preprocess, tokenizer)
-    elif isinstance(ckpt.config, XCLIPConfig):
-        model = XCLIP(ckpt.config, ckpt.preprocess)
+            tokenizer = SentencePieceTokenizer(ckpt.tokenizer[0], ckpt.tokenizer[1], config.context_length)
+        model = SigLIP(config, ckpt.preprocess, tokenizer, family=ckpt.family)
+    elif isinstance(config, XCLIPConfig):
+        model = XCLIP(config, ckpt.preprocess, family=ckpt.family)
     else:
-        model = CLIP(ckpt.config, ckpt.preprocess)
-        if ckpt.family is not None:  # a CLIP fine-tuned for video: its protocol is its family's
-            model.family = ckpt.family
+        clip_class = OpenVCLIP if ckpt.architecture == "OpenVCLIP" else CLIP  # the rest checked by Checkpoint
+        model = clip_class(config, ckpt.preprocess, family=ckpt.family)
     load_state_dict_strict(model, ckpt.state_dict, source=source)
     return model.eval()
 
@@ -78,6 +83,10 @@ def load(
     ``encode_video`` takes whole clips) or a ``SigLIP``, as the checkpoint says. ``precision`` is ``fp32`` (default),
     ``bf16`` (weights in bfloat16; features stay within cosine 0.999 of fp32) or ``fp16`` (GPU only).
     """
+    name = resolve_name(name_or_path)
+    if name.kind == "random":
+        untrained = create_model(name.architecture, seed=0).to(device=device, dtype=_dtype(precision))
+        return untrained, ClipTransform(untrained.preprocess_config)
     path = _resolve(name_or_path, download_root, precision)
     model = model_from_checkpoint(read_checkpoint(path, quick_gelu=quick_gelu, base=base, ratio=ratio),
                                   source=str(path))
@@ -95,6 +104,10 @@ def load_video_model(name_or_path: str | Path, device: str | torch.device = "cpu
                      base: str | Path | None = None, ratio: float | None = None) -> VideoModel:
     """``load`` plus what the checkpoint carries for video, from one read of the file: its temporal pooler (one
     written by train, ActionCLIP's fusion transformer) and the protocol it recorded (train's checkpoints do)."""
+    name = resolve_name(name_or_path)
+    if name.kind == "random":
+        untrained = create_model(name.architecture, seed=0).to(device=device, dtype=_dtype(precision))
+        return VideoModel(untrained, ClipTransform(untrained.preprocess_config), None, None)
     path = _resolve(name_or_path, None, precision)
     ckpt = read_checkpoint(path, base=base, ratio=ratio)
     model = model_from_checkpoint(ckpt, source=str(path)).to(device=device, dtype=PRECISIONS[precision])
@@ -106,11 +119,11 @@ def load_with_temporal(path: str | Path, device: str | torch.device = "cpu", *, 
                        ) -> tuple[CLIP, ClipTransform, TemporalTransformer]:
     """``load`` plus the trained temporal pooler of the same clip_video checkpoint, from one read of the file."""
     model, transform, head, _ = load_video_model(path, device, precision=precision)
-    if not isinstance(model, CLIP) or model.family not in ("clip", "actionclip"):
-        raise CheckpointError(f"{path}: a {model.family} checkpoint has no temporal pooler (train writes CLIP ones; "
-                              "ActionCLIP's fusion transformer is one)")
     if head is None:
         raise no_pooler_error(Path(path))
+    if type(model) is not CLIP:
+        raise CheckpointError(f"{path}: a {type(model).__name__} checkpoint; a temporal pooler pools the frame "
+                              "embeddings of a CLIP (train writes them; ActionCLIP's fusion transformer is one)")
     return model, transform, head
 
 
@@ -138,20 +151,7 @@ def temporal_from_checkpoint(ckpt: Checkpoint, path: Path) -> TemporalTransforme
 
 
 def _resolve(name_or_path: str | Path, download_root: str | Path | None, precision: str) -> Path:
-    """A published name -> its downloaded file; anything else must be an existing file or folder."""
+    """A model name (``names.resolve_name``) -> the file or folder of its weights."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    name = str(name_or_path)
-    if name in published_models():
-        return model_path(name, Path(download_root) if download_root else None)
-    if name in HUB_MODELS:
-        return hub_folder(name, Path(download_root) if download_root else None)
-    if name in ADAPTED_MODELS:
-        return adapted_path(name, Path(download_root) if download_root else cache_dir())
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise CheckpointError(
-            f"{name}: no such file or folder, and not a published model name ({', '.join(published_models())}), "
-            f"hub id ({', '.join(HUB_MODELS)}) or video CLIP ({', '.join(ADAPTED_MODELS)})"
-        )
-    return path
+    return weights_path(resolve_name(name_or_path), download_root)

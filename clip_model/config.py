@@ -19,34 +19,9 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_WIDTH = 64
 
 
-@dataclass(frozen=True)
-class FamilyProtocol:
-    """What a model family brings to every job as its defaults: how it scores labels, which prompt templates, how
-    many frames a clip has, how frames pool into a video, and how views and templates are combined. Each entry
-    follows the family's own evaluation code (see the sources in the comments)."""
-
-    scoring: str  # softmax (over the labels) | sigmoid (each label its own probability)
-    templates: str | tuple[str, ...]  # a set pipeline.model.prompts.load_templates names, or the templates themselves
-    frames: int = 8  # frames per clip by default (X-CLIP's checkpoint fixes its own)
-    pooling: str = "mean"  # mean (normalised mean of frame embeddings) | temporal (the checkpoint's head) |
-    #                        mean_of_unit (the mean of normalised frame embeddings, not renormalised)
-    scale: float | None = None  # a fixed logit scale instead of the checkpoint's exp(logit_scale)
-    template_ensemble: str = "embedding"  # embedding: one averaged text per label | probabilities: average over
-    #                                       templates of each template's softmax
-    view_ensemble: str = "probabilities"  # probabilities: average the views' probabilities | logits: sum logits
-
-    def recorded(self, protocol: Mapping[str, Any] | None) -> FamilyProtocol:
-        """This protocol with what a checkpoint recorded of its own (``RECORDED_PROTOCOL``: train writes the pooling
-        it trained, the frames of its clips and the prompt forms of its captions) in place of the family's."""
-        if not protocol:
-            return self
-        templates = protocol.get("templates")
-        return dataclasses.replace(self, pooling=protocol.get("pooling") or self.pooling,
-                                   frames=protocol.get("frames") or self.frames,
-                                   templates=tuple(templates) if templates else self.templates)
-
-
-RECORDED_PROTOCOL = ("pooling", "frames", "templates")  # what a clip_video checkpoint may record of its protocol
+# what a clip_video checkpoint may record of how it is meant to be used, in place of its family's defaults (the
+# pipeline's family table): the pooling it trained, the frames of its clips, the prompt forms of its captions
+RECORDED_PROTOCOL = ("pooling", "frames", "templates")
 
 
 def check_recorded_protocol(protocol: Any) -> str | None:
@@ -63,22 +38,6 @@ def check_recorded_protocol(protocol: Any) -> str | None:
                                   or not all(isinstance(t, str) and "{}" in t for t in templates)):
         return "templates must be a list of strings, each holding '{}'"
     return None
-
-
-FAMILY_PROTOCOLS = {
-    "clip": FamilyProtocol("softmax", "video"),
-    "siglip": FamilyProtocol("sigmoid", "video"),
-    "xclip": FamilyProtocol("softmax", "none"),  # VideoX's evaluation tokenizes the bare class names
-    # ViFi-CLIP main.py/trainers/vificlip.py: 32 frames, "a photo of a {}.", mean then normalise, summed view softmaxes
-    "vificlip": FamilyProtocol("softmax", "vificlip", frames=32),
-    # ActionCLIP test.py: 8 frames through its fusion transformer, 100 * cos, softmax per template, averaged
-    "actionclip": FamilyProtocol("softmax", "actionclip", pooling="temporal", scale=100.0,
-                                 template_ensemble="probabilities"),
-    # Open-VCLIP / FROSTER temporalclip_video_model.py: per-frame logits averaged (= mean of unit frame embeddings),
-    # view logits summed, 28 (FROSTER 29) templates averaged as unit embeddings
-    "openvclip": FamilyProtocol("softmax", "openvclip", pooling="mean_of_unit", view_ensemble="logits"),
-    "froster": FamilyProtocol("softmax", "froster", pooling="mean_of_unit", view_ensemble="logits"),
-}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ MAX_SMALL_FILE = 10 << 20  # config and preprocessor JSON
 
 @dataclass(frozen=True)
 class HubModel:
-    family: str  # siglip | xclip (its scoring and templates: config.FAMILY_PROTOCOLS)
+    family: str  # siglip | xclip (its protocol: pipeline.model.families)
     image_size: int
     frames: int | None  # fixed by the checkpoint (X-CLIP), or None: any
     files: tuple[tuple[str, ...], ...]  # each entry: the names it may have, first found wins

@@ -221,12 +221,15 @@ class ModifiedResNet(nn.Module):
 
 
 class CLIP(nn.Module):
-    family = "clip"
+    family = "clip"  # the family of weights nothing else is said of; a checkpoint's own is passed in
 
-    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, visual: nn.Module | None = None):
-        """``visual`` replaces the image tower the config describes (X-CLIP's cross-frame ViT)."""
+    def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, visual: nn.Module | None = None,
+                 family: str | None = None):
+        """``visual`` replaces the image tower the config describes (X-CLIP's cross-frame ViT); ``family``: the
+        family whose protocol the weights follow (a CLIP fine-tuned for video: ViFi-CLIP, ActionCLIP)."""
         super().__init__()
         self.config = config
+        self.family = family or type(self).family
         self.preprocess_config = preprocess or PreprocessConfig(image_size=config.vision.image_size)
         self.visual: nn.Module
         if visual is not None:

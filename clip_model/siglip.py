@@ -138,9 +138,10 @@ class SigLIP(nn.Module):
     family = "siglip"
 
     def __init__(self, config: SigLIPConfig, preprocess: PreprocessConfig | None = None,
-                 tokenizer: SentencePieceTokenizer | None = None):
+                 tokenizer: SentencePieceTokenizer | None = None, family: str | None = None):
         super().__init__()
         self.config = config
+        self.family = family or type(self).family
         self.tokenizer = tokenizer  # from the checkpoint's folder (spiece.model or tokenizer.model)
         self.preprocess_config = preprocess or config.default_preprocess()
         self.visual = SigLIPVision(config)

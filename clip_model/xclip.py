@@ -200,10 +200,10 @@ class XCLIP(CLIP):
 
     family = "xclip"
 
-    def __init__(self, config: XCLIPConfig, preprocess: PreprocessConfig | None = None):
+    def __init__(self, config: XCLIPConfig, preprocess: PreprocessConfig | None = None, family: str | None = None):
         c = config.clip
         super().__init__(c, preprocess or config.default_preprocess(),
-                         visual=CrossFrameVision(c.vision, c.embed_dim, config.num_frames))
+                         visual=CrossFrameVision(c.vision, c.embed_dim, config.num_frames), family=family)
         self.xclip_config = config
         self.num_frames = config.num_frames
         self.mit = MultiframeIntegration(c.embed_dim, config.num_frames, config.mit_layers, config.mit_heads)

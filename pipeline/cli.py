@@ -228,30 +228,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from clip_model import MODEL_CONFIGS, published_models
-    from clip_model.adapted import ADAPTED_MODELS
-    from clip_model.config import FAMILY_PROTOCOLS
-    from clip_model.hub import HUB_MODELS, endpoint
+    from clip_model.names import published_names, random_names
 
-    from .model.loading import RANDOM_PREFIX
+    from .model.families import FAMILIES
 
     rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
-    for name, entry in published_models().items():
-        clip = FAMILY_PROTOCOLS["clip"]
-        rows.append((name, "clip", str(MODEL_CONFIGS[name].vision.image_size), str(clip.frames), clip.scoring,
-                     str(clip.templates),
-                     entry["url"].split("/", 3)[2] + " (SHA256 pinned)"))
-    for repo, model in HUB_MODELS.items():
-        family = FAMILY_PROTOCOLS[model.family]
-        rows.append((repo, model.family, str(model.image_size), str(model.frames or "any"), family.scoring,
-                     str(family.templates), f"{endpoint().split('//')[-1]}/{repo} (SHA256 stated by the hub)"))
-    for name, adapted in ADAPTED_MODELS.items():
-        family = FAMILY_PROTOCOLS[adapted.family]
-        host = adapted.url.split("/")[2]
-        where = (f"by hand from {host} (a share link)" if adapted.share_link
-                 else f"{host} (SHA256 prefix {adapted.sha256} in its name)")
-        rows.append((name, adapted.family, str(MODEL_CONFIGS[adapted.base].vision.image_size), str(family.frames),
-                     family.scoring, str(family.templates), where))
+    for name in published_names():
+        assert name.family is not None  # a published name's family is known before its weights are read
+        family = FAMILIES[name.family]
+        rows.append((name.spec, name.family, str(name.image_size), str(name.frames or family.frames), family.scoring,
+                     family.templates.name, name.weights_from))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -259,7 +245,7 @@ def cmd_models(args: argparse.Namespace) -> int:
           "checkpoint file or folder also works as --model. Frames: the default (X-CLIP's are fixed by the "
           "checkpoint). ViFi-CLIP and Open-VCLIP also read the CLIP they were tuned from (downloaded by name, or "
           "$CLIP_VIDEO_BASE_MODEL).")
-    print(f"\nUntrained models, for trying things without weights: {', '.join(RANDOM_PREFIX + a for a in MODEL_CONFIGS)}"
+    print(f"\nUntrained models, for trying things without weights: {', '.join(random_names())}"
           " (random CLIP weights, seed 0; tiny-vit and tiny-rn run in seconds on a CPU).")
     return 0
 

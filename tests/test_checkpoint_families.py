@@ -44,8 +44,7 @@ def _model(family: str, folder):
                                          text_width=64, text_layers=1, text_heads=2, text_mlp=128, embed_dim=64)
         model = clip_model.SigLIP(config, tokenizer=_sentencepiece(folder))
     else:
-        model = clip_model.create_model("tiny-vit", seed=0)
-        model.family = family  # how loading an adapted layout marks a fine-tuned CLIP today
+        model = clip_model.CLIP(TINY, family=family)  # a CLIP fine-tuned for video, marked as loading marks it
         if family == "actionclip":
             head = TemporalTransformer(TemporalConfig(64, 8, 1, 2))
             for p in head.parameters():  # away from the zero init, so a lost pooler would show

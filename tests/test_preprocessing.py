@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_model import ClipTransform, PreprocessConfig
-from clip_model.adapted import family_preprocess
+from clip_model import ClipTransform, PreprocessConfig, adapted
 from clip_model.siglip import SigLIPConfig
 from clip_model.xclip import XCLIPConfig
 from pipeline.frame_features import encode_clip
@@ -21,10 +20,10 @@ PREPROCESSING = {
     "clip": PreprocessConfig(224),
     "siglip": SigLIPConfig().default_preprocess(),
     "xclip": XCLIPConfig().default_preprocess(),
-    "vificlip": family_preprocess("vificlip", 224),
-    "actionclip": family_preprocess("actionclip", 224),
-    "actionclip (mmaction2)": family_preprocess("actionclip", 224, "mmaction2"),
-    "openvclip": family_preprocess("openvclip", 224),
+    "vificlip": adapted.vificlip_preprocess(224),
+    "actionclip": adapted.actionclip_preprocess(224),
+    "actionclip (mmaction2)": adapted.mmaction2_actionclip_preprocess(224),
+    "openvclip": adapted.openvclip_preprocess(224),
 }
 
 

@@ -161,7 +161,7 @@ def test_a_transformers_folder_loads_as_siglip_with_its_preprocessing(tmp_path):
     with torch.no_grad():
         assert (model.encode_image(ours) - hf.get_image_features(pixel_values=ours)).abs().max() < 1e-4
     assert load_model(str(tmp_path / "siglip"), torch.device("cpu")).scoring.kind == "sigmoid"  # what every job loads
-    with pytest.raises(ValueError, match="a siglip checkpoint; train fine-tunes CLIP checkpoints only"):
+    with pytest.raises(ValueError, match="a siglip checkpoint; train fine-tunes clip checkpoints only"):
         clip_only(model, str(tmp_path / "siglip"))
 
 

@@ -22,11 +22,20 @@ given (``base=`` or ``$CLIP_VIDEO_BASE_MODEL``).
 """
 from __future__ import annotations
 
-from .containers import FORMAT_TAG, Checkpoint, Format, detect_format, read_pickle, read_safetensors, unwrap_state_dict
+from .containers import (
+           FORMAT_TAG,
+           Architecture,
+           Checkpoint,
+           Format,
+           detect_format,
+           read_pickle,
+           read_safetensors,
+           unwrap_state_dict,
+)
 from .conversions import convert_hf, convert_open_clip, convert_openai
-from .layouts import read_checkpoint
-from .ours import SAVED_FAMILIES, save_checkpoint
+from .layouts import LAYOUTS, Layout, read_checkpoint
+from .ours import save_checkpoint
 
-__all__ = ["FORMAT_TAG", "SAVED_FAMILIES", "Checkpoint", "Format", "convert_hf", "convert_open_clip", "convert_openai",
-           "detect_format", "read_checkpoint", "read_pickle", "read_safetensors", "save_checkpoint",
+__all__ = ["FORMAT_TAG", "Architecture", "Checkpoint", "Format", "convert_hf", "convert_open_clip", "convert_openai",
+           "LAYOUTS", "Layout", "detect_format", "read_checkpoint", "read_pickle", "read_safetensors", "save_checkpoint",
            "unwrap_state_dict"]

@@ -2,14 +2,15 @@
 ``weights_only``, header-checked safetensors), and the ``Checkpoint`` every layout ends in."""
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -22,10 +23,6 @@ from ..siglip import SigLIPConfig
 from ..torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
 from ..xclip import XCLIPConfig
 
-if TYPE_CHECKING:  # annotations only
-    pass
-
-
 Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
 FORMAT_TAG = "clip_video.checkpoint"
 MAX_SAFETENSORS_HEADER = 100 << 20
@@ -36,20 +33,34 @@ OPEN_CLIP_WEIGHTS = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 NON_WEIGHT_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 
 
+PLAIN_FAMILY = "clip"  # the family of weights nothing else is said of: CLIP's own protocol
+# the model class that runs a checkpoint's weights (api.ARCHITECTURES); our format records it beside the family
+Architecture = Literal["CLIP", "OpenVCLIP", "XCLIP", "SigLIP"]
+CONFIG_TYPES: dict[Architecture, type[CLIPConfig] | type[SigLIPConfig] | type[XCLIPConfig]] = {
+    "CLIP": CLIPConfig, "OpenVCLIP": CLIPConfig, "XCLIP": XCLIPConfig, "SigLIP": SigLIPConfig}
+
+
 @dataclass(frozen=True)
 class Checkpoint:
-    state_dict: dict[str, torch.Tensor]  # our layout for the family
+    """What a checkpoint holds, read into our layout: the weights, the architecture and config to build, the
+    preprocessing they imply, and the family whose protocol the pipeline applies (``pipeline.model.families``)."""
+
+    state_dict: dict[str, torch.Tensor]  # our layout for the architecture
     config: CLIPConfig | SigLIPConfig | XCLIPConfig
     preprocess: PreprocessConfig
-    format: str
+    format: Format  # the container (detect_format)
+    layout: str  # what the container held (layouts.LAYOUTS, or a folder's model type)
+    family: str = PLAIN_FAMILY
+    architecture: Architecture = "CLIP"
     # a trained temporal pooler: {"config": TemporalConfig dict, "state_dict": ...}
     temporal: Mapping[str, Any] | None = None
     # SigLIP: (SentencePiece model file, "siglip" | "siglip2") found beside the weights
     tokenizer: tuple[Path | bytes, str] | None = None  # (its file, or its serialized model), variant
-    family: str | None = None  # a CLIP fine-tuned for video (vificlip, actionclip, openvclip, froster); None: the
-    #                            config's type says it
     # what our checkpoint recorded of its protocol (config.RECORDED_PROTOCOL), the family's defaults otherwise
     protocol: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        assert isinstance(self.config, CONFIG_TYPES[self.architecture]), (self.architecture, type(self.config))
 
 
 def _first_existing(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -176,3 +187,45 @@ def unwrap_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+@dataclass
+class Source:
+    """One checkpoint path as the layouts see it: its container format, and what it holds, read once on first use
+    (``contents``: a weights file's object; ``hf_config``: a transformers folder's config.json). ``base``, ``ratio``
+    and ``quick_gelu`` are the caller's (see ``read_checkpoint``); ``read`` reads another checkpoint (a base
+    CLIP)."""
+
+    path: Path
+    format: Format
+    read: Callable[[Path], Checkpoint]
+    quick_gelu: bool | None = None
+    base: str | Path | None = None
+    ratio: float | None = None
+
+    @property
+    def folder(self) -> Path:
+        return self.path if self.path.is_dir() else self.path.parent
+
+    @functools.cached_property
+    def contents(self) -> Any:
+        """A weights file's object (any wrapper), for the file formats."""
+        return read_tensors(self.path)
+
+    @functools.cached_property
+    def hf_config(self) -> dict:
+        """A transformers folder's config.json (``{}`` for other formats)."""
+        if self.format != "hf":
+            return {}
+        path = self.folder / "config.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable JSON: {e}") from None
+
+    def state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The file's plain state dict (any wrapper unwrapped), or None where it holds none."""
+        try:
+            return unwrap_state_dict(self.contents, self.path)
+        except CheckpointError:
+            return None

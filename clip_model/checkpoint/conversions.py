@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -15,12 +15,10 @@ from ..config import (
     PreprocessConfig,
     TextConfig,
     VisionConfig,
+    config_from_state_dict,
 )
 from ..errors import CheckpointError
 from ..hf_layout import HF_LAYER
-
-if TYPE_CHECKING:  # annotations only
-    pass
 from .containers import NON_WEIGHT_KEYS
 
 
@@ -100,22 +98,18 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"{path}: unreadable JSON: {e}") from None
 
 
-def _preprocess_from_hf(folder: Path, image_size: int) -> PreprocessConfig:
-    pp = folder / "preprocessor_config.json"
-    if not pp.is_file():
-        return PreprocessConfig(image_size=image_size)
-    d = _read_json(pp)
-    return PreprocessConfig(image_size=image_size, mean=d.get("image_mean", PreprocessConfig.mean),
-                            std=d.get("image_std", PreprocessConfig.std))
-
-
-# ---------------------------------------------------------------- the one entry point
-
-
-def _hf_preprocess(folder: Path, default: PreprocessConfig) -> PreprocessConfig:
-    """The family's ``default`` as SigLIP's and X-CLIP's preprocessor_config.json amends it: mean/std and
+def hf_preprocess(folder: Path, default: PreprocessConfig) -> PreprocessConfig:
+    """The architecture's ``default`` as a transformers folder's preprocessor_config.json amends it: mean/std and
     resampling (PIL's 2 bilinear, 3 bicubic)."""
     pp = _read_json(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
     return dataclasses.replace(
         default, mean=pp.get("image_mean", default.mean), std=pp.get("image_std", default.std),
         interpolation={2: "bilinear", 3: "bicubic"}.get(pp.get("resample", 0), default.interpolation))
+
+
+def infer_config(sd: Mapping[str, torch.Tensor], path: Path, **kw: Any) -> CLIPConfig:
+    """``config_from_state_dict``, its error naming the file."""
+    try:
+        return config_from_state_dict(sd, **kw)
+    except KeyError as e:
+        raise CheckpointError(f"{path}: not a CLIP checkpoint: {e.args[0]}; top-level keys start {sorted(sd)[:5]}") from None

@@ -9,28 +9,61 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..config import (
-    CLIPConfig,
-    check_recorded_protocol,
-)
-from ..siglip import SigLIP, SigLIPConfig
-from ..xclip import XCLIPConfig
+from ..config import CLIPConfig, PreprocessConfig, check_recorded_protocol
+from ..errors import CheckpointError
+from ..siglip import SigLIP
 
 if TYPE_CHECKING:  # annotations only
     from ..model import CLIP
     from ..temporal import TemporalTransformer
-from .containers import FORMAT_TAG
+from .containers import (
+    CONFIG_TYPES,
+    FORMAT_TAG,
+    PLAIN_FAMILY,
+    Architecture,
+    Checkpoint,
+    Source,
+    unwrap_state_dict,
+)
 
-SAVED_FAMILIES = ("clip", "vificlip", "actionclip", "openvclip", "froster", "xclip", "siglip")
-VIDEO_CLIP_FAMILIES = ("vificlip", "actionclip", "openvclip", "froster")  # CLIPs whose protocol is their family's
+VERSION = 3  # 1: plain CLIP; 2: + family; 3: + architecture (the model class)
+# version 2 files stored the family alone; the class each family's weights ran in then
+V2_ARCHITECTURES: dict[str, Architecture] = {"openvclip": "OpenVCLIP", "froster": "OpenVCLIP", "xclip": "XCLIP",
+                                             "siglip": "SigLIP"}
 
 
-def _saved_config(family: str, d: Mapping[str, Any]) -> CLIPConfig | SigLIPConfig | XCLIPConfig:
-    if family == "xclip":
-        return XCLIPConfig(**d)
-    if family == "siglip":
-        return SigLIPConfig(**d)
-    return CLIPConfig.from_dict(d)
+def is_ours(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT_TAG
+
+
+def read_ours(source: Source) -> Checkpoint:
+    """Our self-describing file: family, architecture, config, preprocessing, weights; a temporal pooler, SigLIP's
+    tokenizer and the recorded protocol where there are. Each entry is checked before it is used."""
+    obj, path = source.contents, source.path
+    family = obj.get("family", PLAIN_FAMILY)  # version 1 files were all plain CLIPs
+    architecture = obj.get("architecture") or V2_ARCHITECTURES.get(family, "CLIP")
+    if not isinstance(family, str) or architecture not in CONFIG_TYPES:
+        raise CheckpointError(f"{path}: clip_video checkpoint of family {family!r} and architecture "
+                              f"{architecture!r}; known architectures: {', '.join(CONFIG_TYPES)}")
+    try:
+        config_type = CONFIG_TYPES[architecture]
+        config = CLIPConfig.from_dict(obj["config"]) if config_type is CLIPConfig else config_type(**obj["config"])
+        preprocess = PreprocessConfig(**obj["preprocess"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: corrupt clip_video checkpoint config: {e}") from None
+    temporal = obj.get("temporal")
+    if temporal is not None and not (isinstance(temporal, Mapping) and {"config", "state_dict"} <= set(temporal)):
+        raise CheckpointError(f"{path}: corrupt clip_video checkpoint: 'temporal' needs a config and a state_dict")
+    protocol = obj.get("protocol")
+    if protocol is not None and (problem := check_recorded_protocol(protocol)):
+        raise CheckpointError(f"{path}: corrupt clip_video checkpoint: {problem}")
+    tokenizer = obj.get("tokenizer")
+    if tokenizer is not None and not (isinstance(tokenizer, Mapping)
+                                      and isinstance(tokenizer.get("model"), torch.Tensor)):
+        raise CheckpointError(f"{path}: corrupt clip_video checkpoint: 'tokenizer' needs its model bytes")
+    return Checkpoint(unwrap_state_dict(obj, path), config, preprocess, source.format, "", family=family,
+                      architecture=architecture, temporal=temporal, protocol=protocol,
+                      tokenizer=(tokenizer["model"].numpy().tobytes(), tokenizer["variant"]) if tokenizer else None)
 
 
 def save_checkpoint(model: CLIP | SigLIP, path: str | Path, extra: Mapping[str, Any] | None = None, *,
@@ -43,12 +76,16 @@ def save_checkpoint(model: CLIP | SigLIP, path: str | Path, extra: Mapping[str, 
     """
     if protocol is not None and (problem := check_recorded_protocol(protocol)):
         raise ValueError(f"{path}: cannot record that protocol: {problem}")
+    architecture = type(model).__name__
+    if architecture not in CONFIG_TYPES:
+        raise ValueError(f"{path}: cannot save a {architecture}; our format holds {', '.join(CONFIG_TYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {
         "format": FORMAT_TAG,
-        "version": 2,
-        "family": model.family,  # what the weights are read back as: the model class and its protocol
+        "version": VERSION,
+        "family": model.family,  # whose protocol the weights follow
+        "architecture": architecture,  # the model class that runs them
         "config": getattr(model, "xclip_config", model.config).to_dict(),  # X-CLIP's: its CLIP's and its own
         "preprocess": dataclasses.asdict(model.preprocess_config),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -68,6 +105,3 @@ def save_checkpoint(model: CLIP | SigLIP, path: str | Path, extra: Mapping[str, 
     torch.save(obj, tmp)
     tmp.replace(path)
     return path
-
-
-# ---------------------------------------------------------------- CLIPs adapted to video (adapted.py)

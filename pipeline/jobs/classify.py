@@ -11,8 +11,8 @@ from datasets.labels import check_unique_labels
 from pipeline.frame_features import extract_features
 from pipeline.frame_geometry import decode_cap
 from pipeline.linear_probe import LinearProbe, check_fitted_on
+from pipeline.model.families import POOLINGS, Pooling
 from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
-from pipeline.model.pooling import POOLINGS, Pooling
 from pipeline.model.prompts import load_templates
 from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.progress import progress as progress_bar

@@ -31,10 +31,11 @@ import yaml
 from torch import nn
 
 import clip_model
+from clip_model.names import RANDOM_PREFIX
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 from datasets.world import prompt_templates
-from pipeline.model.loading import RANDOM_PREFIX, clip_only, resolve_device
+from pipeline.model.loading import clip_only, resolve_device
 from pipeline.model.prompts import class_embeddings
 from pipeline.progress import progress as progress_bar
 

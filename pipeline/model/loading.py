@@ -6,16 +6,18 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 
 import clip_model
 from clip_model.adapted import ADAPTED_MODELS
-from clip_model.hub import HUB_MODELS, hub_folder
+from clip_model.hub import hub_folder
+from clip_model.names import resolve_name
 
+from .families import FAMILIES, family
 from .video_text import VideoTextModel
 
-RANDOM_PREFIX = "random:"
 BF16_MIN_SPEEDUP = 1.2  # what bf16 must gain over fp32 on this CPU for --precision auto to take it
 
 
@@ -127,37 +129,34 @@ def load_model(spec: str, device: torch.device, precision: str = "fp32", pooling
     same file carries (written by train, or ActionCLIP's), read once; ``pooling`` None takes the checkpoint's recorded
     one, else the family's (the interface refuses pooling temporal where the file has no pooler); ``num_frames`` None
     likewise (the frames per clip, fixed at load for the families that encode a clip's frames together).
-    ``random:tiny-vit`` builds an untrained CLIP (seed 0) for smoke tests; anything else goes to clip_model,
+    Any name ``clip_model.names`` resolves (``random:tiny-vit``: an untrained CLIP, seed 0, for smoke tests),
     whatever its family."""
-    if spec.startswith(RANDOM_PREFIX):
-        if precision not in clip_model.PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {', '.join(clip_model.PRECISIONS)}")
-        model = clip_model.create_model(spec[len(RANDOM_PREFIX):], seed=0).to(device, clip_model.PRECISIONS[precision])
-        return VideoTextModel(model, clip_model.ClipTransform(model.preprocess_config), pooling, name=spec,
-                              frames=num_frames)
     loaded = clip_model.load_video_model(spec, device, precision=precision)
     return VideoTextModel(loaded.model, loaded.transform, pooling, loaded.head, name=spec, recorded=loaded.protocol,
                           frames=num_frames)
 
 
 def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_model.CLIP:
-    """Training fine-tunes CLIP (its softmax InfoNCE loss); SigLIP and X-CLIP checkpoints are refused there."""
-    if not isinstance(model, clip_model.CLIP) or model.family != "clip":
-        raise ValueError(f"{spec}: a {model.family} checkpoint; train fine-tunes CLIP checkpoints only (the other "
-                         "families classify, benchmark, tag, retag and search)")
-    return model
+    """Training fine-tunes the families marked trainable (CLIP: its softmax InfoNCE loss on its own towers); the
+    others' checkpoints are refused there."""
+    if not family(model.family).trainable:
+        trainable = ", ".join(name for name, f in FAMILIES.items() if f.trainable)
+        raise ValueError(f"{spec}: a {model.family} checkpoint; train fine-tunes {trainable} checkpoints only (the "
+                         "other families classify, benchmark, tag, retag and search)")
+    return cast(clip_model.CLIP, model)
 
 
 def model_identity(spec: str, precision: str = "fp32") -> dict:
     """What identifies a model's weights, for caches and the tag index: a published name (its SHA256 is fixed) or
     ``random:<arch>`` as given; a checkpoint by its resolved path and every file's size and modification time (so an
     overwritten file is another model)."""
-    if spec.startswith(RANDOM_PREFIX) or spec in clip_model.available_models():
+    name = resolve_name(spec)
+    if name.kind in ("random", "openai"):
         return {"spec": spec, "precision": precision}
-    if spec in HUB_MODELS:  # its cached files identify it (the hub's main branch can move)
+    if name.kind == "hub":  # its cached files identify it (the hub's main branch can move)
         return {"spec": spec, "precision": precision} | _file_stamps(hub_folder(spec))
     base = os.environ.get("CLIP_VIDEO_BASE_MODEL")  # ViFi-CLIP's and Open-VCLIP's weights depend on it
-    if spec in ADAPTED_MODELS:
+    if name.kind == "adapted":
         file = clip_model.cache_dir() / "adapted" / ADAPTED_MODELS[spec].file
         return {"spec": spec, "precision": precision} | (_file_stamps(file) if file.is_file() else {}) | (
             {"base": base} if base else {})

@@ -6,15 +6,9 @@ sees the order.
 """
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-# mean/max/temporal pool embeddings; frame_scores averages per-frame probabilities instead (video_text.VideoTextModel.view_probs)
-Pooling = Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"]
-POOLINGS = ("mean", "max", "temporal", "frame_scores", "mean_of_unit")
 
 
 def mean_pool(frame_features: torch.Tensor) -> torch.Tensor:

@@ -12,57 +12,25 @@ import torch.nn.functional as F
 import clip_model
 from datasets import DATA_DIR
 
+from .families import template_sets
 from .tensor_cache import load_tensor, save_tensor
-
-VIDEO_TEMPLATES = (
-    "a video of a person {}.",
-    "a video of someone {}.",
-    "a clip of a person {}.",
-    "a photo of a person {}.",
-    "a person {}.",
-    "{}",
-)
-
-
-# The prompts each video CLIP's own evaluation code uses (family protocols in clip_model.config.FAMILY_PROTOCOLS)
-_ACTIONS = ("{}.", "a person {}.", "a person using {}.", "a person doing {}.", "a person during {}.",
-            "a person performing {}.", "a person practicing {}.")
-OPENVCLIP_TEMPLATES = tuple(f"{prefix} {a}" for prefix in ("a photo of", "a video of", "a example of",  # sic
-                                                            "a demonstration of") for a in _ACTIONS)
-FAMILY_TEMPLATES = {
-    "vificlip": ("a photo of a {}.",),  # ViFi-CLIP trainers/vificlip.py: ctx_init "a photo of a" + name + "."
-    # ActionCLIP utils/Text_Prompt.py text_aug, in its order
-    "actionclip": ("a photo of action {}", "a picture of action {}", "Human action of {}", "{}, an action",
-                   "{} this is an action", "{}, a video of action", "Playing action of {}", "{}",
-                   "Playing a kind of action, {}", "Doing a kind of action, {}", "Look, the human is {}",
-                   "Can you recognize the action of {}?", "Video classification of {}", "A video of {}",
-                   "The man is {}", "The woman is {}"),
-    "openvclip": OPENVCLIP_TEMPLATES,  # Open-VCLIP temporalclip_video_model.py: 4 prefixes x 7 patterns
-    # FROSTER temporalclip_video_model.py: each of Open-VCLIP's 28 formatted with the name, then " " and the full
-    # "Name: description" string; then that string alone. Its LLM-written descriptions are per dataset and not
-    # shipped, so the full string is the name: "a photo of {0}. {0}"
-    "froster": (*(t.replace("{}", "{0}") + " {0}" for t in OPENVCLIP_TEMPLATES), "{}"),
-}
 
 
 def load_templates(spec: str | Sequence[str]) -> list[str]:
     """``none`` (bare name), ``video`` (a generic set), ``ucf101`` / ``kinetics700`` (CLIP's published sets), a video
-    CLIP's own set (``vificlip``, ``actionclip``, ``openvclip``, ``froster``) or a file with one template per line,
+    CLIP's own set (its family's, by name: ``families.template_sets``) or a file with one template per line,
     each containing ``{}``; or the templates themselves (what a checkpoint recorded)."""
     if not isinstance(spec, str):
         return list(spec)
-    if spec == "none":
-        return ["{}"]
-    if spec == "video":
-        return list(VIDEO_TEMPLATES)
-    if spec in FAMILY_TEMPLATES:
-        return list(FAMILY_TEMPLATES[spec])
+    named = template_sets()  # none, video, and each video CLIP's own (families.FAMILIES)
+    if spec in named:
+        return list(named[spec].texts)
     if spec in ("ucf101", "kinetics700"):
         return json.loads((DATA_DIR / "prompts" / f"{spec}_clip.json").read_text())["templates"]
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"templates {spec!r}: not none|video|ucf101|kinetics700|{'|'.join(FAMILY_TEMPLATES)} and no "
-                         "such file")
+        names = "|".join([*named, "ucf101", "kinetics700"])
+        raise ValueError(f"templates {spec!r}: not {names} and no such file")
     templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
     bad = [t for t in templates if "{}" not in t and "{0}" not in t]
     if not templates or bad:

@@ -1,13 +1,11 @@
-"""Zero-shot scoring: how a family turns cosines into probabilities (softmax over the labels for CLIP and X-CLIP, a
-sigmoid per label for SigLIP), and top-k predictions."""
+"""Zero-shot scoring: how cosines become probabilities (softmax over the labels for CLIP and X-CLIP, a sigmoid per
+label for SigLIP; each family's choice in ``families``), and top-k predictions."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-import clip_model
 
 
 @dataclass(frozen=True)
@@ -28,17 +26,6 @@ class LabelScoring:
     def probs(self, cos: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
         logits = self.scale * cos + self.bias
         return logits.sigmoid() if self.kind == "sigmoid" else logits.softmax(dim=-1)
-
-
-def label_scoring(model: clip_model.FrameTextModel) -> LabelScoring:
-    """A model's own scoring: SigLIP's sigmoid with its learned scale and bias; the video CLIPs' softmax at their
-    learned scale; CLIP's softmax with its scale capped at 100, as CLIP trained it."""
-    scale = model.logit_scale.detach().float().exp()
-    if isinstance(model, clip_model.SigLIP):
-        return LabelScoring("sigmoid", float(scale), float(model.logit_bias.detach().float()))
-    if model.family != "clip":  # X-CLIP, ViFi-CLIP, Open-VCLIP, FROSTER: their evaluations do not cap it
-        return LabelScoring("softmax", float(scale))
-    return LabelScoring("softmax", float(scale.clamp(max=100)))
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int) -> list[Prediction]:

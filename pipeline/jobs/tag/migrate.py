@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model.loading import RANDOM_PREFIX
+from clip_model.names import RANDOM_PREFIX
 
 from .index import TagIndex
 from .job import Part, _video_row, next_video_id

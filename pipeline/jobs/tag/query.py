@@ -113,7 +113,7 @@ def text_search(model: VideoTextModel, indexes: Sequence[TagIndex], query: str, 
     lock = lock or nullcontext()
     with lock:
         vector = model.query(query)
-    if not model.xclip:
+    if not model.reranks_search:
         return nearest(indexes, vector, k, where)
     hits = nearest(indexes, vector, k * RERANK, where, states=True)
     if hits:

@@ -84,3 +84,33 @@ def test_every_family_saves_and_reloads_as_itself(tmp_path, family):
     job_model = load_model(str(path), torch.device("cpu"))
     assert job_model.family == family and job_model.pooling == ("temporal" if family == "actionclip" else
                                                                 job_model.protocol.pooling)
+
+
+def test_each_file_names_its_format_layout_family_and_architecture(tmp_path):
+    """``Checkpoint.format`` is the container, ``layout`` the entry of ``LAYOUTS`` that read it."""
+    model, _ = _model("openvclip", tmp_path)
+    ours = clip_model.save_checkpoint(model, tmp_path / "ours.pt")
+    plain = tmp_path / "plain.pt"
+    torch.save(clip_model.create_model("tiny-vit", seed=0).state_dict(), plain)
+    got = [(c.format, c.layout, c.family, c.architecture) for c in map(clip_model.read_checkpoint, (ours, plain))]
+    assert got == [("pickle", "clip_video", "openvclip", "OpenVCLIP"), ("pickle", "openai state dict", "clip", "CLIP")]
+
+
+def test_a_version_2_file_still_reloads_as_its_family(tmp_path):
+    """Version 2 stored the family alone (stop 31); version 3 adds the class. Files already written keep loading."""
+    model, _ = _model("froster", tmp_path)
+    path = clip_model.save_checkpoint(model, tmp_path / "v3.pt")
+    obj = torch.load(path, weights_only=True)
+    del obj["architecture"]
+    obj["version"] = 2
+    torch.save(obj, tmp_path / "v2.pt")
+    loaded, _ = clip_model.load(tmp_path / "v2.pt")
+    assert type(loaded) is OpenVCLIP and loaded.family == "froster"
+
+
+def test_a_file_no_layout_takes_is_refused_with_the_layout_names(tmp_path):
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, tmp_path / "other.pt")
+    with pytest.raises(clip_model.CheckpointError) as e:
+        clip_model.read_checkpoint(tmp_path / "other.pt")
+    names = [layout.name for layout in clip_model.checkpoint.LAYOUTS]
+    assert str(tmp_path / "other.pt") in str(e.value) and all(n in str(e.value) for n in names) and "\n" not in str(e.value)

@@ -36,6 +36,9 @@ from .ours import is_ours, read_ours
 OPENVCLIP_RATIO = {"ViT-B/16": 0.5, "ViT-B/32": 0.5, "ViT-L/14": 0.6}
 
 
+OPENAI_PREFIXES = ("visual.", "transformer.", "token_embedding.", "text_projection", "ln_final.")
+
+
 @dataclass(frozen=True)
 class Layout:
     name: str
@@ -170,7 +173,8 @@ LAYOUTS: list[Layout] = [
            _refuse_bare_hf),
     Layout("open_clip state dict", lambda s: any(k.startswith("text.") for k in _keys(s)),
            _read_bare(convert_open_clip), "clip"),
-    Layout("openai state dict", lambda s: bool(_keys(s)), _read_bare(convert_openai), "clip"),
+    Layout("openai state dict", lambda s: any(k.startswith(OPENAI_PREFIXES) for k in _keys(s)),
+           _read_bare(convert_openai), "clip"),
 ]
 
 

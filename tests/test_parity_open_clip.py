@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 import clip_model
 from clip_model.checkpoint import convert_open_clip
-from clip_model.torchscript import read_torchscript_state_dict
+from clip_model.checkpoint.torchscript import read_torchscript_state_dict
 from helpers import open_clip_model, open_clip_odd_heads, ours_from_open_clip, randomize_
 
 TOL = 1e-4

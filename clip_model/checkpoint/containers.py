@@ -20,8 +20,8 @@ from ..config import (
 )
 from ..errors import CheckpointError
 from ..siglip import SigLIPConfig
-from ..torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
 from ..xclip import XCLIPConfig
+from .torchscript import is_torchscript_archive, read_torch_save, read_torchscript_state_dict
 
 Format = Literal["torchscript", "pickle", "safetensors", "hf", "open_clip"]
 FORMAT_TAG = "clip_video.checkpoint"

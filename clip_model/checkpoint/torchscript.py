@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 MAX_PICKLE_BYTES = 64 << 20  # data.pkl of ViT-L/14 is < 1 MiB; anything this large is not a CLIP archive
 MAX_TENSOR_BYTES = 16 << 30  # the largest published CLIP (RN50x64) is ~1.3 GB in fp16

@@ -2,7 +2,9 @@
 XCLIPModel by its ``model_type``) and an open_clip hub folder (``open_clip_config.json`` beside its weights)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -52,14 +54,19 @@ def read_hf_clip(source: Source) -> Checkpoint:
     return Checkpoint(sd, config, preprocess, "hf", "")
 
 
-def read_hf_siglip(source: Source) -> Checkpoint:
-    """transformers' SiglipModel (SigLIP, and SigLIP 2 at a fixed resolution), with its SentencePiece model."""
+def _hf_tower(source: Source, what: str, read_config: Callable[[dict], Any],
+              convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]) -> tuple[Any, dict]:
+    """(config, our state dict) of a transformers folder, an error naming the weights file where either fails."""
     weights, raw = _hf_weights(source)
     try:
-        siglip = SigLIPConfig.from_hf(source.hf_config)
-        sd = siglip_from_hf(raw)
+        return read_config(source.hf_config), convert(raw)
     except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{weights}: not a transformers siglip checkpoint: {e}") from None
+        raise CheckpointError(f"{weights}: not a transformers {what} checkpoint: {e}") from None
+
+
+def read_hf_siglip(source: Source) -> Checkpoint:
+    """transformers' SiglipModel (SigLIP, and SigLIP 2 at a fixed resolution), with its SentencePiece model."""
+    siglip, sd = _hf_tower(source, "siglip", SigLIPConfig.from_hf, siglip_from_hf)
     folder = source.folder
     tokenizer = next(((folder / name, variant) for name, variant in SIGLIP_TOKENIZERS if (folder / name).is_file()),
                      None)
@@ -69,12 +76,7 @@ def read_hf_siglip(source: Source) -> Checkpoint:
 
 def read_hf_xclip(source: Source) -> Checkpoint:
     """transformers' XCLIPModel."""
-    weights, raw = _hf_weights(source)
-    try:
-        xclip = XCLIPConfig.from_hf(source.hf_config)
-        sd = xclip_from_hf(raw)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"{weights}: not a transformers xclip checkpoint: {e}") from None
+    xclip, sd = _hf_tower(source, "xclip", XCLIPConfig.from_hf, xclip_from_hf)
     return Checkpoint(sd, xclip, hf_preprocess(source.folder, xclip.default_preprocess()), "hf", "",
                       architecture="XCLIP")
 

@@ -223,8 +223,10 @@ class Source:
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{path}: unreadable JSON: {e}") from None
 
+    @functools.cached_property
     def state_dict(self) -> dict[str, torch.Tensor] | None:
-        """The file's plain state dict (any wrapper unwrapped), or None where it holds none."""
+        """The file's plain state dict (any wrapper unwrapped), or None where it holds none: unwrapped once, however
+        many layouts test its keys."""
         try:
             return unwrap_state_dict(self.contents, self.path)
         except CheckpointError:

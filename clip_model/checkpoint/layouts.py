@@ -47,16 +47,19 @@ class Layout:
     family: str | None = None  # the family its weights follow; None: the reader's (our format stores it)
 
 
+def _is_file(source: Source) -> bool:
+    return source.format in ("pickle", "safetensors", "torchscript")
+
+
 def _inner(source: Source, key: str) -> Mapping[str, Any] | None:
     """``contents[key]`` where the file is a mapping holding a mapping there."""
-    obj = source.contents if source.format in ("pickle", "safetensors", "torchscript") else None
+    obj = source.contents if _is_file(source) else None
     inner = obj.get(key) if isinstance(obj, Mapping) else None
     return inner if isinstance(inner, Mapping) else None
 
 
 def _keys(source: Source) -> set[str]:
-    sd = source.state_dict() if source.format in ("pickle", "safetensors", "torchscript") else None
-    return set(sd or ())
+    return set(source.state_dict or ()) if _is_file(source) else set()
 
 
 def _video_clip(sd: dict[str, torch.Tensor], source: Source, preprocess: Callable[[int], PreprocessConfig],
@@ -146,10 +149,6 @@ def _read_bare(convert: Callable[[Mapping[str, torch.Tensor]], dict[str, torch.T
         config = infer_config(sd, source.path, quick_gelu=quick_gelu)
         return Checkpoint(sd, config, PreprocessConfig(image_size=config.vision.image_size), source.format, "")
     return read
-
-
-def _is_file(source: Source) -> bool:
-    return source.format in ("pickle", "safetensors", "torchscript")
 
 
 LAYOUTS: list[Layout] = [

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.features.windows import WindowedVideo
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import ANN_MIN_ROWS, TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
+from pipeline.jobs.tag.outputs import Scorer
 from pipeline.jobs.tag.query import SearchFilter, nearest
-from pipeline.jobs.tag.scoring import Scorer
+from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer
 from pipeline.model.zero_shot import LabelScoring
-from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoInfo
-from pipeline.windows import WindowedVideo
 
 MODEL = "random:ViT-B/32"
 LABELS = tuple(f"action {i}" for i in range(20))

@@ -21,7 +21,7 @@ import torch
 
 import clip_model
 from datasets.synthetic import write_video
-from pipeline.frame_geometry import FrameGeometry
+from pipeline.features.frame_geometry import FrameGeometry
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
 

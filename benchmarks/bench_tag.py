@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video
+from pipeline.features.window_decode import WindowChunk, decode_windows
 from pipeline.video.open import DecodeRequest, decode_in_workers, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.video.supervisor import rss_mb
-from pipeline.window_decode import WindowChunk, decode_windows
 
 if TYPE_CHECKING:
     from pipeline.jobs.tag.job import TagSettings
@@ -155,7 +155,7 @@ def _pss_mb(pid: int) -> float:
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
     import torch
 
-    from pipeline.frame_features import FrameEncoder, encode_clip
+    from pipeline.features.clip_features import FrameEncoder, encode_clip
     from pipeline.jobs.tag.job import tag
     from pipeline.model.loading import load_model
     from pipeline.model.pooling import pool_views
@@ -252,10 +252,10 @@ def split(args, settings: TagSettings, tmp: Path) -> None:
     what the measured costs predict for more cores (a range's worker reopens the file: one demux pass each)."""
     import torch
 
+    from pipeline.features.window_decode import range_tasks
     from pipeline.jobs.tag.job import tag
     from pipeline.model.loading import load_model
     from pipeline.video.open import open_video
-    from pipeline.window_decode import range_tasks
 
     folder = tmp / "split"
     folder.mkdir()
@@ -314,7 +314,7 @@ def main() -> None:
     import torch
 
     from pipeline.jobs.tag.job import TagSettings
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=60)

@@ -1,5 +1,5 @@
 """The arithmetic of CLIP's resize and crop, with no import of torch: ``ClipTransform`` uses it, and so do the decode
-workers that resize frames with Pillow before they reach the model (``pipeline.frame_geometry``), so both cut the
+workers that resize frames with Pillow before they reach the model (``pipeline.features.frame_geometry``), so both cut the
 same box out of the same frame."""
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from datasets.world import WorldConfig
-from pipeline.runtime import RuntimeSettings
+from pipeline.model.runtime import RuntimeSettings
 
 FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
 PROTOCOLS = ("zero_shot", "linear_probe")
@@ -57,7 +57,7 @@ class BenchmarkConfig:
     frame_interval: int = 1  # clips > 1: frames apart within a clip (Open-VCLIP: 16)
     crops: int = 1
     prescale: bool = False  # scale frames above twice the model's input down in the decoder first: 9-11 % faster,
-    #                         not the references' single resize (pipeline.frame_geometry.decode_cap)
+    #                         not the references' single resize (pipeline.features.frame_geometry.decode_cap)
     pooling: Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"] | None = None  # None: the model's
     headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
     device: str = RuntimeSettings.device

@@ -1,1 +1,2 @@
-"""The video pipeline: decode → sample → transform → encode → pool → classify → write, one module per stage."""
+"""The video pipeline, in layers that import one way: jobs/ (and cli.py) -> features/, model/, eval/ -> video/,
+clip_model, datasets."""

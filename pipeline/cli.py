@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
     from .jobs.classify import VideoResult
-    from .runtime import RuntimeSettings
+    from .model.runtime import RuntimeSettings
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> None:
     """The options of ``RuntimeSettings``, with its defaults (the precision: ``auto``, resolved by ``_runtime``);
     ``_runtime`` builds it from the parsed arguments."""
-    from .runtime import PRECISION_CHOICES, RuntimeSettings
+    from .model.runtime import PRECISION_CHOICES, RuntimeSettings
     from .video import BACKENDS
 
     R = RuntimeSettings  # its defaults
@@ -49,7 +49,7 @@ def _runtime(args: argparse.Namespace, model: str | None = None) -> RuntimeSetti
     and what the tag index and classify's JSON record, is the precision it resolved to. ``model``: the one to use
     when ``--model`` is not given (else ``RuntimeSettings``'s default)."""
     from .model.loading import resolve_device, resolve_precision
-    from .runtime import RuntimeSettings
+    from .model.runtime import RuntimeSettings
 
     precision, why = resolve_precision(args.precision, resolve_device(args.device))
     if args.precision == "auto":
@@ -62,8 +62,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from clip_model import cache_dir
     from datasets.labels import load_labels
 
+    from .eval.linear_probe import LinearProbe
     from .jobs.classify import ClassifySettings, classify_videos
-    from .linear_probe import LinearProbe
 
     if not args.labels and not args.probe:
         raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")

@@ -373,7 +373,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     from pipeline.jobs.tag.index import open_indexes
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import retag
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
     from pipeline.video.open import DecodeRequest, decode_request
     from pipeline.video.samplers import Sampling
 
@@ -417,7 +417,7 @@ def test_benchmark_with_actionclip_matches_classify_and_runs_its_linear_probe(tm
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.benchmark import run_benchmark
     from pipeline.jobs.classify import ClassifySettings, classify_videos
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
 
     path = tmp_path / "actionclip.pt"
     torch.save({"epoch": 1, "model_state_dict": tuned.state_dict(),

@@ -53,7 +53,7 @@ def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_
     from datasets.world import Clip, render
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import search
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
 
     archive = tmp_path / "archive"
     for i, action in enumerate(LABELS):  # 1 s clips: one 4 s window each
@@ -152,7 +152,7 @@ def test_models_lists_the_untrained_random_names():
 
 def test_classify_reports_files_that_are_no_videos_before_any_model_loads(tmp_path, monkeypatch):
     import pipeline.jobs.classify as classify
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded for videos that do not exist")
@@ -169,7 +169,7 @@ def test_classify_reports_files_that_are_no_videos_before_any_model_loads(tmp_pa
 def test_long_work_prints_progress_lines_in_a_log(monkeypatch, capsys):
     import itertools
 
-    import pipeline.progress as progress
+    import pipeline.jobs.progress as progress
 
     clock = itertools.chain([0.0, 4.0, 11.0, 15.0, 23.0, 30.0], itertools.repeat(40.0))
     monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
@@ -225,7 +225,7 @@ def test_a_probe_brings_its_model_and_refuses_another_in_one_line(tmp_path):
     """A probe records the model its features came from: classify uses it without --model (no download of the
     default), and refuses another model, or one of another width, in one line instead of a matmul error."""
     from datasets.synthetic import write_video
-    from pipeline.linear_probe import LinearProbe, fitted_on
+    from pipeline.eval.linear_probe import LinearProbe, fitted_on
 
     video = write_video(tmp_path / "clip.mp4", np.random.default_rng(0).integers(0, 255, (16, 32, 32, 3), np.uint8))
     rng = np.random.default_rng(1)

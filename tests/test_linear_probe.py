@@ -6,7 +6,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from pipeline.linear_probe import LinearProbe, ProbeSettings, fit_probe
+from pipeline.eval.linear_probe import LinearProbe, ProbeSettings, fit_probe
 
 
 def _separable(n_per_class: int, classes: int, dim: int = 16, seed: int = 0, noise_seed: int = 100):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import compute_metrics, mean_std
+from pipeline.eval.metrics import compute_metrics, mean_std
 
 
 def test_hand_computed_case():

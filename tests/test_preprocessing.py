@@ -10,11 +10,11 @@ import torch
 from clip_model import ClipTransform, PreprocessConfig, adapted
 from clip_model.siglip import SigLIPConfig
 from clip_model.xclip import XCLIPConfig
-from pipeline.frame_features import encode_clip
-from pipeline.frame_geometry import FrameGeometry
+from pipeline.features.clip_features import encode_clip
+from pipeline.features.frame_geometry import FrameGeometry
+from pipeline.features.window_decode import WindowTask, decode_windows
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
-from pipeline.window_decode import WindowTask, decode_windows
 
 PREPROCESSING = {
     "clip": PreprocessConfig(224),
@@ -63,8 +63,8 @@ def test_classify_resizes_once_by_default_and_prescales_only_when_asked(sample_v
     """classify asked the decoder to scale frames above twice the model's input and resized again: on this 720p
     video 0.97 grey levels off the references' single resize on average. Now one resize unless --prescale."""
     from pipeline.jobs.classify import ClassifySettings, classify_videos
+    from pipeline.model.runtime import RuntimeSettings
     from pipeline.model.video_text import VideoTextModel
-    from pipeline.runtime import RuntimeSettings
 
     video = next(v for v in sample_videos if "bigbuckbunny" in v.name.lower())
     seen: list[torch.Tensor] = []
@@ -90,7 +90,7 @@ def test_tag_records_its_decoder_prescaling_and_resumes_indexes_written_before(t
 
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.tag.job import TagSettings, tag
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
 
     write_video(tmp_path / "a" / "v.mp4", moving_square_frames("moving left", "red", num_frames=12))
     rt = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1)

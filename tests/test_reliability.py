@@ -20,16 +20,16 @@ from tag_world import LABELS, WORLD
 
 import pipeline.jobs.tag.index as index_module
 import pipeline.jobs.tag.maintenance as maintenance
-import pipeline.jobs.tag.scoring as outputs_module
+import pipeline.jobs.tag.outputs as outputs_module
 from datasets.labels import load_labels
 from datasets.synthetic import write_video
 from datasets.world import Clip, render
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import TagIndex, _lock, open_indexes
 from pipeline.jobs.tag.job import TagSettings, tag
+from pipeline.jobs.tag.outputs import TableWriter, output_schemas, sibling
 from pipeline.jobs.tag.query import retag, search
-from pipeline.jobs.tag.scoring import TableWriter, output_schemas, sibling
-from pipeline.runtime import RuntimeSettings
+from pipeline.model.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

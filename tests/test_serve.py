@@ -31,8 +31,8 @@ from pipeline.jobs.serve.app import create_app, serve
 from pipeline.jobs.serve.archive import Archive
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import SearchFilter, search
-from pipeline.runtime import RuntimeSettings
-from pipeline.thumbnails import POSTER_BYTES
+from pipeline.model.runtime import RuntimeSettings
+from pipeline.video.thumbnails import POSTER_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -244,7 +244,7 @@ def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_mod
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import retag
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
     from pipeline.video.open import DecodeRequest, decode_request
     from pipeline.video.samplers import Sampling
 

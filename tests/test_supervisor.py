@@ -138,8 +138,8 @@ def test_decode_workers_never_load_torch(tmp_path):
     return NumPy arrays without importing torch or the model library (each would cost ~0.6 GB and ~2 s a worker)."""
     from worker_fns import modules_after_decoding
 
-    from pipeline.frame_geometry import FrameGeometry
-    from pipeline.window_decode import WindowTask
+    from pipeline.features.frame_geometry import FrameGeometry
+    from pipeline.features.window_decode import WindowTask
 
     path = str(h264_bframes(tmp_path / "v.mp4", n=60, gop=12))
     tasks = [DecodeRequest(path, Sampling("segments", num_frames=4)),

@@ -23,10 +23,10 @@ from datasets.world import Clip, render, write_world
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import TagIndex
 from pipeline.jobs.tag.job import TagSettings, shard_of, tag
+from pipeline.jobs.tag.outputs import sibling
 from pipeline.jobs.tag.query import SearchFilter, retag, search
-from pipeline.jobs.tag.scoring import sibling
 from pipeline.model.loading import load_model
-from pipeline.runtime import RuntimeSettings
+from pipeline.model.runtime import RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,12 +14,12 @@ import pipeline.jobs.tag.index as index_module
 from pipeline.jobs.tag.index import TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, _video_row, open_for_tagging, resume_plan
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
+from pipeline.jobs.tag.outputs import Scorer, TableWriter, output_schemas, sibling, write_outputs
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
-from pipeline.jobs.tag.scoring import Scorer, TableWriter, output_schemas, sibling, write_outputs
 from pipeline.model.loading import model_identity
+from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.video_text import LabelScorer
 from pipeline.model.zero_shot import LabelScoring
-from pipeline.runtime import RuntimeSettings
 
 DIM = 32
 LABELS = ("jumping", "running", "swimming", "cooking")

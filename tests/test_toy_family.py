@@ -24,7 +24,7 @@ from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import retag, search
 from pipeline.model import families
 from pipeline.model.loading import load_model
-from pipeline.runtime import RuntimeSettings
+from pipeline.model.runtime import RuntimeSettings
 
 TOY_TEMPLATE = "a toy clip of {}."
 TOY = families.Family("frames", families.Templates("toy", (TOY_TEMPLATE,)), frames=4, pooling="max")

@@ -241,7 +241,7 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     from datasets.world import write_world
     from pipeline.jobs.classify import ClassifySettings, classify_videos
     from pipeline.model.loading import load_model
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
     from pipeline.video.open import open_video
 
     result = train(_cfg(tmp_path, steps=6), progress=False)

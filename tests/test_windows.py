@@ -7,13 +7,9 @@ import pytest
 import torch
 from videos import h264_bframes, mpeg4_avi_not_coded, pattern
 
-from pipeline.frame_features import FrameEncoder, encode_clip
-from pipeline.model.loading import load_model
-from pipeline.model.pooling import pool_views
-from pipeline.video.open import DecodeRequest, decode_request
-from pipeline.video.samplers import Sampling
-from pipeline.window_decode import time_ranges
-from pipeline.windows import (
+from pipeline.features.clip_features import FrameEncoder, encode_clip
+from pipeline.features.window_decode import time_ranges
+from pipeline.features.windows import (
     FrameGeometry,
     WindowChunk,
     WindowHeader,
@@ -22,6 +18,10 @@ from pipeline.windows import (
     decode_windows,
     embed_windows,
 )
+from pipeline.model.loading import load_model
+from pipeline.model.pooling import pool_views
+from pipeline.video.open import DecodeRequest, decode_request
+from pipeline.video.samplers import Sampling
 
 MODEL = load_model("random:tiny-vit", torch.device("cpu"))
 S = MODEL.preprocess.image_size

@@ -212,7 +212,7 @@ def test_tag_retag_and_search_with_xclip(tmp_path, xclip_folder):
     from pipeline.jobs.tag.index import open_indexes
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import retag, search
-    from pipeline.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings
     from pipeline.video.open import DecodeRequest, decode_request
     from pipeline.video.samplers import Sampling
 

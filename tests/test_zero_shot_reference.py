@@ -12,7 +12,7 @@ import torchvision.transforms.v2.functional as TF
 import clip_model
 from helpers import open_clip_model, ours_from_open_clip
 from pipeline.jobs.classify import ClassifySettings, classify_videos
-from pipeline.runtime import RuntimeSettings
+from pipeline.model.runtime import RuntimeSettings
 
 CLASSES = ("juggling balls", "playing the cello", "surfing", "riding a bike", "cooking")
 TEMPLATES = ["a photo of a person {}.", "a video of a person {}.", "a example of a person {}."]

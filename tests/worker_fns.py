@@ -54,7 +54,7 @@ def windows_then_segfault(task):
     not inherit that chunk."""
     import numpy as np
 
-    from pipeline.window_decode import decode_windows
+    from pipeline.features.window_decode import decode_windows
 
     gen = decode_windows(task)
     if task.backend == "auto":
@@ -71,8 +71,8 @@ def modules_after_decoding(task):
     which heavy libraries this worker process has loaded."""
     import sys
 
+    from pipeline.features.window_decode import decode_windows
     from pipeline.video.open import DecodeRequest, decode_request
-    from pipeline.window_decode import decode_windows
 
     if isinstance(task, DecodeRequest):
         decode_request(task)
@@ -85,7 +85,7 @@ def modules_after_decoding(task):
 def windows_logged(task):
     """decode_windows, logging which part of the video each task decoded (``<video>.tasks``: pid, window range, backend)
     so a test can see a long video's time ranges go to their own tasks."""
-    from pipeline.window_decode import decode_windows
+    from pipeline.features.window_decode import decode_windows
 
     with open(task.path + ".tasks", "a") as log:
         log.write(f"{os.getpid()} {task.windows} {task.backend}\n")
@@ -98,7 +98,7 @@ def windows_range_fails(task):
     never gets there."""
     from pathlib import Path
 
-    from pipeline.window_decode import StageError, decode_windows
+    from pipeline.features.window_decode import StageError, decode_windows
 
     if task.windows is not None and task.windows[0] > 0:
         raise StageError("decode", f"frames of windows {task.windows} are corrupt")
@@ -116,7 +116,7 @@ def windows_range_segfaults(task):
     must replace them and the other ranges' windows must be kept."""
     import numpy as np
 
-    from pipeline.window_decode import decode_windows
+    from pipeline.features.window_decode import decode_windows
 
     gen = decode_windows(task)
     if task.windows is not None and task.backend == "auto":

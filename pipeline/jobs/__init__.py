@@ -1,1 +1,2 @@
-"""Jobs: classify, benchmark, train, tag, demo. Built on the stages in pipeline/ and on pipeline.video."""
+"""Jobs: classify, benchmark, train, tag, serve, demo. Built on pipeline.features, pipeline.model, pipeline.eval and
+pipeline.video."""

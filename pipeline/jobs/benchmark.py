@@ -24,15 +24,15 @@ from configs.schema import BenchmarkConfig
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
-from pipeline.frame_features import extract_features
-from pipeline.frame_geometry import decode_cap
-from pipeline.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
-from pipeline.metrics import compute_metrics, mean_std
+from pipeline.eval.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
+from pipeline.eval.metrics import compute_metrics, mean_std
+from pipeline.features.clip_features import extract_features
+from pipeline.features.frame_geometry import decode_cap
+from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
 from pipeline.model.prompts import load_templates
 from pipeline.model.tensor_cache import load_tensor, save_tensor
 from pipeline.model.video_text import VideoTextModel
-from pipeline.progress import progress as progress_bar
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
 

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics import Metrics
+from pipeline.eval.metrics import Metrics
 
 
 def _figure_png(fig: Any) -> str:

@@ -8,15 +8,15 @@ from pathlib import Path
 import torch
 
 from datasets.labels import check_unique_labels
-from pipeline.frame_features import extract_features
-from pipeline.frame_geometry import decode_cap
-from pipeline.linear_probe import LinearProbe, check_fitted_on
+from pipeline.eval.linear_probe import LinearProbe, check_fitted_on
+from pipeline.features.clip_features import extract_features
+from pipeline.features.frame_geometry import decode_cap
+from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.families import POOLINGS, Pooling
 from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
 from pipeline.model.prompts import load_templates
+from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.zero_shot import Prediction, top_k
-from pipeline.progress import progress as progress_bar
-from pipeline.runtime import RuntimeSettings
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.video.samplers import Sampling

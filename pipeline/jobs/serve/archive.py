@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.thumbnails import ThumbnailTask, jpeg, thumbnail_jpeg
 from pipeline.video.supervisor import WorkerPool
+from pipeline.video.thumbnails import ThumbnailTask, jpeg, thumbnail_jpeg
 
 from ..tag.index import TagIndex, common_settings, open_indexes
 from ..tag.names import file_name, shown_name

@@ -1,6 +1,6 @@
 """Batch tagging of video archives: resumable, fault-isolated, and searchable afterwards.
 
-    discover -> windows (``pipeline.windows``: chunks decoded in supervised workers, encoded here in batches across
+    discover -> windows (``pipeline.features.windows``: chunks decoded in supervised workers, encoded here in batches across
     videos, pooled per window) -> commit a part to the index -> ... -> score labels and write OUT, OUT.segments.*,
     OUT.errors.* (streamed from the index)
 
@@ -35,20 +35,20 @@ import pyarrow as pa
 from clip_model.config import PreprocessConfig
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
-from pipeline.frame_geometry import PRESCALE, decode_cap
+from pipeline.features.frame_geometry import PRESCALE, decode_cap
+from pipeline.features.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
+from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.loading import load_model, model_identity, resolve_device
+from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import VideoTextModel
-from pipeline.progress import progress as progress_bar
-from pipeline.runtime import RuntimeSettings
 from pipeline.video.reader import VideoDecodeError, check_file
-from pipeline.windows import FrameGeometry, WindowedVideo, WindowTask, embed_windows
 
 from ..distributed import barrier, init_distributed
 from .discover import LISTING_FAILURE, discover, file_stamp
 from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
 from .names import file_name, stored_name
-from .scoring import Scorer, check_output, label_scorer, output_lock, write_outputs
+from .outputs import Scorer, check_output, label_scorer, output_lock, write_outputs
 
 
 @dataclass(frozen=True)

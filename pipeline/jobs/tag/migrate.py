@@ -19,8 +19,8 @@ from clip_model.names import RANDOM_PREFIX
 
 from .index import TagIndex
 from .job import Part, _video_row, next_video_id
+from .outputs import label_scorer
 from .query import index_model
-from .scoring import label_scorer
 
 OLD_VERSION = 1
 

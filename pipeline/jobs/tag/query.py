@@ -19,7 +19,7 @@ from pipeline.video.supervisor import trim_heap
 
 from .index import TagIndex, common_settings, open_indexes, sql_string
 from .names import file_name
-from .scoring import check_output, label_scorer, output_lock, write_outputs
+from .outputs import check_output, label_scorer, output_lock, write_outputs
 
 HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]
 # X-CLIP: the vector search takes this many times k candidates by the plain text embedding, which are then re-ranked

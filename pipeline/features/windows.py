@@ -28,14 +28,14 @@ from typing import Any
 
 import torch
 
+from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.state import VideoState
+from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import decode_in_workers
 from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import trim_heap
 
-from .frame_features import FrameEncoder
-from .model.state import VideoState
-from .model.video_text import VideoTextModel
-from .runtime import RuntimeSettings
+from .clip_features import FrameEncoder
 from .window_decode import (
     FrameGeometry,
     StageError,

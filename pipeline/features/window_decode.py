@@ -17,9 +17,9 @@ from pipeline.video.open import open_video
 from pipeline.video.reader import VideoDecodeError, VideoInfo
 from pipeline.video.samplers import sliding_windows
 from pipeline.video.supervisor import Outcome, trim_heap
+from pipeline.video.thumbnails import jpeg
 
 from .frame_geometry import FrameGeometry
-from .thumbnails import jpeg
 
 
 class StageError(Exception):

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
 
 from .frame_geometry import FrameGeometry
-from .model.video_text import VideoTextModel
 
 
 @dataclass(frozen=True)

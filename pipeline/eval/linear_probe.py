@@ -83,7 +83,7 @@ def fitted_on(spec: str, pooling: str, num_frames: int) -> dict:
 
 def _weights_identity(spec: str) -> dict:
     """``loading.model_identity`` without the precision: what a probe's features depend on."""
-    from .model.loading import model_identity
+    from pipeline.model.loading import model_identity
 
     identity = model_identity(spec)
     identity.pop("precision")

@@ -1,0 +1,1 @@
+"""Evaluation: the scikit-learn linear probe and the accuracy metrics."""

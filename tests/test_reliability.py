@@ -25,7 +25,8 @@ from datasets.labels import load_labels
 from datasets.synthetic import write_video
 from datasets.world import Clip, render
 from pipeline.jobs.tag.discover import discover
-from pipeline.jobs.tag.index import TagIndex, _lock, open_indexes
+from pipeline.jobs.tag.index import TagIndex, open_indexes
+from pipeline.jobs.tag.index_state import writer_lock
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.outputs import TableWriter, output_schemas, sibling
 from pipeline.jobs.tag.query import retag, search
@@ -168,7 +169,7 @@ def test_the_writer_lock_is_taken_before_anything_is_written(tmp_path, clips):
     out = tmp_path / "t.csv"
     folder = Path(str(out) + ".index")
     folder.mkdir()
-    held = _lock(folder)  # another process is creating this index
+    held = writer_lock(folder)  # another process is creating this index
     try:
         with pytest.raises(ValueError, match="another process is writing this tag index"):
             tag(_settings(), archive, out, progress=False)
@@ -393,7 +394,7 @@ def test_an_index_that_is_locked_by_a_live_writer_is_refused_in_one_line(tmp_pat
     archive = _archive(tmp_path, clips, 1)
     out = tmp_path / "t.csv"
     tag(_settings(), archive, out, progress=False)
-    held = _lock(Path(str(out) + ".index"))
+    held = writer_lock(Path(str(out) + ".index"))
     try:
         run = subprocess.run(_tag_cmd(archive, out, _labels(tmp_path)), cwd=ROOT, capture_output=True, text=True,
                              timeout=300)

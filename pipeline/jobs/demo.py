@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from configs.schema import BenchmarkConfig, DatasetConfig, TrainConfig
 from datasets.world import TIME_REVERSED_PAIRS, WorldConfig, write_world
 from pipeline.eval.metrics import compute_metrics
-from pipeline.jobs.tag.index import index_folder
+from pipeline.jobs.tag.index_state import index_folder
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import search
 from pipeline.model.runtime import RuntimeSettings

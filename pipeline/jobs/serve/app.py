@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from ..tag.index import IndexDamaged
+from ..tag.index_state import IndexDamaged
 from ..tag.query import SearchFilter
 from .archive import Archive, FileChanged, ListedFile, NotFound
 

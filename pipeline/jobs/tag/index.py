@@ -37,13 +37,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,14 +49,21 @@ import numpy as np
 import pyarrow as pa
 
 from .checksums import checksums, differing, version_files
+from .index_state import (
+    SETTINGS_KEY,
+    TABLES,
+    IndexDamaged,
+    IndexState,
+    import_lance,
+    is_lance_error,
+    sql_string,
+    writer_lock,
+)
 from .names import file_name, stored_name
 
-FORMAT = "clip_video.tag_index"
-FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
 COMPACT_EVERY = 64  # commits between compactions
 KEEP_VERSIONS = 120.0  # seconds: compaction keeps the versions committed this recently (readers may hold them)
 REOPEN_TRIES = 3  # a reader reopens at most this often in a row when a writer's compaction took its version away
-SETTINGS_KEY = b"clip_video.index"  # each table's schema metadata: the settings and dim, for repair_index
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
 ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
 SCAN_BATCH = 16_384  # rows per streamed batch
@@ -75,117 +79,19 @@ ROWS_PER_PARTITION = 32_768
 NPROBES = 20
 REFINE = 50
 
-VIDEO_COLUMNS = pa.schema([
-    ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-    ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("duration_s", pa.float64()),
-    ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()),
-    ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())), ("poster", pa.binary()),
-])
-
-
-def embedding_schema(dim: int, tokens: int = 0) -> pa.Schema:
-    """The embeddings table's columns; ``tokens`` K > 0 adds X-CLIP's (K·E float16 per row)."""
-    return pa.schema([
-        ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
-        ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),
-        ("vector", pa.list_(pa.float16(), dim)),
-    ] + ([("tokens", pa.list_(pa.float16(), tokens * dim))] if tokens else []))
-
-
-def index_folder(out: Path) -> Path:
-    return out.with_name(out.name + ".index")
-
-
-def import_lance() -> Any:
-    try:
-        import lance
-    except ImportError:
-        raise ImportError("the tag index needs pylance: pip install pylance") from None
-    return lance
-
-
-@dataclass(frozen=True)
-class IndexState:
-    """state.json: what a reader may see and a writer must restore."""
-
-    settings: dict
-    dim: int
-    versions: dict[str, int]  # table -> committed Lance version (0: not created yet)
-    next_video_id: int = 0
-    commits: int = 0
-    format: str = FORMAT
-    format_version: int = FORMAT_VERSION
-    rows: dict[str, int] = field(default_factory=dict)  # table -> committed row count
-    files: dict[str, list] = field(default_factory=dict)  # "table.lance/..." -> [size, sha256] of each file read
-
-    @classmethod
-    def read(cls, folder: Path) -> IndexState:
-        path = folder / "state.json"
-        if not path.exists():
-            if (folder / "manifest.json").exists():
-                raise ValueError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
-                                 f"with: run_pipeline.py migrate-index {folder}")
-            if any((folder / f"{name}.lance").exists() for name in TagIndex.TABLES):
-                raise ValueError(f"{folder}: the tables are here but state.json is gone; rebuild it with "
-                                 f"run_pipeline.py repair-index {folder}, or start over with tag --restart")
-            raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
-        try:
-            data = json.loads(path.read_text())
-            state = cls(**data)
-        except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path}: unreadable tag index state ({e}); delete the folder to start over") from None
-        if state.format != FORMAT or state.format_version != FORMAT_VERSION:
-            raise ValueError(f"{path}: tag index format {state.format} v{state.format_version}, this version reads "
-                             f"{FORMAT} v{FORMAT_VERSION}")
-        return state
-
-    def write(self, folder: Path) -> None:
-        """Atomically: a temporary file, fsynced, renamed over state.json, the folder fsynced."""
-        write_atomically(folder / "state.json", json.dumps(dataclasses.asdict(self)).encode())
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` all or nothing: a unique temporary file beside it, fsynced, renamed over it, the folder
-    fsynced; the temporary is removed if anything fails (a full disk leaves no stray file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    folder_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-
-
-class IndexDamaged(ValueError):
-    """A file of the index does not match its checksum, or a read of it failed."""
-
-    def __init__(self, folder: Path, table: str, file: str):
-        super().__init__(f"{folder}: damaged (table {table}, file {file}): run run_pipeline.py verify {folder}")
-        self.table, self.file = table, file
-
-
 T = TypeVar("T")
 
 
 class TagIndex:
     """One index folder. ``open(folder, write=True)`` restores uncommitted changes away; readers see committed rows."""
 
-    TABLES = ("videos", "embeddings")
+    TABLES = TABLES
 
     def __init__(self, folder: Path, state: IndexState, write: bool, lock: Any = None):
-        """``write`` needs ``lock`` (``_lock(folder)``, taken before the state was read) or takes it now."""
+        """``write`` needs ``lock`` (``writer_lock(folder)``, taken before the state was read) or takes it now."""
         self.folder, self.state, self.writable = folder, state, write
         self.lance = import_lance()
-        self._lock = (lock or _lock(folder)) if write else None
+        self._lock = (lock or writer_lock(folder)) if write else None
         self._tables: dict[str, Any] = {}
         self._indexed: tuple[int | None] | None = None  # (rows the vector index covers, or None), once read
         self._reopen_lock = threading.Lock()  # serve reads from a thread pool: one reopen at a time
@@ -221,7 +127,7 @@ class TagIndex:
     @classmethod
     def create(cls, folder: Path, settings: dict, dim: int, lock: Any = None) -> TagIndex:
         folder.mkdir(parents=True, exist_ok=True)
-        lock = lock or _lock(folder)
+        lock = lock or writer_lock(folder)
         state = IndexState(settings, dim, {name: 0 for name in cls.TABLES})
         try:
             state.write(folder)
@@ -241,7 +147,7 @@ class TagIndex:
                     if IndexState.read(folder).versions == state.versions:
                         raise
             return cls(folder, IndexState.read(folder), write)
-        lock = _lock(folder)  # before the state is read: what it says stays true while this writer runs
+        lock = writer_lock(folder)  # before the state is read: what it says stays true while this writer runs
         try:
             state = IndexState.read(folder)
         except BaseException:
@@ -256,7 +162,7 @@ class TagIndex:
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"{folder}: is a file, not a tag index folder; remove it or use another --out")
         folder.mkdir(parents=True, exist_ok=True)
-        lock = _lock(folder)
+        lock = writer_lock(folder)
         try:
             if restart:  # state first: a crash half way leaves tables without a state, which --restart clears again
                 (folder / "state.json").unlink(missing_ok=True)
@@ -278,7 +184,7 @@ class TagIndex:
         try:
             return read()
         except (OSError, ValueError) as e:
-            if isinstance(e, IndexDamaged) or not _is_lance_error(e):
+            if isinstance(e, IndexDamaged) or not is_lance_error(e):
                 raise
             raise self._damage(table, str(e)) from None
 
@@ -535,39 +441,6 @@ class TagIndex:
         self._indexed = None
         self._record()
         return True
-
-
-def _lock(folder: Path) -> Any:
-    """An exclusive lock on the index for this process's lifetime: a second writer would undo the first one's
-    commit under way (it restores the committed versions), so it is refused instead."""
-    return exclusive_lock(folder / "writer.lock", f"{folder}: another process is writing this tag index; wait for it "
-                                                  "or use another --out")
-
-
-def exclusive_lock(path: Path, busy: str) -> Any:
-    """An open file holding ``flock(LOCK_EX)`` on ``path`` (released when closed, or when the process ends); a lock
-    held elsewhere raises ``ValueError(busy)``."""
-    import fcntl
-
-    handle = open(path, "a")  # noqa: SIM115 - held open for as long as the lock is
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise ValueError(busy) from None
-    return handle
-
-
-def _is_lance_error(e: BaseException) -> bool:
-    """Whether an exception came from Lance's reader (its errors are ValueErrors and OSErrors naming LanceError or
-    a missing object), not from this code."""
-    text = str(e)
-    return "LanceError" in text or "Not found" in text or "lance" in type(e).__module__.lower()
-
-
-def sql_string(value: str) -> str:
-    """A SQL string literal: single quotes doubled."""
-    return "'" + value.replace("'", "''") + "'"
 
 
 def open_indexes(folder: Path, write: bool = False) -> list[TagIndex]:

@@ -46,7 +46,8 @@ from pipeline.video.reader import VideoDecodeError, check_file
 
 from ..distributed import barrier, init_distributed
 from .discover import LISTING_FAILURE, discover, file_stamp
-from .index import VIDEO_COLUMNS, TagIndex, embedding_schema, index_folder, open_indexes
+from .index import TagIndex, open_indexes
+from .index_state import VIDEO_COLUMNS, embedding_schema, index_folder
 from .names import file_name, stored_name
 from .outputs import Scorer, check_output, label_scorer, output_lock, write_outputs
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checksums import differing, version_files
-from .index import SETTINGS_KEY, IndexState, TagIndex, _lock, import_lance
+from .index import TagIndex
+from .index_state import SETTINGS_KEY, IndexState, import_lance, writer_lock
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def repair_index(folder: Path) -> IndexState:
     """Rebuild a lost state.json from the tables: the newest versions of the two that agree (every tagged video has
     its video embedding and every embedding its video), and the settings kept in their schema metadata."""
     folder = Path(folder)
-    lock = _lock(folder)
+    lock = writer_lock(folder)
     try:
         if (folder / "state.json").exists():
             raise ValueError(f"{folder}: state.json is there; nothing to repair (run_pipeline.py verify checks it)")

@@ -22,7 +22,8 @@ from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer, VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
-from .index import SCAN_BATCH, IndexDamaged, TagIndex, exclusive_lock
+from .index import SCAN_BATCH, TagIndex
+from .index_state import IndexDamaged, exclusive_lock
 from .names import file_name, shown_name
 
 FORMATS = (".parquet", ".csv", ".jsonl")

@@ -17,7 +17,8 @@ from pipeline.model.state import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
-from .index import TagIndex, common_settings, open_indexes, sql_string
+from .index import TagIndex, common_settings, open_indexes
+from .index_state import sql_string
 from .names import file_name
 from .outputs import check_output, label_scorer, output_lock, write_outputs
 

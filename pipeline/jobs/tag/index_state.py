@@ -1,0 +1,149 @@
+"""What an index folder is, beside its two tables: ``state.json`` (``IndexState``: format, settings, the committed
+version, row count and file checksums of each table, the next video id), written atomically; the tables' columns;
+the writer's lock; and the error a damaged file raises. ``index.py`` reads and commits the tables themselves."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+FORMAT = "clip_video.tag_index"
+FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
+TABLES = ("videos", "embeddings")
+SETTINGS_KEY = b"clip_video.index"  # each table's schema metadata: the settings and dim, for repair_index
+
+VIDEO_COLUMNS = pa.schema([
+    ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
+    ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("duration_s", pa.float64()),
+    ("decoder", pa.string()), ("windows", pa.int32()), ("warnings", pa.string()),
+    ("labels", pa.list_(pa.string())), ("scores", pa.list_(pa.float32())), ("poster", pa.binary()),
+])
+
+
+def embedding_schema(dim: int, tokens: int = 0) -> pa.Schema:
+    """The embeddings table's columns; ``tokens`` K > 0 adds X-CLIP's (K·E float16 per row)."""
+    return pa.schema([
+        ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
+        ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),
+        ("vector", pa.list_(pa.float16(), dim)),
+    ] + ([("tokens", pa.list_(pa.float16(), tokens * dim))] if tokens else []))
+
+
+def index_folder(out: Path) -> Path:
+    return out.with_name(out.name + ".index")
+
+
+def import_lance() -> Any:
+    try:
+        import lance
+    except ImportError:
+        raise ImportError("the tag index needs pylance: pip install pylance") from None
+    return lance
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """state.json: what a reader may see and a writer must restore."""
+
+    settings: dict
+    dim: int
+    versions: dict[str, int]  # table -> committed Lance version (0: not created yet)
+    next_video_id: int = 0
+    commits: int = 0
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    rows: dict[str, int] = field(default_factory=dict)  # table -> committed row count
+    files: dict[str, list] = field(default_factory=dict)  # "table.lance/..." -> [size, sha256] of each file read
+
+    @classmethod
+    def read(cls, folder: Path) -> IndexState:
+        path = folder / "state.json"
+        if not path.exists():
+            if (folder / "manifest.json").exists():
+                raise ValueError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
+                                 f"with: run_pipeline.py migrate-index {folder}")
+            if any((folder / f"{name}.lance").exists() for name in TABLES):
+                raise ValueError(f"{folder}: the tables are here but state.json is gone; rebuild it with "
+                                 f"run_pipeline.py repair-index {folder}, or start over with tag --restart")
+            raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
+        try:
+            data = json.loads(path.read_text())
+            state = cls(**data)
+        except (OSError, json.JSONDecodeError, TypeError) as e:
+            raise ValueError(f"{path}: unreadable tag index state ({e}); delete the folder to start over") from None
+        if state.format != FORMAT or state.format_version != FORMAT_VERSION:
+            raise ValueError(f"{path}: tag index format {state.format} v{state.format_version}, this version reads "
+                             f"{FORMAT} v{FORMAT_VERSION}")
+        return state
+
+    def write(self, folder: Path) -> None:
+        """Atomically: a temporary file, fsynced, renamed over state.json, the folder fsynced."""
+        write_atomically(folder / "state.json", json.dumps(dataclasses.asdict(self)).encode())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` all or nothing: a unique temporary file beside it, fsynced, renamed over it, the folder
+    fsynced; the temporary is removed if anything fails (a full disk leaves no stray file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
+
+
+class IndexDamaged(ValueError):
+    """A file of the index does not match its checksum, or a read of it failed."""
+
+    def __init__(self, folder: Path, table: str, file: str):
+        super().__init__(f"{folder}: damaged (table {table}, file {file}): run run_pipeline.py verify {folder}")
+        self.table, self.file = table, file
+
+
+def writer_lock(folder: Path) -> Any:
+    """An exclusive lock on the index for this process's lifetime: a second writer would undo the first one's
+    commit under way (it restores the committed versions), so it is refused instead."""
+    return exclusive_lock(folder / "writer.lock", f"{folder}: another process is writing this tag index; wait for it "
+                                                  "or use another --out")
+
+
+def exclusive_lock(path: Path, busy: str) -> Any:
+    """An open file holding ``flock(LOCK_EX)`` on ``path`` (released when closed, or when the process ends); a lock
+    held elsewhere raises ``ValueError(busy)``."""
+    import fcntl
+
+    handle = open(path, "a")  # noqa: SIM115 - held open for as long as the lock is
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ValueError(busy) from None
+    return handle
+
+
+def is_lance_error(e: BaseException) -> bool:
+    """Whether an exception came from Lance's reader (its errors are ValueErrors and OSErrors naming LanceError or
+    a missing object), not from this code."""
+    text = str(e)
+    return "LanceError" in text or "Not found" in text or "lance" in type(e).__module__.lower()
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal: single quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"

@@ -30,10 +30,11 @@ import torch
 
 from pipeline.features.windows import WindowedVideo
 from pipeline.jobs.tag.discover import discover
-from pipeline.jobs.tag.index import ANN_MIN_ROWS, TagIndex, open_indexes
+from pipeline.jobs.tag.index import TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
 from pipeline.jobs.tag.outputs import Scorer
 from pipeline.jobs.tag.query import SearchFilter, nearest
+from pipeline.jobs.tag.table_indexes import ANN_MIN_ROWS, build_lookup_indexes, build_vector_index
 from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer
@@ -128,10 +129,10 @@ def build(args: argparse.Namespace) -> dict:
                 print(f"  {i + 1:,} videos, {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - start
     t = time.perf_counter()
-    built = index.build_vector_index(force=index.count("embeddings") >= ANN_MIN_ROWS)
+    built = build_vector_index(index, force=index.count("embeddings") >= ANN_MIN_ROWS)
     ann_build = time.perf_counter() - t
     t = time.perf_counter()
-    index.build_lookup_indexes()  # as tag ends: serve finds a video's rows through them
+    build_lookup_indexes(index)  # as tag ends: serve finds a video's rows through them
     lookup_build = time.perf_counter() - t
     index.close()
     n = max(1, len(times) // 20)

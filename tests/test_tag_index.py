@@ -16,6 +16,7 @@ from pipeline.jobs.tag.job import Part, TagSettings, _video_row, open_for_taggin
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
 from pipeline.jobs.tag.outputs import Scorer, TableWriter, output_schemas, sibling, write_outputs
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
+from pipeline.jobs.tag.table_indexes import LOOKUP_INDEX, build_lookup_indexes, build_vector_index
 from pipeline.model.loading import model_identity
 from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.video_text import LabelScorer
@@ -170,7 +171,7 @@ def test_approximate_search_recall_against_exact(tmp_path, monkeypatch):
         if len(part) == 250:
             index.commit(*part.tables())
             part.clear()
-    assert index.build_vector_index(force=True) and index.indexed_rows() == index.count("embeddings") == 7500
+    assert build_vector_index(index, force=True) and index.indexed_rows() == index.count("embeddings") == 7500
     recall = []
     for q in _unit(centres[:10] + rng.standard_normal((10, DIM)) * 0.1):
         got = {(h["path"], h["kind"], h["start_s"]) for h in nearest([index], q, 10)}
@@ -334,11 +335,11 @@ def test_a_first_commit_killed_after_creating_a_table_starts_clean(tmp_path):
 def test_rows_added_after_the_vector_index_are_folded_in_past_a_tenth(tmp_path):
     index = TagIndex.create(tmp_path / "i", _settings(), DIM)
     _fill(index, 600, commit_every=100)
-    assert index.build_vector_index(force=True) and index.indexed_rows() == 3000
+    assert build_vector_index(index, force=True) and index.indexed_rows() == 3000
     _fill(index, 20, seed=3, prefix="/few")  # 100 rows: under a tenth, searched exactly beside the index
-    assert not index.build_vector_index(force=True) and index.indexed_rows() == 3000
+    assert not build_vector_index(index, force=True) and index.indexed_rows() == 3000
     _fill(index, 200, seed=4, prefix="/more")
-    assert index.build_vector_index(force=True) and index.indexed_rows() == index.count("embeddings") == 4100
+    assert build_vector_index(index, force=True) and index.indexed_rows() == index.count("embeddings") == 4100
     hits = nearest([index], _unit(np.ones(DIM)), 5, SearchFilter(path_glob="/few/*"))
     assert len(hits) == 5 and all(h["path"].startswith("/few/") for h in hits)
 
@@ -356,9 +357,9 @@ def test_one_video_is_found_through_the_lookup_index_and_a_pre_poster_index_stil
     truth = _fill(index, 30, windows=3)  # rows with posters (None here) go into the old table without the column
     assert "poster" not in index.table("videos").schema.names and index.count("videos") == 31
     assert index.video(0, ["path", "poster"]) == {"path": "/a/old.mp4"}
-    assert index.build_lookup_indexes()
+    assert build_lookup_indexes(index)
     names = {i.name for i in index.table("videos").describe_indices()}
-    assert names == {index_module.LOOKUP_INDEX}
+    assert names == {LOOKUP_INDEX}
     plan = index.table("embeddings").scanner(filter="video_id = 7").explain_plan()
     assert "ScalarIndexQuery" in plan, plan
     for video_id in (1, 17, 30):  # ids follow commit order: video i of _fill has id 1 + i
@@ -369,4 +370,4 @@ def test_one_video_is_found_through_the_lookup_index_and_a_pre_poster_index_stil
         assert [(s["start_s"], s["end_s"]) for s in segments] == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0)]
         assert np.allclose([s["vector"] for s in segments], truth[path][1:], atol=1e-3)
     assert index.video(999, ["path"]) is None and index.segments(999, ["start_s"]) == []
-    assert not index.build_lookup_indexes()  # nothing new since
+    assert not build_lookup_indexes(index)  # nothing new since

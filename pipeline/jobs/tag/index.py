@@ -1,20 +1,11 @@
 """The tag index ``OUT.index/``: two Lance tables, changed only by atomic commits, read by streaming.
 
     OUT.index/
-      state.json          format, settings, the committed version of each table, the next video id
-      videos.lance/       one row per tagged path: stamp (size, mtime), status, failure stage and reason, duration,
-                          decoder, window count, warnings, the top labels it got when it was tagged, and a poster
-                          (a JPEG of at most ~20 KB; indexes written before posters have no such column)
-      embeddings.lance/   one row per video (kind "video": the normalised mean of its windows) and per window (kind
-                          "segment": start and end seconds), with its top label at tagging time and a float16 unit
-                          vector; what search, retag and the output tables read. X-CLIP rows also hold the K
-                          visual tokens its prompt generator conditions label texts on (``tokens``, K x E float16:
-                          49 x 512 for B/32, 50 KB a row; 196 x 512 for B/16), so retag and search need no decoding
+      state.json          format, settings, each table's committed version, the next video id (``index_state``)
+      videos.lance/       one row per tagged path (its stamp, status, failure, top labels, poster)
+      embeddings.lance/   one row per video and per window: a float16 unit vector (the columns: ``index_state``)
 
-Why Lance (the LanceDB format): appends are atomic versions, a dataset can be read at any committed version, it has
-IVF-PQ vector indexes and SQL filters evaluated before the vector search, and it streams Arrow record batches, so
-nothing here holds the archive in memory. It is a format with a maintained library (``pylance``), on local disk or
-object storage, that DuckDB and Ray read too.
+Lance (``pylance``): atomic appends as versions, reads at any committed version, vector indexes, streamed batches.
 
 Exactly once. A writer takes ``writer.lock`` before it writes anything (a second writer is refused). A commit deletes
 the rows of paths being tagged again, appends to both tables (each change its own Lance version), then replaces
@@ -65,17 +56,12 @@ COMPACT_EVERY = 64  # commits between compactions
 KEEP_VERSIONS = 120.0  # seconds: compaction keeps the versions committed this recently (readers may hold them)
 REOPEN_TRIES = 3  # a reader reopens at most this often in a row when a writer's compaction took its version away
 FRAGMENT_ROWS = 65_536  # compaction target: ~64 MB of 512-d float16 vectors per fragment
-ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
 SCAN_BATCH = 16_384  # rows per streamed batch
 READAHEAD = 1  # batches (and fragments) a scan reads ahead: a scan holds a few batches, not fragments
 IO_BUFFER = 64 << 20  # bytes of reads in flight per scan (Lance defaults to 2 GiB)
 VECTOR_INDEX = "vector_idx"
-LOOKUP_INDEX = "video_id_idx"  # BTREE on video_id in both tables: one video's rows without a scan
-# IVF partitions of ~32k rows: k-means stays cheap on a few cores even at 10^7 rows, and a query that probes
-# NPROBES partitions reads their compressed codes (64 bytes a row) and re-ranks REFINE x k rows exactly. PQ's
-# ranking is coarse: at 10^6 videos (11M rows, clustered) recall@10 was 0.795 re-ranking 10 x k, 1.0 from 30 x k,
-# at 40 ms either way (bench_index.py); 50 x k also lifts uniform random vectors, the worst case
-ROWS_PER_PARTITION = 32_768
+# A query probes NPROBES IVF partitions and re-ranks REFINE x k rows exactly: PQ's ranking is coarse (recall@10 at
+# 10^6 videos: 0.795 from 10 x k, 1.0 from 30 x k, bench_index.py); 50 x k also lifts uniform random vectors
 NPROBES = 20
 REFINE = 50
 
@@ -250,11 +236,8 @@ class TagIndex:
 
     def stamps(self) -> dict[str, tuple[int | None, int | None]]:
         """Path -> (size, mtime_ns) it was tagged at, for every stored path (tagged or failed)."""
-        out: dict[str, tuple[int | None, int | None]] = {}
-        for batch in self.scan("videos", ["path", "size", "mtime_ns"]):
-            out.update(zip(map(file_name, batch.column(0).to_pylist()), zip(batch.column(1).to_pylist(),
-                                                                             batch.column(2).to_pylist())))
-        return out
+        return {file_name(path): (size, mtime) for batch in self.scan("videos", ["path", "size", "mtime_ns"])
+                for path, size, mtime in zip(*(column.to_pylist() for column in batch.columns))}
 
     def paths(self, where: str) -> set[str]:
         """The stored paths whose video row matches ``where`` (SQL), as file names."""
@@ -382,65 +365,22 @@ class TagIndex:
     def compact(self) -> None:
         """Merge small fragments, then delete the versions older than ``KEEP_VERSIONS`` seconds that state.json no
         longer names (and their files)."""
-        for name in self.TABLES:
-            ds = self.table(name)
-            if ds is not None:
-                ds.optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
-                self._tables[name] = self.lance.dataset(str(self.folder / f"{name}.lance"))
-        self._record()
+        present = [name for name in self.TABLES if self.table(name) is not None]
+        for name in present:
+            self._tables[name].optimize.compact_files(target_rows_per_fragment=FRAGMENT_ROWS)
+        self.record_change(present)
         for name in self.TABLES:
             ds = self.table(name)
             if ds is not None:
                 ds.cleanup_old_versions(older_than=timedelta(seconds=KEEP_VERSIONS), delete_unverified=True)
 
-    def build_indexes(self) -> None:
-        """What a writer runs when it is done: the vector index (from ``ANN_MIN_ROWS``) and the lookup indexes."""
-        self.build_vector_index()
-        self.build_lookup_indexes()
-
-    def build_lookup_indexes(self) -> bool:
-        """A BTREE index on video_id in each table (a video's row and windows are then found without a scan); rows
-        added later are searched beside it, and folded in when they pass a tenth of the indexed ones. Returns
-        whether an index changed."""
-        changed = False
-        for name in self.TABLES:
-            ds = self.table(name)
-            if ds is None:
-                continue
-            found = [i for i in ds.describe_indices() if i.name == LOOKUP_INDEX]
-            rows = ds.count_rows()
-            if not found:
-                ds.create_scalar_index("video_id", "BTREE", name=LOOKUP_INDEX)
-            elif (rows - found[0].num_rows_indexed) * 10 >= rows:
-                ds.optimize.optimize_indices(num_indices_to_merge=0)  # every index of the table gets a delta
-            else:
-                continue
+    def record_change(self, names: Sequence[str]) -> None:
+        """Commit what was changed on tables' datasets in place (``table_indexes`` built an index on them): reopen
+        them at their latest versions and write state.json naming those."""
+        for name in names:
             self._tables[name] = self.lance.dataset(str(self.folder / f"{name}.lance"))
-            changed = True
-        if changed:
-            self._indexed = None
-            self._record()
-        return changed
-
-    def build_vector_index(self, force: bool = False) -> bool:
-        """An IVF-PQ index on the embeddings once there are ``ANN_MIN_ROWS`` (or ``force``); rows added later are
-        folded in when they pass a tenth of the indexed ones. Returns whether the index changed."""
-        ds = self.table("embeddings")
-        rows = self.count("embeddings")
-        if ds is None or (rows < ANN_MIN_ROWS and not force):
-            return False
-        indexed = self.indexed_rows()
-        if indexed is not None:
-            if (rows - indexed) * 10 < rows:
-                return False
-            ds.optimize.optimize_indices(num_indices_to_merge=0)  # a delta index for the new rows: seconds, not a re-merge
-        else:
-            ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
-                            num_partitions=max(8, rows // ROWS_PER_PARTITION), num_sub_vectors=self.state.dim // 8)
-        self._tables["embeddings"] = self.lance.dataset(str(self.folder / "embeddings.lance"))
         self._indexed = None
         self._record()
-        return True
 
 
 def open_indexes(folder: Path, write: bool = False) -> list[TagIndex]:

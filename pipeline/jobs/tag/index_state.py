@@ -18,6 +18,9 @@ FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``m
 TABLES = ("videos", "embeddings")
 SETTINGS_KEY = b"clip_video.index"  # each table's schema metadata: the settings and dim, for repair_index
 
+# videos.lance: one row per tagged path: stamp (size, mtime), status, failure stage and reason, duration, decoder,
+# window count, warnings, the top labels it got when it was tagged, and a poster (a JPEG of at most ~20 KB; indexes
+# written before posters have no such column)
 VIDEO_COLUMNS = pa.schema([
     ("video_id", pa.int64()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
     ("status", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("duration_s", pa.float64()),
@@ -27,7 +30,11 @@ VIDEO_COLUMNS = pa.schema([
 
 
 def embedding_schema(dim: int, tokens: int = 0) -> pa.Schema:
-    """The embeddings table's columns; ``tokens`` K > 0 adds X-CLIP's (K·E float16 per row)."""
+    """The embeddings table's columns: one row per video (kind "video": the normalised mean of its windows) and per
+    window (kind "segment": start and end seconds), with its top label at tagging time and a float16 unit vector;
+    what search, retag and the output tables read. ``tokens`` K > 0 adds the K visual tokens X-CLIP's prompt
+    generator conditions label texts on (K x E float16: 49 x 512 for B/32, 50 KB a row; 196 x 512 for B/16), so
+    retag and search need no decoding."""
     return pa.schema([
         ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
         ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),

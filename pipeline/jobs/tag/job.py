@@ -50,6 +50,7 @@ from .index import TagIndex, open_indexes
 from .index_state import VIDEO_COLUMNS, embedding_schema, index_folder
 from .names import file_name, stored_name
 from .outputs import Scorer, check_output, label_scorer, output_lock, write_outputs
+from .table_indexes import build_indexes
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         getattr(stream, "close", lambda: None)()  # its decode workers stop now, on an exception too
         bar.close()
     commit()
-    index.build_indexes()
+    build_indexes(index)
     return len(todo), ok, failed, failed_earlier
 
 

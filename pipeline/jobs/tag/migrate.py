@@ -21,6 +21,7 @@ from .index import TagIndex
 from .job import Part, _video_row, next_video_id
 from .outputs import label_scorer
 from .query import index_model
+from .table_indexes import build_indexes
 
 OLD_VERSION = 1
 
@@ -85,7 +86,7 @@ def _migrate_one(folder: Path, device: str) -> Path:
                                  r["stage"], r["reason"])
         if len(part):
             index.commit(*part.tables())
-    index.build_indexes()
+    build_indexes(index)
     index.close()
     old = folder.with_name(folder.name + ".old-format")
     shutil.rmtree(old, ignore_errors=True)

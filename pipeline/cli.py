@@ -13,49 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .model.runtime import RuntimeSettings  # light: the options every model job shares
+
 if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
     from .jobs.classify import VideoResult
-    from .model.runtime import RuntimeSettings
-
-
-def _add_runtime_args(p: argparse.ArgumentParser, precision: str = "auto") -> None:
-    """The options of ``RuntimeSettings``, with its defaults (the precision: ``auto``, resolved by ``_runtime``);
-    ``_runtime`` builds it from the parsed arguments."""
-    from .model.runtime import PRECISION_CHOICES, RuntimeSettings
-    from .video import BACKENDS
-
-    R = RuntimeSettings  # its defaults
-
-    p.add_argument("--model", help=f"published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for an "
-                                   f"untrained model (default: {R.model}; classify --probe: the probe's own)")
-    p.add_argument("--device", default=R.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default=precision,
-                   help="model weights; auto (the default): bf16 on a CPU with native bf16 (AMX or AVX-512 BF16) where "
-                        "its matmuls time at least 1.2x faster (measured once per host, kept in the cache folder), "
-                        "bf16 on a GPU that has it, fp16 on other GPUs, else fp32. bf16 keeps features within cosine 0.9999 of fp32")
-    p.add_argument("--batch-size", type=int, default=R.batch_size, help="frames per image-encoder batch")
-    p.add_argument("--backend", choices=BACKENDS, default=R.backend,
-                   help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot open "
-                        "the file")
-    p.add_argument("--decode-workers", type=int, default=R.decode_workers,
-                   help="supervised decode processes (tag also cuts a video of two minutes or more into up to this "
-                        "many time ranges, decoded at once)")
-    p.add_argument("--decode-timeout", type=float, default=R.decode_timeout_s,
-                   help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
-
-
-def _runtime(args: argparse.Namespace, model: str | None = None) -> RuntimeSettings:
-    """The runtime settings, with ``--precision auto`` resolved for this machine (and said on stderr): what runs,
-    and what the tag index and classify's JSON record, is the precision it resolved to. ``model``: the one to use
-    when ``--model`` is not given (else ``RuntimeSettings``'s default)."""
-    from .model.loading import resolve_device, resolve_precision
-    from .model.runtime import RuntimeSettings
-
-    precision, why = resolve_precision(args.precision, resolve_device(args.device))
-    if args.precision == "auto":
-        print(f"precision: {precision} ({why})", file=sys.stderr)
-    return RuntimeSettings(args.model or model or RuntimeSettings.model, args.device, precision,  # type: ignore[arg-type]
-                           args.batch_size, args.backend, args.decode_workers, args.decode_timeout)
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -70,11 +31,11 @@ def cmd_classify(args: argparse.Namespace) -> int:
     classnames = tuple(load_labels(args.labels)) if args.labels else ()  # before the precision is timed
     probe = LinearProbe.load(args.probe) if args.probe else None
     settings = ClassifySettings(
-        runtime=_runtime(args, probe.fitted_on.get("model") if probe else None), classnames=classnames,
-        templates=args.templates, probe=Path(args.probe) if args.probe else None,
+        runtime=RuntimeSettings.from_arguments(args, probe.fitted_on.get("model") if probe else None),
+        classnames=classnames, templates=args.templates, probe=Path(args.probe) if args.probe else None,
         num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
-        prescale=args.prescale,
-        unknown_below=args.unknown_below, cache_dir=None if args.no_cache else cache_dir() / "features",
+        prescale=args.prescale, unknown_below=args.unknown_below,
+        cache_dir=None if args.no_cache else cache_dir() / "features",
     )
     if args.format == "csv":
         print("path,rank,label,score")
@@ -127,15 +88,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_tag(args: argparse.Namespace) -> int:
     from datasets.labels import load_labels
 
+    from .jobs.tag.index_state import recorded_precision
     from .jobs.tag.job import TagSettings, tag
 
     if not args.labels:
         raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
-    if args.precision == "auto" and (recorded := _recorded_precision(Path(args.out))):
+    if args.precision == "auto" and (recorded := recorded_precision(Path(args.out))):
         print(f"precision: {recorded} (auto: the index being resumed was tagged in {recorded})", file=sys.stderr)
         args.precision = recorded  # a resume continues in the precision its rows were written in
     settings = TagSettings(
-        runtime=_runtime(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
+        runtime=RuntimeSettings.from_arguments(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
         pooling=args.pooling, num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above,
     )
@@ -143,18 +105,6 @@ def cmd_tag(args: argparse.Namespace) -> int:
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
     return 0
-
-
-def _recorded_precision(out: Path) -> str | None:
-    """The precision a tag index of ``out`` (or its rank 0's) was written in, if there is one."""
-    folder = out.expanduser().resolve()
-    folder = folder.with_name(folder.name + ".index")
-    for state in (folder / "state.json", *sorted(folder.glob("rank-*/state.json"))[:1]):
-        try:
-            return str(json.loads(state.read_text())["settings"]["model"]["precision"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-    return None
 
 
 def cmd_retag(args: argparse.Namespace) -> int:
@@ -228,16 +178,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from clip_model.names import published_names, random_names
+    from clip_model.names import random_names
 
-    from .model.families import FAMILIES
+    from .model.loading import published_table
 
-    rows = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
-    for name in published_names():
-        assert name.family is not None  # a published name's family is known before its weights are read
-        family = FAMILIES[name.family]
-        rows.append((name.spec, name.family, str(name.image_size), str(name.frames or family.frames), family.scoring,
-                     family.templates.name, name.weights_from))
+    rows = published_table()
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
@@ -307,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5, help="labels listed per video, best first")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
                    help="table (for reading), csv (path,rank,label,score) or json (one object per video a line)")
-    _add_runtime_args(p)
+    RuntimeSettings.add_arguments(p)
     p.set_defaults(func=cmd_classify)
     p = sub.add_parser("benchmark", help="run a benchmark protocol from a YAML config and write a report")
     p.add_argument("--config", required=True,
@@ -353,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--forget-missing", action="store_true",
                    help="delete the stored rows of files that no longer exist (a plain rerun keeps them); judged by each "
                         "file's existence now, so mind an unmounted drive")
-    _add_runtime_args(p)
+    RuntimeSettings.add_arguments(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")
     p.add_argument("index", help="the OUT.index folder written by tag")

@@ -13,7 +13,7 @@ import torch
 import clip_model
 from clip_model.adapted import ADAPTED_MODELS
 from clip_model.hub import hub_folder
-from clip_model.names import resolve_name
+from clip_model.names import published_names, resolve_name
 
 from .families import FAMILIES, family
 from .video_text import VideoTextModel
@@ -173,3 +173,15 @@ def _file_stamps(path: Path) -> dict:
 def model_key(identity: dict) -> str:
     """A model identity as one string, for cache keys."""
     return json.dumps(identity, sort_keys=True)
+
+
+def published_table() -> list[tuple[str, ...]]:
+    """The ``models`` listing: a header, then each published name with its family's protocol (input size, frames,
+    scoring, templates) and where its weights come from."""
+    rows: list[tuple[str, ...]] = [("name", "family", "input", "frames", "scoring", "templates", "weights from")]
+    for name in published_names():
+        assert name.family is not None  # a published name's family is known before its weights are read
+        protocol = FAMILIES[name.family]
+        rows.append((name.spec, name.family, str(name.image_size), str(name.frames or protocol.frames),
+                     protocol.scoring, protocol.templates.name, name.weights_from))
+    return rows

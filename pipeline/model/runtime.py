@@ -2,7 +2,9 @@
 decoded. One type, one set of defaults, one validation."""
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,3 +39,38 @@ class RuntimeSettings:
         if self.decode_timeout_s <= 0:
             raise ValueError(f"decode_timeout_s ({self.decode_timeout_s}) must be > 0")
 
+
+    @classmethod
+    def add_arguments(cls, p: argparse.ArgumentParser, precision: str = "auto") -> None:
+        """These settings as command-line options, with their defaults (the precision: ``auto``, resolved by
+        ``from_arguments``)."""
+        p.add_argument("--model", help=f"published name (e.g. ViT-B/32), checkpoint file/folder, or random:<arch> for "
+                                       f"an untrained model (default: {cls.model}; classify --probe: the probe's own)")
+        p.add_argument("--device", default=cls.device, help="auto, cpu, cuda or cuda:N")
+        p.add_argument("--precision", choices=("auto", *PRECISION_CHOICES), default=precision,
+                       help="model weights; auto (the default): bf16 on a CPU with native bf16 (AMX or AVX-512 BF16) "
+                            "where its matmuls time at least 1.2x faster (measured once per host, kept in the cache "
+                            "folder), bf16 on a GPU that has it, fp16 on other GPUs, else fp32. bf16 keeps features "
+                            "within cosine 0.9999 of fp32")
+        p.add_argument("--batch-size", type=int, default=cls.batch_size, help="frames per image-encoder batch")
+        p.add_argument("--backend", choices=BACKENDS, default=cls.backend,
+                       help="video decoder: auto is PyAV (exact frame index), falling back to decord where PyAV cannot "
+                            "open the file")
+        p.add_argument("--decode-workers", type=int, default=cls.decode_workers,
+                       help="supervised decode processes (tag also cuts a video of two minutes or more into up to this "
+                            "many time ranges, decoded at once)")
+        p.add_argument("--decode-timeout", type=float, default=cls.decode_timeout_s,
+                       help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace, model: str | None = None) -> RuntimeSettings:
+        """The settings ``add_arguments`` parsed, with ``--precision auto`` resolved for this machine (and said on
+        stderr): what runs, and what the tag index and classify's JSON record, is the precision it resolved to.
+        ``model``: the one to use when ``--model`` is not given (else the default)."""
+        from .loading import resolve_device, resolve_precision
+
+        precision, why = resolve_precision(args.precision, resolve_device(args.device))
+        if args.precision == "auto":
+            print(f"precision: {precision} ({why})", file=sys.stderr)
+        return cls(args.model or model or cls.model, args.device, precision,  # type: ignore[arg-type]
+                   args.batch_size, args.backend, args.decode_workers, args.decode_timeout)

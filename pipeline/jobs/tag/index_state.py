@@ -46,6 +46,17 @@ def index_folder(out: Path) -> Path:
     return out.with_name(out.name + ".index")
 
 
+def recorded_precision(out: Path) -> str | None:
+    """The precision the tag index of ``out`` (or its rank 0's) was written in, if there is one."""
+    folder = index_folder(out.expanduser().resolve())
+    for state in (folder / "state.json", *sorted(folder.glob("rank-*/state.json"))[:1]):
+        try:
+            return str(json.loads(state.read_text())["settings"]["model"]["precision"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def import_lance() -> Any:
     try:
         import lance

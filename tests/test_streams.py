@@ -15,8 +15,8 @@ import decord
 import numpy as np
 import pytest
 
+from pipeline.video.containers import best_video_stream
 from pipeline.video.open import DecodeRequest, decode_request, open_video
-from pipeline.video.pyav_reader import best_video_stream
 from pipeline.video.reader import VideoDecodeError
 from pipeline.video.samplers import Sampling
 

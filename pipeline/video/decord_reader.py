@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from .containers import best_video_stream, open_container, scaled_size
 from .native_log import captured_stderr, native_message
-from .pyav_reader import PyAVReader, best_video_stream, open_container, scaled_size
+from .pyav_reader import PyAVReader
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 

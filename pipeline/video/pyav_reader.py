@@ -24,83 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoOpenError, VideoReader
+from .containers import best_video_stream, import_av, open_container, reason, scaled_size
+from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
 AVI_NOT_CODED_BYTES = 16  # an N-VOP is a 4-byte start code and a few header bits; any real frame is larger
-REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
 # Frame threading pays for its per-frame synchronisation only when frames carry real work: on tiny packets (a few
 # hundred bytes a frame) slice threading was faster, on larger ones frame threading (bench_decode.py measures both).
 FRAME_THREADING_MIN_BYTES = 1024
 SEEK_COST_FRAMES = 12  # a seek (and decoder flush) costs about this many decoded frames: nearer keyframes are rolled to
-
-
-def import_av() -> Any:
-    try:
-        import av
-    except ImportError:
-        raise ImportError("the PyAV backend needs PyAV: pip install av") from None
-    return av
-
-
-def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
-    """(h, w) with the short side scaled down to ``short_side`` if it is longer; frames are never enlarged."""
-    if short_side is None or min(height, width) <= short_side:
-        return height, width
-    if height <= width:
-        return short_side, max(1, round(width * short_side / height))
-    return max(1, round(height * short_side / width)), short_side
-
-
-def best_video_stream(container: Any, *, ignore_default: bool = False) -> Any | None:
-    """The video stream FFmpeg's libraries pick when none is named, never an attached picture (cover art); None if
-    there is no other video stream.
-
-    ``av_find_best_stream`` (libavformat/avformat.c; used by ffplay, decord and torchcodec, while the ffmpeg CLI's own
-    automatic mapping takes the highest resolution) ranks video streams by disposition (DEFAULT +1, hearing or
-    visually impaired -1), then min(5, packets read while probing), bit rate, packets read while probing; a tie keeps
-    the lower index. The probe's packet count (codec_info_nb_frames) is not exposed by PyAV, so FFmpeg's own function
-    is asked (``streams.best``), with every attached picture given the lowest disposition for the call (FFmpeg lets
-    cover art lose only on its single probed frame, which a one-frame video ties, and not at all against a stream of
-    better disposition). ``ignore_default`` ranks as decord's bundled FFmpeg 4.1 does: without the DEFAULT flag.
-    """
-    disposition = import_av().stream.Disposition
-    video = list(container.streams.video)
-    real = [s for s in video if not s.disposition & disposition.attached_pic]
-    if not real:
-        return None
-    saved = [s.disposition for s in video]
-    try:
-        for s, d in zip(video, saved):
-            if d & disposition.attached_pic:
-                s.disposition = disposition.hearing_impaired
-            elif ignore_default:
-                s.disposition = d & ~disposition.default
-        best = container.streams.best("video")
-    finally:
-        for s, d in zip(video, saved):
-            s.disposition = d
-    return next((s for s in real if best is not None and s.index == best.index), real[0])
-
-
-def open_container(path: Path) -> Any:
-    """Open ``path`` with PyAV for local files only, refusing playlists and stream descriptions and files with no video
-    stream."""
-    av = import_av()
-    try:
-        container = av.open(str(path), options={"protocol_whitelist": "file"})
-    except av.FFmpegError as e:
-        raise VideoOpenError(path, f"cannot open: {_reason(e)}") from None
-    fmt = set(container.format.name.split(","))
-    if fmt & set(REFUSED_FORMATS):
-        container.close()
-        raise VideoDecodeError(path, f"container format {container.format.name!r} is refused "
-                                     "(playlists and stream descriptions can read other files)")
-    if not container.streams.video:
-        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
-        container.close()
-        raise VideoDecodeError(path, f"no video stream ({', '.join(kinds)})")
-    return container
 
 
 class _IndexMismatch(Exception):
@@ -220,7 +152,7 @@ class PyAVReader(VideoReader):
                 total_bytes += packet.size
                 self._smallest_packet = min(self._smallest_packet, packet.size)
         except self.av.FFmpegError as e:
-            self.warnings.append(f"demuxing stopped after {len(pts)} packets: {_reason(e)}")
+            self.warnings.append(f"demuxing stopped after {len(pts)} packets: {reason(e)}")
         if pts and total_bytes / len(pts) < FRAME_THREADING_MIN_BYTES:
             self._stream.codec_context.thread_type = "SLICE"
         return np.array(pts, dtype=np.int64), np.array(keys, dtype=bool), np.array(durs, dtype=np.int64)
@@ -284,9 +216,9 @@ class PyAVReader(VideoReader):
                         self.frames_decoded += 1
                         yield frame
                 except self.av.FFmpegError as e:
-                    self.warn(f"decode error at pts {packet.pts}: {_reason(e)}")
+                    self.warn(f"decode error at pts {packet.pts}: {reason(e)}")
         except self.av.FFmpegError as e:
-            self.warn(f"demux error: {_reason(e)}")
+            self.warn(f"demux error: {reason(e)}")
         finally:
             cc.skip_frame = "DEFAULT"
 
@@ -424,9 +356,4 @@ def _rotation_of(frame: Any) -> int:
         return int(round(frame.rotation or 0)) % 360
     except (AttributeError, TypeError, ValueError):
         return 0
-
-
-def _reason(e: Exception) -> str:
-    text = getattr(e, "strerror", None) or str(e)
-    return " ".join(str(text).split())
 

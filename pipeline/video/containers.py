@@ -1,0 +1,84 @@
+"""What both readers ask of PyAV's containers: PyAV imported with an actionable error, a file opened safely (local
+files only; playlists, stream descriptions and files without video refused), the video stream FFmpeg would pick,
+and the size a frame is scaled to."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .reader import VideoDecodeError, VideoOpenError
+
+REFUSED_FORMATS = ("hls", "applehttp", "dash", "concat", "image2", "image2pipe", "sdp", "rtp", "rtsp", "tty", "lavfi")
+
+
+def import_av() -> Any:
+    try:
+        import av
+    except ImportError:
+        raise ImportError("the PyAV backend needs PyAV: pip install av") from None
+    return av
+
+
+def scaled_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(h, w) with the short side scaled down to ``short_side`` if it is longer; frames are never enlarged."""
+    if short_side is None or min(height, width) <= short_side:
+        return height, width
+    if height <= width:
+        return short_side, max(1, round(width * short_side / height))
+    return max(1, round(height * short_side / width)), short_side
+
+
+def best_video_stream(container: Any, *, ignore_default: bool = False) -> Any | None:
+    """The video stream FFmpeg's libraries pick when none is named, never an attached picture (cover art); None if
+    there is no other video stream.
+
+    ``av_find_best_stream`` (libavformat/avformat.c; used by ffplay, decord and torchcodec, while the ffmpeg CLI's own
+    automatic mapping takes the highest resolution) ranks video streams by disposition (DEFAULT +1, hearing or
+    visually impaired -1), then min(5, packets read while probing), bit rate, packets read while probing; a tie keeps
+    the lower index. The probe's packet count (codec_info_nb_frames) is not exposed by PyAV, so FFmpeg's own function
+    is asked (``streams.best``), with every attached picture given the lowest disposition for the call (FFmpeg lets
+    cover art lose only on its single probed frame, which a one-frame video ties, and not at all against a stream of
+    better disposition). ``ignore_default`` ranks as decord's bundled FFmpeg 4.1 does: without the DEFAULT flag.
+    """
+    disposition = import_av().stream.Disposition
+    video = list(container.streams.video)
+    real = [s for s in video if not s.disposition & disposition.attached_pic]
+    if not real:
+        return None
+    saved = [s.disposition for s in video]
+    try:
+        for s, d in zip(video, saved):
+            if d & disposition.attached_pic:
+                s.disposition = disposition.hearing_impaired
+            elif ignore_default:
+                s.disposition = d & ~disposition.default
+        best = container.streams.best("video")
+    finally:
+        for s, d in zip(video, saved):
+            s.disposition = d
+    return next((s for s in real if best is not None and s.index == best.index), real[0])
+
+
+def open_container(path: Path) -> Any:
+    """Open ``path`` with PyAV for local files only, refusing playlists and stream descriptions and files with no video
+    stream."""
+    av = import_av()
+    try:
+        container = av.open(str(path), options={"protocol_whitelist": "file"})
+    except av.FFmpegError as e:
+        raise VideoOpenError(path, f"cannot open: {reason(e)}") from None
+    fmt = set(container.format.name.split(","))
+    if fmt & set(REFUSED_FORMATS):
+        container.close()
+        raise VideoDecodeError(path, f"container format {container.format.name!r} is refused "
+                                     "(playlists and stream descriptions can read other files)")
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["no streams"]
+        container.close()
+        raise VideoDecodeError(path, f"no video stream ({', '.join(kinds)})")
+    return container
+
+
+def reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(text).split())

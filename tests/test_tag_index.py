@@ -12,9 +12,10 @@ import torch
 
 import pipeline.jobs.tag.index as index_module
 from pipeline.jobs.tag.index import TagIndex, open_indexes
-from pipeline.jobs.tag.job import Part, TagSettings, _video_row, open_for_tagging, resume_plan
+from pipeline.jobs.tag.job import TagSettings, open_for_tagging, resume_plan
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
 from pipeline.jobs.tag.outputs import Scorer, TableWriter, output_schemas, sibling, write_outputs
+from pipeline.jobs.tag.part import Part, video_row
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.table_indexes import LOOKUP_INDEX, build_lookup_indexes, build_vector_index
 from pipeline.model.loading import model_identity
@@ -43,7 +44,7 @@ def _fill(index: TagIndex, videos: int, windows: int = 4, seed: int = 0, commit_
     for i in range(videos):
         path = f"{prefix}/{'cats' if i % 2 else 'dogs'}/v{i:04d}.mp4"
         vecs = _unit(rng.standard_normal((1 + windows, DIM)))
-        row = _video_row(index.state.next_video_id + len(part), path, (100 + i, 10**9 + i), "ok") | {
+        row = video_row(index.state.next_video_id + len(part), path, (100 + i, 10**9 + i), "ok") | {
             "duration_s": 2.0 * windows, "decoder": "pyav", "windows": windows, "warnings": ""}
         part.add(row, vecs, [(2.0 * k, 2.0 * k + 2.0) for k in range(windows)])
         truth[path] = vecs
@@ -64,7 +65,7 @@ def test_a_commit_killed_half_way_is_undone_and_never_seen(tmp_path):
     _fill(index, 10)
     rows = (index.count("videos"), index.count("embeddings"))
     part = Part(_scorer(), DIM)  # the next part reaches the embeddings table, then the process dies
-    part.add(_video_row(99, "/archive/late.mp4", (1, 1), "ok") | {"duration_s": 2.0, "decoder": "pyav",
+    part.add(video_row(99, "/archive/late.mp4", (1, 1), "ok") | {"duration_s": 2.0, "decoder": "pyav",
                                                                     "windows": 1, "warnings": ""},
              _unit(np.ones((2, DIM))), [(0.0, 2.0)])
     index._append("embeddings", part.tables()[1])
@@ -164,7 +165,7 @@ def test_approximate_search_recall_against_exact(tmp_path, monkeypatch):
     for i in range(1500):
         vecs = _unit(centres[i % 50] + rng.standard_normal((5, DIM)) * 0.15)
         path = f"/a/v{i}.mp4"
-        part.add(_video_row(i, path, (1, 1), "ok") | {"duration_s": 8.0, "decoder": "pyav", "windows": 4,
+        part.add(video_row(i, path, (1, 1), "ok") | {"duration_s": 8.0, "decoder": "pyav", "windows": 4,
                                                         "warnings": ""}, vecs, [(2.0 * k, 2.0 * k + 2.0)
                                                                                   for k in range(4)])
         truth[path] = vecs
@@ -322,7 +323,7 @@ def test_scorer_lists_every_label_at_or_above_the_threshold_for_both_scorings():
 def test_a_first_commit_killed_after_creating_a_table_starts_clean(tmp_path):
     index = TagIndex.create(tmp_path / "i", _settings(), DIM)
     part = Part(_scorer(), DIM)
-    part.add(_video_row(0, "/a/v.mp4", (1, 1), "ok") | {"duration_s": 2.0, "decoder": "pyav", "windows": 1,
+    part.add(video_row(0, "/a/v.mp4", (1, 1), "ok") | {"duration_s": 2.0, "decoder": "pyav", "windows": 1,
                                                           "warnings": ""}, _unit(np.ones((2, DIM))), [(0.0, 2.0)])
     index._append("embeddings", part.tables()[1])  # the table exists on disk; state.json does not name it yet
     index.close()
@@ -348,7 +349,7 @@ def test_one_video_is_found_through_the_lookup_index_and_a_pre_poster_index_stil
     index = TagIndex.create(tmp_path / "i", _settings(), DIM)
     # an index written before posters: its videos table lacks the column
     part = Part(_scorer(), DIM)
-    part.add(_video_row(0, "/a/old.mp4", (1, 2), "ok") | {"duration_s": 4.0, "decoder": "pyav", "windows": 2,
+    part.add(video_row(0, "/a/old.mp4", (1, 2), "ok") | {"duration_s": 4.0, "decoder": "pyav", "windows": 2,
                                                            "warnings": ""},
              _unit(np.random.default_rng(0).standard_normal((3, DIM))), [(0.0, 2.0), (2.0, 4.0)])
     videos, embeddings = part.tables()

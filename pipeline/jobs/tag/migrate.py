@@ -18,8 +18,8 @@ import numpy as np
 from clip_model.names import RANDOM_PREFIX
 
 from .index import TagIndex
-from .job import Part, _video_row, next_video_id
 from .outputs import label_scorer
+from .part import Part, next_video_id, video_row
 from .query import index_model
 from .table_indexes import build_indexes
 
@@ -77,7 +77,7 @@ def _migrate_one(folder: Path, device: str) -> Path:
                 continue
             wins = sorted(windows.get(r["path"], []), key=lambda w: w["window"])
             vecs = np.concatenate([emb["videos"][r["emb"]][None], emb["windows"][[w["emb"] for w in wins]]])
-            row = _video_row(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), "ok") | {
+            row = video_row(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), "ok") | {
                 k: r[k] for k in ("duration_s", "decoder", "windows", "warnings")}
             part.add(row, vecs.astype(np.float32), [(w["start_s"], w["end_s"]) for w in wins])
         for r in rows["errors"]:

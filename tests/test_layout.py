@@ -136,3 +136,12 @@ def test_readme_layout_names_every_module():
         if not re.search(rf"(?<![\w/]){re.escape(path.stem)}\.py\b", text):
             missing.append(f"{where}{path.name}")
     assert not missing, f"README's layout section does not name: {missing}"
+
+
+MAX_LINES = 400  # a module past this is split by concern (STYLE.md; issue 24)
+
+
+def test_no_module_is_longer_than_max_lines():
+    long = {str(path.relative_to(ROOT)): n for path in _modules().values()
+            if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"

@@ -13,7 +13,7 @@ from worker_fns import behave
 
 from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.samplers import Sampling, segment_indices
-from pipeline.video.supervisor import WorkerPool
+from pipeline.video.supervisor import Failure, WorkerPool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,9 +31,11 @@ def test_every_task_gets_exactly_one_status():
     assert sorted(out) == list(range(len(tasks)))
     assert [out[i].status for i in range(len(tasks))] == ["ok", "error", "crash", "ok", "timeout", "crash", "ok"]
     assert [out[i].result for i in (0, 3, 6)] == [2, 6, 8]
-    assert out[1].error == "ValueError: bad value 2"
-    assert "killed by SIGSEGV" in out[2].error and "killed by SIGABRT" in out[5].error
-    assert "no result within 3 s" in out[4].error
+    assert out[1].failure == Failure("error", "decode", "ValueError: bad value 2")  # the pool's stage: decode
+    assert "killed by SIGSEGV" in out[2].failure.reason and "killed by SIGABRT" in out[5].failure.reason
+    assert "no result within 3 s" in out[4].failure.reason
+    assert [out[i].failure.status for i in (2, 4, 5)] == ["crash", "timeout", "crash"]
+    assert all(out[i].failure is None for i in (0, 3, 6))
     assert restarts == 3  # two crashes and one kill, each replaced
 
 
@@ -66,7 +68,7 @@ def test_decoding_in_workers(tmp_path):
     dense = results[str(good) + "dense"].result
     assert dense.indices.shape == (2, 4) and dense.frames.shape == (8, 96, 128, 3)
     bad = results[str(tmp_path / "bad.mp4") + "segments"]
-    assert bad.status == "error" and "cannot open" in bad.error
+    assert bad.status == "error" and bad.failure.stage == "open" and "cannot open" in bad.failure.reason
 
 
 def test_a_crash_on_auto_is_retried_on_decord_once():
@@ -89,7 +91,7 @@ def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
     assert by_task[0] == [("part", i) for i in range(6)] + [("ok", 6)]
     assert by_task[1][:2] == [("part", 0), ("part", 1)] and by_task[1][2][0] == "timeout" and len(by_task[1]) == 3
     assert by_task[2][:2] == [("part", 0), ("part", 1)] and by_task[2][2][0] == "error" and len(by_task[2]) == 3
-    assert [o for o in seen if o.task_id == 1][-1].error.startswith("no result within 1.5 s")
+    assert [o for o in seen if o.task_id == 1][-1].failure.reason.startswith("no result within 1.5 s")
 
 
 def test_tasks_submitted_while_mapping_run_in_that_map_the_first_ones_next():

@@ -102,7 +102,9 @@ def test_a_failing_owner_is_its_own_failure():
     encoder.add("b", good)
     out = {k: (f, e) for k, f, e in encoder.ready(flush=True)}
     assert out["a"][1] is None and out["b"][1] is None and out["a"][0].shape == (5, MODEL.embed_dim)
-    assert out["bad"][0] is None and "RuntimeError" in out["bad"][1]
+    failure = out["bad"][1]
+    assert out["bad"][0] is None and (failure.status, failure.stage) == ("error", "model")
+    assert failure.reason.startswith("RuntimeError: ")
 
 
 def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
@@ -116,7 +118,7 @@ def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
                                                       timeout_s=60)}
     assert set(out) == {t.path for t in tasks}
     video, error = out[str(tmp_path / "broken.mp4")]
-    assert video is None and error.startswith("error: open: ")
+    assert video is None and (error.status, error.stage) == ("error", "open") and error.reason
     for p in paths:
         video, error = out[str(p)]
         assert error is None
@@ -213,7 +215,9 @@ def test_a_video_fails_once_when_one_of_its_ranges_fails(tmp_path):
                              timeout_s=60, fn=windows_range_fails))
     assert sorted(t.path for t, _, _ in out) == [str(long), str(short)]  # one outcome per video, none twice
     by_path = {t.path: (v, e) for t, v, e in out}
-    assert by_path[str(long)][0] is None and by_path[str(long)][1].startswith("error: decode: frames of windows (")
+    failure = by_path[str(long)][1]
+    assert by_path[str(long)][0] is None and (failure.status, failure.stage) == ("error", "decode")
+    assert failure.reason.startswith("frames of windows (")
     assert by_path[str(short)][1] is None and len(by_path[str(short)][0].bounds) == 3
     assert not (tmp_path / "long.mp4.woke").exists()  # the failed video's first worker was stopped, not waited for
 

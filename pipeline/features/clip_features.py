@@ -14,6 +14,7 @@ import torch
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
+from pipeline.video.supervisor import Failure
 
 from .frame_geometry import FrameGeometry
 
@@ -51,7 +52,7 @@ class FrameEncoder:
     """Cross-video batching: uint8 frames (N, 3, S, S), already resized and cropped, from many owners go through the
     model in batches of ``batch_size`` frames whatever each owner's share. ``add`` queues an owner's frames;
     ``ready`` runs the full batches (all of them with ``flush``) and returns, in the order added, the owners whose
-    frames are all encoded, as (key, its ``VideoTextModel.encode`` rows or None, error or None). Where a model takes
+    frames are all encoded, as (key, its ``VideoTextModel.encode`` rows or None, its ``Failure`` or None). Where a model takes
     a clip's frames together (X-CLIP), an owner's frames are whole clips and a batch never splits one.
 
     A batch that fails is rerun owner by owner, so one owner's failure (a model error) is its own alone.
@@ -75,13 +76,13 @@ class FrameEncoder:
             self._queue.remove(owned)
             self.queued_frames -= owned.frames.shape[0] - owned.fed
 
-    def ready(self, flush: bool = False) -> list[tuple[Any, torch.Tensor | None, str | None]]:
+    def ready(self, flush: bool = False) -> list[tuple[Any, torch.Tensor | None, Failure | None]]:
         while self.queued_frames >= self.batch_size or (flush and self.queued_frames):
             self._run_batch()
         done = []
         while self._queue and self._queue[0].fed == self._queue[0].frames.shape[0]:
             owned = self._queue.popleft()
-            done.append((owned.key, None if owned.error else torch.cat(owned.parts), owned.error))
+            done.append((owned.key, None if owned.failure else torch.cat(owned.parts), owned.failure))
         return done
 
     def _run_batch(self) -> None:
@@ -102,16 +103,21 @@ class FrameEncoder:
         for (owned, a, b), piece in zip(slices, pieces):
             owned.fed = b
             self.queued_frames -= b - a
-            if isinstance(piece, str):
-                owned.error = owned.error or piece
+            if isinstance(piece, Failure):
+                owned.failure = owned.failure or piece
             else:
                 owned.parts.append(piece)
 
-    def _encode_alone(self, x: torch.Tensor) -> torch.Tensor | str:
+    def _encode_alone(self, x: torch.Tensor) -> torch.Tensor | Failure:
         try:
             return self.model.encode(self.model.transform.normalize(x))
         except Exception as e:  # noqa: BLE001 - this owner's failure, reported as its error
-            return f"{type(e).__name__}: {' '.join(str(e).split())}"
+            return model_failure(e)
+
+
+def model_failure(e: Exception) -> Failure:
+    """An exception of the model's, as the failure of the video it was encoding."""
+    return Failure("error", "model", f"{type(e).__name__}: {' '.join(str(e).split())}")
 
 
 @dataclass(eq=False)
@@ -120,18 +126,18 @@ class _Owned:
     frames: torch.Tensor  # uint8 (N, 3, S, S)
     fed: int = 0  # frames sent to the model so far
     parts: list = field(default_factory=list)
-    error: str | None = None
+    failure: Failure | None = None
 
 
 def extract_features(model: VideoTextModel, requests: Sequence[DecodeRequest], *, crops: int = 1,
                      batch_size: int = 32, decode_workers: int = 2, timeout_s: float = 120.0,
-                     ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, str | None]]:
-    """Decode in supervised workers and encode in this process, yielding (request, features, error) per video as
-    each finishes; exactly one of features and error is set; an error reads ``status: reason``."""
+                     ) -> Iterator[tuple[DecodeRequest, VideoFeatures | None, Failure | None]]:
+    """Decode in supervised workers and encode in this process, yielding (request, features, failure) per video as
+    each finishes; exactly one of features and failure is set."""
     workers = max(1, min(decode_workers, len(requests)))
     for request, outcome in decode_in_workers(list(requests), num_workers=workers, timeout_s=timeout_s):
         if outcome.status != "ok":
-            yield request, None, f"{outcome.status}: {outcome.error}"
+            yield request, None, outcome.failure
             continue
         clip: DecodedClip = outcome.result
         feats = encode_clip(model, clip, crops=crops, batch_size=batch_size)

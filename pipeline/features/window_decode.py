@@ -27,7 +27,10 @@ class StageError(Exception):
 
     def __init__(self, stage: str, reason: str):
         super().__init__(f"{stage}: {reason}")
-        self.reason = f"{stage}: {reason}"
+        self.stage, self.reason = stage, reason
+
+    def __reduce__(self):  # picklable across worker processes
+        return type(self), (self.stage, self.reason)
 
 
 @dataclass(frozen=True)

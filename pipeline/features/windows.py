@@ -33,9 +33,9 @@ from pipeline.model.state import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import decode_in_workers
 from pipeline.video.reader import VideoInfo
-from pipeline.video.supervisor import trim_heap
+from pipeline.video.supervisor import Failure, Outcome, trim_heap
 
-from .clip_features import FrameEncoder
+from .clip_features import FrameEncoder, model_failure
 from .window_decode import (
     FrameGeometry,
     StageError,
@@ -48,7 +48,7 @@ from .window_decode import (
 )
 
 __all__ = ["FrameGeometry", "StageError", "WindowChunk", "WindowHeader", "WindowTask", "WindowedVideo", "chunk_ranges",
-           "decode_windows", "embed_windows"]
+           "decode_windows", "embed_windows", "WindowAssembly"]
 
 @dataclass(frozen=True)
 class WindowedVideo:
@@ -69,7 +69,7 @@ class _Video:
     queued: set[int] = field(default_factory=set)  # first windows of the chunks with the model
     warnings: list[str] = field(default_factory=list)
     poster: bytes | None = None
-    error: str | None = None
+    failure: Failure | None = None
 
     def restart(self, window_range: tuple[int, int]) -> None:
         """Forget what an earlier attempt at this range sent (its chunks begin inside it)."""
@@ -95,14 +95,117 @@ def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Cal
     return lambda key: key[0] != path or not a <= key[1] < b
 
 
+Result = tuple[WindowTask, "WindowedVideo | None", "Failure | None"]  # per video: exactly one of the two is set
+
+
+class WindowAssembly:
+    """What ``embed_windows`` keeps while workers decode: the videos under way (keyed by path, as their queued chunks
+    are), the encoder batching their frames across videos, and the split videos already yielded (whatever of them
+    still runs or waits is withdrawn). ``take`` takes one worker outcome, a method per kind; ``encode`` runs the full
+    batches; each returns the videos that are now complete or failed."""
+
+    def __init__(self, model: VideoTextModel, batch_size: int):
+        self.model = model
+        self.encoder = FrameEncoder(model, batch_size)
+        self.videos: dict[str, _Video] = {}
+        self.closed: set[str] = set()
+
+    def withdrawn(self, task: WindowTask) -> bool:
+        return task.path in self.closed
+
+    def take(self, task: WindowTask, outcome: Outcome) -> Iterator[Result]:
+        video = self._current(task)
+        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
+            self._header(task, video, outcome.result)
+        elif video is None:  # failed before its header, or stale: a range of a failed, finished or restarted video
+            if task.windows is None and outcome.failure is not None:
+                yield task, None, outcome.failure
+            return
+        elif outcome.status == "part":
+            self._chunk(video, outcome.result)
+        elif outcome.status == "ok":
+            video.running.discard(task.windows or video.header.ranges[0])
+            video.note(outcome.result)
+        else:  # this video's worker, or one of its ranges', failed: so does the video
+            self._close(task.path)
+            yield video.task, None, outcome.failure
+        yield from self.encode()
+
+    def encode(self, flush: bool = False) -> Iterator[Result]:
+        """Run the encoder's full batches (all, with ``flush``); the videos complete or failed now."""
+        for key, feats, failure in self.encoder.ready(flush=flush):
+            self._encoded(key, feats, failure)
+        for path, video in list(self.videos.items()):
+            if not video.running and not video.queued:
+                self._close(path)
+                yield (video.task, None, video.failure) if video.failure else (video.task, video.result(), None)
+
+    def _current(self, task: WindowTask) -> _Video | None:
+        """The video this task's outcome belongs to, or None where it is stale (the video failed or finished, or its
+        attempt was replaced by an unsplit retry)."""
+        video = self.videos.get(task.path)
+        if video is None or task.windows is None:
+            return video
+        return video if task.windows in video.running else None
+
+    def _header(self, task: WindowTask, video: _Video | None, header: WindowHeader) -> None:
+        path = task.path
+        if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
+            self.encoder.drop(_chunk_filter(path))
+            split = len(header.ranges) > 1 or (video is not None and video.split)
+            self.videos[path] = _Video(task, header, set(header.ranges), split)
+        elif video is not None:  # one range (re)starts
+            self.encoder.drop(_chunk_filter(path, task.windows))
+            video.restart(task.windows)
+            a, b = task.windows
+            if header.bounds != video.header.bounds:
+                video.failure = Failure("error", "decode", (
+                    f"windows {a}-{b}, reopened with {header.info.backend}, have other bounds than at the video's "
+                    "first opening (the file changed while it was being tagged, or two decoders disagree on its "
+                    "timestamps)"))
+            elif header.info.backend != video.header.info.backend:
+                video.note([f"windows {a}-{b} decoded with {header.info.backend} "
+                            f"(the {video.header.info.backend} worker on them crashed)"])
+
+    def _chunk(self, video: _Video, chunk: WindowChunk) -> None:
+        video.poster = chunk.poster or video.poster
+        positions = torch.from_numpy(chunk.positions)
+        frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
+        if video.failure is None:
+            video.queued.add(chunk.first)
+            self.encoder.add((video.task.path, chunk.first, positions), self.model.window_frames(frames, positions))
+
+    def _encoded(self, key: tuple, feats: torch.Tensor | None, failure: Failure | None) -> None:
+        path, first, positions = key
+        trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
+        video = self.videos[path]
+        video.queued.discard(first)
+        if failure is None and video.failure is None:
+            assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no failure"
+            try:
+                video.states[first] = self.model.state(self.model.window_features(feats, positions))  # (w, L, E)
+            except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
+                failure = model_failure(e)
+        if failure is not None and video.failure is None:
+            video.failure = failure
+            self.encoder.drop(_chunk_filter(path))  # encode no more of it
+            video.queued.clear()
+
+    def _close(self, path: str) -> None:
+        video = self.videos.pop(path)
+        self.encoder.drop(_chunk_filter(path))
+        if video.split:
+            self.closed.add(path)
+
+
 def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_size: int = 32,
                   decode_workers: int = 2, timeout_s: float = RuntimeSettings.decode_timeout_s,
                   max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
-                  ) -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
+                  ) -> Iterator[Result]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
-    videos; yield (task, video, error) per video as each is complete; an error reads ``status: reason`` and names
-    the stage (``open``, ``decode`` or ``model``) in the reason.
+    videos; yield (task, video, failure) per video as each is complete (``Failure``: its status, the stage
+    ``open``, ``decode`` or ``model``, and the reason).
 
     A long video's time ranges (``window_decode.time_ranges``, ``split`` per task) are decoded by several workers at
     once, ahead of the videos still waiting, and its windows put back in time order; it fails if any range fails.
@@ -112,88 +215,10 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     yielded (done, or failed by one range), its tasks still running or waiting are withdrawn."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
-    encoder = FrameEncoder(model, batch_size)
-    videos: dict[str, _Video] = {}  # path -> the video being decoded; its queued chunks are keyed by path
-    closed: set[str] = set()  # split videos already yielded: what of them still runs or waits is withdrawn
-
-    def current(task: WindowTask) -> _Video | None:
-        """The video this task's outcome belongs to, or None where it is stale (the video failed or finished, or its
-        attempt was replaced by an unsplit retry)."""
-        video = videos.get(task.path)
-        if video is None or task.windows is None:
-            return video
-        return video if task.windows in video.running else None
-
-    def encoded(key: tuple, feats: torch.Tensor | None, error: str | None) -> None:
-        path, first, positions = key
-        trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
-        video = videos[path]
-        video.queued.discard(first)
-        if error is None and video.error is None:
-            assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no error"
-            try:
-                video.states[first] = model.state(model.window_features(feats, positions))  # (w, L, E) -> (w, ...)
-            except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error
-                error = f"{type(e).__name__}: {' '.join(str(e).split())}"
-        if error is not None and video.error is None:
-            video.error = f"error: model: {error}"
-            encoder.drop(_chunk_filter(path))  # encode no more of it
-            video.queued.clear()
-
-    def close(path: str) -> None:
-        video = videos.pop(path)
-        encoder.drop(_chunk_filter(path))
-        if video.split:
-            closed.add(path)
-
-    def finished() -> Iterator[tuple[WindowTask, WindowedVideo | None, str | None]]:
-        for path, video in list(videos.items()):
-            if not video.running and not video.queued:
-                close(path)
-                yield (video.task, None, video.error) if video.error else (video.task, video.result(), None)
-
+    assembly = WindowAssembly(model, batch_size)
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
-                                           skip=lambda t: t.path in closed):  # no outcome of them comes here
-        path, video = task.path, current(task)
-        if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
-            header = outcome.result
-            if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
-                encoder.drop(_chunk_filter(path))
-                split = len(header.ranges) > 1 or (video is not None and video.split)
-                videos[path] = _Video(task, header, set(header.ranges), split)
-            elif video is not None:  # one range (re)starts
-                encoder.drop(_chunk_filter(path, task.windows))
-                video.restart(task.windows)
-                if header.bounds != video.header.bounds:
-                    video.error = (f"error: decode: windows {task.windows[0]}-{task.windows[1]}, reopened with "
-                                   f"{header.info.backend}, have other bounds than at the video's first opening (the "
-                                   "file changed while it was being tagged, or two decoders disagree on its timestamps)")
-                elif header.info.backend != video.header.info.backend:
-                    video.note([f"windows {task.windows[0]}-{task.windows[1]} decoded with {header.info.backend} "
-                                f"(the {video.header.info.backend} worker on them crashed)"])
-        elif video is None:
-            if task.windows is None and outcome.status not in ("part", "ok"):
-                yield task, None, f"{outcome.status}: {outcome.error}"  # failed before its header
-            continue  # stale: a range of a failed, finished or restarted video
-        elif outcome.status == "part":
-            chunk = outcome.result
-            video.poster = chunk.poster or video.poster
-            positions = torch.from_numpy(chunk.positions)
-            frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
-            if video.error is None:
-                video.queued.add(chunk.first)
-                encoder.add((path, chunk.first, positions), model.window_frames(frames, positions))
-        elif outcome.status == "ok":
-            video.running.discard(task.windows or video.header.ranges[0])
-            video.note(outcome.result)
-        else:  # this video's worker, or one of its ranges', failed: so does the video
-            close(path)
-            yield video.task, None, f"{outcome.status}: {outcome.error}"
-        for key, feats, error in encoder.ready():
-            encoded(key, feats, error)
-        yield from finished()
-    for key, feats, error in encoder.ready(flush=True):
-        encoded(key, feats, error)
-    yield from finished()
+                                           skip=assembly.withdrawn):  # no outcome of them comes here
+        yield from assembly.take(task, outcome)
+    yield from assembly.encode(flush=True)

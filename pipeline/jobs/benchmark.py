@@ -35,6 +35,7 @@ from pipeline.model.tensor_cache import load_tensor, save_tensor
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import DecodeRequest
 from pipeline.video.samplers import Sampling
+from pipeline.video.supervisor import Failure
 
 from .benchmark_report import confusion_png, per_class_png, write_reports
 
@@ -152,7 +153,7 @@ class FeatureCache:
 
 
 def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, sampling: Sampling, cfg: BenchmarkConfig,
-                   cache: FeatureCache, desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, str]]:
+                   cache: FeatureCache, desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, Failure]]:
     """(V, L, E) features for each record's video, from the cache or decoded now; failures by path."""
     feats: dict[Path, torch.Tensor] = {}
     todo = []
@@ -165,16 +166,16 @@ def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, samp
     cap = decode_cap(model.preprocess, cfg.prescale)
     rt = cfg.runtime
     requests = [DecodeRequest(str(r.path), sampling, rt.backend, cap) for r in todo]
-    errors: dict[Path, str] = {}
+    errors: dict[Path, Failure] = {}
     with progress_bar(len(records), initial=len(feats), desc=desc, unit="video") as bar:
-        for request, result, error in extract_features(model, requests, crops=cfg.crops,
+        for request, result, failure in extract_features(model, requests, crops=cfg.crops,
                                                        batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                                                        timeout_s=rt.decode_timeout_s):
             path = Path(request.path)
-            if error is not None:
-                errors[path] = error
+            if failure is not None:
+                errors[path] = failure
             else:
-                assert result is not None  # extract_features sets exactly one of features and error
+                assert result is not None  # extract_features sets exactly one of features and failure
                 feats[path] = result.features
                 cache.put(path, result.features)
             bar.update()
@@ -211,7 +212,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
             assert split.train is not None  # load_splits reads a train split for the linear probe
             train_feats, train_errors = video_features(split.train.records, model, sampling, cfg, cache,
                                                        f"{split.name} train")
-            test_errors |= {p: f"(train) {e}" for p, e in train_errors.items()}
+            test_errors |= {p: dataclasses.replace(e, reason=f"(train) {e.reason}") for p, e in train_errors.items()}
             train = [r for r in split.train.records if r.path in train_feats]
             settings = ProbeSettings(c_grid=cfg.probe_c_grid or DEFAULT_C_GRID, val_fraction=cfg.probe_val_fraction)
             probe = fit_probe(np.stack([model.probe_feature(train_feats[r.path]).numpy() for r in train]),
@@ -234,7 +235,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                   "prediction": classnames[int(t[0])], "correct": int(t[0]) == r.label,
                   "top5": "|".join(classnames[int(i)] for i in t), "probability": float(probs[k, t[0]])}
                  for k, (r, t) in enumerate(zip(records, top5))]
-        error_rows += [{"split": split.name, "path": str(p), "stage": "decode", "reason": e}
+        error_rows += [{"split": split.name, "path": str(p), "stage": "decode", "reason": f"{e.status}: {e.reason}"}
                        for p, e in test_errors.items()]
         error_rows += [{"split": split.name, "path": str(p), "stage": "missing", "reason": "file not found"}
                        for p in split.test.missing]

@@ -107,13 +107,13 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     bar = progress_bar(len(requests), desc="classify", unit="video")
-    for request, feats, error in stream:
+    for request, feats, failure in stream:
         bar.update()
-        if error is not None:
-            status, _, reason = error.partition(": ")  # "error: no such file" -> "no such file"; timeouts say so
-            results[request.path] = VideoResult(Path(request.path), None, reason if status == "error" else error)
+        if failure is not None:  # "no such file"; a timeout or crash says so
+            reason = failure.reason if failure.status == "error" else f"{failure.status}: {failure.reason}"
+            results[request.path] = VideoResult(Path(request.path), None, reason)
             continue
-        assert feats is not None  # extract_features sets exactly one of features and error
+        assert feats is not None  # extract_features sets exactly one of features and failure
         if probe is not None:
             probs = torch.from_numpy(probe.predict_proba(model.probe_feature(feats.features).numpy()[None])[0])
         else:

@@ -31,6 +31,8 @@ MAX_LOGGED_WARNINGS = 20  # a damaged file can fail on every packet: the first o
 class VideoDecodeError(RuntimeError):
     """A video cannot be decoded. ``path`` and ``reason`` are kept apart for error files; str() is one line."""
 
+    stage = "decode"  # the stage a job records it in (supervisor.Failure)
+
     def __init__(self, path: str | Path, reason: str):
         self.path, self.reason = Path(path), reason
         super().__init__(f"{path}: {reason}")
@@ -41,6 +43,8 @@ class VideoDecodeError(RuntimeError):
 
 class VideoOpenError(VideoDecodeError):
     """FFmpeg could not open or parse the container (as opposed to a policy refusal such as an oversized frame)."""
+
+    stage = "open"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A torch DataLoader gives none of this: one segfaulting worker ends the epoch and a hanging sample blocks forever.
 Here each task runs in a worker process that the parent watches with ``multiprocessing.connection.wait``:
 
-  - ``ok``: the function returned; ``error``: it raised (the message is kept);
+  - ``ok``: the function returned; ``error``: it raised (its stage and reason are kept, as a ``Failure``);
   - ``timeout``: no answer by the deadline, so the worker is killed and replaced;
   - ``crash``: the worker died (segfault, abort, OOM kill), so it is replaced.
 
@@ -33,6 +33,21 @@ from typing import Any, Literal
 
 MAX_STARTUP_FAILURES = 3
 Status = Literal["ok", "error", "timeout", "crash", "part"]  # part: not final, more outcomes of the task follow
+FailureStatus = Literal["error", "timeout", "crash"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a task (a video) failed, as the jobs record it: ``status`` (error: the task raised; timeout: no result in
+    time, its worker killed; crash: its worker died), the ``stage`` it failed in (what the task raised names it, as
+    ``stage``, else the pool's: ``decode``; ``model`` for an encoding failure) and the ``reason``, in one line."""
+
+    status: FailureStatus
+    stage: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.status}: {self.stage}: {self.reason}"
 
 
 @dataclass(frozen=True)
@@ -40,7 +55,7 @@ class Outcome:
     task_id: int
     status: Status
     result: Any = None
-    error: str | None = None
+    failure: Failure | None = None  # where status is error, timeout or crash
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -127,7 +142,7 @@ def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
             conn.send(("ok", (task_id, result), rss_mb()))
         except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
             reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            conn.send(("error", (task_id, " ".join(str(reason).split())), rss_mb()))
+            conn.send(("error", (task_id, (getattr(e, "stage", None), " ".join(str(reason).split()))), rss_mb()))
 
 
 class _Worker:
@@ -177,12 +192,13 @@ class WorkerPool:
     """Run ``fn(task)`` for many tasks in supervised processes; ``map`` yields one Outcome per task as each ends."""
 
     def __init__(self, fn: Callable[[Any], Any], *, num_workers: int = 2, timeout_s: float = 120.0,
-                 max_tasks: int = 500, max_rss_mb: float = 2048.0, start_method: str = "spawn"):
+                 max_tasks: int = 500, max_rss_mb: float = 2048.0, start_method: str = "spawn", stage: str = "decode"):
+        """``stage``: what the tasks do, the stage their failures are recorded in unless what they raise names one."""
         if num_workers < 1:
             raise ValueError(f"num_workers ({num_workers}) must be >= 1")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s ({timeout_s}) must be > 0")
-        self.fn, self.num_workers, self.timeout_s = fn, num_workers, timeout_s
+        self.fn, self.num_workers, self.timeout_s, self.stage = fn, num_workers, timeout_s, stage
         self.max_tasks, self.max_rss_mb = max_tasks, max_rss_mb
         self._ctx = mp.get_context(start_method)
         self._workers: list[_Worker] = []
@@ -288,7 +304,10 @@ class WorkerPool:
                 w.task, w.done = None, w.done + 1
                 if w.done >= self.max_tasks or rss > self.max_rss_mb:
                     self._replace(w)
-                return Outcome(task_id, "ok", result=value) if kind == "ok" else Outcome(task_id, "error", error=value)
+                if kind == "ok":
+                    return Outcome(task_id, "ok", result=value)
+                stage, reason = value
+                return Outcome(task_id, "error", failure=Failure("error", stage or self.stage, reason))
         if w.proc.sentinel in ready or not w.proc.is_alive():
             task = w.task
             w.proc.join(timeout=5)
@@ -301,10 +320,12 @@ class WorkerPool:
             self._replace(w)
             if task is not None:
                 how = f"killed by {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
-                return Outcome(task[0], "crash", error=f"worker died ({how}) while on this task")
+                return Outcome(task[0], "crash", failure=Failure("crash", self.stage,
+                                                                 f"worker died ({how}) while on this task"))
             return None
         if w.task is not None and time.monotonic() >= w.deadline:
             task = w.task
             self._replace(w)
-            return Outcome(task[0], "timeout", error=f"no result within {self.timeout_s:g} s; worker killed")
+            return Outcome(task[0], "timeout", failure=Failure("timeout", self.stage,
+                                                               f"no result within {self.timeout_s:g} s; worker killed"))
         return None

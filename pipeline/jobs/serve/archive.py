@@ -215,7 +215,7 @@ class Thumbnails:
         finally:
             self._pools.put(pool)
         if outcome.status != "ok":
-            LOG.warning("thumbnail of %s at %.1f s: %s: %s", path, key[1], outcome.status, outcome.error)
+            LOG.warning("thumbnail of %s at %.1f s: %s", path, key[1], outcome.failure)
             return self.placeholder, False
         data: bytes = outcome.result
         with self._lock:

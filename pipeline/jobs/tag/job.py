@@ -39,6 +39,7 @@ from pipeline.model.loading import load_model, model_identity, resolve_device
 from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.reader import VideoDecodeError, check_file
+from pipeline.video.supervisor import Failure
 
 from ..distributed import barrier, init_distributed
 from .discover import LISTING_FAILURE, discover, file_stamp
@@ -134,14 +135,6 @@ def shard_of(path: str, world: int) -> int:
 SHARD_OF = "crc32(path) % world"  # recorded in a sharded index's settings: an index sharded otherwise is refused
 
 
-def _failure(error: str) -> tuple[str, str, str]:
-    """"status: stage: reason" from the window stream -> (status, stage, reason); decode when no stage is named."""
-    status, _, rest = error.partition(": ")
-    stage, _, reason = rest.partition(": ") if rest.startswith(("open: ", "decode: ", "model: ")) else (
-        "decode", "", rest)
-    return status, stage, reason
-
-
 # what an index written before a setting was recorded ran with: it resumes as if it had recorded it
 SETTINGS_BEFORE_RECORDED = {"decode_prescale": PRESCALE}
 
@@ -216,7 +209,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         return next_video_id(index, part, rank, world)
 
     for e in listing_errors:  # folders that cannot be listed: re-listed (and replaced) every run
-        part.add_failure(video_id(), e["path"], None, e["status"], e["stage"], e["reason"])
+        part.add_failure(video_id(), e["path"], None, Failure(e["status"], e["stage"], e["reason"]))
 
     def commit() -> None:
         if len(part):
@@ -231,7 +224,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         try:
             check_file(p)
         except VideoDecodeError as e:
-            part.add_failure(video_id(), str(p), file_stamp(p), "error", "open", e.reason)
+            part.add_failure(video_id(), str(p), file_stamp(p), Failure("error", "open", e.reason))
             failed["error"] = failed.get("error", 0) + 1
         else:
             tasks.append(settings.task(str(p), model.preprocess))
@@ -241,12 +234,12 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
-        for task, video, error in stream:
+        for task, video, failure in stream:
             stamp = stamps[task.path]
             if video is None:
-                status, stage, reason = _failure(error or "error: decode: no result")
-                part.add_failure(video_id(), task.path, stamp, status, stage, reason)
-                failed[status] = failed.get(status, 0) + 1
+                assert failure is not None  # embed_windows sets exactly one of video and failure
+                part.add_failure(video_id(), task.path, stamp, failure)
+                failed[failure.status] = failed.get(failure.status, 0) + 1
             else:
                 part.add_video(video_id(), task.path, stamp, video)
                 ok += 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from clip_model.names import RANDOM_PREFIX
+from pipeline.video.supervisor import Failure
 
 from .index import TagIndex
 from .outputs import label_scorer
@@ -82,8 +83,8 @@ def _migrate_one(folder: Path, device: str) -> Path:
             part.add(row, vecs.astype(np.float32), [(w["start_s"], w["end_s"]) for w in wins])
         for r in rows["errors"]:
             if owner.get(r["path"]) == part_info["name"]:
-                part.add_failure(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]), r["status"],
-                                 r["stage"], r["reason"])
+                part.add_failure(next_video_id(index, part, rank, world), r["path"], _stamp(r["stamp"]),
+                                 Failure(r["status"], r["stage"], r["reason"]))
         if len(part):
             index.commit(*part.tables())
     build_indexes(index)

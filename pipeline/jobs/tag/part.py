@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from pipeline.features.windows import WindowedVideo
 from pipeline.model.state import VideoState
+from pipeline.video.supervisor import Failure
 
 from .index import TagIndex
 from .index_state import VIDEO_COLUMNS, embedding_schema
@@ -54,9 +55,9 @@ class Part:
         self.embeddings += [{"video_id": row["video_id"], "path": row["path"], "kind": "video" if k == 0 else "segment",
                              "window": k - 1, "start_s": start, "end_s": end} for k, (start, end) in enumerate(spans)]
 
-    def add_failure(self, video_id: int, path: str, stamp: tuple | None, status: str, stage: str,
-                    reason: str) -> None:
-        self.videos.append(video_row(video_id, path, stamp, status) | {"stage": stage, "reason": reason})
+    def add_failure(self, video_id: int, path: str, stamp: tuple | None, failure: Failure) -> None:
+        self.videos.append(video_row(video_id, path, stamp, failure.status) | {"stage": failure.stage,
+                                                                               "reason": failure.reason})
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
         """(videos, embeddings) as Arrow tables; the part's labels are scored here."""

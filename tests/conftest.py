@@ -6,6 +6,7 @@ import importlib.util
 import logging
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,8 +32,15 @@ def sample_videos() -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A tiny CLIP trained on the small action world (tag_world): the tag and serve tests search with it."""
+def trained_run(tmp_path_factory) -> Any:
+    """One training run of a tiny CLIP on the small action world (tag_world), shared: test_train checks what it
+    learned, the tag and serve tests search with it."""
     from tag_world import train_world_model
 
     return train_world_model(tmp_path_factory.mktemp("trained"))
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run) -> Path:
+    """The model.pt of ``trained_run``."""
+    return trained_run.out / "model.pt"

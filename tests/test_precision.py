@@ -47,13 +47,21 @@ def test_auto_resolves_by_the_cpu_flags_and_the_gpu(monkeypatch):
         assert spec.resolve_precision("auto", cuda)[0] == expected
 
 
-def test_cpu_bf16_reads_this_machines_flags():
+AMX_HOST = "model name\t: Intel(R) Xeon(R)\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile\n"
+EPYC_HOST = "model name\t: AMD EPYC\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"
+OLD_HOST = "model name\t: Intel(R) Core(TM)\nflags\t\t: fpu sse avx2 avx512f\n"
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [(AMX_HOST, "amx_bf16"), (EPYC_HOST, "avx512_bf16"),
+                                               (OLD_HOST, None), ("processor\t: 0\n", None),
+                                               # the flag named as a word, not as part of another
+                                               ("flags\t: avx512_bf16x amx_bf16_\n", None)])
+def test_cpu_bf16_reads_the_flags_line(tmp_path, cpuinfo, expected):
     import pipeline.model.loading as spec
 
-    with open("/proc/cpuinfo") as f:  # read here independently: the first "flags" line
-        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    expected = "amx_bf16" if "amx_bf16" in flags else "avx512_bf16" if "avx512_bf16" in flags else None
-    assert spec.cpu_bf16() == expected
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    assert spec.cpu_bf16(str(tmp_path / "cpuinfo")) == expected
+    assert spec.cpu_bf16(str(tmp_path / "absent")) is None  # not Linux: no flags, no native bf16
 
 
 def test_the_bf16_timing_is_measured_once_per_host_and_kept(tmp_path, monkeypatch):

@@ -107,14 +107,7 @@ def test_compaction_keeps_every_row_and_bounds_fragments_and_versions(tmp_path, 
                           for b in index.scan("embeddings", ["vector"])])
     want = np.concatenate(list(truth.values()))
     cos = (got.astype(np.float32) * want).sum(axis=1)
-    assert cos.min() > 1 - 1e-3  # float16 storage: cosine to the original >= 0.999 (measured below)
-
-
-def test_float16_storage_cosine_error_is_small():
-    x = _unit(np.random.default_rng(0).standard_normal((20000, 512)))
-    cos = (x.astype(np.float16).astype(np.float32) * x).sum(axis=1) / np.linalg.norm(
-        x.astype(np.float16).astype(np.float32), axis=1)
-    assert 1 - cos.min() < 1e-6  # fp16 keeps 11 bits: 512-d unit vectors lose at most 2.4e-7 of cosine here
+    assert cos.min() > 1 - 1e-3  # float16 storage: cosine to the original >= 0.999
 
 
 def _exact(truth: dict, query: np.ndarray, keep) -> list[tuple]:

@@ -10,15 +10,16 @@ from PIL import Image
 import clip_model
 from clip_model.geometry import center_crop_box, resized_size
 from clip_model.transform import ClipTransform
-from helpers import randomize_
 
 
 def _frames(path, n: int = 6) -> np.ndarray:
     """n frames spread over the video, decoded sequentially with PyAV as RGB uint8 (n, H, W, 3)."""
     with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    idx = np.linspace(0, len(frames) - 1, n).round().astype(int)
-    return np.stack([frames[i] for i in idx])
+        total = c.streams.video[0].frames
+        wanted = set(np.linspace(0, total - 1, n).round().astype(int).tolist())
+        frames = [f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in wanted]
+    assert len(frames) == n, (path, total)
+    return np.stack(frames)
 
 
 @pytest.mark.parametrize("hw, size, expected", [((240, 320), 224, (224, 298)), ((320, 240), 224, (298, 224)),
@@ -33,13 +34,9 @@ def test_center_crop_box():
 
 
 def test_tensor_path_matches_pil_path_on_real_frames(sample_videos):
-    """Report the mean |Δ| between paths; a parity model's top-1 over prompts must not change."""
+    """The vectorised path against the PIL path on real frames (both bicubic with antialiasing): about one uint8
+    level apart on average. Report the mean and the largest |Δ|."""
     transform = ClipTransform(clip_model.PreprocessConfig(image_size=224))
-    model = randomize_(clip_model.create_model("ViT-B/32", seed=0), seed=0)
-    prompts = clip_model.tokenize([f"a photo of {w}" for w in
-                                   ("a rabbit", "bikes", "a phone call", "a car", "a forest", "a man", "the sky")])
-    with torch.no_grad():
-        text = torch.nn.functional.normalize(model.encode_text(prompts), dim=-1)
     deltas = []
     for path in sample_videos:
         frames = _frames(path)
@@ -50,10 +47,6 @@ def test_tensor_path_matches_pil_path_on_real_frames(sample_videos):
         deltas.append(delta.mean().item())
         print(f"{path.name}: mean |Δ| {delta.mean():.2e}, max |Δ| {delta.max():.3f} (normalised units)")
         assert delta.mean() < 0.02  # ~1 uint8 level is 0.015 in normalised units
-        with torch.no_grad():
-            top_pil = (model.encode_image(via_pil) @ text.t()).argmax(-1)
-            top_tensor = (model.encode_image(via_tensor) @ text.t()).argmax(-1)
-        assert torch.equal(top_pil, top_tensor), path.name
     print(f"mean |Δ| over all videos: {np.mean(deltas):.2e}")
 
 

@@ -12,6 +12,7 @@ import torch
 
 import clip_model
 from clip_model.adapted import ADAPTED_MODELS
+from clip_model.errors import UserError
 from clip_model.hub import hub_folder
 from clip_model.names import published_names, resolve_name
 
@@ -25,17 +26,17 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if spec not in ("cpu", "cuda") and not spec.startswith("cuda:"):
-        raise ValueError(f"--device {spec!r}: choose auto, cpu or cuda")
+        raise UserError(f"--device {spec!r}: choose auto, cpu or cuda")
     if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {spec}: CUDA is not available on this machine")
+        raise UserError(f"--device {spec}: CUDA is not available on this machine")
     return torch.device(spec)
 
 
-def cpu_bf16() -> str | None:
+def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """The flag of this CPU that gives native bf16 matrix math (``amx_bf16`` or ``avx512_bf16``, from Linux's
-    /proc/cpuinfo), or None: elsewhere bf16 is emulated and slower than fp32."""
+    ``cpuinfo``), or None: elsewhere bf16 is emulated and slower than fp32."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
     except OSError:
         return None
@@ -141,7 +142,7 @@ def clip_only(model: clip_model.CLIP | clip_model.SigLIP, spec: str) -> clip_mod
     others' checkpoints are refused there."""
     if not family(model.family).trainable:
         trainable = ", ".join(name for name, f in FAMILIES.items() if f.trainable)
-        raise ValueError(f"{spec}: a {model.family} checkpoint; train fine-tunes {trainable} checkpoints only (the "
+        raise UserError(f"{spec}: a {model.family} checkpoint; train fine-tunes {trainable} checkpoints only (the "
                          "other families classify, benchmark, tag, retag and search)")
     return cast(clip_model.CLIP, model)
 

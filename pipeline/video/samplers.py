@@ -72,9 +72,17 @@ def dense_indices(num_frames: int, *, clip_len: int, frame_interval: int = 1, nu
     return apply_short_policy(clips, num_frames, short)
 
 
+TIME_TOLERANCE = 1e-6  # relative (at least 1 us): a timestamp this close to t counts as t
+
+
 def time_to_index(timestamps: np.ndarray, times: np.ndarray) -> np.ndarray:
-    """The frame on screen at each time: the last frame whose timestamp is <= t."""
-    idx = np.searchsorted(timestamps, times, side="right") - 1
+    """The frame on screen at each time: the last frame whose timestamp is <= t, a timestamp within
+    ``TIME_TOLERANCE`` of t counting as t. Timestamps are pts * time_base in floating point (an MKV's 1400 * 0.001 is
+    1.4000000000000001; decord's are float32), so without it a sample at a frame's own time can take the frame before
+    (fps sampling at a video's own rate took 10 of 100 frames' predecessors; far less than a frame apart: at one hour,
+    3.6 ms)."""
+    times = np.asarray(times, dtype=np.float64)
+    idx = np.searchsorted(timestamps, times + TIME_TOLERANCE * np.maximum(1.0, np.abs(times)), side="right") - 1
     return np.clip(idx, 0, len(timestamps) - 1).astype(np.int64)
 
 

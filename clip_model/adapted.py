@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import CLIPConfig, PreprocessConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .model import CLIP, ResidualAttentionBlock, SelfAttention, VisionTransformer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -163,12 +163,12 @@ def interpolate(sd: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
     """Open-VCLIP's test-time weight patching: ``ratio * base + (1 - ratio) * sd`` for every key of the original
     CLIP ``base`` (``ratio`` is the original's share); keys only in ``sd`` are kept as they are."""
     if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"interpolation ratio {ratio} must lie in [0, 1]")
+        raise UserError(f"interpolation ratio {ratio} must lie in [0, 1]")
     out = dict(sd)
     for k, w in base.items():
         if k in out:
             if out[k].shape != w.shape:
-                raise ValueError(f"{k}: checkpoint {tuple(out[k].shape)} vs original CLIP {tuple(w.shape)}")
+                raise UserError(f"{k}: checkpoint {tuple(out[k].shape)} vs original CLIP {tuple(w.shape)}")
             out[k] = ratio * w.float() + (1.0 - ratio) * out[k].float()
     return out
 
@@ -232,7 +232,7 @@ class OpenVCLIP(CLIP):
 
     def __init__(self, config: CLIPConfig, preprocess: PreprocessConfig | None = None, family: str | None = None):
         if config.vision.is_resnet:
-            raise ValueError("Open-VCLIP's neighbour-frame attention needs a ViT image tower")
+            raise UserError("Open-VCLIP's neighbour-frame attention needs a ViT image tower")
         super().__init__(config, preprocess, visual=NeighbourFrameVision(config.vision, config.embed_dim,
                                                                           config.quick_gelu), family=family)
         self.neighbours = True  # False: plain CLIP frame by frame (what ratio 1 must then equal)

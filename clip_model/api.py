@@ -12,7 +12,7 @@ from .adapted import ADAPTED_MODELS, OpenVCLIP, adapted_path
 from .checkpoint import Checkpoint, detect_format, read_checkpoint, save_checkpoint
 from .config import MODEL_CONFIGS, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
 from .download import cache_dir, model_path, published_models
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .hub import HUB_MODELS, hub_folder
 from .loss import ClipLoss
 from .model import CLIP, build_model, load_state_dict_strict
@@ -30,7 +30,7 @@ FrameTextModel = CLIP | SigLIP  # models that embed single frames and texts (X-C
 
 def _dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return PRECISIONS[precision]
 
 
@@ -42,7 +42,7 @@ def available_models() -> list[str]:
 def create_model(name: str, *, seed: int | None = None) -> CLIP:
     """A randomly initialised CLIP of a named architecture (``MODEL_CONFIGS``), e.g. ``tiny-vit`` for tests."""
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+        raise UserError(f"unknown architecture {name!r}; choose one of {', '.join(MODEL_CONFIGS)}")
     if seed is not None:
         torch.manual_seed(seed)
     return CLIP(MODEL_CONFIGS[name]).eval()
@@ -153,5 +153,5 @@ def temporal_from_checkpoint(ckpt: Checkpoint, path: Path) -> TemporalTransforme
 def _resolve(name_or_path: str | Path, download_root: str | Path | None, precision: str) -> Path:
     """A model name (``names.resolve_name``) -> the file or folder of its weights."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        raise UserError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     return weights_path(resolve_name(name_or_path), download_root)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from .errors import UserError
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 HEAD_WIDTH = 64
@@ -55,17 +57,17 @@ class VisionConfig:
             object.__setattr__(self, "layers", tuple(self.layers))
         if isinstance(self.layers, tuple):  # a ResNet (``is_resnet``), spelled out so the type checker sees the tuple
             if len(self.layers) != 4:
-                raise ValueError(f"ResNet vision layers must have 4 stage counts, got {self.layers}")
+                raise UserError(f"ResNet vision layers must have 4 stage counts, got {self.layers}")
             if self.image_size % 32:
-                raise ValueError(f"ResNet image_size ({self.image_size}) must be a multiple of 32")
+                raise UserError(f"ResNet image_size ({self.image_size}) must be a multiple of 32")
         else:
             if not self.patch_size or self.image_size % self.patch_size:
-                raise ValueError(
+                raise UserError(
                     f"ViT image_size ({self.image_size}) must be a positive multiple of patch_size ({self.patch_size})"
                 )
         embed = self.width * 32 if self.is_resnet else self.width
         if self.heads < 1 or embed % self.heads:
-            raise ValueError(f"vision heads ({self.heads}) must divide the attention width ({embed})")
+            raise UserError(f"vision heads ({self.heads}) must divide the attention width ({embed})")
 
     @property
     def is_resnet(self) -> bool:
@@ -84,7 +86,7 @@ class TextConfig:
 
     def __post_init__(self) -> None:
         if self.heads < 1 or self.width % self.heads:
-            raise ValueError(f"text heads ({self.heads}) must divide text width ({self.width})")
+            raise UserError(f"text heads ({self.heads}) must divide text width ({self.width})")
 
 
 @dataclass(frozen=True)
@@ -103,13 +105,13 @@ class PreprocessConfig:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
+            raise UserError(f"interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}")
         if self.resize not in ("shortest", "squash"):
-            raise ValueError(f"resize must be 'shortest' or 'squash', got {self.resize!r}")
+            raise UserError(f"resize must be 'shortest' or 'squash', got {self.resize!r}")
         if len(self.mean) != 3 or len(self.std) != 3:
-            raise ValueError(f"mean and std need 3 channels, got {self.mean} and {self.std}")
+            raise UserError(f"mean and std need 3 channels, got {self.mean} and {self.std}")
         if self.resize_to is not None and self.resize_to < self.image_size:
-            raise ValueError(f"resize_to ({self.resize_to}) must be at least image_size ({self.image_size})")
+            raise UserError(f"resize_to ({self.resize_to}) must be at least image_size ({self.image_size})")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ class CLIPConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown CLIPConfig keys {sorted(unknown)}; valid keys are {sorted(known)}")
+            raise UserError(f"unknown CLIPConfig keys {sorted(unknown)}; valid keys are {sorted(known)}")
         return cls(
             embed_dim=int(d["embed_dim"]),
             vision=VisionConfig(**d["vision"]),

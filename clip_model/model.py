@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 
 
 class LayerNorm(nn.LayerNorm):
@@ -97,7 +97,7 @@ class VisionTransformer(nn.Module):
         super().__init__()
         width, patch, layers = cfg.width, cfg.patch_size, cfg.layers
         if not isinstance(layers, int) or patch is None:
-            raise ValueError(f"a ViT needs an int layer count and a patch_size; got layers={layers}, "
+            raise UserError(f"a ViT needs an int layer count and a patch_size; got layers={layers}, "
                              f"patch_size={patch}")
         self.grid = cfg.image_size // patch
         scale = width**-0.5
@@ -185,7 +185,7 @@ class ModifiedResNet(nn.Module):
     def __init__(self, cfg: VisionConfig, output_dim: int):
         super().__init__()
         if not isinstance(cfg.layers, tuple):
-            raise ValueError(f"a ModifiedResNet needs four stage block counts as layers, got {cfg.layers}")
+            raise UserError(f"a ModifiedResNet needs four stage block counts as layers, got {cfg.layers}")
         width = cfg.width
         self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width // 2)

@@ -18,7 +18,7 @@ from .adapted import ADAPTED_MODELS, adapted_path
 from .checkpoint.containers import PLAIN_FAMILY
 from .config import MODEL_CONFIGS
 from .download import cache_dir, model_path, published_models
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .hub import HUB_MODELS, endpoint, hub_folder
 
 RANDOM_PREFIX = "random:"
@@ -48,7 +48,7 @@ def resolve_name(spec: str | Path) -> ModelName:
     if spec.startswith(RANDOM_PREFIX):
         arch = spec[len(RANDOM_PREFIX):]
         if arch not in MODEL_CONFIGS:
-            raise ValueError(f"{spec}: unknown architecture {arch!r}; choose one of {', '.join(MODEL_CONFIGS)}")
+            raise UserError(f"{spec}: unknown architecture {arch!r}; choose one of {', '.join(MODEL_CONFIGS)}")
         return ModelName(spec, "random", PLAIN_FAMILY, MODEL_CONFIGS[arch].vision.image_size,
                          weights_from="random weights, seed 0")
     if spec in published_models():
@@ -89,7 +89,7 @@ def weights_path(name: ModelName, download_root: str | Path | None = None) -> Pa
     if name.kind == "adapted":
         return adapted_path(name.spec, root or cache_dir())
     if name.kind == "random":
-        raise ValueError(f"{name.spec}: an untrained model has no weights file")
+        raise UserError(f"{name.spec}: an untrained model has no weights file")
     path = Path(name.spec).expanduser()
     if not path.exists():
         raise CheckpointError(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PreprocessConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 from .hf_layout import rename_hf
 from .model import MLP, LayerNorm, Transformer
 from .sp_tokenizer import SentencePieceTokenizer
@@ -55,14 +55,14 @@ class SigLIPConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
+            raise UserError(f"image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})")
         if self.embed_dim != self.vision_width:
-            raise ValueError(f"embed_dim ({self.embed_dim}) must equal vision_width ({self.vision_width}): the image "
+            raise UserError(f"embed_dim ({self.embed_dim}) must equal vision_width ({self.vision_width}): the image "
                              "embedding is the MAP head's output, unprojected")
         for tower in ("vision", "text"):
             width, heads = getattr(self, f"{tower}_width"), getattr(self, f"{tower}_heads")
             if heads < 1 or width % heads:
-                raise ValueError(f"{tower} heads ({heads}) must divide its width ({width})")
+                raise UserError(f"{tower} heads ({heads}) must divide its width ({width})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

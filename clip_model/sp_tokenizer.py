@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, UserError
 
 VARIANTS = {"siglip": (1, 1), "siglip2": (1, 0)}  # variant -> (end id, pad id)
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -37,7 +37,7 @@ class SentencePieceTokenizer:
     def __init__(self, model_file: str | Path | bytes, variant: str = "siglip", context_length: int = 64):
         """``model_file``: a SentencePiece model file, or such a model serialized (as a checkpoint keeps it)."""
         if variant not in VARIANTS:
-            raise ValueError(f"tokenizer variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+            raise UserError(f"tokenizer variant {variant!r}: choose one of {', '.join(VARIANTS)}")
         try:
             import sentencepiece
         except ImportError:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import UserError
 from .model import CLIP, ResidualAttentionBlock, Transformer
 
 
@@ -33,7 +34,7 @@ class TemporalConfig:
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
-            raise ValueError(f"temporal heads ({self.heads}) must divide width ({self.width})")
+            raise UserError(f"temporal heads ({self.heads}) must divide width ({self.width})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -58,7 +59,7 @@ class TemporalTransformer(nn.Module):
         """(B, T, E) frame embeddings -> (B, E) video embeddings (not normalised)."""
         B, T, E = frame_features.shape
         if T > self.config.num_frames:
-            raise ValueError(f"clip has {T} frames; this temporal pooler was built for at most "
+            raise UserError(f"clip has {T} frames; this temporal pooler was built for at most "
                              f"{self.config.num_frames}")
         x = frame_features + self.positional_embedding[:T].to(frame_features.dtype)  # (B, T, E)
         x = frame_features + self.transformer(x)  # residual around the whole stack, as ActionCLIP
@@ -71,7 +72,7 @@ class VideoCLIP(nn.Module):
     def __init__(self, clip: CLIP, pooling: str, num_frames: int, temporal_layers: int = 2):
         super().__init__()
         if pooling not in ("mean", "temporal"):
-            raise ValueError(f"pooling {pooling!r}: choose 'mean' or 'temporal'")
+            raise UserError(f"pooling {pooling!r}: choose 'mean' or 'temporal'")
         self.clip, self.pooling, self.num_frames = clip, pooling, num_frames
         width = clip.config.embed_dim
         self.temporal = TemporalTransformer(TemporalConfig(width, num_frames, temporal_layers, max(1, width // 32))) \

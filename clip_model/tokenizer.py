@@ -18,6 +18,8 @@ import ftfy
 import regex
 import torch
 
+from .errors import UserError
+
 BPE_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
 NUM_MERGES = 49152 - 256 - 2  # merges used by CLIP: vocab = 256 bytes × 2 (plain, end-of-word) + merges + 2 specials
@@ -113,7 +115,7 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77, truncate: boo
         ids = [tok.sot_token, *tok.encode(text), tok.eot_token]
         if len(ids) > context_length:
             if not truncate:
-                raise ValueError(
+                raise UserError(
                     f"text {i} is {len(ids)} tokens long, over the context length {context_length}: "
                     f"{text[:60]!r}...; shorten it or pass truncate=True"
                 )

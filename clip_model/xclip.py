@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import HEAD_WIDTH, CLIPConfig, PreprocessConfig, TextConfig, VisionConfig, config_from_state_dict
+from .errors import UserError
 from .hf_layout import rename_hf
 from .model import CLIP, LayerNorm, QuickGELU, ResidualAttentionBlock, SelfAttention, VisionTransformer
 
@@ -44,12 +45,12 @@ class XCLIPConfig:
         if isinstance(self.clip, dict):
             object.__setattr__(self, "clip", CLIPConfig.from_dict(self.clip))
         if self.clip.vision.is_resnet:
-            raise ValueError("X-CLIP's cross-frame communication needs a ViT image tower")
+            raise UserError("X-CLIP's cross-frame communication needs a ViT image tower")
         if self.num_frames < 1:
-            raise ValueError(f"num_frames ({self.num_frames}) must be >= 1")
+            raise UserError(f"num_frames ({self.num_frames}) must be >= 1")
         for name in ("mit_heads", "prompt_heads"):
             if self.clip.embed_dim % getattr(self, name):
-                raise ValueError(f"{name} ({getattr(self, name)}) must divide embed_dim ({self.clip.embed_dim})")
+                raise UserError(f"{name} ({getattr(self, name)}) must divide embed_dim ({self.clip.embed_dim})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,9 +74,9 @@ class XCLIPConfig:
                           layers=t.get("num_hidden_layers", 12))
         for tower, hidden in ((t, text.width), (v, vision.width)):
             if tower.get("intermediate_size", 4 * hidden) != 4 * hidden:
-                raise ValueError(f"X-CLIP config: MLP width {tower['intermediate_size']} is not 4 x {hidden}")
+                raise UserError(f"X-CLIP config: MLP width {tower['intermediate_size']} is not 4 x {hidden}")
         if v.get("mit_intermediate_size", 4 * embed) != 4 * embed or v.get("mit_hidden_size", embed) != embed:
-            raise ValueError("X-CLIP config: the MIT must be embed_dim wide with a 4x MLP")
+            raise UserError("X-CLIP config: the MIT must be embed_dim wide with a 4x MLP")
         return cls(CLIPConfig(embed_dim=embed, vision=vision, text=text, quick_gelu=True),
                    num_frames=v.get("num_frames", 8), mit_layers=v.get("mit_num_hidden_layers", 1),
                    mit_heads=v.get("mit_num_attention_heads", 8), prompt_layers=config.get("prompt_layers", 2),

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from clip_model.errors import UserError
 from datasets.world import WorldConfig
 from pipeline.model.runtime import RuntimeSettings
 
@@ -26,7 +27,7 @@ FRAME_PROTOCOLS = ("segments", "centre", "all")
 HEADLINES = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config file or override is invalid; the message is one line naming the file, the key and the rule."""
 
 

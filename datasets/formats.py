@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clip_model.errors import UserError
+
 from .labels import clean_name, natural_name, raw_labels, shipped_labels
 from .records import VideoDataset, VideoRecord
 
@@ -42,9 +44,9 @@ def _dataset(name: str, classnames: Iterable[str], items: Iterable[tuple[Path, i
 
 def _check_split(split: int, subset: str) -> None:
     if split not in (1, 2, 3):
-        raise ValueError(f"split ({split}) must be 1, 2 or 3")
+        raise UserError(f"split ({split}) must be 1, 2 or 3")
     if subset not in ("train", "test"):
-        raise ValueError(f"subset {subset!r}: choose 'train' or 'test'")
+        raise UserError(f"subset {subset!r}: choose 'train' or 'test'")
 
 
 def read_ucf101(root: str | Path, annotations: str | Path, split: int = 1, subset: str = "test") -> VideoDataset:
@@ -58,7 +60,7 @@ def read_ucf101(root: str | Path, annotations: str | Path, split: int = 1, subse
         rel = line.split()[0]
         cls = rel.split("/")[0]
         if cls not in index:
-            raise ValueError(f"{ann / f'{subset}list0{split}.txt'}: class {cls!r} of {rel} is not in classInd.txt")
+            raise UserError(f"{ann / f'{subset}list0{split}.txt'}: class {cls!r} of {rel} is not in classInd.txt")
         items.append((root / rel, index[cls], None, None))
     return _dataset(f"ucf101/split{split}/{subset}", [natural_name(r, "ucf101") for r in raw], items)
 
@@ -95,7 +97,7 @@ def read_kinetics(root: str | Path, csv_path: str | Path, classes: str = "auto",
     with open(csv_path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if subset is None or r.get("split") == subset]
     if rows and not {"label", "youtube_id", "time_start", "time_end"} <= set(rows[0]):
-        raise ValueError(f"{csv_path}: expected columns label,youtube_id,time_start,time_end[,split]; "
+        raise UserError(f"{csv_path}: expected columns label,youtube_id,time_start,time_end[,split]; "
                          f"got {sorted(rows[0])}")
     labels = sorted({r["label"] for r in rows})
     classnames = _kinetics_classes(classes, labels, csv_path)
@@ -124,7 +126,7 @@ def _kinetics_classes(classes: str, labels: list[str], csv_path: Path) -> list[s
     shipped = shipped_labels(classes)
     unknown = sorted(set(labels) - set(shipped))
     if unknown:
-        raise ValueError(f"{csv_path}: labels {unknown[:3]} are not in {classes} ({len(unknown)} in all)")
+        raise UserError(f"{csv_path}: labels {unknown[:3]} are not in {classes} ({len(unknown)} in all)")
     return shipped
 
 
@@ -144,7 +146,7 @@ def read_ssv2(root: str | Path, labels_json: str | Path, annotations_json: str |
     for e in entries:
         template = e["template"].replace("[", "").replace("]", "")
         if template not in index:
-            raise ValueError(f"{annotations_json}: template {template!r} of video {e['id']} is not in {labels_json}")
+            raise UserError(f"{annotations_json}: template {template!r} of video {e['id']} is not in {labels_json}")
         items.append((files.get(str(e["id"]), root / f"{e['id']}.webm"), index[template], None, None))
     return _dataset(f"ssv2/{Path(annotations_json).stem}", order, items)
 
@@ -156,7 +158,7 @@ def read_list(root: str | Path, list_file: str | Path, classnames: list[str]) ->
     for n, line in enumerate(_lines(list_file), 1):
         parts = line.rsplit(maxsplit=1)
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-            raise ValueError(f"{list_file}:{n}: expected 'path label_index', got {line!r}")
+            raise UserError(f"{list_file}:{n}: expected 'path label_index', got {line!r}")
         items.append((root / parts[0], int(parts[1]), None, None))
     return _dataset(f"list/{list_file.stem}", classnames, items)
 
@@ -167,7 +169,7 @@ def read_csv(root: str | Path, csv_file: str | Path, classnames: list[str] | Non
     with open(csv_file, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if rows and not {"path", "label"} <= set(rows[0]):
-        raise ValueError(f"{csv_file}: expected columns path,label[,start,end]; got {sorted(rows[0])}")
+        raise UserError(f"{csv_file}: expected columns path,label[,start,end]; got {sorted(rows[0])}")
     if classnames is None:
         classnames = sorted({clean_name(r["label"]) for r in rows})
     index = {name: i for i, name in enumerate(classnames)}
@@ -179,7 +181,7 @@ def read_csv(root: str | Path, csv_file: str | Path, classnames: list[str] | Non
         elif clean_name(label) in index:
             idx = index[clean_name(label)]
         else:
-            raise ValueError(f"{csv_file}:{n}: label {label!r} is not one of the {len(classnames)} classes")
+            raise UserError(f"{csv_file}:{n}: label {label!r} is not one of the {len(classnames)} classes")
         start = float(r["start"]) if r.get("start") not in (None, "") else None
         end = float(r["end"]) if r.get("end") not in (None, "") else None
         items.append((root / r["path"], idx, start, end))
@@ -191,7 +193,7 @@ def read_folders(root: str | Path) -> VideoDataset:
     root = _need(Path(root), "dataset folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
     if not classes:
-        raise ValueError(f"{root}: no class folders found (expected root/<class>/<video files>)")
+        raise UserError(f"{root}: no class folders found (expected root/<class>/<video files>)")
     items = [(p, label, None, None) for label, cls in enumerate(classes)
              for p in sorted((root / cls).rglob("*")) if p.suffix.lower() in VIDEO_SUFFIXES]
     return _dataset(f"folders/{root.name}", [clean_name(c) for c in classes], items)

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from clip_model.errors import UserError
+
 from . import DATA_DIR
 
 RAW_FILES = {"ucf101": "ucf101", "hmdb51": "hmdb51", "kinetics400": "kinetics400", "kinetics600": "kinetics600",
@@ -33,7 +35,7 @@ def _compact(name: str) -> str:
 @lru_cache
 def raw_labels(name: str) -> tuple[str, ...]:
     if name not in RAW_FILES:
-        raise ValueError(f"no shipped class list {name!r}; choose one of {', '.join(SHIPPED)}")
+        raise UserError(f"no shipped class list {name!r}; choose one of {', '.join(SHIPPED)}")
     text = (DATA_DIR / "labels" / f"{RAW_FILES[name]}.txt").read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
@@ -65,11 +67,11 @@ def load_labels(spec: str) -> list[str]:
         return shipped_labels(spec)
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
+        raise UserError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
     lines = [(n, clean_name(line)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if line.strip()]
     if not lines:
-        raise ValueError(f"labels {spec!r}: no labels found (expected one label per line)")
+        raise UserError(f"labels {spec!r}: no labels found (expected one label per line)")
     names = [name for _, name in lines]
     check_unique_labels(names, f"{spec}: ", [n for n, _ in lines], "lines")
     return names
@@ -85,4 +87,4 @@ def check_unique_labels(names: Sequence[str], where: str = "", numbers: list[int
     twice = sorted((name, at) for name, at in seen.items() if len(at) > 1)
     if twice:
         listed = ", ".join(f"{name!r} ({unit} {', '.join(map(str, at))})" for name, at in twice)
-        raise ValueError(f"{where}duplicate labels: {listed}; give each label once")
+        raise UserError(f"{where}duplicate labels: {listed}; give each label once")

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clip_model.errors import UserError
+
 
 @dataclass(frozen=True)
 class VideoRecord:
@@ -25,5 +27,5 @@ class VideoDataset:
     def __post_init__(self) -> None:
         bad = [r for r in self.records if not 0 <= r.label < len(self.classnames)]
         if bad:
-            raise ValueError(f"{self.name}: {len(bad)} records have labels outside [0, {len(self.classnames)}), "
+            raise UserError(f"{self.name}: {len(bad)} records have labels outside [0, {len(self.classnames)}), "
                              f"e.g. {bad[0].path} with label {bad[0].label}")

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_model.errors import UserError
+
 from .synthetic import write_video
 
 ACTIONS = ("moving left", "moving right", "moving up", "moving down", "growing", "shrinking",
@@ -52,11 +54,11 @@ class WorldConfig:
     def __post_init__(self) -> None:
         unknown = sorted(set(self.actions) - set(ACTIONS))
         if unknown:
-            raise ValueError(f"unknown actions {unknown}; choose from {', '.join(ACTIONS)}")
+            raise UserError(f"unknown actions {unknown}; choose from {', '.join(ACTIONS)}")
         if self.size % 2 or self.size < 16:
-            raise ValueError(f"size ({self.size}) must be an even number >= 16 (H.264 needs even sizes)")
+            raise UserError(f"size ({self.size}) must be an even number >= 16 (H.264 needs even sizes)")
         if self.num_frames < 4:
-            raise ValueError(f"num_frames ({self.num_frames}) must be >= 4")
+            raise UserError(f"num_frames ({self.num_frames}) must be >= 4")
 
     @property
     def objects(self) -> list[tuple[str, str]]:
@@ -96,7 +98,7 @@ def caption(clip: Clip, form: str = "full") -> str:
         return f"a {clip.colour} thing {clip.action}"
     if form == "action":
         return f"something {clip.action}"
-    raise ValueError(f"caption form {form!r}: choose one of {', '.join(CAPTION_FORMS)}")
+    raise UserError(f"caption form {form!r}: choose one of {', '.join(CAPTION_FORMS)}")
 
 
 def clip_keys(cfg: WorldConfig, clip: Clip) -> tuple[int, int, int]:

@@ -10,8 +10,11 @@ import json
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from clip_model.errors import UserError
 
 from .model.runtime import RuntimeSettings  # light: the options every model job shares
 
@@ -27,7 +30,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from .jobs.classify import ClassifySettings, classify_videos
 
     if not args.labels and not args.probe:
-        raise ValueError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
+        raise UserError("classify needs --labels (zero-shot) or --probe (a saved linear probe)")
     classnames = tuple(load_labels(args.labels)) if args.labels else ()  # before the precision is timed
     probe = LinearProbe.load(args.probe) if args.probe else None
     settings = ClassifySettings(
@@ -92,15 +95,12 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from .jobs.tag.job import TagSettings, tag
 
     if not args.labels:
-        raise ValueError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
-    if args.precision == "auto" and (recorded := recorded_precision(Path(args.out))):
-        print(f"precision: {recorded} (auto: the index being resumed was tagged in {recorded})", file=sys.stderr)
-        args.precision = recorded  # a resume continues in the precision its rows were written in
-    settings = TagSettings(
-        runtime=RuntimeSettings.from_arguments(args), labels=tuple(load_labels(args.labels)), templates=args.templates,
-        pooling=args.pooling, num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
-        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above,
-    )
+        raise UserError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
+    settings = TagSettings(  # a resume continues in the precision its rows were written in
+        RuntimeSettings.from_arguments(args, resumed_precision=recorded_precision(Path(args.out))),
+        labels=tuple(load_labels(args.labels)), templates=args.templates, pooling=args.pooling,
+        num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
+        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
@@ -113,7 +113,7 @@ def cmd_retag(args: argparse.Namespace) -> int:
     from .jobs.tag.query import retag
 
     if args.above is not None and not 0 < args.above < 1:
-        raise ValueError(f"--above {args.above}: must lie in (0, 1)")
+        raise UserError(f"--above {args.above}: must lie in (0, 1)")
     out = retag(args.index, load_labels(args.labels), args.out, templates=args.templates, topk=args.topk,
                 device=args.device, above=args.above)
     print(f"re-tagged {args.index} with {args.labels}: rows in {out}")
@@ -130,8 +130,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     for hit in hits:
         hit["path"] = shown_name(hit["path"])  # a name that is not UTF-8 prints with its odd bytes as \xHH
     if args.format == "json":
-        for hit in hits:
-            print(json.dumps(hit))
+        print("\n".join(json.dumps(hit) for hit in hits), end="\n" if hits else "")  # one object per line
         return 0
     if not hits:
         print(f"no hits for {args.query!r} in {args.index}" + (" with these filters" if where.sql() else ""))
@@ -147,9 +146,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     reports = [verify_index(index.folder) for index in open_indexes(Path(args.index))]
     for report in reports:
-        print(report.line())
-        for problem in report.damaged:
-            print(f"  damaged: {problem}")
+        print(report.line(), *(f"  damaged: {problem}" for problem in report.damaged), sep="\n")
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -356,8 +353,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    from clip_model import CheckpointError
-
     from .video.supervisor import keep_freed_memory
 
     torch.set_grad_enabled(False)
@@ -370,17 +365,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print(str(e) if str(e).startswith("interrupted") else "interrupted", file=sys.stderr)
         return 128 + _signal_received[0]
-    except (CheckpointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (UserError, ImportError) as e:  # what the user gave or installed cannot be used: the message says
+        print(f"error: {e}", file=sys.stderr)  # what and what to do (a missing package: pip install ...)
         return 2
-    except OSError as e:  # a full disk, a read-only folder, a permission: the file and what the system said
+    except OSError as e:  # a missing file, a full disk, a read-only folder: the file and what the system said
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except Exception as e:  # anything else is a bug of ours, whatever its type: say so, with where it happened
+        print(bug_report(e), file=sys.stderr)
+        return BUG_EXIT
     finally:
         from .video.supervisor import reap_helpers
 
         reap_helpers()
+
+
+BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error, not a usage error (2)
+
+
+def bug_report(e: BaseException) -> str:
+    """The innermost 6 frames of an unexpected exception (where it happened), saying it is a bug and what to send."""
+    return "".join(traceback.TracebackException.from_exception(e, limit=-6).format()).rstrip() + (
+        "\ninternal error: this is a bug in clip-video, not in what you passed; please report it with the command "
+        "line and the lines above")
 
 
 _signal_received = [signal.SIGINT.value]

@@ -17,7 +17,7 @@ from ..config import (
     VisionConfig,
     config_from_state_dict,
 )
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..hf_layout import HF_LAYER
 from .containers import NON_WEIGHT_KEYS
 
@@ -46,7 +46,7 @@ def _convert_hf_layers(sd: Mapping[str, torch.Tensor], src: str, dst: str, layer
 def convert_hf(sd: Mapping[str, torch.Tensor], config: CLIPConfig) -> dict[str, torch.Tensor]:
     """transformers' CLIPModel -> OpenAI layout: fuse q/k/v, rename, and transpose the two projections."""
     if not isinstance(config.vision.layers, int):
-        raise ValueError(f"transformers' CLIPModel has a ViT image tower only; config has ResNet layers "
+        raise UserError(f"transformers' CLIPModel has a ViT image tower only; config has ResNet layers "
                          f"{config.vision.layers}")
     v, t = "vision_model.", "text_model."
     out = {

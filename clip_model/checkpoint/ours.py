@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..config import CLIPConfig, PreprocessConfig, check_recorded_protocol
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UserError
 from ..siglip import SigLIP
 
 if TYPE_CHECKING:  # annotations only
@@ -75,10 +75,10 @@ def save_checkpoint(model: CLIP | SigLIP, path: str | Path, extra: Mapping[str, 
     every job then takes as its default.
     """
     if protocol is not None and (problem := check_recorded_protocol(protocol)):
-        raise ValueError(f"{path}: cannot record that protocol: {problem}")
+        raise UserError(f"{path}: cannot record that protocol: {problem}")
     architecture = type(model).__name__
     if architecture not in CONFIG_TYPES:
-        raise ValueError(f"{path}: cannot save a {architecture}; our format holds {', '.join(CONFIG_TYPES)}")
+        raise UserError(f"{path}: cannot save a {architecture}; our format holds {', '.join(CONFIG_TYPES)}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     obj = {

@@ -10,6 +10,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from clip_model.errors import UserError
+
 DEFAULT_C_GRID = tuple(float(c) for c in 10.0 ** np.arange(-4, 5))  # refined by half-decades around the best
 
 
@@ -22,9 +24,9 @@ class ProbeSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction ({self.val_fraction}) must lie in (0, 1)")
+            raise UserError(f"val_fraction ({self.val_fraction}) must lie in (0, 1)")
         if not self.c_grid or min(self.c_grid) <= 0:
-            raise ValueError(f"c_grid must hold positive values, got {self.c_grid}")
+            raise UserError(f"c_grid must hold positive values, got {self.c_grid}")
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ class LinearProbe:
                 header = json.loads(str(z["header"]))
                 coef, intercept = z["coef"], z["intercept"]
         except (OSError, ValueError, KeyError) as e:
-            raise ValueError(f"{path}: not a saved linear probe ({e})") from None
+            raise UserError(f"{path}: not a saved linear probe ({e})") from None
         if header.get("format") != "clip_video.linear_probe":
-            raise ValueError(f"{path}: not a saved linear probe (format {header.get('format')!r})")
+            raise UserError(f"{path}: not a saved linear probe (format {header.get('format')!r})")
         return cls(tuple(header["classnames"]), coef, intercept, float(header["C"]),
                    {float(k): v for k, v in header["val_accuracy"].items()}, header.get("fitted_on") or {})
 
@@ -95,7 +97,7 @@ def check_fitted_on(probe: LinearProbe, path: str | Path, spec: str) -> None:
     if not probe.fitted_on:
         return
     if _weights_identity(spec) != probe.fitted_on["identity"]:
-        raise ValueError(f"{path}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
+        raise UserError(f"{path}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
                          f"{spec}: leave --model out to use its own, or fit a probe on {spec} (benchmark, protocol "
                          "linear_probe)")
 

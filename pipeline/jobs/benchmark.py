@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from clip_model import cache_dir as default_cache_dir
+from clip_model.errors import UserError
 from configs.schema import BenchmarkConfig
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
 from datasets.labels import clean_name, load_labels
@@ -62,22 +63,22 @@ def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None
     d = cfg.dataset
     if d.format in ("ucf101", "hmdb51"):
         if d.annotations is None:
-            raise ValueError(f"dataset.annotations (the folder of split files) is required for format {d.format}")
+            raise UserError(f"dataset.annotations (the folder of split files) is required for format {d.format}")
         read_split = read_ucf101 if d.format == "ucf101" else read_hmdb51
         return read_split(d.root, d.annotations, split, subset)
     if d.format == "folders":
         return read_folders(annotations if subset == "train" and annotations else d.root)
     if annotations is None:
-        raise ValueError(f"dataset.annotations is required for format {d.format}")
+        raise UserError(f"dataset.annotations is required for format {d.format}")
     if d.format == "kinetics":
         return read_kinetics(d.root, annotations, classes=d.classes or "auto", subset=d.subset)
     if d.format == "ssv2":
         if not d.labels_json:
-            raise ValueError("dataset.labels_json is required for format ssv2")
+            raise UserError("dataset.labels_json is required for format ssv2")
         return read_ssv2(d.root, d.labels_json, annotations)
     if d.format == "list":
         if not d.classes:
-            raise ValueError("dataset.classes (a labels file or shipped list) is required for format list")
+            raise UserError("dataset.classes (a labels file or shipped list) is required for format list")
         return read_list(d.root, annotations, load_labels(d.classes))
     if d.format == "csv":
         return read_csv(d.root, annotations, load_labels(d.classes) if d.classes else None)
@@ -100,10 +101,10 @@ def load_splits(cfg: BenchmarkConfig) -> list[SplitData]:
     for s in splits:
         for ds in (s.test, s.train):
             if ds is not None and ds.missing and not d.skip_missing:
-                raise ValueError(f"{ds.name}: {len(ds.missing)} annotated videos are missing, e.g. {ds.missing[0]}; "
+                raise UserError(f"{ds.name}: {len(ds.missing)} annotated videos are missing, e.g. {ds.missing[0]}; "
                                  "fix dataset.root or set dataset.skip_missing=true to skip them")
             if ds is not None and not ds.records:
-                raise ValueError(f"{ds.name}: no videos found under {d.root}")
+                raise UserError(f"{ds.name}: no videos found under {d.root}")
     return splits
 
 
@@ -124,7 +125,7 @@ def restrict(ds: VideoDataset, names: list[str]) -> VideoDataset:
     remap = {i: position[clean_name(c)] for i, c in enumerate(ds.classnames) if clean_name(c) in position}
     unknown = sorted(set(map(clean_name, names)) - {clean_name(c) for c in ds.classnames})
     if unknown:
-        raise ValueError(f"{ds.name}: subset classes {unknown[:3]} are not in the dataset ({len(unknown)} in all)")
+        raise UserError(f"{ds.name}: subset classes {unknown[:3]} are not in the dataset ({len(unknown)} in all)")
     records = tuple(dataclasses.replace(r, label=remap[r.label]) for r in ds.records if r.label in remap)
     return VideoDataset(ds.name, tuple(names), records, ds.missing)
 

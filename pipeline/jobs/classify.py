@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from clip_model.errors import UserError
 from datasets.labels import check_unique_labels
 from pipeline.eval.linear_probe import LinearProbe, check_fitted_on
 from pipeline.features.clip_features import extract_features
@@ -42,15 +43,15 @@ class ClassifySettings:
         check_unique_labels(self.classnames)
         for name in ("num_frames", "clips", "topk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
+                raise UserError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.crops not in (1, 3):
-            raise ValueError(f"crops ({self.crops}) must be 1 or 3")
+            raise UserError(f"crops ({self.crops}) must be 1 or 3")
         if self.pooling is not None and self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+            raise UserError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
-            raise ValueError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
+            raise UserError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
         if not self.classnames and self.probe is None:
-            raise ValueError("classnames must not be empty")
+            raise UserError("classnames must not be empty")
 
     def sampling(self, num_frames: int) -> Sampling:
         if self.clips == 1:
@@ -96,7 +97,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
                        settings.num_frames or recorded.get("num_frames"))
     num_frames = model.frames
     if probe is not None and probe.coef.shape[1] != model.embed_dim:  # a probe saved before fitted_on was recorded
-        raise ValueError(f"{settings.probe}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
+        raise UserError(f"{settings.probe}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
                          f"gives {model.embed_dim}: pass the --model it was fitted on")
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:  # CLIP: softmax over the labels; SigLIP: a sigmoid per label; X-CLIP: texts seen by each video

@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 
 import clip_model
+from clip_model.errors import UserError
 from clip_model.names import RANDOM_PREFIX
 from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
@@ -140,13 +141,13 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise ValueError(f"{path}: cannot read the training checkpoint ({type(e).__name__}: {e}); delete it or "
+        raise UserError(f"{path}: cannot read the training checkpoint ({type(e).__name__}: {e}); delete it or "
                          "pass --restart to start over") from None
     if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_TAG:
-        raise ValueError(f"{path}: not a training checkpoint of this project")
+        raise UserError(f"{path}: not a training checkpoint of this project")
     changed = changed_settings(state["config"], config_dict(cfg), ignore=RESUME_FREE)
     if changed:
-        raise ValueError(f"{path}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
+        raise UserError(f"{path}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
                          "restore them, use another output_dir, or pass --restart")
     return state
 

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from clip_model.errors import UserError
 from datasets.world import CAPTION_FORMS, Clip, WorldConfig, caption, caption_keys, clip_keys, is_held_out, render
 from pipeline.video.open import open_video
 from pipeline.video.reader import VideoDecodeError
@@ -86,7 +87,7 @@ class ClipPool:
 
     def __init__(self, frames: torch.Tensor, captions: list[str], seed: int = 0):
         if len(frames) != len(captions) or not len(captions):
-            raise ValueError(f"a clip pool needs one caption per clip and at least one clip "
+            raise UserError(f"a clip pool needs one caption per clip and at least one clip "
                              f"({len(frames)} clips, {len(captions)} captions)")
         self.frames, self.captions, self.seed = frames, captions, seed
         self.num_frames = frames.shape[1]
@@ -102,9 +103,9 @@ class ClipPool:
             with open(captions_csv, newline="", encoding="utf-8") as f:
                 rows = list(csv.DictReader(f))
         except OSError as e:
-            raise ValueError(f"{captions_csv}: cannot read the captions CSV: {e.strerror}") from None
+            raise UserError(f"{captions_csv}: cannot read the captions CSV: {e.strerror}") from None
         if not rows or not {"path", "caption"} <= set(rows[0]):
-            raise ValueError(f"{captions_csv}: a captions CSV needs a header with 'path' and 'caption' and one row "
+            raise UserError(f"{captions_csv}: a captions CSV needs a header with 'path' and 'caption' and one row "
                              "per clip")
         frames, size = [], None
         for r in rows:
@@ -113,9 +114,9 @@ class ClipPool:
                 with open_video(path) as reader:
                     clip = reader.get_frames(segment_indices(reader.num_frames, num_frames))
             except VideoDecodeError as e:
-                raise ValueError(f"{captions_csv}: {e}") from None
+                raise UserError(f"{captions_csv}: {e}") from None
             if size is not None and clip.shape[1:] != size:
-                raise ValueError(f"{path}: frames are {clip.shape[1:3]}, other clips {size[:2]}; resize the clips "
+                raise UserError(f"{path}: frames are {clip.shape[1:3]}, other clips {size[:2]}; resize the clips "
                                  "to one size for training")
             size = clip.shape[1:]
             frames.append(clip)

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from clip_model.errors import UserError
+
 Visual = Literal["frames", "neighbour_frames", "clips"]
 Text = Literal["embeddings", "template_probabilities", "video_conditioned"]
 Scoring = Literal["softmax", "sigmoid"]  # over the labels (they sum to one) | each label its own probability
@@ -118,4 +120,4 @@ def family(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise ValueError(f"model family {name!r} has no protocol; known families: {', '.join(FAMILIES)}") from None
+        raise UserError(f"model family {name!r} has no protocol; known families: {', '.join(FAMILIES)}") from None

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_model.errors import UserError
+
 
 def mean_pool(frame_features: torch.Tensor) -> torch.Tensor:
     """(..., T, E) raw frame embeddings -> (..., E) unit vectors: average, then L2-normalise (as ViFi-CLIP)."""
@@ -36,11 +38,11 @@ def pool_views(frame_features: torch.Tensor, pooling: str, head: nn.Module | Non
         return F.normalize(frame_features, dim=-1).mean(dim=-2)
     if pooling == "temporal":
         if head is None:
-            raise ValueError("temporal pooling needs a trained temporal pooler (a checkpoint written by train)")
+            raise UserError("temporal pooling needs a trained temporal pooler (a checkpoint written by train)")
         return temporal_pool(frame_features, head)
     if pooling == "mean":
         return mean_pool(frame_features)
     if pooling == "max":
         return max_pool(frame_features)
-    raise ValueError(f"pooling {pooling!r}: choose mean, max, temporal or mean_of_unit")
+    raise UserError(f"pooling {pooling!r}: choose mean, max, temporal or mean_of_unit")
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import clip_model
+from clip_model.errors import UserError
 from datasets import DATA_DIR
 
 from .families import template_sets
@@ -30,11 +31,11 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
     path = Path(spec)
     if not path.is_file():
         names = "|".join([*named, "ucf101", "kinetics700"])
-        raise ValueError(f"templates {spec!r}: not {names} and no such file")
+        raise UserError(f"templates {spec!r}: not {names} and no such file")
     templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
     bad = [t for t in templates if "{}" not in t and "{0}" not in t]
     if not templates or bad:
-        raise ValueError(f"{path}: every template line must contain '{{}}' (or '{{0}}'); offending: "
+        raise UserError(f"{path}: every template line must contain '{{}}' (or '{{0}}'); offending: "
                          f"{bad[:3] or 'file is empty'}")
     return templates
 

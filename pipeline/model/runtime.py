@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from clip_model.errors import UserError
 from pipeline.video import BACKENDS, Backend
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -26,18 +27,18 @@ class RuntimeSettings:
 
     def __post_init__(self) -> None:
         if not self.model:
-            raise ValueError("model must not be empty: a published name, a checkpoint path or random:<arch>")
+            raise UserError("model must not be empty: a published name, a checkpoint path or random:<arch>")
         if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
-            raise ValueError(f"device {self.device!r}: choose auto, cpu, cuda or cuda:N")
+            raise UserError(f"device {self.device!r}: choose auto, cpu, cuda or cuda:N")
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
+            raise UserError(f"precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
         if self.backend not in BACKENDS:
-            raise ValueError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise UserError(f"backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
         for name in ("batch_size", "decode_workers"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
+                raise UserError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.decode_timeout_s <= 0:
-            raise ValueError(f"decode_timeout_s ({self.decode_timeout_s}) must be > 0")
+            raise UserError(f"decode_timeout_s ({self.decode_timeout_s}) must be > 0")
 
 
     @classmethod
@@ -63,13 +64,18 @@ class RuntimeSettings:
                        help="seconds a decode worker may go without a result (tag: without a chunk) before it is killed")
 
     @classmethod
-    def from_arguments(cls, args: argparse.Namespace, model: str | None = None) -> RuntimeSettings:
+    def from_arguments(cls, args: argparse.Namespace, model: str | None = None,
+                       resumed_precision: str | None = None) -> RuntimeSettings:
         """The settings ``add_arguments`` parsed, with ``--precision auto`` resolved for this machine (and said on
         stderr): what runs, and what the tag index and classify's JSON record, is the precision it resolved to.
-        ``model``: the one to use when ``--model`` is not given (else the default)."""
+        ``model``: the one to use when ``--model`` is not given (else the default); ``resumed_precision``: the one
+        the output being resumed was written in, which auto keeps."""
         from .loading import resolve_device, resolve_precision
 
-        precision, why = resolve_precision(args.precision, resolve_device(args.device))
+        if args.precision == "auto" and resumed_precision:
+            precision, why = resumed_precision, f"auto: the index being resumed was tagged in {resumed_precision}"
+        else:
+            precision, why = resolve_precision(args.precision, resolve_device(args.device))
         if args.precision == "auto":
             print(f"precision: {precision} ({why})", file=sys.stderr)
         return cls(args.model or model or cls.model, args.device, precision,  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import clip_model
+from clip_model.errors import UserError
 
 from .families import family, recorded_templates
 from .pooling import pool_views
@@ -46,7 +47,7 @@ class VideoTextModel:
         pooling = pooling or self.protocol.pooling
         self.visual.check_pooling(name, pooling)
         if pooling == "temporal" and head is None:
-            raise ValueError(f"{name}: pooling temporal needs a checkpoint with a temporal pooler (written by train, "
+            raise UserError(f"{name}: pooling temporal needs a checkpoint with a temporal pooler (written by train, "
                              "or ActionCLIP's); this one has none: use pooling mean")
         self.pooling = pooling
         self.frames: int = self.visual.frames  # frames per clip or window, resolved once, here
@@ -93,7 +94,7 @@ class VideoTextModel:
         if asked is None or asked == self.frames:
             return self.frames
         if self.joint:
-            raise ValueError(f"{self.name}: loaded for {self.frames} frames per clip, which {self.family} encodes "
+            raise UserError(f"{self.name}: loaded for {self.frames} frames per clip, which {self.family} encodes "
                              f"together; {asked} cannot run on it (pass the count when the model is loaded)")
         return asked
 
@@ -102,7 +103,7 @@ class VideoTextModel:
         through the model together in groups of another size."""
         if self.joint and frames != self.group:
             got = "every frame of the video" if frames is None else f"{frames} frame{'s' * (frames != 1)} per clip"
-            raise ValueError(f"{self.name}: {self.family} encodes each clip's {self.group} frames together; a sampling "
+            raise UserError(f"{self.name}: {self.family} encodes each clip's {self.group} frames together; a sampling "
                              f"of {got} (frames: centre or all) cannot run on it: sample {self.group} frames")
 
     # ---- frames -> features -> states -----------------------------------------------------------------------------

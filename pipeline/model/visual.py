@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_model.errors import UserError
+
 from .families import Visual
 from .pooling import pool_views
 from .state import VideoState
@@ -93,7 +95,7 @@ class ClipVisual(NeighbourVisual):
         video = cast("clip_model.XCLIP", model)
         built = video.num_frames
         if asked not in (None, built):
-            raise ValueError(f"{name}: this X-CLIP checkpoint was built for {built} frames per clip (its "
+            raise UserError(f"{name}: this X-CLIP checkpoint was built for {built} frames per clip (its "
                              f"frame-integration transformer has {built} positions); --num-frames {asked} cannot "
                              f"run on it: leave it out, or use a {asked}-frame checkpoint")
         super().__init__(model, name, built, built)
@@ -103,7 +105,7 @@ class ClipVisual(NeighbourVisual):
 
     def check_pooling(self, name: str, pooling: str) -> None:
         if pooling != "mean":
-            raise ValueError(f"{name}: X-CLIP pools a clip's frames with its own transformer (MIT); pooling "
+            raise UserError(f"{name}: X-CLIP pools a clip's frames with its own transformer (MIT); pooling "
                              f"{pooling!r} does not apply to it (leave --pooling out)")
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,6 +32,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from clip_model.errors import UserError
+
 from ..tag.index_state import IndexDamaged
 from ..tag.query import SearchFilter
 from .archive import Archive, FileChanged, ListedFile, NotFound
@@ -160,7 +162,7 @@ def serve(index: str | Path, host: str = "127.0.0.1", port: int = 8000, token: s
     import uvicorn
 
     if not is_loopback(host) and not token:
-        raise ValueError(f"--host {host} is reachable from other machines: pass --token SECRET (every request must "
+        raise UserError(f"--host {host} is reachable from other machines: pass --token SECRET (every request must "
                          "carry it), or bind to 127.0.0.1")
     # DNS rebinding: a page on another site whose name resolves to 127.0.0.1 sends its own name as Host
     hosts = ["127.0.0.1", "localhost", "::1", "[::1]"] + ([host] if host not in ("0.0.0.0", "::") else ["*"])
@@ -183,5 +185,5 @@ def listening_socket(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         busy = " (another server has it: pick another --port)" if e.errno == errno.EADDRINUSE else ""
-        raise ValueError(f"--host {host} --port {port}: cannot listen there: {e.strerror}{busy}") from None
+        raise UserError(f"--host {host} --port {port}: cannot listen there: {e.strerror}{busy}") from None
     return sock

@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from clip_model.errors import UserError
+
 LISTING_FAILURE = "cannot list folder"  # the reason of a folder's error row (re-listed on every run)
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
@@ -24,15 +26,15 @@ def discover(source: str | Path, include: Sequence[str] = (), exclude: Sequence[
     """
     source = Path(source).expanduser()
     if not source.exists():
-        raise ValueError(f"{source}: no such archive folder or manifest file")
+        raise UserError(f"{source}: no such archive folder or manifest file")
     errors: list[dict] = []
     if source.is_file() and (include or exclude):
-        raise ValueError(f"{source}: --include/--exclude filter a folder's files; a manifest lists its files itself")
+        raise UserError(f"{source}: --include/--exclude filter a folder's files; a manifest lists its files itself")
     if source.is_file():
         try:
             lines = os.fsdecode(source.read_bytes()).splitlines()
         except OSError as e:
-            raise ValueError(f"{source}: cannot read the manifest: {e.strerror}") from None
+            raise UserError(f"{source}: cannot read the manifest: {e.strerror}") from None
         paths = []
         for line in lines:
             if line.strip() and not line.lstrip().startswith("#"):

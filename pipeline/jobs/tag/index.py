@@ -4,7 +4,6 @@
       state.json          format, settings, each table's committed version, the next video id (``index_state``)
       videos.lance/       one row per tagged path (its stamp, status, failure, top labels, poster)
       embeddings.lance/   one row per video and per window: a float16 unit vector (the columns: ``index_state``)
-
 Lance (``pylance``): atomic appends as versions, reads at any committed version, vector indexes, streamed batches.
 
 Exactly once. A writer takes ``writer.lock`` before it writes anything (a second writer is refused). A commit deletes
@@ -38,6 +37,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
+
+from clip_model.errors import UserError
 
 from .checksums import checksums, differing, version_files
 from .index_state import (
@@ -146,7 +147,7 @@ class TagIndex:
         """The index in ``folder`` to write, created if the folder holds none; ``restart`` discards what it holds.
         The lock comes first, so two writers racing to create it cannot overwrite each other's state."""
         if folder.exists() and not folder.is_dir():
-            raise ValueError(f"{folder}: is a file, not a tag index folder; remove it or use another --out")
+            raise UserError(f"{folder}: is a file, not a tag index folder; remove it or use another --out")
         folder.mkdir(parents=True, exist_ok=True)
         lock = writer_lock(folder)
         try:
@@ -390,7 +391,7 @@ def open_indexes(folder: Path, write: bool = False) -> list[TagIndex]:
         return [TagIndex.open(folder, write)]
     ranks = sorted(f for f in folder.glob("rank-*") if (f / "state.json").exists() or (f / "manifest.json").exists())
     if not ranks:
-        raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
+        raise UserError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
     return [TagIndex.open(f, write) for f in ranks]
 
 

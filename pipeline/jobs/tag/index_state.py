@@ -13,6 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from clip_model.errors import UserError
+
 FORMAT = "clip_video.tag_index"
 FORMAT_VERSION = 3  # 1: manifest.json with JSON and .npz parts (migrated by ``migrate``); 3: Lance tables
 TABLES = ("videos", "embeddings")
@@ -84,19 +86,19 @@ class IndexState:
         path = folder / "state.json"
         if not path.exists():
             if (folder / "manifest.json").exists():
-                raise ValueError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
+                raise UserError(f"{folder}: a tag index in the old format (manifest.json and parts); convert it once "
                                  f"with: run_pipeline.py migrate-index {folder}")
             if any((folder / f"{name}.lance").exists() for name in TABLES):
-                raise ValueError(f"{folder}: the tables are here but state.json is gone; rebuild it with "
+                raise UserError(f"{folder}: the tables are here but state.json is gone; rebuild it with "
                                  f"run_pipeline.py repair-index {folder}, or start over with tag --restart")
-            raise ValueError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
+            raise UserError(f"{folder}: not a tag index (no state.json); pass the OUT.index folder tag wrote")
         try:
             data = json.loads(path.read_text())
             state = cls(**data)
         except (OSError, json.JSONDecodeError, TypeError) as e:
-            raise ValueError(f"{path}: unreadable tag index state ({e}); delete the folder to start over") from None
+            raise UserError(f"{path}: unreadable tag index state ({e}); delete the folder to start over") from None
         if state.format != FORMAT or state.format_version != FORMAT_VERSION:
-            raise ValueError(f"{path}: tag index format {state.format} v{state.format_version}, this version reads "
+            raise UserError(f"{path}: tag index format {state.format} v{state.format_version}, this version reads "
                              f"{FORMAT} v{FORMAT_VERSION}")
         return state
 
@@ -126,7 +128,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         os.close(folder_fd)
 
 
-class IndexDamaged(ValueError):
+class IndexDamaged(UserError):
     """A file of the index does not match its checksum, or a read of it failed."""
 
     def __init__(self, folder: Path, table: str, file: str):
@@ -143,7 +145,7 @@ def writer_lock(folder: Path) -> Any:
 
 def exclusive_lock(path: Path, busy: str) -> Any:
     """An open file holding ``flock(LOCK_EX)`` on ``path`` (released when closed, or when the process ends); a lock
-    held elsewhere raises ``ValueError(busy)``."""
+    held elsewhere raises ``UserError(busy)``."""
     import fcntl
 
     handle = open(path, "a")  # noqa: SIM115 - held open for as long as the lock is
@@ -151,7 +153,7 @@ def exclusive_lock(path: Path, busy: str) -> Any:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise ValueError(busy) from None
+        raise UserError(busy) from None
     return handle
 
 

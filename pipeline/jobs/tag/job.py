@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clip_model.config import PreprocessConfig
+from clip_model.errors import UserError
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
@@ -68,19 +69,19 @@ class TagSettings:
 
     def __post_init__(self) -> None:
         if not self.labels:
-            raise ValueError("tag needs at least one label")
+            raise UserError("tag needs at least one label")
         check_unique_labels(self.labels)
         if self.above is not None and not 0 < self.above < 1:
-            raise ValueError(f"above ({self.above}) must lie in (0, 1)")
+            raise UserError(f"above ({self.above}) must lie in (0, 1)")
         for key in ("num_frames", "topk", "commit_every"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
-                raise ValueError(f"{key} ({getattr(self, key)}) must be >= 1")
+                raise UserError(f"{key} ({getattr(self, key)}) must be >= 1")
         if self.chunk_mb <= 0:
-            raise ValueError(f"chunk_mb ({self.chunk_mb}) must be > 0")
+            raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
-            raise ValueError("window_s and stride_s must be > 0")
+            raise UserError("window_s and stride_s must be > 0")
         if self.pooling not in (None, "mean", "max", "temporal", "mean_of_unit"):
-            raise ValueError(f"pooling {self.pooling!r}: choose mean, max, temporal or mean_of_unit")
+            raise UserError(f"pooling {self.pooling!r}: choose mean, max, temporal or mean_of_unit")
 
     def resolved(self, model: VideoTextModel) -> TagSettings:
         """The settings with the model's defaults filled in (templates, frames per window), checked against it."""
@@ -145,7 +146,7 @@ def open_for_tagging(folder: Path, identity: dict, dim: int, restart: bool = Fal
     index = TagIndex.open_writer(folder, identity, dim, restart)
     if changed := changed_settings(SETTINGS_BEFORE_RECORDED | index.state.settings, identity):
         index.close()
-        raise ValueError(f"{folder}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
+        raise UserError(f"{folder}: cannot resume, settings changed since it was written: {'; '.join(changed)}; "
                          "use another --out, or --restart to discard the index and start over")
     return index
 
@@ -311,7 +312,7 @@ def disk_error(e: OSError, out: Path) -> Exception:
     """A full or read-only disk under ``out`` as one line (committed work is kept); any other OSError as it is."""
     text = f"{e.strerror or ''} {e}".lower()
     if e.errno in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "quota exceeded" in text:
-        return ValueError(f"{out}: no space left on device; committed work is kept")
+        return UserError(f"{out}: no space left on device; committed work is kept")
     if e.errno == errno.EROFS or "read-only file system" in text:
-        return ValueError(f"{out}: read-only file system; committed work is kept")
+        return UserError(f"{out}: read-only file system; committed work is kept")
     return e

@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from clip_model.errors import UserError
+
 from .checksums import differing, version_files
 from .index import TagIndex
 from .index_state import SETTINGS_KEY, IndexState, import_lance, writer_lock
@@ -77,16 +79,16 @@ def repair_index(folder: Path) -> IndexState:
     lock = writer_lock(folder)
     try:
         if (folder / "state.json").exists():
-            raise ValueError(f"{folder}: state.json is there; nothing to repair (run_pipeline.py verify checks it)")
+            raise UserError(f"{folder}: state.json is there; nothing to repair (run_pipeline.py verify checks it)")
         lance = import_lance()
         paths = {name: folder / f"{name}.lance" for name in TagIndex.TABLES}
         if not all(p.is_dir() for p in paths.values()):
-            raise ValueError(f"{folder}: no tables to rebuild state.json from (need videos.lance and embeddings.lance);"
+            raise UserError(f"{folder}: no tables to rebuild state.json from (need videos.lance and embeddings.lance);"
                              " tag again with --restart")
         latest = {name: lance.dataset(str(p)) for name, p in paths.items()}
         meta = latest["embeddings"].schema.metadata or {}
         if SETTINGS_KEY not in meta:
-            raise ValueError(f"{folder}: its tables do not record their settings (written before repair was possible);"
+            raise UserError(f"{folder}: its tables do not record their settings (written before repair was possible);"
                              " tag again with --restart")
         recorded = json.loads(meta[SETTINGS_KEY])
         candidates = {name: sorted((v["version"] for v in ds.versions()), reverse=True)[:6]
@@ -109,7 +111,7 @@ def repair_index(folder: Path) -> IndexState:
                     lock = None  # closed with the index
                     index.close()
                     return index.state
-        raise ValueError(f"{folder}: no versions of the two tables agree; tag again with --restart")
+        raise UserError(f"{folder}: no versions of the two tables agree; tag again with --restart")
     finally:
         if lock is not None:
             lock.close()

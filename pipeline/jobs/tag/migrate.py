@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_model.errors import UserError
 from clip_model.names import RANDOM_PREFIX
 from pipeline.video.supervisor import Failure
 
@@ -37,7 +38,7 @@ def old_identity(key: str) -> dict:
         files = [[name, int(size), int(mtime)] for name, size, mtime in
                  (item.rsplit(":", 2) for item in parts[1].split(",") if item)]
         return {"spec": parts[0], "precision": parts[2], "files": files}
-    raise ValueError(f"unrecognised model key {key!r} in an old tag index")
+    raise UserError(f"unrecognised model key {key!r} in an old tag index")
 
 
 def migrate_index(folder: str | Path, device: str = "auto") -> list[Path]:
@@ -47,14 +48,14 @@ def migrate_index(folder: str | Path, device: str = "auto") -> list[Path]:
         return [_migrate_one(folder, device)]
     ranks = sorted(f for f in folder.glob("rank-*") if (f / "manifest.json").exists())
     if not ranks:
-        raise ValueError(f"{folder}: no old-format tag index here (no manifest.json); nothing to migrate")
+        raise UserError(f"{folder}: no old-format tag index here (no manifest.json); nothing to migrate")
     return [_migrate_one(f, device) for f in ranks]
 
 
 def _migrate_one(folder: Path, device: str) -> Path:
     manifest = json.loads((folder / "manifest.json").read_text())
     if manifest.get("version") != OLD_VERSION:
-        raise ValueError(f"{folder / 'manifest.json'}: index version {manifest.get('version')} is not the old "
+        raise UserError(f"{folder / 'manifest.json'}: index version {manifest.get('version')} is not the old "
                          f"format ({OLD_VERSION}); nothing to migrate")
     settings = dict(manifest["settings"]) | {"model": old_identity(manifest["settings"]["model"])}
     model = index_model(settings, device)

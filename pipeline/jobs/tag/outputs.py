@@ -17,6 +17,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import torch
 
+from clip_model.errors import UserError
 from pipeline.model.prompts import load_templates
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer, VideoTextModel
@@ -151,7 +152,7 @@ def _next_state(stream: Iterator[tuple[int, np.ndarray, np.ndarray | None]], vid
                 ) -> tuple[np.ndarray, np.ndarray | None]:
     got, vector, toks = next(stream, (None, None, None))
     if got != video_id or vector is None:  # the commit protocol keeps the two tables in step; anything else is a damaged index
-        raise ValueError(f"tag index: video {video_id} has no video embedding in step (found {got}); the index is "
+        raise UserError(f"tag index: video {video_id} has no video embedding in step (found {got}); the index is "
                          "damaged, tag into a new --out")
     return vector, toks
 
@@ -338,22 +339,22 @@ def check_output(out: Path, index: Path | None = None) -> None:
     """Refuse a bad ``--out`` (and the ``index`` folder beside it) before any work is done; create its folder, as
     benchmark and train do."""
     if out.suffix not in FORMATS:
-        raise ValueError(f"--out {out}: the file name must end in {', '.join(FORMATS)}")
+        raise UserError(f"--out {out}: the file name must end in {', '.join(FORMATS)}")
     for path in (out, sibling(out, "segments"), sibling(out, "errors")):
         if path.is_dir():
-            raise ValueError(f"--out {out}: {path}: is a folder; name a file")
+            raise UserError(f"--out {out}: {path}: is a folder; name a file")
     if index is not None and index.exists() and not index.is_dir():
-        raise ValueError(f"--out {out}: {index}: is a file, not a tag index folder; remove it or use another --out")
+        raise UserError(f"--out {out}: {index}: is a file, not a tag index folder; remove it or use another --out")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise ValueError(f"--out {out}: {parent} is not a folder") from None
+        raise UserError(f"--out {out}: {parent} is not a folder") from None
     except OSError as e:
-        raise ValueError(f"--out {out}: cannot create folder {parent}: {e.strerror}") from None
+        raise UserError(f"--out {out}: cannot create folder {parent}: {e.strerror}") from None
     for folder in (parent, *([index] if index is not None and index.is_dir() else [])):
         if os.statvfs(folder).f_flag & os.ST_RDONLY:
-            raise ValueError(f"--out {out}: {folder} is on a read-only file system")
+            raise UserError(f"--out {out}: {folder} is on a read-only file system")
         if not os.access(folder, os.W_OK):
-            raise ValueError(f"--out {out}: folder {folder} is not writable")
+            raise UserError(f"--out {out}: folder {folder} is not writable")
 

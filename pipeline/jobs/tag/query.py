@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clip_model.errors import UserError
 from datasets.labels import check_unique_labels
 from pipeline.model.loading import load_model, resolve_device
 from pipeline.model.state import VideoState
@@ -42,11 +43,11 @@ class SearchFilter:
 
     def __post_init__(self) -> None:
         if self.kind not in (None, "video", "segment"):
-            raise ValueError(f"kind {self.kind!r}: choose video or segment")
+            raise UserError(f"kind {self.kind!r}: choose video or segment")
         if self.path_glob is not None and re.search(r"[\[\]]", self.path_glob):
-            raise ValueError(f"path glob {self.path_glob!r}: only * and ? are supported")
+            raise UserError(f"path glob {self.path_glob!r}: only * and ? are supported")
         if self.after_s is not None and self.before_s is not None and self.after_s > self.before_s:
-            raise ValueError(f"time range: after ({self.after_s}) is later than before ({self.before_s})")
+            raise UserError(f"time range: after ({self.after_s}) is later than before ({self.before_s})")
 
     def sql(self) -> str | None:
         terms = []

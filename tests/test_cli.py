@@ -136,3 +136,21 @@ def test_ci_runs_exactly_the_readme_test_command():
     block = re.search(r"<!-- test-command -->\s*```bash\n(.+?)\n```", readme, re.S)
     assert block, "README lacks the marked test command"
     assert block.group(1).strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readmes_commands_table_is_the_parsers():
+    """Every command of the parser has a row, every row a command, and each option a row names is that command's."""
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Commands", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `([a-z-]+).*$", section, re.M)}
+    parser = build_parser()
+    [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert sorted(rows) == sorted(commands.choices)
+    for name, row in rows.items():
+        known = {s for action in commands.choices[name]._actions for s in action.option_strings}
+        named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", row))
+        assert named <= known, (name, named - known)

@@ -362,6 +362,7 @@ def test_a_share_link_model_says_which_file_from_where_to_where(tmp_path, tuned,
 # ---- through the jobs --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp_path, tuned, with_base):
     """tag's windows (frames of a window encoded together, so never shared between windows) equal the model run on
     each window's frames alone; classify's three views sum their logits, as Open-VCLIP's test does."""
@@ -408,6 +409,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     assert (result.probs - expected).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 def test_benchmark_with_actionclip_matches_classify_and_runs_its_linear_probe(tmp_path, tuned):
     """A zero-shot benchmark over a folder dataset gives, video for video, classify's probabilities (the same
     frames, fusion transformer, templates and scale); a linear probe fits on the fusion transformer's embeddings."""

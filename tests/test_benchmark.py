@@ -133,6 +133,7 @@ LAYOUTS = {"ucf101": (_layout_ucf101, 2, 3), "hmdb51": (_layout_hmdb51, 1, 3), "
            "folders": (_layout_folders, 1, 6)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", list(LAYOUTS))
 def test_zero_shot_benchmark_on_every_format(tmp_path, clips, fmt):
     make, n_splits, per_split = LAYOUTS[fmt]
@@ -156,6 +157,7 @@ def test_zero_shot_benchmark_on_every_format(tmp_path, clips, fmt):
     assert page.count("data:image/png;base64,") == 2 * n_splits and "Settings" in page
 
 
+@pytest.mark.slow
 def test_linear_probe_and_feature_cache(tmp_path, clips):
     cfg_path = _config(tmp_path, _layout_ucf101(tmp_path, clips), protocol="linear_probe",
                        probe_c_grid=[0.1, 10.0])

@@ -33,6 +33,7 @@ def videos(tmp_path_factory) -> list[Path]:
             for a in ("moving left", "moving up")]
 
 
+@pytest.mark.slow
 def test_classify_json_lines(videos, tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("jumping\nrunning\nswimming\n")
@@ -60,6 +61,7 @@ def test_classify_json_lines(videos, tmp_path):
         assert r["scores"][0] >= r["scores"][1] > 0 and sum(r["scores"]) <= 1 + 1e-6
 
 
+@pytest.mark.slow
 def test_bad_video_is_reported_and_others_still_classified(videos, tmp_path):
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
@@ -70,6 +72,7 @@ def test_bad_video_is_reported_and_others_still_classified(videos, tmp_path):
     assert _stderr(out) == [f"error: {bad}: a text file, not a video"]
 
 
+@pytest.mark.slow
 def test_decoder_warnings_reach_stderr_and_json(tmp_path):
     avi = mpeg4_avi_bframes(tmp_path / "bframes.avi", n=24)  # decord's frames are known to be wrong on it
     out = _run("classify", str(avi), "--model", "random:tiny-vit", "--labels", "hmdb51", "--format", "json",
@@ -80,6 +83,7 @@ def test_decoder_warnings_reach_stderr_and_json(tmp_path):
     assert _stderr(out) == [f"warning: {avi}: {w}" for w in row["warnings"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--labels", "/no/such/labels.txt"], "labels '/no/such/labels.txt': not one of ucf101"),
     (["--labels", "ucf101", "--model", "/no/such.pt"], "/no/such.pt: no such file or folder"),

@@ -42,6 +42,7 @@ def test_exact_frames_on_hazardous_files(made, name, backend):
     assert wrong == [], f"{reader.info.backend} returned wrong frames at {wrong}"
 
 
+@pytest.mark.slow
 def test_exact_frames_on_real_sample_videos(sample_videos):
     for path in sample_videos:
         for backend in ("pyav", "decord", "auto"):
@@ -98,6 +99,7 @@ def test_auto_falls_back_to_decord_only_when_pyav_cannot_open(made, monkeypatch)
     assert np.array_equal(reader.get_frames([17]).numpy()[0], ref[17])
 
 
+@pytest.mark.slow
 def test_parallel_runs_give_the_same_frames(long_video):
     ref = reference_frames(long_video)
     idx = segment_indices(1500, 16)
@@ -151,6 +153,7 @@ def test_sparse_access_decodes_a_fraction_of_a_long_video(long_video):
     assert all(np.array_equal(frames[k], ref[i]) for k, i in enumerate(idx))
 
 
+@pytest.mark.slow
 def test_early_resize_in_the_decoder(long_video, sample_videos):
     big = next(p for p in sample_videos if p.name == "bigbuckbunny.mp4")  # 1280x720
     for backend in ("pyav", "decord", "auto"):
@@ -198,6 +201,7 @@ def test_one_reader_shared_across_threads(made):
         assert errors == [], backend
 
 
+@pytest.mark.slow
 def test_no_leak_over_500_decodes(made):
     path = made["h264_bframes.mp4"]
     for backend in ("pyav", "decord"):
@@ -213,6 +217,7 @@ def test_no_leak_over_500_decodes(made):
         assert growth < 100, backend
 
 
+@pytest.mark.slow
 def test_separate_readers_in_parallel_threads_do_not_deadlock(long_video):
     """Frame-threaded decoders opened, used and freed in several threads at once. (A deadlock between PyAV's global
     log callback and a decoder freed in another thread was seen once in bench_decode.py; it is timing-dependent and

@@ -182,11 +182,13 @@ def huge(tmp_path_factory) -> Path:
                   options={"preset": "ultrafast", "crf": "40"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS + ["decord"])
 def test_extreme_resolution_is_checked_before_decoding(huge, backend):
     _error(huge, backend, r"frame size 8192x8192 is over the 33177600-pixel limit; ask for a resize")
 
 
+@pytest.mark.slow
 def test_extreme_resolution_decodes_scaled_down_when_asked(huge):
     frames = open_video(huge, "pyav", resize=256).get_frames([0])
     assert tuple(frames.shape) == (1, 256, 256, 3)
@@ -215,6 +217,7 @@ print("\\n".join(reader.warnings))
 """
 
 
+@pytest.mark.slow
 def test_decords_native_log_lines_become_the_error_and_warnings_never_stderr(tmp_path, good):
     """decord's bundled FFmpeg and its C++ logger write to file descriptor 2 (``moov atom not found``,
     ``video_reader.cc:83: ERROR opening``): captured, the FFmpeg reason joins the one-line error, decode errors

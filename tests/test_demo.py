@@ -68,6 +68,7 @@ def test_reversal_cosines_match_an_independent_computation(tmp_path):
     assert got == pytest.approx(ref, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_small_demo_runs_every_stage(tmp_path):
     results = run_demo(tmp_path, DemoSettings(world=WORLD, steps=30, batch_size=16, classify_files=4), progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -31,6 +31,7 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(tmp_path, monkeypatch
         load_config("ucf101_zero_shot.yaml")
 
 
+@pytest.mark.slow
 def test_the_wheel_carries_every_shipped_config(tmp_path):
     source = tmp_path / "src"  # a copy of the tracked files: setuptools writes build/ beside the sources
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
@@ -46,6 +47,7 @@ def test_the_wheel_carries_every_shipped_config(tmp_path):
     assert len(shipped_configs()) >= 20
 
 
+@pytest.mark.slow
 def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_path):
     from tag_world import LABELS, WORLD
 
@@ -110,6 +112,7 @@ def test_every_option_of_every_command_says_what_it_does():
     assert f"{DemoSettings.steps:,}" in steps.help  # the number it quotes is the demo's
 
 
+@pytest.mark.slow
 def test_unknown_is_an_answer_beside_the_labels_and_csv_survives_quotes(tmp_path):
     import csv
     import io
@@ -140,6 +143,7 @@ def test_unknown_is_an_answer_beside_the_labels_and_csv_survives_quotes(tmp_path
     assert runs["table"].stdout.splitlines()[1].startswith("  unknown  (no label reaches --unknown-below")
 
 
+@pytest.mark.slow
 def test_models_lists_the_untrained_random_names():
     from clip_model import MODEL_CONFIGS
 
@@ -208,6 +212,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="mallopt is glibc's; elsewhere keep_freed_memory changes nothing")
 def test_freed_memory_is_kept_so_steps_do_not_page_fault_it_back():
     """By default glibc hands each freed activation back to the kernel and the next step faults it in again (the
@@ -221,6 +226,7 @@ def test_freed_memory_is_kept_so_steps_do_not_page_fault_it_back():
     assert kept * 3 < default  # measured here: 55,000-87,000 against 6,000-10,000
 
 
+@pytest.mark.slow
 def test_a_probe_brings_its_model_and_refuses_another_in_one_line(tmp_path):
     """A probe records the model its features came from: classify uses it without --model (no download of the
     default), and refuses another model, or one of another width, in one line instead of a matmul error."""

@@ -138,6 +138,7 @@ def test_the_table_names_every_file_a_family_needs():
         hub_folder("someone/else")
 
 
+@pytest.mark.slow
 def test_classify_takes_a_hub_id(hub, tmp_path):
     import json
     import subprocess

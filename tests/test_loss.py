@@ -135,6 +135,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_keys", [False, True], ids=["diagonal", "keyed-positives"])
 def test_two_processes_equal_one_process_over_the_concatenated_batch(with_keys):
     img_enc, txt_enc, scale, x_img, x_txt = _setup()

@@ -42,6 +42,7 @@ def _assert_same_outputs(ours: clip_model.CLIP, oc, images: torch.Tensor, tokens
     assert _max_diff(ours.encode_text(tokens), ref_txt) <= TOL
 
 
+@pytest.mark.slow
 def test_encoders_match_open_clip(pair):
     _, oc, ours = pair
     images, tokens = _inputs(ours)
@@ -82,6 +83,7 @@ def _torchscript_archive(oc, path) -> None:
         del oc._buffers[name]
 
 
+@pytest.mark.slow
 def test_every_format_loads_the_same_weights(pair, tmp_path):
     name, oc, ours = pair
     images, tokens = _inputs(ours)
@@ -104,6 +106,7 @@ def test_every_format_loads_the_same_weights(pair, tmp_path):
         _assert_same_outputs(loaded, oc, images, tokens)
 
 
+@pytest.mark.slow
 def test_torchscript_reader_equals_jit_load(tmp_path):
     """Our code-free reader returns exactly torch.jit.load(path).state_dict(), fp16 storages included."""
     oc = open_clip_model("tiny").half()
@@ -135,6 +138,7 @@ def test_open_clip_hub_folder_carries_config(tmp_path):
     _assert_same_outputs(model, oc, *_inputs(model))
 
 
+@pytest.mark.slow
 def test_text_features_run_only_to_the_longest_prompt(pair):
     """Truncating each batch at its last EOT gives the full-length features (the mask is causal)."""
     _, _, ours = pair
@@ -147,6 +151,7 @@ def test_text_features_run_only_to_the_longest_prompt(pair):
     assert _max_diff(fast, full) <= 1e-5
 
 
+@pytest.mark.slow
 def test_build_model_reads_architecture_from_shapes(pair):
     """openai/CLIP's entry point: an OpenAI state dict (with its integer bookkeeping keys) -> the same model."""
     _, oc, ours = pair

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 import clip_model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["ViT-B/32", "RN50"])
 def test_bf16_features_track_fp32(tmp_path, arch):
     path = clip_model.save_checkpoint(clip_model.create_model(arch, seed=0), tmp_path / "m.pt")

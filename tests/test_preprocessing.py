@@ -40,6 +40,7 @@ class _Recorder:
         return torch.zeros(len(x), 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", PREPROCESSING)
 def test_classify_gives_the_model_what_tag_gives_it(family, sample_videos):
     video = next(v for v in sample_videos if "bigbuckbunny" in v.name.lower())  # 1280x720 H.264
@@ -59,6 +60,7 @@ def test_classify_gives_the_model_what_tag_gives_it(family, sample_videos):
     assert torch.equal(classify_inputs[first], tag_inputs)
 
 
+@pytest.mark.slow
 def test_classify_resizes_once_by_default_and_prescales_only_when_asked(sample_videos, monkeypatch):
     """classify asked the decoder to scale frames above twice the model's input and resized again: on this 720p
     video 0.97 grey levels off the references' single resize on average. Now one resize unless --prescale."""

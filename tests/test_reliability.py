@@ -62,6 +62,7 @@ def _archive(folder: Path, clips: list[Path], n: int = 2) -> Path:
 
 # ---- 1. missing files and broken links --------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_missing_files_and_broken_links_are_error_rows_until_they_appear(tmp_path, clips):
     archive = _archive(tmp_path, clips, 1)
     (archive / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
@@ -94,6 +95,7 @@ def test_missing_files_and_broken_links_are_error_rows_until_they_appear(tmp_pat
 
 # ---- 9, 10, minor: symlink loops, names that are not UTF-8, names with spaces -------------------------------------
 
+@pytest.mark.slow
 def test_symlink_loops_are_error_rows_and_the_rest_is_tagged(tmp_path, clips):
     archive = _archive(tmp_path, clips, 1)
     (archive / "loop.mp4").symlink_to(archive / "loop.mp4")
@@ -141,6 +143,7 @@ def test_manifest_names_keep_their_spaces_and_may_be_in_any_encoding(tmp_path, c
 
 # ---- 2, 3: a lost state.json, the create race ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_index_without_its_state_is_refused_repaired_or_restarted_never_wiped(tmp_path, clips):
     archive = _archive(tmp_path, clips, 3)
     out = tmp_path / "t.csv"
@@ -309,6 +312,7 @@ def _labels(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupting_tag_says_one_line_and_leaves_no_worker(tmp_path, clips, sig):
     archive = _archive(tmp_path, clips, 12)
@@ -339,6 +343,7 @@ def test_interrupting_tag_says_one_line_and_leaves_no_worker(tmp_path, clips, si
     assert sorted(pd.read_csv(out)["path"]) == sorted(str(p) for p in archive.iterdir())
 
 
+@pytest.mark.slow
 def test_a_damaged_index_is_one_line_naming_the_file(tmp_path, clips):
     archive = _archive(tmp_path, clips, 2)
     out = tmp_path / "t.csv"
@@ -369,6 +374,7 @@ def tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_a_full_disk_and_a_read_only_index_are_one_line_and_keep_what_was_committed(tmp_path, tmpfs, clips):
     archive = _archive(tmp_path, clips, 40)
     out = tmpfs / "t.csv"
@@ -390,6 +396,7 @@ def test_a_full_disk_and_a_read_only_index_are_one_line_and_keep_what_was_commit
     assert TagIndex.open(Path(str(out) + ".index")).count("videos") == committed
 
 
+@pytest.mark.slow
 def test_an_index_that_is_locked_by_a_live_writer_is_refused_in_one_line(tmp_path, clips):
     archive = _archive(tmp_path, clips, 1)
     out = tmp_path / "t.csv"
@@ -427,6 +434,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.slow
 def test_bad_range_requests_leak_no_descriptor(served):
     client, _, ids = served
     auth = {"Authorization": "Bearer s3cret"}

@@ -34,6 +34,8 @@ from pipeline.jobs.tag.query import SearchFilter, search
 from pipeline.model.runtime import RuntimeSettings
 from pipeline.video.thumbnails import POSTER_BYTES
 
+pytestmark = pytest.mark.slow  # every test here serves the index a trained model tagged (tagged)
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 QUERY = "a red circle blinking"

@@ -106,6 +106,7 @@ TRICKY = ["A Photo of a CAT!", "  riding,  a   bike. ", "don't stop", "", "snake
           "tabs\tand\nnewlines", "x" * 200, "Playing <|endoftext|> tricks", "Ski-ing (cross country)"]
 
 
+@pytest.mark.slow
 def test_siglip_tokenizer_equals_transformers_on_every_shipped_class_list(sp_models):
     ours = SentencePieceTokenizer(sp_models["siglip"], "siglip")
     theirs = SiglipTokenizer(vocab_file=sp_models["siglip"], model_max_length=64)
@@ -199,6 +200,7 @@ def _hf_sigmoid(hf, folder, frames, labels):
         return torch.sigmoid(10.0 * text_emb @ video_emb - 0.5)
 
 
+@pytest.mark.slow
 def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_models):
     """run_pipeline.py classify on a SigLIP folder, against transformers on the same frames, computed here: PyAV's
     frames at the TSN segment centres, SiglipImageProcessor, get_image_features averaged over frames, the text of
@@ -233,6 +235,7 @@ def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_model
     assert sum(row["scores"]) != pytest.approx(1.0, abs=1e-3)  # independent per label, not a softmax
 
 
+@pytest.mark.slow
 def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_models):
     """tag with SigLIP: each window's probabilities are transformers' sigmoids on that window's frames (float16
     rows), ``labels_above`` holds every label whose own probability reaches the threshold (several or none per row,

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from videos import h264_bframes, reference_frames
 from worker_fns import behave
 
@@ -23,6 +24,7 @@ def _run(tasks, **kw):
         return {o.task_id: o for o in pool.map(tasks)}, pool.restarts
 
 
+@pytest.mark.slow
 def test_every_task_gets_exactly_one_status():
     tasks = [("ok", 1), ("raise", 2), ("segfault", 0), ("ok", 3), ("sleep", 60), ("abort", 0), ("ok", 4)]
     start = time.monotonic()
@@ -80,6 +82,7 @@ def test_a_crash_on_auto_is_retried_on_decord_once():
     assert out["b.mp4"][1].status == "ok"  # an explicit backend is not second-guessed
 
 
+@pytest.mark.slow
 def test_generator_tasks_stream_parts_and_the_deadline_is_on_progress():
     from worker_fns import stream
 

@@ -49,6 +49,7 @@ def _settings(runtime: dict | None = None, **kw) -> TagSettings:
     return TagSettings(rt, **(base | kw))
 
 
+@pytest.mark.slow
 def test_mixed_archive_lists_every_bad_file_and_tags_the_rest(tmp_path, monkeypatch):
     good = _archive(tmp_path, 5)
     archive = tmp_path / "archive"
@@ -147,6 +148,7 @@ def test_manifest_and_globs(tmp_path):
     assert discover(tmp_path / "archive", include=["sub/*.mp4"])[0] == [v for v in videos if v.parent.name == "sub"]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
     videos = _archive(tmp_path, 12)
     out = tmp_path / "tags.parquet"
@@ -191,6 +193,7 @@ def test_resume_after_kill_9_at_random_points_gives_each_video_once(tmp_path):
     assert len(seg) == len(seg_ref) and not seg.duplicated(["path", "kind", "window"]).any()
 
 
+@pytest.mark.slow
 def test_changed_settings_are_refused_and_changed_files_retagged(tmp_path):
     videos = _archive(tmp_path, 4)
     out = tmp_path / "tags.jsonl"
@@ -208,6 +211,7 @@ def test_changed_settings_are_refused_and_changed_files_retagged(tmp_path):
     assert sorted(pd.read_json(out, lines=True)["path"]) == [str(v) for v in videos]
 
 
+@pytest.mark.slow
 def test_retag_equals_a_fresh_tag_with_the_new_labels(tmp_path, trained):
     _archive(tmp_path, 6)
     settings = _settings(runtime={"model": str(trained)}, pooling="temporal", window_s=1.0, stride_s=1.0)
@@ -224,6 +228,7 @@ def test_retag_equals_a_fresh_tag_with_the_new_labels(tmp_path, trained):
     assert set(a["label_1"]) <= set(new_labels)
 
 
+@pytest.mark.slow
 def test_search_finds_the_video_showing_the_query(tmp_path, trained):
     """An archive of one clip per action; each query's top video hit shows that action. (After 400 steps the model
     still weighs left against right at about 50/36 %, so for 'moving left' only the two moving clips must lead.)"""
@@ -246,6 +251,7 @@ def test_search_finds_the_video_showing_the_query(tmp_path, trained):
     assert Path(segments[0]["path"]).stem == "blinking" and segments[0]["end_s"] > segments[0]["start_s"]
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_give_the_rows_of_one_process(tmp_path):
     videos = _archive(tmp_path, 7)
     labels_file = tmp_path / "labels.txt"
@@ -329,6 +335,7 @@ def test_listing_equals_walking_and_resolving_every_path(tmp_path):
     assert not any("deep" in str(p) for p in got)
 
 
+@pytest.mark.slow
 def test_bf16_tags_agree_with_fp32_on_top1(tmp_path, trained):
     """--precision auto picks bf16 on CPUs with native bf16: its tags must be fp32's (agreement rate printed)."""
     videos = _archive(tmp_path)
@@ -345,6 +352,7 @@ def test_bf16_tags_agree_with_fp32_on_top1(tmp_path, trained):
     np.testing.assert_allclose(rows["bf16"]["score_1"], rows["fp32"]["score_1"], atol=0.05)
 
 
+@pytest.mark.slow
 def test_auto_precision_resumes_in_the_precision_the_index_was_written_in(tmp_path):
     _archive(tmp_path, 2)
     out = tmp_path / "tags.csv"
@@ -361,6 +369,7 @@ def test_auto_precision_resumes_in_the_precision_the_index_was_written_in(tmp_pa
     assert "2 already done" in proc.stdout
 
 
+@pytest.mark.slow
 def test_a_long_video_split_across_two_workers_tags_as_one_worker_does(tmp_path):
     """130 s at 2 fps: with two decode workers its windows are decoded as two time ranges (a minute or more each)
     and put back in order; every window's row must be the one-worker run's."""
@@ -386,6 +395,7 @@ def test_a_long_video_split_across_two_workers_tags_as_one_worker_does(tmp_path)
     assert rows[1][0]["windows"].tolist() == [64]
 
 
+@pytest.mark.slow
 def test_retry_failed_tags_again_what_failed_and_only_that(tmp_path):
     """A file that failed is skipped by a plain rerun while its size and mtime stand; --retry-failed tags it again
     and replaces its failure row. Here the file is broken, then mended in place at the same size and mtime."""

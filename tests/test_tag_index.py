@@ -149,6 +149,7 @@ def test_label_filter_keeps_only_windows_tagged_with_it(tmp_path):
     assert 0 < len(hits) == min(50, stored) and all(h["labels"] == ["running"] for h in hits)
 
 
+@pytest.mark.slow
 def test_approximate_search_recall_against_exact(tmp_path, monkeypatch):
     """IVF-PQ on clustered vectors: recall@10 against the exact answer (the bench measures it at scale)."""
     rng = np.random.default_rng(0)

@@ -65,6 +65,7 @@ def test_the_toy_family_loads_with_its_protocol(toy):
     assert (plain.family, plain.frames, plain.pooling, plain.templates) == ("clip", 8, "mean", "video")
 
 
+@pytest.mark.slow
 def test_classify_equals_plain_clip_with_the_protocol_spelled_out(toy, tmp_path):
     videos = _videos(tmp_path, 3)
     templates = tmp_path / "toy_templates.txt"
@@ -79,6 +80,7 @@ def test_classify_equals_plain_clip_with_the_protocol_spelled_out(toy, tmp_path)
         assert (a.probs - c.probs).abs().max() > 1e-4  # CLIP's own protocol gives other numbers
 
 
+@pytest.mark.slow
 def test_tag_retag_and_search_run_the_toy_family(toy, tmp_path):
     archive = tmp_path / "world" / "videos"
     _videos(tmp_path, 4)

@@ -48,6 +48,7 @@ def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
+@pytest.mark.slow
 def test_a_short_run_lowers_the_loss_and_beats_chance_on_held_out_pairs(trained_run):
     """400 steps on a 4-object, 4-action world (the shared run of tag_world, which the tag and serve tests search
     with): measured here, loss 3.37 -> 1.99 and 73 % held-out top-1."""
@@ -66,6 +67,7 @@ def test_a_short_run_lowers_the_loss_and_beats_chance_on_held_out_pairs(trained_
     assert acc > 0.5, acc  # chance is 0.25; 60 clips of three pairs never trained on
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_is_exact(tmp_path):
     """Two micro-batches give the whole batch's loss and update (its negatives are the whole batch's)."""
     one = train(_cfg(tmp_path / "a", steps=3), progress=False)
@@ -76,6 +78,7 @@ def test_gradient_accumulation_is_exact(tmp_path):
     assert four.history[0]["loss"] == pytest.approx(one.history[0]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     cfg = _cfg(tmp_path, steps=40, batch_size=32, checkpoint_every=5)
     config = _write_yaml(tmp_path / "train.yaml", cfg)
@@ -104,6 +107,7 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(tmp_path):
     _assert_same_weights(straight.model.clip.state_dict(), resumed_model.state_dict())
 
 
+@pytest.mark.slow
 def test_a_resume_with_changed_settings_is_refused_naming_them(tmp_path):
     train(_cfg(tmp_path, steps=4), progress=False)
     with pytest.raises(ValueError, match=r"settings changed.*lr \(0\.003 -> 0\.001\)"):
@@ -114,6 +118,7 @@ def test_a_resume_with_changed_settings_is_refused_naming_them(tmp_path):
     assert train(_cfg(tmp_path, steps=4, lr=1e-3), restart=True, progress=False).resumed_from == 0
 
 
+@pytest.mark.slow
 def test_two_torchrun_ranks_equal_one_process(tmp_path):
     cfg = _cfg(tmp_path, steps=4, batch_size=16, grad_accum=2, output_dir=str(tmp_path / "ddp"))
     config = _write_yaml(tmp_path / "train.yaml", cfg)
@@ -186,6 +191,7 @@ def _train_recording_dtypes(cfg: TrainConfig):
         handle.remove()
 
 
+@pytest.mark.slow
 def test_amp_bf16_on_cpu_trains_close_to_fp32(tmp_path):
     """The matmuls of the training forward really run in bf16 (autocast), the master weights stay fp32, and the losses
     differ from fp32's by bf16 rounding: more than zero (the same seed and data give bit-equal fp32 losses), under 2 %."""
@@ -211,6 +217,7 @@ def test_config_errors_name_the_key(tmp_path):
         assert load_config(path, cls=TrainConfig).name == path.stem  # shipped configs load
 
 
+@pytest.mark.slow
 def test_clip_pool_from_a_captions_csv(tmp_path):
     from datasets.world import write_world
 
@@ -238,6 +245,7 @@ def test_rendered_world_is_deterministic_per_step_and_slices_by_rank():
     assert len({c for c in a.captions}) > 1 and any(k == -1 for k in a.caption_keys.flatten().tolist())
 
 
+@pytest.mark.slow
 def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     """model.pt through classify --pooling temporal equals the trained VideoCLIP run by hand on the decoded frames;
     so does classify with no pooling or templates named: the checkpoint brings the protocol it was trained for."""
@@ -297,6 +305,7 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), alone.state_dict().values()))
 
 
+@pytest.mark.slow
 def test_training_prints_progress_lines_when_stderr_is_a_log(tmp_path):
     config = _write_yaml(tmp_path / "t.yaml", _cfg(tmp_path, steps=12, checkpoint_every=12))
     proc = _cli("run_pipeline.py", "train", "--config", str(config), env={"CLIP_VIDEO_PROGRESS_EVERY": "0"})

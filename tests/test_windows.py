@@ -107,6 +107,7 @@ def test_a_failing_owner_is_its_own_failure():
     assert failure.reason.startswith("RuntimeError: ")
 
 
+@pytest.mark.slow
 def test_embed_windows_equals_encoding_each_video_whole(tmp_path):
     from pipeline.video.pyav_reader import PyAVReader  # noqa: F401 (the reference decodes with the same backend)
 
@@ -137,6 +138,7 @@ def test_pattern_frames_are_distinct():  # the premise of the frame-equality che
     assert not np.array_equal(pattern(0), pattern(1))
 
 
+@pytest.mark.slow
 def test_a_crashed_attempt_leaves_nothing_in_its_retry(tmp_path):
     from worker_fns import windows_then_segfault
 
@@ -191,6 +193,7 @@ def _long_reference(path) -> torch.Tensor:
                                                                     stride_s=0.5))))
 
 
+@pytest.mark.slow
 def test_a_split_video_decodes_its_ranges_apart_and_reassembles_them_in_order(tmp_path):
     from worker_fns import windows_logged
 
@@ -228,6 +231,7 @@ def test_a_path_given_twice_is_refused(tmp_path):
         next(embed_windows([_long_task(path), _long_task(path, chunk_mb=1.0)], MODEL))
 
 
+@pytest.mark.slow
 def test_a_crashed_range_is_redone_alone_on_decord(tmp_path):
     from worker_fns import windows_range_segfaults
 
@@ -239,6 +243,7 @@ def test_a_crashed_range_is_redone_alone_on_decord(tmp_path):
                                       "windows 7-11 decoded with decord (the pyav worker on them crashed)"]
 
 
+@pytest.mark.slow
 def test_a_crashed_split_video_is_redone_whole_on_decord(tmp_path):
     from worker_fns import windows_then_segfault
 

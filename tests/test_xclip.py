@@ -149,6 +149,7 @@ def _decoded(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
+@pytest.mark.slow
 def test_classify_and_benchmark_with_xclip_equal_transformers(tmp_path, xclip_folder):
     """classify's probabilities (the model's 8 frames, bare label names by default) and a zero-shot benchmark's equal
     transformers' XCLIPModel on PyAV's frames at the TSN segment centres; another frame count is refused."""
@@ -202,6 +203,7 @@ def test_classify_and_benchmark_with_xclip_equal_transformers(tmp_path, xclip_fo
     assert results["splits"][0]["videos"] == 3
 
 
+@pytest.mark.slow
 def test_tag_retag_and_search_with_xclip(tmp_path, xclip_folder):
     """tag stores each window's MIT embedding and its tokens; every window's probabilities equal transformers' on
     that window's frames; retag equals a fresh tag for other labels; search re-ranks by the conditioned text and its

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
@@ -36,6 +37,7 @@ def _reference(path, oc, num_frames: int, size: int) -> torch.Tensor:
         return (oc.logit_scale.exp() * video @ torch.stack(text).t()).softmax(-1)
 
 
+@pytest.mark.slow
 def test_zero_shot_matches_an_independent_open_clip_computation(tmp_path, sample_videos):
     oc = open_clip_model("ViT-B-32", seed=4)
     with torch.no_grad():

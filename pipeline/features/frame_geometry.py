@@ -41,11 +41,11 @@ class FrameGeometry:
         """uint8 (U, H, W, 3) -> uint8 (U, S, S, 3): resized and centre-cropped as the model's transform does."""
         if not self.antialias:
             return _torch_resize(frames, self, three=False)
+        resized = self._resized_size(frames.shape[1], frames.shape[2])  # one size for every frame of a video
+        top, left = center_crop_box(*resized, self.size)
         out = np.empty((len(frames), self.size, self.size, 3), dtype=np.uint8)
         for k, frame in enumerate(frames):
-            image = self._resized(frame)
-            top, left = center_crop_box(image.shape[0], image.shape[1], self.size)
-            out[k] = image[top : top + self.size, left : left + self.size]
+            out[k] = self._resized(frame, resized)[top : top + self.size, left : left + self.size]
         return out
 
     def resize_three_crop(self, frames: np.ndarray) -> np.ndarray:
@@ -53,21 +53,25 @@ class FrameGeometry:
         multi-view test)."""
         if not self.antialias:
             return _torch_resize(frames, self, three=True)
+        resized = self._resized_size(frames.shape[1], frames.shape[2])
+        boxes = three_crop_boxes(*resized, self.size)
         out = np.empty((3, len(frames), self.size, self.size, 3), dtype=np.uint8)
         for k, frame in enumerate(frames):
-            image = self._resized(frame)
-            for view, (top, left) in enumerate(three_crop_boxes(image.shape[0], image.shape[1], self.size)):
+            image = self._resized(frame, resized)
+            for view, (top, left) in enumerate(boxes):
                 out[view, k] = image[top : top + self.size, left : left + self.size]
         return out
 
-    def _resized(self, frame: np.ndarray) -> np.ndarray:
-        """One uint8 (H, W, 3) frame with Pillow: short side to ``resize_to`` (or the size), or squashed."""
-        h, w = frame.shape[:2]
+    def _resized_size(self, h: int, w: int) -> tuple[int, int]:
+        """(height, width) a frame of (h, w) is resized to: short side to ``resize_to`` (or the size), or squashed."""
         if self.resize == "squash":
-            th, tw = self.size, self.size
-        else:
-            th, tw = resized_size(h, w, self.resize_to or self.size)
-        if (th, tw) == (h, w):
+            return self.size, self.size
+        return resized_size(h, w, self.resize_to or self.size)
+
+    def _resized(self, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """One uint8 (H, W, 3) frame resized to ``size`` (height, width) with Pillow."""
+        th, tw = size
+        if (th, tw) == frame.shape[:2]:
             return frame
         return np.asarray(Image.fromarray(frame).resize((tw, th), _PIL_RESAMPLE[self.interpolation]))
 

@@ -66,7 +66,7 @@ def load_labels(spec: str) -> list[str]:
     if spec in RAW_FILES:
         return shipped_labels(spec)
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (--labels <(...)) is no regular file, and is read once
         raise UserError(f"labels {spec!r}: not one of {', '.join(SHIPPED)} and no such file")
     lines = [(n, clean_name(line)) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
              if line.strip()]

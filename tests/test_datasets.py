@@ -154,3 +154,24 @@ def test_the_documented_annotation_examples_read_as_documented(tmp_path):
     videos(["clips/0wR5jVB-WPk_000417_000427.mp4"])
     k = read_kinetics(tmp_path, tmp_path / "k.csv")
     assert len(k.records) == 1 and k.classnames[k.records[0].label] == "abseiling"
+
+
+def test_labels_and_templates_read_from_a_pipe(tmp_path):
+    """``--labels <(grep ... classes.txt)``: a shell's process substitution is a pipe, not a regular file; it is
+    read like one (once). A folder is still refused in one line."""
+    import os
+    import threading
+
+    from pipeline.model.prompts import load_templates
+
+    def piped(name: str, text: str) -> str:
+        fifo = tmp_path / name
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=lambda: fifo.write_text(text), daemon=True)
+        writer.start()
+        return str(fifo)
+
+    assert load_labels(piped("labels", "ApplyEyeMakeup\nriding a bike\n")) == ["apply eye makeup", "riding a bike"]
+    assert load_templates(piped("templates", "a clip of {}\n")) == ["a clip of {}"]
+    with pytest.raises(ValueError, match="no such file"):
+        load_labels(str(tmp_path))

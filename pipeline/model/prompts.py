@@ -29,7 +29,7 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
     if spec in ("ucf101", "kinetics700"):
         return json.loads((DATA_DIR / "prompts" / f"{spec}_clip.json").read_text())["templates"]
     path = Path(spec)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():  # a pipe (--templates <(...)) is read, once, like a file
         names = "|".join([*named, "ucf101", "kinetics700"])
         raise UserError(f"templates {spec!r}: not {names} and no such file")
     templates = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]

@@ -35,7 +35,7 @@ from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tag
 from pipeline.jobs.tag.outputs import Scorer
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.table_indexes import ANN_MIN_ROWS, build_lookup_indexes, build_vector_index
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer
 from pipeline.model.zero_shot import LabelScoring
@@ -87,8 +87,9 @@ class Embeddings:
 
 
 def settings(windows: int) -> TagSettings:
-    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS, templates="none", num_frames=8, pooling="mean",
-                       window_s=4.0, stride_s=2.0, commit_every=32)
+    return TagSettings(RuntimeSettings(MODEL, device="cpu"), LABELS,
+                       overrides=ProtocolOverrides(templates="none", num_frames=8, pooling="mean"), window_s=4.0, stride_s=2.0,
+                       commit_every=32)
 
 
 def build(args: argparse.Namespace) -> dict:

@@ -165,9 +165,9 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
                                                           args.container)
     shutil.rmtree(tmp / "tags.parquet.index", ignore_errors=True)  # each precision tags afresh
     model = load_model(args.model, torch.device("cpu"), settings.runtime.precision)
-    model.num_frames(settings.num_frames)
+    num_frames = model.num_frames(settings.overrides.num_frames)
     cap = 2 * model.preprocess.image_size
-    sampling = Sampling("windows", num_frames=settings.num_frames, window_s=settings.window_s,
+    sampling = Sampling("windows", num_frames=num_frames, window_s=settings.window_s,
                         stride_s=settings.stride_s)
     requests = [DecodeRequest(str(p), sampling, "decord", cap) for p in paths]
 
@@ -205,7 +205,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     print(f"\n{args.videos} {args.container} videos of {args.seconds:g} s at {args.size}x{args.size}, 24 fps; "
           f"model {args.model} in {settings.runtime.precision}; "
           f"{len(os.sched_getaffinity(0))} cores; windows {settings.window_s:g} s every {settings.stride_s:g} s, "
-          f"{settings.num_frames} frames each; frames encoded per video: naive {naive_frames}, tag {frames:g}")
+          f"{settings.overrides.num_frames} frames each; frames encoded per video: naive {naive_frames}, tag {frames:g}")
     print(f"\n{'row':<44}{'videos/s':>10}")
     for name, rate in (("naive loop (decord + model per video)", naive), ("tag (ours, end to end)", ours),
                        (f"decode only ({args.workers} workers)", decode_only), ("model only (pre-decoded)", model_only)):
@@ -236,7 +236,7 @@ def memory(args, settings: TagSettings, tmp: Path) -> None:
 
     rows = pd.read_parquet(tmp / "long.segments.parquet")
     windows = int((rows["kind"] == "window").sum())
-    whole = windows * settings.num_frames * 360 * 640 * 3 / 2**20
+    whole = windows * settings.overrides.num_frames * 360 * 640 * 3 / 2**20
     print(f"\none {args.long_minutes}-minute 640x360 24 fps video ({video.stat().st_size / 2**20:.0f} MiB, written in "
           f"{made:.0f} s): {summary.ok} tagged in {took:.0f} s, {windows} windows")
     print(f"peak RSS, this process + {mem.peak_children} child processes: {mem.peak_total:.0f} MiB (target < 2048); "
@@ -314,7 +314,7 @@ def main() -> None:
     import torch
 
     from pipeline.jobs.tag.job import TagSettings
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=60)
@@ -331,7 +331,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     settings = TagSettings(RuntimeSettings(args.model, device="cpu", decode_workers=args.workers), tuple(DIRECTIONS),
-                           templates="none", num_frames=8, window_s=4.0, stride_s=2.0, commit_every=16)
+                           overrides=ProtocolOverrides(templates="none", num_frames=8), window_s=4.0, stride_s=2.0, commit_every=16)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
             for precision in args.precisions.split(","):

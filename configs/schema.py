@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,12 +19,13 @@ import yaml
 
 from clip_model.errors import UserError
 from datasets.world import WorldConfig
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
 FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
 PROTOCOLS = ("zero_shot", "linear_probe")
 FRAME_PROTOCOLS = ("segments", "centre", "all")
 HEADLINES = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
+FLAT = {"flat": True}  # a field's dataclass whose keys the YAML holds at the config's own level
 
 
 class ConfigError(UserError):
@@ -50,23 +51,17 @@ class BenchmarkConfig:
     name: str
     dataset: DatasetConfig
     protocol: Literal["zero_shot", "linear_probe"] = "zero_shot"
-    model: str = RuntimeSettings.model
-    templates: str | None = None  # None: the model's own (CLIP's and SigLIP's "video", X-CLIP's "none")
+    # model, device, precision, batch_size, backend, decode_workers, decode_timeout_s: top-level keys in the YAML
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings, metadata=FLAT)
+    # templates, num_frames, pooling: top-level keys too; None (absent): the model's own
+    overrides: ProtocolOverrides = field(default_factory=ProtocolOverrides, metadata=FLAT)
     frames: Literal["segments", "centre", "all"] = "segments"
-    num_frames: int | None = None  # None: the model's (fixed by an X-CLIP checkpoint), else 8
     clips: int = 1
     frame_interval: int = 1  # clips > 1: frames apart within a clip (Open-VCLIP: 16)
     crops: int = 1
     prescale: bool = False  # scale frames above twice the model's input down in the decoder first: 9-11 % faster,
     #                         not the references' single resize (pipeline.features.frame_geometry.decode_cap)
-    pooling: Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"] | None = None  # None: the model's
     headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
-    device: str = RuntimeSettings.device
-    precision: Literal["fp32", "bf16", "fp16"] = RuntimeSettings.precision
-    batch_size: int = RuntimeSettings.batch_size
-    backend: Literal["auto", "pyav", "decord"] = RuntimeSettings.backend
-    decode_workers: int = RuntimeSettings.decode_workers
-    decode_timeout_s: float = RuntimeSettings.decode_timeout_s
     probe_c_grid: tuple[float, ...] = ()  # empty: the default grid
     probe_val_fraction: float = 0.2
     output_dir: str = "runs/{name}"
@@ -77,13 +72,9 @@ class BenchmarkConfig:
         _check_choice("frames", self.frames, FRAME_PROTOCOLS)
         _check_choice("headline", self.headline, HEADLINES)
         _check_choice("dataset.format", self.dataset.format, FORMATS)
-        for key in ("num_frames", "clips", "frame_interval"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
+        for key in ("clips", "frame_interval"):
+            if getattr(self, key) < 1:
                 raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")
-        try:
-            _ = self.runtime
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         if self.crops not in (1, 3):
             raise ConfigError(f"crops ({self.crops}) must be 1 or 3")
         if self.protocol == "linear_probe" and self.dataset.format in ("kinetics", "ssv2", "csv", "list", "folders") \
@@ -97,11 +88,6 @@ class BenchmarkConfig:
     def out(self) -> Path:
         return Path(self.output_dir.format(name=self.name))
 
-    @property
-    def runtime(self) -> RuntimeSettings:
-        """The model and decoding options, as classify and tag take them (validated there)."""
-        return RuntimeSettings(self.model, self.device, self.precision, self.batch_size, self.backend,
-                               self.decode_workers, self.decode_timeout_s)
 
 
 FREEZE = ("none", "image", "text", "both")
@@ -203,11 +189,17 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    flat = {name: {f.name for f in dataclasses.fields(hints[name])} for name, f in fields.items()
+            if f.metadata.get("flat")}
+    keys = (set(fields) - set(flat)).union(*flat.values())
+    unknown = sorted(set(data) - keys)
     if unknown:
-        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(fields))}")
-    values = {}
+        raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(keys))}")
+    values = {name: _build(hints[name], {k: v for k, v in data.items() if k in inner}, prefix)
+              for name, inner in flat.items()}
     for name, value in data.items():
+        if name not in fields or name in flat:
+            continue
         if dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], value, f"{prefix}{name}.")
         else:
@@ -217,6 +209,21 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     if missing:
         raise ConfigError(f"missing required key {prefix}{missing[0]!r}")
     return cls(**values)
+
+
+def as_written(cfg: Any) -> dict:
+    """A config as its YAML holds it (flat fields' keys at their parent's level; tuples as lists): what a run
+    records, and what ``_build`` reads back."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.metadata.get("flat"):
+            out.update(as_written(value))
+        elif dataclasses.is_dataclass(value):
+            out[f.name] = as_written(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
 
 
 def apply_override(data: dict, override: str) -> None:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from clip_model.errors import UserError
 
-from .model.runtime import RuntimeSettings  # light: the options every model job shares
+from .model.families import POOLINGS, WINDOW_POOLINGS
+from .model.runtime import ProtocolOverrides, RuntimeSettings  # light: the options every model job shares
 
 if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
     from .jobs.classify import VideoResult
@@ -35,8 +36,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     probe = LinearProbe.load(args.probe) if args.probe else None
     settings = ClassifySettings(
         runtime=RuntimeSettings.from_arguments(args, probe.fitted_on.get("model") if probe else None),
-        classnames=classnames, templates=args.templates, probe=Path(args.probe) if args.probe else None,
-        num_frames=args.num_frames, clips=args.clips, crops=args.crops, pooling=args.pooling, topk=args.topk,
+        classnames=classnames, overrides=ProtocolOverrides.from_arguments(args),
+        probe=probe, clips=args.clips, crops=args.crops, topk=args.topk,
         prescale=args.prescale, unknown_below=args.unknown_below,
         cache_dir=None if args.no_cache else cache_dir() / "features",
     )
@@ -98,8 +99,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         raise UserError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
     settings = TagSettings(  # a resume continues in the precision its rows were written in
         RuntimeSettings.from_arguments(args, resumed_precision=recorded_precision(Path(args.out))),
-        labels=tuple(load_labels(args.labels)), templates=args.templates, pooling=args.pooling,
-        num_frames=args.num_frames, window_s=args.window, stride_s=args.stride, topk=args.topk,
+        labels=tuple(load_labels(args.labels)), overrides=ProtocolOverrides.from_arguments(args),
+        window_s=args.window, stride_s=args.stride, topk=args.topk,
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
@@ -226,21 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="file with one label per line, or ucf101|hmdb51|kinetics400|kinetics600|"
                                     "kinetics700|ssv2 (zero-shot)")
     p.add_argument("--probe", help="a linear probe saved by `benchmark` (probe_*.npz): classify with it instead")
-    p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE (one template per line); "
-                                                     "default: the model's (run_pipeline.py models)")
-    p.add_argument("--num-frames", type=int, default=None,
-                   help="frames per clip: one from the middle of each of N segments (or N consecutive with --clips); "
-                        "default: the model's (fixed by X-CLIP checkpoints), else 8")
+    ProtocolOverrides.add_arguments(p, POOLINGS, "frames per clip: one from the middle of each of N segments (or N "
+                                                 "consecutive with --clips)")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
     p.add_argument("--prescale", action="store_true",
                    help="scale frames whose short side exceeds twice the model's input down in the decoder, then "
                         "resize: 9-11%% faster on 720p/1080p, inputs about 1 grey level off the single resize the "
                         "references do (the default)")
-    p.add_argument("--pooling", choices=("mean", "max", "temporal", "frame_scores", "mean_of_unit"), default=None,
-                   help="mean/max of frame embeddings, the temporal pooler of a checkpoint (written by train, or "
-                        "ActionCLIP's), the mean of per-frame probabilities, or of unit frame embeddings (Open-VCLIP); "
-                        "default: the model's")
     p.add_argument("--unknown-below", type=float, default=None, metavar="P",
                    help="open set: answer 'unknown' when the top probability is below P (softmax: the top label's "
                         "share; sigmoid: its own probability, so no label is likely); the labels are still listed "
@@ -272,11 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="per-video rows: .parquet, .csv or .jsonl; segments and errors go to "
                                                 "OUT's .segments/.errors siblings, the index to OUT.index/")
     p.add_argument("--labels", help="file with one label per line, or a shipped list (kinetics400, ucf101, ...)")
-    p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE; default: the model's")
-    p.add_argument("--pooling", choices=("mean", "max", "temporal", "mean_of_unit"), default=None,
-                   help="default: the model's")
-    p.add_argument("--num-frames", type=int, default=None,
-                   help="frames per window; default: the model's (fixed by X-CLIP checkpoints), else 8")
+    ProtocolOverrides.add_arguments(p, WINDOW_POOLINGS, "frames per window")
     p.add_argument("--window", type=float, default=4.0, help="window length in seconds")
     p.add_argument("--stride", type=float, default=2.0, help="seconds between window starts")
     p.add_argument("--topk", type=int, default=5, help="labels kept per video and per window, best first")

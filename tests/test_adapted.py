@@ -374,7 +374,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     from pipeline.jobs.tag.index import open_indexes
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import retag
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
     from pipeline.video.open import DecodeRequest, decode_request
     from pipeline.video.samplers import Sampling
 
@@ -382,7 +382,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     torch.save({"model_state": {f"model.{k}": v for k, v in tuned.state_dict().items()}}, path)
     video = write_video(tmp_path / "archive" / "v.mp4", moving_square_frames("moving left", "red", num_frames=36))
     rt = RuntimeSettings(str(path), device="cpu", precision="fp32", decode_workers=1, batch_size=6)
-    settings = TagSettings(rt, tuple(NAMES), num_frames=T, window_s=1.0, stride_s=0.5, topk=3, commit_every=1)
+    settings = TagSettings(rt, tuple(NAMES), overrides=ProtocolOverrides(num_frames=T), window_s=1.0, stride_s=0.5, topk=3, commit_every=1)
     assert tag(settings, tmp_path / "archive", tmp_path / "a.parquet", progress=False).ok == 1
     (index,) = open_indexes(tmp_path / "a.parquet.index")
     stored = [r for b in index.scan("embeddings", ["kind", "window", "vector"]) for r in b.to_pylist()
@@ -394,12 +394,12 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
         alone = model.state(model.encode(frames[row["window"]]).view(1, T, -1)).vectors[0]
         assert np.allclose(row["vector"], alone.numpy(), atol=2e-3)  # float16 rows
     retag(tmp_path / "a.parquet.index", NAMES[:2], tmp_path / "re.parquet", topk=2, device="cpu")
-    tag(TagSettings(rt, tuple(NAMES[:2]), num_frames=T, window_s=1.0, stride_s=0.5, topk=2, commit_every=1),
+    tag(TagSettings(rt, tuple(NAMES[:2]), overrides=ProtocolOverrides(num_frames=T), window_s=1.0, stride_s=0.5, topk=2, commit_every=1),
         tmp_path / "archive", tmp_path / "b.parquet", progress=False)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "re.segments.parquet"),
                                   pd.read_parquet(tmp_path / "b.segments.parquet"))
 
-    result, = classify_videos(ClassifySettings(rt, tuple(NAMES), num_frames=T, clips=3, topk=3), [video])
+    result, = classify_videos(ClassifySettings(rt, tuple(NAMES), overrides=ProtocolOverrides(num_frames=T), clips=3, topk=3), [video])
     dense = decode_request(DecodeRequest(str(video), Sampling("dense", clip_len=T, num_clips=3)))
     views = model.transform.video(torch.from_numpy(dense.frames)).view(3, T, 3, S, S)
     with torch.no_grad():
@@ -458,6 +458,7 @@ def test_openvclip_refuses_a_sampling_of_another_clip_length_in_one_line(tmp_pat
     from configs.schema import BenchmarkConfig, DatasetConfig
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.benchmark import run_benchmark
+    from pipeline.model.runtime import RuntimeSettings
 
     path = tmp_path / "swa_2_22.pth"
     torch.save({"model_state": {f"model.{k}": v for k, v in tuned.state_dict().items()}}, path)
@@ -476,7 +477,7 @@ def test_openvclip_refuses_a_sampling_of_another_clip_length_in_one_line(tmp_pat
     cfg = BenchmarkConfig(name="c", dataset=DatasetConfig(format="csv", root=str(tmp_path),
                                                           annotations=str(tmp_path / "test.csv"),
                                                           classes=str(tmp_path / "classes.txt")),
-                          model=str(path), frames="centre", device="cpu", decode_workers=1,
+                          runtime=RuntimeSettings(str(path), device="cpu", decode_workers=1), frames="centre",
                           output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="a sampling of 1 frame per clip"):
         run_benchmark(cfg)

@@ -222,6 +222,11 @@ def test_kinetics600_style_class_subsets(tmp_path, clips):
     ({"dataset": {"root": "x"}}, "missing required key dataset.'format'"),
     ({"num_frames": "eight"}, "num_frames must be an integer, got 'eight'"),
     ({"crops": 2}, "crops (2) must be 1 or 3"),
+    ({"num_frames": 0}, "num_frames (0) must be >= 1"),
+    ({"pooling": "median"}, "pooling 'median' is not valid; choose one of mean, max, temporal"),
+    ({"precision": "fp64"}, "precision 'fp64' is not valid; choose one of fp32, bf16, fp16"),
+    ({"decode_workers": 0}, "decode_workers (0) must be >= 1"),
+    ({"runtime": {"model": "x"}}, "unknown key 'runtime'"),
     ({"dataset": {"format": "folders", "root": "x", "splits": [4]}}, "dataset.splits [4]: each must be 1, 2 or 3"),
     ({"dataset": {"format": "folders", "root": "x", "bogus": 1}}, "unknown key dataset.'bogus'"),
 ])
@@ -245,3 +250,24 @@ def test_shipped_configs_load():
     assert len(k600.dataset.class_subsets) == 3
     with pytest.raises(ConfigError, match="--set 'model': expected key=value"):
         load_config(ROOT / "configs" / "ucf101_zero_shot.yaml", ["model"])
+
+
+def test_a_config_holds_the_settings_classify_and_tag_take_and_records_them_as_written(tmp_path):
+    """The YAML keeps its flat keys; the config holds one RuntimeSettings and one ProtocolOverrides, the types
+    classify and tag take, and a run records it as written (what load_config reads back to the same config)."""
+    from configs.schema import as_written
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+
+    data = {"name": "t", "dataset": {"format": "folders", "root": "x", "splits": [1, 2]}, "model": "random:tiny-vit",
+            "precision": "bf16", "decode_workers": 3, "templates": "none", "num_frames": 4, "pooling": "max"}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(data))
+    cfg = load_config(path, ["batch_size=7"])
+    assert cfg.runtime == RuntimeSettings("random:tiny-vit", precision="bf16", batch_size=7, decode_workers=3)
+    assert cfg.overrides == ProtocolOverrides("none", 4, "max")
+    written = as_written(cfg)
+    assert {k: written[k] for k in data if k != "dataset"} == {k: v for k, v in data.items() if k != "dataset"}
+    assert written["dataset"]["splits"] == [1, 2] and written["batch_size"] == 7 and "runtime" not in written
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(json.loads(json.dumps(written))))
+    assert load_config(again) == cfg

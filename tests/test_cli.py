@@ -158,3 +158,45 @@ def test_the_readmes_commands_table_is_the_parsers():
         known = {s for action in commands.choices[name]._actions for s in action.option_strings}
         named = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", row))
         assert named <= known, (name, named - known)
+
+
+def test_every_pooling_and_precision_choice_names_the_one_list():
+    """A pooling or precision option of any command offers the one list the settings validate against (tag: the
+    poolings a window can take), so a value one place accepts is never refused by another."""
+    import argparse
+
+    from pipeline.cli import build_parser
+    from pipeline.model.families import POOLINGS, WINDOW_POOLINGS
+    from pipeline.model.runtime import PRECISION_CHOICES
+
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    seen = {}
+    for name, sub in commands.choices.items():
+        for action in sub._actions:
+            if action.dest in ("pooling", "precision"):
+                seen[name, action.dest] = tuple(action.choices)
+    assert seen[("classify", "pooling")] == POOLINGS and seen[("tag", "pooling")] == WINDOW_POOLINGS
+    assert "frame_scores" in POOLINGS and "frame_scores" not in WINDOW_POOLINGS
+    assert {v for (_, dest), v in seen.items() if dest == "precision"} == {("auto", *PRECISION_CHOICES)}
+    assert {name for name, dest in seen if dest == "precision"} == {"classify", "tag"}
+
+
+def test_classify_reads_its_probe_once(videos, tmp_path, monkeypatch, capsys):
+    """The CLI reads the probe for the model it names and classify takes the probe it read: one file read."""
+    import numpy as np
+
+    from pipeline.cli import build_parser
+    from pipeline.eval.linear_probe import LinearProbe, fitted_on
+
+    rng = np.random.default_rng(0)
+    LinearProbe(("left", "up"), rng.normal(size=(2, 64)), np.zeros(2), 1.0,
+                fitted_on=fitted_on("random:tiny-vit", "mean", 8)).save(tmp_path / "probe.npz")
+    reads = []
+    load = LinearProbe.load.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(LinearProbe, "load", classmethod(lambda cls, path: reads.append(str(path)) or load(cls, path)))
+    monkeypatch.setenv("CLIP_VIDEO_CACHE", str(tmp_path / "cache"))
+    args = build_parser().parse_args(["classify", str(videos[0]), "--probe", str(tmp_path / "probe.npz"),
+                                      "--precision", "fp32", "--decode-workers", "1", "--format", "csv"])
+    assert args.func(args) == 0
+    assert reads == [str(tmp_path / "probe.npz")]
+    assert {line.split(",")[2] for line in capsys.readouterr().out.splitlines()[1:]} == {"left", "up"}

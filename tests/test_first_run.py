@@ -55,7 +55,7 @@ def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_
     from datasets.world import Clip, render
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import search
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
     archive = tmp_path / "archive"
     for i, action in enumerate(LABELS):  # 1 s clips: one 4 s window each
@@ -64,7 +64,7 @@ def test_search_lists_a_one_window_video_once_and_says_when_nothing_matched(tmp_
     write_video(archive / "long.mp4", np.concatenate([render(Clip("blue", "circle", a, seed=9, split="train"), WORLD)
                                                       for a in LABELS * 2]), fps=WORLD.fps)  # 8 s: three windows
     settings = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1),
-                           LABELS, templates="none", window_s=4.0, stride_s=2.0)
+                           LABELS, overrides=ProtocolOverrides(templates="none"), window_s=4.0, stride_s=2.0)
     out = tmp_path / "t.csv"
     tag(settings, archive, out, progress=False)
     hits = search(Path(str(out) + ".index"), "growing", topk=50, device="cpu")

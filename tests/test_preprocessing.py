@@ -92,11 +92,11 @@ def test_tag_records_its_decoder_prescaling_and_resumes_indexes_written_before(t
 
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.tag.job import TagSettings, tag
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
     write_video(tmp_path / "a" / "v.mp4", moving_square_frames("moving left", "red", num_frames=12))
     rt = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1)
-    settings = TagSettings(rt, ("left", "right"), templates="none", window_s=0.5, stride_s=0.5, topk=2)
+    settings = TagSettings(rt, ("left", "right"), overrides=ProtocolOverrides(templates="none"), window_s=0.5, stride_s=0.5, topk=2)
     out = tmp_path / "t.csv"
     assert tag(settings, tmp_path / "a", out, progress=False).ok == 1
     state_file = tmp_path / "t.csv.index" / "state.json"

@@ -30,15 +30,16 @@ from pipeline.jobs.tag.index_state import writer_lock
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.outputs import TableWriter, output_schemas, sibling
 from pipeline.jobs.tag.query import retag, search
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _settings(**kw) -> TagSettings:
     rt = RuntimeSettings(model="random:tiny-vit", device="cpu", precision="fp32", decode_workers=1)
-    return TagSettings(rt, **(dict(labels=LABELS, templates="none", window_s=0.5, stride_s=0.25, topk=3,
-                                   commit_every=2) | kw))
+    asked = {k: kw.pop(k) for k in ("templates", "num_frames", "pooling") if k in kw}
+    return TagSettings(rt, overrides=ProtocolOverrides(**({"templates": "none"} | asked)),
+                       **(dict(labels=LABELS, window_s=0.5, stride_s=0.25, topk=3, commit_every=2) | kw))
 
 
 def _video(path: Path, seed: int = 0, action: str = "growing") -> Path:

@@ -31,7 +31,7 @@ from pipeline.jobs.serve.app import create_app, serve
 from pipeline.jobs.serve.archive import Archive
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import SearchFilter, search
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.video.thumbnails import POSTER_BYTES
 
 pytestmark = pytest.mark.slow  # every test here serves the index a trained model tagged (tagged)
@@ -77,8 +77,9 @@ def tagged(tmp_path_factory, trained) -> Tagged:
     secret.parent.mkdir()
     shutil.copy(archive / "blinking.mp4", secret)
     out = root / "tags.parquet"
-    settings = TagSettings(RuntimeSettings(str(trained), device="cpu", decode_workers=1), LABELS, templates="none",
-                           pooling="temporal", window_s=1.0, stride_s=0.5, topk=3)
+    settings = TagSettings(RuntimeSettings(str(trained), device="cpu", decode_workers=1), LABELS,
+                           overrides=ProtocolOverrides(templates="none", pooling="temporal"), window_s=1.0, stride_s=0.5,
+                           topk=3)
     summary = tag(settings, archive, out, progress=False)
     assert summary.ok == 7 and summary.failed == {"error": 1}
     return Tagged(archive.resolve(), Path(str(out) + ".index"), secret.resolve())

@@ -247,7 +247,7 @@ def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_mod
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.jobs.tag.query import retag
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
     from pipeline.video.open import DecodeRequest, decode_request
     from pipeline.video.samplers import Sampling
 
@@ -256,7 +256,7 @@ def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_mod
               for i, a in enumerate(["moving left", "moving up"])]
     labels = ("playing basketball", "riding a bike", "eating spaghetti", "a red square")
     rt = RuntimeSettings(str(folder), device="cpu", precision="fp32", decode_workers=1)
-    settings = TagSettings(rt, labels, templates="none", num_frames=4, window_s=1.0, stride_s=0.5, topk=4,
+    settings = TagSettings(rt, labels, overrides=ProtocolOverrides(templates="none", num_frames=4), window_s=1.0, stride_s=0.5, topk=4,
                            above=0.45)
     assert tag(settings, tmp_path / "archive", tmp_path / "a.csv", progress=False).ok == 2
     windows = pd.read_csv(tmp_path / "a.segments.csv", keep_default_na=False).query("kind == 'window'")
@@ -278,7 +278,7 @@ def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_mod
 
     retag(tmp_path / "a.csv.index", ["a red square", "riding a bike"], tmp_path / "re.csv", templates="none",
           topk=2, device="cpu", above=0.45)
-    fresh = TagSettings(rt, ("a red square", "riding a bike"), templates="none", num_frames=4, window_s=1.0,
+    fresh = TagSettings(rt, ("a red square", "riding a bike"), overrides=ProtocolOverrides(templates="none", num_frames=4), window_s=1.0,
                         stride_s=0.5, topk=2, above=0.45)
     tag(fresh, tmp_path / "archive", tmp_path / "b.csv", progress=False)
     for suffix in (".csv", ".segments.csv"):

@@ -26,7 +26,7 @@ from pipeline.jobs.tag.job import TagSettings, shard_of, tag
 from pipeline.jobs.tag.outputs import sibling
 from pipeline.jobs.tag.query import SearchFilter, retag, search
 from pipeline.model.loading import load_model
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +45,9 @@ def _archive(folder: Path, n: int | None = None) -> list[Path]:
 
 def _settings(runtime: dict | None = None, **kw) -> TagSettings:
     rt = RuntimeSettings(**(dict(model="random:tiny-vit", device="cpu", decode_workers=1) | (runtime or {})))
-    base = dict(labels=LABELS, templates="none", window_s=0.5, stride_s=0.25, topk=3, commit_every=2)
-    return TagSettings(rt, **(base | kw))
+    asked = {k: kw.pop(k) for k in ("templates", "num_frames", "pooling") if k in kw}
+    base = dict(labels=LABELS, window_s=0.5, stride_s=0.25, topk=3, commit_every=2)
+    return TagSettings(rt, overrides=ProtocolOverrides(**({"templates": "none"} | asked)), **(base | kw))
 
 
 @pytest.mark.slow

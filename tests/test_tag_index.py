@@ -19,7 +19,7 @@ from pipeline.jobs.tag.part import Part, video_row
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.table_indexes import LOOKUP_INDEX, build_lookup_indexes, build_vector_index
 from pipeline.model.loading import model_identity
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.video_text import LabelScorer
 from pipeline.model.zero_shot import LabelScoring
 
@@ -274,8 +274,9 @@ def test_old_index_is_refused_with_the_command_that_migrates_it_and_then_migrate
     assert np.allclose(vecs[("/a/y.mp4", 1)], second["windows"][1], atol=1e-3)
     assert np.allclose(vecs[("/a/x.mp4", 0)], first["windows"][0], atol=1e-3)
     assert len(vecs) == 6
-    cfg = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu"), LABELS, templates="none", num_frames=8,
-                      pooling="mean", window_s=2.0, stride_s=2.0, topk=3)
+    cfg = TagSettings(RuntimeSettings("random:tiny-vit", device="cpu"), LABELS,
+                      overrides=ProtocolOverrides(templates="none", num_frames=8, pooling="mean"), window_s=2.0,
+                      stride_s=2.0, topk=3)
     resumed = open_for_tagging(folder, cfg.identity(), 64)  # the same settings resume without complaint
     assert resume_plan(resumed, [], [])[0] == []
 

@@ -24,7 +24,7 @@ from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import retag, search
 from pipeline.model import families
 from pipeline.model.loading import load_model
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
 TOY_TEMPLATE = "a toy clip of {}."
 TOY = families.Family("frames", families.Templates("toy", (TOY_TEMPLATE,)), frames=4, pooling="max")
@@ -71,8 +71,8 @@ def test_classify_equals_plain_clip_with_the_protocol_spelled_out(toy, tmp_path)
     templates = tmp_path / "toy_templates.txt"
     templates.write_text(TOY_TEMPLATE + "\n")
     ours = classify_videos(ClassifySettings(_runtime(toy[0]), LABELS), videos)
-    plain = classify_videos(ClassifySettings(_runtime(toy[1]), LABELS, templates=str(templates), num_frames=4,
-                                             pooling="max"), videos)
+    plain = classify_videos(ClassifySettings(_runtime(toy[1]), LABELS,
+                                             overrides=ProtocolOverrides(str(templates), 4, "max")), videos)
     default = classify_videos(ClassifySettings(_runtime(toy[1]), LABELS), videos)
     for a, b, c in zip(ours, plain, default, strict=True):
         assert a.error is None and a.probs is not None and b.probs is not None and c.probs is not None
@@ -91,7 +91,7 @@ def test_tag_retag_and_search_run_the_toy_family(toy, tmp_path):
     templates = tmp_path / "toy_templates.txt"
     templates.write_text(TOY_TEMPLATE + "\n")
     plain_out = tmp_path / "plain.csv"
-    tag(TagSettings(_runtime(toy[1]), templates=str(templates), pooling="max", num_frames=4, **common), archive,
+    tag(TagSettings(_runtime(toy[1]), overrides=ProtocolOverrides(str(templates), 4, "max"), **common), archive,
         plain_out, progress=False)
     a, b = pd.read_csv(out).sort_values("path"), pd.read_csv(plain_out).sort_values("path")
     assert list(a["label_1"]) == list(b["label_1"])

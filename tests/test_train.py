@@ -252,14 +252,14 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
     from datasets.world import write_world
     from pipeline.jobs.classify import ClassifySettings, classify_videos
     from pipeline.model.loading import load_model
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
     from pipeline.video.open import open_video
 
     result = train(_cfg(tmp_path, steps=6), progress=False)
     files = write_world(tmp_path / "world", WORLD)
     videos = sorted((tmp_path / "world" / "videos").glob("heldout_*.mp4"))[:3]
     settings = ClassifySettings(RuntimeSettings(str(result.out / "model.pt"), device="cpu", decode_workers=1),
-                                WORLD.actions, templates=str(files["templates"]), pooling="temporal", topk=4)
+                                WORLD.actions, overrides=ProtocolOverrides(templates=str(files["templates"]), pooling="temporal"), topk=4)
     got = torch.stack([r.probs for r in classify_videos(settings, videos)])  # (3, A)
 
     model, templates = result.model, prompt_templates(WORLD)

@@ -13,7 +13,7 @@ import torchvision.transforms.v2.functional as TF
 import clip_model
 from helpers import open_clip_model, ours_from_open_clip
 from pipeline.jobs.classify import ClassifySettings, classify_videos
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
 CLASSES = ("juggling balls", "playing the cello", "surfing", "riding a bike", "cooking")
 TEMPLATES = ["a photo of a person {}.", "a video of a person {}.", "a example of a person {}."]
@@ -46,7 +46,7 @@ def test_zero_shot_matches_an_independent_open_clip_computation(tmp_path, sample
     (tmp_path / "templates.txt").write_text("\n".join(TEMPLATES))
     videos = [p for p in sample_videos if p.name in ("bikes.mp4", "carphone_pristine.mp4")]
     settings = ClassifySettings(RuntimeSettings(str(ckpt), device="cpu", backend="pyav"), CLASSES,
-                                templates=str(tmp_path / "templates.txt"), num_frames=6, topk=5)
+                                overrides=ProtocolOverrides(templates=str(tmp_path / "templates.txt"), num_frames=6), topk=5)
     results = classify_videos(settings, videos)
     for path, result in zip(videos, results):
         assert result.error is None, result.error

@@ -39,6 +39,7 @@ class LinearProbe:
     # the features it was fitted on: model (the spec to load), identity (loading.model_identity without the
     # precision), pooling and num_frames; empty for a probe saved before they were recorded
     fitted_on: dict = field(default_factory=dict)
+    source: str = field(default="linear probe", compare=False)  # the file it was loaded from (its errors name it)
 
     def logits(self, features: np.ndarray) -> np.ndarray:
         """(N, E) L2-normalised video features -> (N, C) logits."""
@@ -72,7 +73,7 @@ class LinearProbe:
         if header.get("format") != "clip_video.linear_probe":
             raise UserError(f"{path}: not a saved linear probe (format {header.get('format')!r})")
         return cls(tuple(header["classnames"]), coef, intercept, float(header["C"]),
-                   {float(k): v for k, v in header["val_accuracy"].items()}, header.get("fitted_on") or {})
+                   {float(k): v for k, v in header["val_accuracy"].items()}, header.get("fitted_on") or {}, str(path))
 
 
 def fitted_on(spec: str, pooling: str, num_frames: int) -> dict:
@@ -92,12 +93,12 @@ def _weights_identity(spec: str) -> dict:
     return identity
 
 
-def check_fitted_on(probe: LinearProbe, path: str | Path, spec: str) -> None:
+def check_fitted_on(probe: LinearProbe, spec: str) -> None:
     """Refuse, in one line, to apply ``probe`` to the features of another model than the one it was fitted on."""
     if not probe.fitted_on:
         return
     if _weights_identity(spec) != probe.fitted_on["identity"]:
-        raise UserError(f"{path}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
+        raise UserError(f"{probe.source}: this probe was fitted on the features of {probe.fitted_on['model']}, not of "
                          f"{spec}: leave --model out to use its own, or fit a probe on {spec} (benchmark, protocol "
                          "linear_probe)")
 

@@ -21,7 +21,7 @@ import torch
 
 from clip_model import cache_dir as default_cache_dir
 from clip_model.errors import UserError
-from configs.schema import BenchmarkConfig
+from configs.schema import BenchmarkConfig, as_written
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
 from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset, VideoRecord
@@ -191,7 +191,8 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         print(f"benchmark: {cfg.out} holds an earlier run's reports; they are replaced when this one ends "
               "(--set output_dir=... keeps them)", file=sys.stderr, flush=True)
     rt = cfg.runtime
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, cfg.pooling, cfg.num_frames)
+    asked = cfg.overrides
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling, asked.num_frames)
     mkey = model_key(model_identity(rt.model, rt.precision))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
     num_frames = model.frames
@@ -205,7 +206,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
         records = [r for r in split.test.records if r.path in test_feats]
         classnames = list(split.test.classnames)
         if cfg.protocol == "zero_shot":
-            scorer = model.labels(model.class_text(classnames, load_templates(cfg.templates or model.templates),
+            scorer = model.labels(model.class_text(classnames, load_templates(asked.templates or model.templates),
                                                    cache_root, mkey))
             probs = np.stack([model.view_probs(test_feats[r.path], scorer).numpy() for r in records])
             probe_info = {}
@@ -244,7 +245,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                   (f"{split.name}: per-class accuracy", per_class_png(metrics, classnames, split.name))]
     keys = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
     summary = {k: mean_std([s["metrics"][k] for s in split_results]) for k in keys}
-    results = {"name": cfg.name, "config": dataclasses.asdict(cfg), "splits": split_results, "summary": summary,
+    results = {"name": cfg.name, "config": as_written(cfg), "splits": split_results, "summary": summary,
                "headline": {"metric": cfg.headline, **summary[cfg.headline]}}
     write_reports(cfg.out, results, pd.DataFrame(rows, columns=["split", "path", "label", "prediction", "correct",
                                                                  "top5", "probability"]),

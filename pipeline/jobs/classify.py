@@ -13,10 +13,9 @@ from pipeline.eval.linear_probe import LinearProbe, check_fitted_on
 from pipeline.features.clip_features import extract_features
 from pipeline.features.frame_geometry import decode_cap
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.families import POOLINGS, Pooling
 from pipeline.model.loading import load_model, model_identity, model_key, resolve_device
 from pipeline.model.prompts import load_templates
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file
@@ -27,27 +26,23 @@ from pipeline.video.samplers import Sampling
 class ClassifySettings:
     runtime: RuntimeSettings
     classnames: tuple[str, ...]
-    templates: str | None = None  # None: the model's own (model.video_text; CLIP's "video", X-CLIP's "none")
-    num_frames: int | None = None  # frames per clip; None: the model's (fixed by X-CLIP checkpoints), else 8
+    overrides: ProtocolOverrides = ProtocolOverrides()  # templates, frames per clip, pooling; None: the model's
     clips: int = 1  # temporal views: > 1 takes evenly spread dense clips of num_frames consecutive frames
     crops: int = 1  # spatial views: 1 (centre) or 3
-    pooling: Pooling | None = None  # None: the model's (mean; ActionCLIP's fusion transformer; Open-VCLIP's)
     topk: int = 5
     unknown_below: float | None = None  # open set: answer "unknown" when the top probability is below this
     cache_dir: Path | None = None  # text-feature cache; None disables it
-    probe: Path | None = None  # a saved linear probe: classify with it instead of zero-shot (its classes win)
+    probe: LinearProbe | None = None  # a saved one (LinearProbe.load): classify with it, not zero-shot (its classes win)
     prescale: bool = False  # scale large frames down in the decoder first (frame_geometry.decode_cap): faster, not
     #                         the references' single resize
 
     def __post_init__(self) -> None:
         check_unique_labels(self.classnames)
-        for name in ("num_frames", "clips", "topk"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
+        for name in ("clips", "topk"):
+            if getattr(self, name) < 1:
                 raise UserError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.crops not in (1, 3):
             raise UserError(f"crops ({self.crops}) must be 1 or 3")
-        if self.pooling is not None and self.pooling not in POOLINGS:
-            raise UserError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
             raise UserError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
         if not self.classnames and self.probe is None:
@@ -89,19 +84,20 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
     paths_left = [p for p in paths if str(p) not in results]
     if not paths_left:
         return [results[str(p)] for p in paths]
-    probe = LinearProbe.load(settings.probe) if settings.probe else None
+    probe = settings.probe
     if probe is not None:  # its features' model, pooling and frames, unless asked otherwise
-        check_fitted_on(probe, str(settings.probe), rt.model)
+        check_fitted_on(probe, rt.model)
     recorded = probe.fitted_on if probe is not None else {}
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, settings.pooling or recorded.get("pooling"),
-                       settings.num_frames or recorded.get("num_frames"))
+    asked = settings.overrides
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling or recorded.get("pooling"),
+                       asked.num_frames or recorded.get("num_frames"))
     num_frames = model.frames
     if probe is not None and probe.coef.shape[1] != model.embed_dim:  # a probe saved before fitted_on was recorded
-        raise UserError(f"{settings.probe}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
+        raise UserError(f"{probe.source}: this probe takes {probe.coef.shape[1]}-dimensional features; {rt.model} "
                          f"gives {model.embed_dim}: pass the --model it was fitted on")
     classnames = list(probe.classnames) if probe else list(settings.classnames)
     if probe is None:  # CLIP: softmax over the labels; SigLIP: a sigmoid per label; X-CLIP: texts seen by each video
-        labels = model.labels(model.class_text(classnames, load_templates(settings.templates or model.templates),
+        labels = model.labels(model.class_text(classnames, load_templates(asked.templates or model.templates),
                                                settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
     cap = decode_cap(model.preprocess, settings.prescale)
     requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths_left]

@@ -36,7 +36,7 @@ from pipeline.eval.metrics import compute_metrics
 from pipeline.jobs.tag.index_state import index_folder
 from pipeline.jobs.tag.job import TagSettings, tag
 from pipeline.jobs.tag.query import search
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.video.open import open_video
 from pipeline.video.samplers import segment_indices
 
@@ -72,9 +72,10 @@ def _bench_cfg(out: Path, files: dict[str, Path], name: str, model: Path, poolin
                protocol: Literal["zero_shot", "linear_probe"] = "zero_shot") -> BenchmarkConfig:
     dataset = DatasetConfig(format="csv", root=str(files["heldout"].parent), annotations=str(files["heldout"]),
                             train_annotations=str(files["train"]), classes=str(files["actions"]))
-    return BenchmarkConfig(name=name, dataset=dataset, protocol=protocol, model=str(model),
-                           templates=str(files["templates"]), num_frames=8, pooling=pooling, device="cpu",
-                           decode_workers=2, output_dir=str(out / name), cache_dir=str(out / "cache"))
+    return BenchmarkConfig(name=name, dataset=dataset, protocol=protocol,
+                           runtime=RuntimeSettings(str(model), device="cpu", decode_workers=2),
+                           overrides=ProtocolOverrides(str(files["templates"]), num_frames=8, pooling=pooling),
+                           output_dir=str(out / name), cache_dir=str(out / "cache"))
 
 
 def _predictions(path: Path) -> tuple[list[str], list[str]]:
@@ -144,7 +145,7 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     heldout = _heldout_examples(files["heldout"], s.classify_files)
     _log(f"classifying {len(heldout)} held-out files (classify)")
     settings = ClassifySettings(RuntimeSettings(str(model), device="cpu", decode_workers=1), tuple(actions),
-                                templates=str(files["templates"]), pooling="temporal", topk=3)
+                                ProtocolOverrides(str(files["templates"]), pooling="temporal"), topk=3)
     classified = []
     for (path, true_label), r in zip(heldout, classify_videos(settings, [p for p, _ in heldout])):
         classified.append({"path": str(path), "true": true_label, "labels": list(r.prediction.labels) if r.prediction
@@ -155,7 +156,7 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     _log("tagging the held-out videos (tag), then searching them by text (search)")
     tags_out = out / "tags.csv"
     tag_settings = TagSettings(RuntimeSettings(str(model), device="cpu", decode_workers=2), tuple(actions),
-                               templates=str(files["templates"]), pooling="temporal", num_frames=s.world.num_frames,
+                               ProtocolOverrides(str(files["templates"]), s.world.num_frames, "temporal"),
                                window_s=1.0, stride_s=0.5, topk=3)
     summary = tag(tag_settings, files["heldout"].parent / "videos", tags_out, include=["heldout_*"],
                   progress=progress)

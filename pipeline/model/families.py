@@ -30,6 +30,7 @@ ViewEnsemble = Literal["probabilities", "logits"]  # average the views' probabil
 # frame_scores scores every frame and averages the probabilities (video_text.VideoTextModel.view_probs)
 Pooling = Literal["mean", "max", "temporal", "frame_scores", "mean_of_unit"]
 POOLINGS: tuple[Pooling, ...] = ("mean", "max", "temporal", "frame_scores", "mean_of_unit")
+WINDOW_POOLINGS: tuple[Pooling, ...] = tuple(p for p in POOLINGS if p != "frame_scores")  # tag: a window's one vector
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,19 @@
-"""The runtime options every model job shares (classify, tag, benchmark): which model, where it runs, how videos are
-decoded. One type, one set of defaults, one validation."""
+"""The options every model job shares (classify, tag, benchmark), each as one type with one set of defaults, one
+validation and one set of command-line options: ``RuntimeSettings`` (which model, where it runs, how videos are
+decoded) and ``ProtocolOverrides`` (what a job changes of the model's own protocol)."""
 from __future__ import annotations
 
 import argparse
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from clip_model.errors import UserError
 from pipeline.video import BACKENDS, Backend
+
+from .families import POOLINGS, Pooling
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
@@ -80,3 +84,42 @@ class RuntimeSettings:
             print(f"precision: {precision} ({why})", file=sys.stderr)
         return cls(args.model or model or cls.model, args.device, precision,  # type: ignore[arg-type]
                    args.batch_size, args.backend, args.decode_workers, args.decode_timeout)
+
+
+@dataclass(frozen=True)
+class ProtocolOverrides:
+    """What a job asks instead of the model's own protocol; None keeps the model's (what its checkpoint records, else
+    its family's row in ``families.FAMILIES``)."""
+
+    templates: str | tuple[str, ...] | None = None  # a set's name, a file of templates, or the templates themselves
+    num_frames: int | None = None  # frames per clip or window; X-CLIP checkpoints fix theirs
+    pooling: Pooling | None = None  # how frame embeddings become the video's (families.POOLINGS)
+
+    def __post_init__(self) -> None:
+        if self.templates is not None and not isinstance(self.templates, str):
+            object.__setattr__(self, "templates", tuple(self.templates))  # a list given, a tuple kept
+        if self.num_frames is not None and self.num_frames < 1:
+            raise UserError(f"num_frames ({self.num_frames}) must be >= 1")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise UserError(f"pooling {self.pooling!r}: choose one of {', '.join(POOLINGS)}")
+
+    def check_pooling(self, allowed: Sequence[str], job: str) -> None:
+        """Refuse a pooling this job cannot apply (tag scores one vector per window: no frame_scores)."""
+        if self.pooling is not None and self.pooling not in allowed:
+            raise UserError(f"{job}: pooling {self.pooling!r}: choose one of {', '.join(allowed)}")
+
+    @staticmethod
+    def add_arguments(p: argparse.ArgumentParser, poolings: Sequence[str] = POOLINGS,
+                      frames_help: str = "frames per clip") -> None:
+        p.add_argument("--templates", default=None, help="none|video|ucf101|kinetics700|FILE (one template per line); "
+                                                         "default: the model's (run_pipeline.py models)")
+        p.add_argument("--num-frames", type=int, default=None,
+                       help=f"{frames_help}; default: the model's (fixed by X-CLIP checkpoints), else 8")
+        p.add_argument("--pooling", choices=poolings, default=None,
+                       help="mean/max of frame embeddings, the temporal pooler of a checkpoint (written by train, or "
+                            "ActionCLIP's)" + (", the mean of per-frame probabilities" * ("frame_scores" in poolings))
+                            + ", or the mean of unit frame embeddings (Open-VCLIP); default: the model's")
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> ProtocolOverrides:
+        return cls(args.templates, args.num_frames, args.pooling)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from torch import nn
 import clip_model
 from clip_model.errors import UserError
 
-from .families import family, recorded_templates
+from .families import POOLINGS, Pooling, family, recorded_templates
 from .pooling import pool_views
 from .scorers import SCORERS, LabelScorer, family_scoring
 from .state import VideoState
@@ -45,11 +45,13 @@ class VideoTextModel:
         self.templates: str | tuple[str, ...] = recorded_templates(self.protocol, recorded)  # a set's name, or them
         self.visual = VISUALS[self.protocol.visual](model, name, frames, self.protocol.frames)
         pooling = pooling or self.protocol.pooling
+        if pooling not in POOLINGS:  # what a checkpoint recorded is read from a file
+            raise UserError(f"{name}: pooling {pooling!r}: choose one of {', '.join(POOLINGS)}")
         self.visual.check_pooling(name, pooling)
         if pooling == "temporal" and head is None:
             raise UserError(f"{name}: pooling temporal needs a checkpoint with a temporal pooler (written by train, "
                              "or ActionCLIP's); this one has none: use pooling mean")
-        self.pooling = pooling
+        self.pooling = cast(Pooling, pooling)
         self.frames: int = self.visual.frames  # frames per clip or window, resolved once, here
         self.scorer = SCORERS[self.protocol.text]
         self.scoring = family_scoring(model, self.protocol)

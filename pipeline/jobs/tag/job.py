@@ -36,8 +36,9 @@ from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
+from pipeline.model.families import WINDOW_POOLINGS
 from pipeline.model.loading import load_model, model_identity, resolve_device
-from pipeline.model.runtime import RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.video.supervisor import Failure
@@ -56,9 +57,7 @@ from .table_indexes import build_indexes
 class TagSettings:
     runtime: RuntimeSettings
     labels: tuple[str, ...]
-    templates: str | Sequence[str] | None = None  # a set's name, a file, or the templates; None: the model's
-    pooling: str | None = None  # mean | max | temporal (the checkpoint's pooler); None: the model's
-    num_frames: int | None = None  # frames per window; None: the model's (fixed by X-CLIP checkpoints), else 8
+    overrides: ProtocolOverrides = ProtocolOverrides()  # templates, frames per window, pooling; None: the model's
     window_s: float = 4.0
     stride_s: float = 2.0
     topk: int = 5
@@ -73,34 +72,35 @@ class TagSettings:
         check_unique_labels(self.labels)
         if self.above is not None and not 0 < self.above < 1:
             raise UserError(f"above ({self.above}) must lie in (0, 1)")
-        for key in ("num_frames", "topk", "commit_every"):
-            if getattr(self, key) is not None and getattr(self, key) < 1:
+        for key in ("topk", "commit_every"):
+            if getattr(self, key) < 1:
                 raise UserError(f"{key} ({getattr(self, key)}) must be >= 1")
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
             raise UserError("window_s and stride_s must be > 0")
-        if self.pooling not in (None, "mean", "max", "temporal", "mean_of_unit"):
-            raise UserError(f"pooling {self.pooling!r}: choose mean, max, temporal or mean_of_unit")
+        self.overrides.check_pooling(WINDOW_POOLINGS, "tag")
 
     def resolved(self, model: VideoTextModel) -> TagSettings:
         """The settings with the model's defaults filled in (templates, frames per window), checked against it."""
-        return dataclasses.replace(self, templates=self.templates or model.templates, pooling=model.pooling,
-                                   num_frames=model.num_frames(self.num_frames))
+        asked = self.overrides
+        return dataclasses.replace(self, overrides=ProtocolOverrides(
+            asked.templates or model.templates, model.num_frames(asked.num_frames), model.pooling))
 
     def identity(self) -> dict:
         """What the stored rows depend on: a resume must match it (the model by its weights' key)."""
+        protocol = self.overrides
         return {"model": model_identity(self.runtime.model, self.runtime.precision), "labels": list(self.labels),
-                "templates": self.templates if isinstance(self.templates, str | None) else list(self.templates),
-                "pooling": self.pooling, "num_frames": self.num_frames,
+                "templates": protocol.templates if isinstance(protocol.templates, str | None) else
+                list(protocol.templates), "pooling": protocol.pooling, "num_frames": protocol.num_frames,
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk,
                 "decode_prescale": PRESCALE}  # tag always pre-scales large frames (frame_geometry.decode_cap)
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does,
         and a long video is split across as many time ranges as there are decode workers."""
-        assert self.num_frames is not None, "resolved() first"
-        return WindowTask(path, FrameGeometry.of(preprocess), self.num_frames, self.window_s, self.stride_s,
+        assert self.overrides.num_frames is not None, "resolved() first"
+        return WindowTask(path, FrameGeometry.of(preprocess), self.overrides.num_frames, self.window_s, self.stride_s,
                           self.runtime.backend, decode_cap(preprocess, prescale=True), self.chunk_mb,
                           split=self.runtime.decode_workers)
 
@@ -283,11 +283,12 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
         paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
     with output_lock(out) if rank == 0 else nullcontext():
-        model = load_model(rt.model, device, rt.precision, settings.pooling, settings.num_frames)
+        model = load_model(rt.model, device, rt.precision, settings.overrides.pooling, settings.overrides.num_frames)
         settings = settings.resolved(model)
-        assert settings.templates is not None
+        templates = settings.overrides.templates
+        assert templates is not None
         identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
-        scorer = label_scorer(model, settings.labels, settings.templates, settings.topk, settings.above)
+        scorer = label_scorer(model, settings.labels, templates, settings.topk, settings.above)
         index = open_for_tagging(folder, identity, model.embed_dim, restart)
         committed = index.state.rows.get("videos", 0)
         try:

@@ -225,7 +225,7 @@ class NeighbourFrameVision(VisionTransformer):
 
 
 class OpenVCLIP(CLIP):
-    """Open-VCLIP and FROSTER: CLIP whose frames see their neighbours in every vision block. ``encode_video``
+    """Open-VCLIP and FROSTER: CLIP whose frames see their neighbours in every vision block. ``encode_clip_frames``
     (B, T, 3, S, S) -> (B, T, E) frame embeddings; the frames of a clip go through the model together."""
 
     family = "openvclip"
@@ -238,10 +238,12 @@ class OpenVCLIP(CLIP):
         self.neighbours = True  # False: plain CLIP frame by frame (what ratio 1 must then equal)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) frames, encoded as ONE clip of N frames (use ``encode_video`` for several clips)."""
-        return self.encode_video(images[None])[0]
+        """(N, 3, S, S) frames, encoded as ONE clip of N frames (use ``encode_clip_frames`` for several clips)."""
+        return self.encode_clip_frames(images[None])[0]
 
-    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+    def encode_clip_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) -> (B, T, E): each frame's embedding, its attention seeing its clip's neighbours (not one
+        embedding per video: the pipeline pools them, mean of unit vectors)."""
         B, T = frames.shape[:2]
         assert isinstance(self.visual, NeighbourFrameVision)
         self.visual.set_frames(T, self.neighbours)

@@ -196,8 +196,9 @@ class VideoSpecificPrompt(nn.Module):
 
 
 class XCLIP(CLIP):
-    """``encode_video`` (B, T, 3, S, S) -> ((B, E) videos, (B, N, E) tokens for the prompts), ``encode_text`` as
-    CLIP, ``logits(videos, tokens, text)`` -> (B, K), ``forward(frames, token_ids)`` -> (B, K) logits_per_video."""
+    """``encode_video`` (B, T, 3, S, S) -> (B, E) videos (``encode_video_tokens``: and the (B, N, E) tokens that
+    condition the prompts), ``encode_text`` as CLIP, ``logits(videos, tokens, text)`` -> (B, K),
+    ``forward(frames, token_ids)`` -> (B, K) logits_per_video."""
 
     family = "xclip"
 
@@ -215,7 +216,12 @@ class XCLIP(CLIP):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"X-CLIP encodes videos of {self.num_frames} frames, not single images: use encode_video")
 
-    def encode_video(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, S, S) normalised frames -> (B, E) video embeddings (the MIT's mean), as every video model's
+        ``encode_video``; scoring labels also needs the tokens (``encode_video_tokens``)."""
+        return self.encode_video_tokens(frames)[0]
+
+    def encode_video_tokens(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, 3, S, S) normalised frames, T = the checkpoint's frame count -> (B, E) video embeddings (the MIT's
         mean) and (B, N, E) patch tokens averaged over frames, which condition the text (``logits``)."""
         if frames.ndim != 5 or frames.shape[1] != self.num_frames:
@@ -241,7 +247,7 @@ class XCLIP(CLIP):
         return torch.einsum("bd,bkd->bk", v, t) * self.logit_scale.float().exp()
 
     def forward(self, frames: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        video, tokens = self.encode_video(frames)
+        video, tokens = self.encode_video_tokens(frames)
         return self.logits(video, tokens, self.encode_text(token_ids))
 
 

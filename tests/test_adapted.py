@@ -302,9 +302,9 @@ def test_openvclip_with_ratio_one_and_no_neighbours_is_plain_clip(tmp_path, tune
     ovc.neighbours = False
     x = _frames()[0]
     with torch.no_grad():
-        assert torch.equal(ovc.encode_video(x[None])[0], plain.encode_image(x))
+        assert torch.equal(ovc.encode_clip_frames(x[None])[0], plain.encode_image(x))
         ovc.neighbours = True
-        assert not torch.allclose(ovc.encode_video(x[None])[0], plain.encode_image(x), atol=1e-3)
+        assert not torch.allclose(ovc.encode_clip_frames(x[None])[0], plain.encode_image(x), atol=1e-3)
     assert all(isinstance(b.attn, NeighbourFrameAttention) for b in ovc.visual.transformer.resblocks)
 
 
@@ -403,7 +403,7 @@ def test_tag_and_classify_with_openvclip_encode_each_windows_frames_together(tmp
     dense = decode_request(DecodeRequest(str(video), Sampling("dense", clip_len=T, num_clips=3)))
     views = model.transform.video(torch.from_numpy(dense.frames)).view(3, T, 3, S, S)
     with torch.no_grad():
-        feats = torch.stack([F.normalize(model.model.encode_video(v[None])[0], dim=-1).mean(0) for v in views])
+        feats = torch.stack([F.normalize(model.model.encode_clip_frames(v[None])[0], dim=-1).mean(0) for v in views])
         text = model.class_text(NAMES, OPENVCLIP_PROMPTS)
         expected = (model.scoring.scale * feats @ text.t()).sum(0).softmax(-1)  # summed view logits
     assert (result.probs - expected).abs().max() < 1e-4

@@ -59,9 +59,9 @@ def _outputs(model, head) -> list[torch.Tensor]:
     frames = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # (B, T, 3, S, S)
     with torch.no_grad():
         if isinstance(model, clip_model.XCLIP):
-            video = list(model.encode_video(frames))
+            video = list(model.encode_video_tokens(frames))
         elif isinstance(model, OpenVCLIP):
-            video = [model.encode_video(frames)]
+            video = [model.encode_clip_frames(frames)]
         else:
             video = [model.encode_image(frames.flatten(0, 1))]
         if head is not None:

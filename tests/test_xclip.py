@@ -37,7 +37,7 @@ def _compare(hf: XCLIPModel, ours: XCLIP, frames: int) -> None:
     ids[:, 0], ids[torch.arange(5), torch.tensor([3, 7, 15, 9, 5])] = 0, 98  # start token, end token (the highest id)
     with torch.no_grad():
         out = hf(input_ids=ids, pixel_values=video)
-        v, tokens = ours.encode_video(video)
+        v, tokens = ours.encode_video_tokens(video)
         text = ours.condition_text(tokens, ours.encode_text(ids))
         logits = ours(video, ids)
     assert (F.normalize(v, dim=-1) - out.video_embeds).abs().max() < 1e-4

@@ -75,7 +75,7 @@ class NeighbourVisual(FrameVisual):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B·T, 3, S, S) -> (B·T, E): frames seen with their neighbours in their clip."""
         video = cast("clip_model.OpenVCLIP", self.model)
-        return video.encode_video(x.view(-1, self.group, *x.shape[1:])).flatten(0, 1)  # (B, T, E) -> (B·T, E)
+        return video.encode_clip_frames(x.view(-1, self.group, *x.shape[1:])).flatten(0, 1)  # (B, T, E) -> (B·T, E)
 
     def window_frames(self, frames: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return frames[positions.reshape(-1)]  # (w·T, 3, S, S): each window's frames in a row
@@ -110,7 +110,7 @@ class ClipVisual(NeighbourVisual):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(B·T, 3, S, S) -> (B, 1 + K, E): each clip's video embedding and its tokens."""
-        video, tokens = cast("clip_model.XCLIP", self.model).encode_video(x.view(-1, self.group, *x.shape[1:]))
+        video, tokens = cast("clip_model.XCLIP", self.model).encode_video_tokens(x.view(-1, self.group, *x.shape[1:]))
         return torch.cat([video[:, None], tokens], dim=1)  # (B, E), (B, K, E) -> (B, 1 + K, E)
 
     def window_features(self, encoded: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

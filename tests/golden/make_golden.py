@@ -276,7 +276,7 @@ def _xclip_ours(hf: Any, _: Path) -> Any:
 
 
 def _xclip_ours_outputs(ours: Any, x: Outputs) -> Outputs:
-    video, tokens = ours.encode_video(x["video"])
+    video, tokens = ours.encode_video_tokens(x["video"])
     text = ours.condition_text(tokens, ours.encode_text(x["text"]))  # (B, K, E): the text conditioned per video
     return {"video_embeds": F.normalize(video, dim=-1), "text_embeds": F.normalize(text, dim=-1),
             "logits_per_video": ours(x["video"], x["text"])}

@@ -6,7 +6,7 @@ retag, with peak memory.
 
 Rows are shaped like tag's: per video one row in ``videos`` and 1 + W rows in ``embeddings`` (the video and its
 windows), committed 32 videos at a time by ``Part`` and ``TagIndex.commit``, with tag-time labels from a
-``Scorer``. Embeddings are random unit vectors drawn around a few thousand cluster centres (real embedding sets are
+``TopLabels``. Embeddings are random unit vectors drawn around a few thousand cluster centres (real embedding sets are
 clustered; windows of one video lie near each other); ``--uniform`` draws them uniformly on the sphere instead, the
 worst case for an approximate index. The settings name ``random:ViT-B/32`` as the model, so
 ``run_pipeline.py search OUT/tags.index "text"`` works on the result. Empty files stand in for the videos, so a
@@ -32,13 +32,13 @@ from pipeline.features.windows import WindowedVideo
 from pipeline.jobs.tag.discover import discover
 from pipeline.jobs.tag.index import TagIndex, open_indexes
 from pipeline.jobs.tag.job import Part, TagSettings, next_video_id, open_for_tagging, resume_plan
-from pipeline.jobs.tag.outputs import Scorer
+from pipeline.jobs.tag.outputs import TopLabels
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.table_indexes import ANN_MIN_ROWS, build_lookup_indexes, build_vector_index
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import LabelScorer
-from pipeline.model.zero_shot import LabelScoring
+from pipeline.model.zero_shot import ProbabilityRule
 from pipeline.video.reader import VideoInfo
 
 MODEL = "random:ViT-B/32"
@@ -110,7 +110,7 @@ def build(args: argparse.Namespace) -> dict:
     index = open_for_tagging(out / "tags.index", cfg.identity(), args.dim)
     text = torch.from_numpy(unit(np.random.default_rng(1).standard_normal((len(LABELS), args.dim))
                                  .astype(np.float32)))
-    part = Part(Scorer(LabelScorer(text, LabelScoring("softmax", 100.0)), LABELS, cfg.topk), args.dim)
+    part = Part(TopLabels(LabelScorer(text, ProbabilityRule("softmax", 100.0)), LABELS, cfg.topk), args.dim)
     source = Embeddings(args.dim, args.windows_per_video, args.centres, args.uniform)
     bounds = tuple((2.0 * k, 2.0 * k + 4.0) for k in range(args.windows_per_video))
     duration = bounds[-1][1]

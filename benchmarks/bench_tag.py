@@ -155,7 +155,7 @@ def _pss_mb(pid: int) -> float:
 def throughput(args, settings: TagSettings, tmp: Path) -> None:
     import torch
 
-    from pipeline.features.clip_features import FrameEncoder, encode_clip
+    from pipeline.features.clip_features import CrossVideoBatcher, encode_clip
     from pipeline.jobs.tag.job import tag
     from pipeline.model.loading import load_model
     from pipeline.model.pooling import pool_views
@@ -189,7 +189,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     decode_only = len(paths) / (time.perf_counter() - t)
 
     t = time.perf_counter()
-    encoder = FrameEncoder(model, settings.runtime.batch_size)
+    encoder = CrossVideoBatcher(model, settings.runtime.batch_size)
     for k, chunk in enumerate(chunks):
         encoder.add((k, torch.from_numpy(chunk.positions)), torch.from_numpy(chunk.frames).permute(0, 3, 1, 2))
         for (_, positions), feats, _ in encoder.ready():

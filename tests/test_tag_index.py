@@ -14,14 +14,14 @@ import pipeline.jobs.tag.index as index_module
 from pipeline.jobs.tag.index import TagIndex, open_indexes
 from pipeline.jobs.tag.job import TagSettings, open_for_tagging, resume_plan
 from pipeline.jobs.tag.migrate import migrate_index, old_identity
-from pipeline.jobs.tag.outputs import Scorer, TableWriter, output_schemas, sibling, write_outputs
+from pipeline.jobs.tag.outputs import TableWriter, TopLabels, output_schemas, sibling, write_outputs
 from pipeline.jobs.tag.part import Part, video_row
 from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.table_indexes import LOOKUP_INDEX, build_lookup_indexes, build_vector_index
 from pipeline.model.loading import model_identity
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.video_text import LabelScorer
-from pipeline.model.zero_shot import LabelScoring
+from pipeline.model.zero_shot import ProbabilityRule
 
 DIM = 32
 LABELS = ("jumping", "running", "swimming", "cooking")
@@ -31,9 +31,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def _scorer(seed: int = 0) -> Scorer:
+def _scorer(seed: int = 0) -> TopLabels:
     text = torch.from_numpy(_unit(np.random.default_rng(seed).standard_normal((len(LABELS), DIM))))
-    return Scorer(LabelScorer(text, LabelScoring("softmax", 50.0)), LABELS, 3)
+    return TopLabels(LabelScorer(text, ProbabilityRule("softmax", 50.0)), LABELS, 3)
 
 
 def _fill(index: TagIndex, videos: int, windows: int = 4, seed: int = 0, commit_every: int = 5,
@@ -304,9 +304,9 @@ def test_scorer_lists_every_label_at_or_above_the_threshold_for_both_scorings():
     text = _scorer().scorer.text
     x = _unit(np.random.default_rng(4).standard_normal((40, DIM)))
     cos = x.astype(np.float16).astype(np.float64) @ text.double().numpy().T
-    for scoring, probs in ((LabelScoring("sigmoid", 10.0, -2.0), 1 / (1 + np.exp(-(10.0 * cos - 2.0)))),
-                           (LabelScoring("softmax", 5.0), np.exp(5 * cos) / np.exp(5 * cos).sum(1, keepdims=True))):
-        _, scores, above = Scorer(LabelScorer(text, scoring), LABELS, 2, above=0.3).top(x.astype(np.float16))
+    for scoring, probs in ((ProbabilityRule("sigmoid", 10.0, -2.0), 1 / (1 + np.exp(-(10.0 * cos - 2.0)))),
+                           (ProbabilityRule("softmax", 5.0), np.exp(5 * cos) / np.exp(5 * cos).sum(1, keepdims=True))):
+        _, scores, above = TopLabels(LabelScorer(text, scoring), LABELS, 2, above=0.3).top(x.astype(np.float16))
         assert np.allclose(scores, -np.sort(-probs, axis=1)[:, :2], atol=1e-6)
         for row, got in zip(probs, above):
             want = [LABELS[j] for j in np.argsort(-row) if row[j] >= 0.3]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from videos import h264_bframes, mpeg4_avi_not_coded, pattern
 
-from pipeline.features.clip_features import FrameEncoder, encode_clip
+from pipeline.features.clip_features import CrossVideoBatcher, encode_clip
 from pipeline.features.window_decode import time_ranges
 from pipeline.features.windows import (
     FrameGeometry,
@@ -80,7 +80,7 @@ def test_frame_encoder_batches_across_owners_like_encoding_each_alone():
     rng = np.random.default_rng(1)
     owners = {k: torch.from_numpy(rng.integers(0, 256, (n, 3, S, S), dtype=np.uint8)) for k, n in
               enumerate([3, 7, 1, 12, 5])}
-    encoder = FrameEncoder(MODEL, batch_size=8)
+    encoder = CrossVideoBatcher(MODEL, batch_size=8)
     done = []
     for key, frames in owners.items():
         encoder.add(key, frames)
@@ -96,7 +96,7 @@ def test_frame_encoder_batches_across_owners_like_encoding_each_alone():
 def test_a_failing_owner_is_its_own_failure():
     good = torch.zeros(5, 3, S, S, dtype=torch.uint8)
     bad = torch.zeros(2, 3, 2 * S, 2 * S, dtype=torch.uint8)  # wrong size: the model cannot take it
-    encoder = FrameEncoder(MODEL, batch_size=16)
+    encoder = CrossVideoBatcher(MODEL, batch_size=16)
     encoder.add("a", good)
     encoder.add("bad", bad)
     encoder.add("b", good)
@@ -199,7 +199,7 @@ def test_a_split_video_decodes_its_ranges_apart_and_reassembles_them_in_order(tm
 
     path = h264_bframes(tmp_path / "v.mp4", n=150, gop=12)  # 6 s: 11 windows, three ranges
     done, video, error = _embed_long(path, windows_logged)
-    assert error is None and done.windows is None
+    assert error is None and done.window_range is None
     tasks = sorted(line.split(" ", 1)[1] for line in (tmp_path / "v.mp4.tasks").read_text().splitlines())
     assert tasks == ["(4, 7) auto", "(7, 11) auto", "None auto"]  # the whole video's task decoded (0, 4)
     assert torch.allclose(video.windows.vectors, _long_reference(path), atol=1e-5)  # every window once, in order

@@ -88,7 +88,7 @@ def windows_logged(task):
     from pipeline.features.window_decode import decode_windows
 
     with open(task.path + ".tasks", "a") as log:
-        log.write(f"{os.getpid()} {task.windows} {task.backend}\n")
+        log.write(f"{os.getpid()} {task.window_range} {task.backend}\n")
     return (yield from decode_windows(task))
 
 
@@ -100,12 +100,12 @@ def windows_range_fails(task):
 
     from pipeline.features.window_decode import StageError, decode_windows
 
-    if task.windows is not None and task.windows[0] > 0:
-        raise StageError("decode", f"frames of windows {task.windows} are corrupt")
+    if task.window_range is not None and task.window_range[0] > 0:
+        raise StageError("decode", f"frames of windows {task.window_range} are corrupt")
     gen = decode_windows(task)
     header = next(gen)
     yield header
-    if task.windows is None and len(header.ranges) > 1:
+    if task.window_range is None and len(header.ranges) > 1:
         time.sleep(20)
         Path(task.path + ".woke").touch()
     return (yield from gen)
@@ -119,7 +119,7 @@ def windows_range_segfaults(task):
     from pipeline.features.window_decode import decode_windows
 
     gen = decode_windows(task)
-    if task.windows is not None and task.backend == "auto":
+    if task.window_range is not None and task.backend == "auto":
         yield next(gen)
         chunk = next(gen)
         yield type(chunk)(chunk.first, chunk.positions, np.zeros_like(chunk.frames))

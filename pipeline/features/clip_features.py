@@ -1,6 +1,6 @@
 """Decoded clips -> per-view features (``model.video_text``: frame embeddings, or X-CLIP's clip rows), with temporal and
 spatial views, for every job that needs video features; and cross-video batching of model-sized frames
-(``FrameEncoder``) for the streaming tag job."""
+(``CrossVideoBatcher``) for the streaming tag job."""
 from __future__ import annotations
 
 from collections import deque
@@ -48,7 +48,7 @@ def encode_clip(model: VideoTextModel, clip: DecodedClip, *, crops: int = 1, bat
                                                                                       feats.shape[-1])  # (V, L, E)
 
 
-class FrameEncoder:
+class CrossVideoBatcher:
     """Cross-video batching: uint8 frames (N, 3, S, S), already resized and cropped, from many owners go through the
     model in batches of ``batch_size`` frames whatever each owner's share. ``add`` queues an owner's frames;
     ``ready`` runs the full batches (all of them with ``flush``) and returns, in the order added, the owners whose

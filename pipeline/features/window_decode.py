@@ -44,7 +44,7 @@ class WindowTask:
     resize: int | None = None  # the decoder's short-side cap (before the model's resize)
     chunk_mb: float = 32.0  # decoded frames held at once, at most (one window's frames always fit)
     split: int = 1  # a long video's windows may be cut into up to this many time ranges, decoded by as many workers
-    windows: tuple[int, int] | None = None  # [a, b): the window numbers of one such range; None: the whole video
+    window_range: tuple[int, int] | None = None  # [a, b): the window numbers of one such range; None: the whole video
     min_range_s: float = 60.0  # seconds of video per range, at least: reopening the file for a range (a demux pass
     # over the whole file: 0.5 s for an hour of 640x360 H.264, bench_tag.py --split-minutes) stays small beside
     # decoding its windows (22 s for that hour)
@@ -101,15 +101,15 @@ def range_tasks(task: WindowTask, outcome: Outcome) -> list[WindowTask]:
     """``decode_in_workers``'s follow-up: a whole video's header asks for the tasks of its other time ranges (none
     for any other outcome, a range's own header, or an unsplit video's)."""
     header = outcome.result
-    if outcome.status != "part" or not isinstance(header, WindowHeader) or task.windows is not None:
+    if outcome.status != "part" or not isinstance(header, WindowHeader) or task.window_range is not None:
         return []
-    return [dataclasses.replace(task, windows=r) for r in header.ranges[1:]]
+    return [dataclasses.replace(task, window_range=r) for r in header.ranges[1:]]
 
 
 def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, None, tuple[str, ...]]:
     """Yield a WindowHeader, then WindowChunks in time order; return the decoder's warnings. Runs in a worker.
 
-    A whole video (``task.windows`` None) of ``2 * min_range_s`` or more is cut into time ranges where its reader
+    A whole video (``task.window_range`` None) of ``2 * min_range_s`` or more is cut into time ranges where its reader
     seeks (``time_ranges``): the header names them all and this worker decodes the first. A range's task decodes
     its own windows, its first chunk read from the keyframe before them. A retry on decord (after PyAV's worker
     crashed) is never cut, so a consumer can tell a crashed attempt's ranges from a live one's."""
@@ -129,12 +129,12 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
         except VideoDecodeError as e:
             raise StageError("open", e.reason) from None
         ranges: tuple[tuple[int, int], ...]
-        if task.windows is not None:
-            first, last = task.windows
+        if task.window_range is not None:
+            first, last = task.window_range
             if not 0 <= first < last <= len(windows):
                 raise StageError("open", f"windows {first}-{last} asked for, but the video now has {len(windows)}: "
                                          "the file changed while it was being tagged")
-            ranges = (task.windows,)
+            ranges = (task.window_range,)
         elif task.backend != "decord" and reader.seeks:
             ranges = time_ranges(len(windows), reader.duration, task.split, task.min_range_s)
         else:

@@ -4,7 +4,7 @@
                  windows: decode its distinct frames once -> resize and crop to the model's size (uint8 NumPy) ->
                  yield (with the video's poster, a small JPEG of the middle window's middle frame, in the chunk that
                  holds it)
-    this process: normalise -> encode, batched across videos (frame_features.FrameEncoder) -> each window's state
+    this process: normalise -> encode, batched across videos (clip_features.CrossVideoBatcher) -> each window's state
                  (``model.video_text``: its frames pooled, or X-CLIP's window encoded whole)
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
@@ -35,7 +35,7 @@ from pipeline.video.open import decode_in_workers
 from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import Failure, Outcome, trim_heap
 
-from .clip_features import FrameEncoder, model_failure
+from .clip_features import CrossVideoBatcher, model_failure
 from .window_decode import (
     FrameGeometry,
     StageError,
@@ -89,7 +89,7 @@ class _Video:
 
 
 def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Callable[[Any], bool]:
-    """A ``FrameEncoder.drop`` filter: it drops ``path``'s queued chunks (keyed (path, first window, positions)), or
+    """A ``CrossVideoBatcher.drop`` filter: it drops ``path``'s queued chunks (keyed (path, first window, positions)), or
     only those of them that begin inside ``window_range``, and keeps every other."""
     a, b = window_range or (0, 1 << 62)
     return lambda key: key[0] != path or not a <= key[1] < b
@@ -106,7 +106,7 @@ class WindowAssembly:
 
     def __init__(self, model: VideoTextModel, batch_size: int):
         self.model = model
-        self.encoder = FrameEncoder(model, batch_size)
+        self.encoder = CrossVideoBatcher(model, batch_size)
         self.videos: dict[str, _Video] = {}
         self.closed: set[str] = set()
 
@@ -118,13 +118,13 @@ class WindowAssembly:
         if outcome.status == "part" and isinstance(outcome.result, WindowHeader):
             self._header(task, video, outcome.result)
         elif video is None:  # failed before its header, or stale: a range of a failed, finished or restarted video
-            if task.windows is None and outcome.failure is not None:
+            if task.window_range is None and outcome.failure is not None:
                 yield task, None, outcome.failure
             return
         elif outcome.status == "part":
             self._chunk(video, outcome.result)
         elif outcome.status == "ok":
-            video.running.discard(task.windows or video.header.ranges[0])
+            video.running.discard(task.window_range or video.header.ranges[0])
             video.note(outcome.result)
         else:  # this video's worker, or one of its ranges', failed: so does the video
             self._close(task.path)
@@ -144,20 +144,20 @@ class WindowAssembly:
         """The video this task's outcome belongs to, or None where it is stale (the video failed or finished, or its
         attempt was replaced by an unsplit retry)."""
         video = self.videos.get(task.path)
-        if video is None or task.windows is None:
+        if video is None or task.window_range is None:
             return video
-        return video if task.windows in video.running else None
+        return video if task.window_range in video.running else None
 
     def _header(self, task: WindowTask, video: _Video | None, header: WindowHeader) -> None:
         path = task.path
-        if task.windows is None:  # the whole video (re)starts: forget any earlier attempt
+        if task.window_range is None:  # the whole video (re)starts: forget any earlier attempt
             self.encoder.drop(_chunk_filter(path))
             split = len(header.ranges) > 1 or (video is not None and video.split)
             self.videos[path] = _Video(task, header, set(header.ranges), split)
         elif video is not None:  # one range (re)starts
-            self.encoder.drop(_chunk_filter(path, task.windows))
-            video.restart(task.windows)
-            a, b = task.windows
+            self.encoder.drop(_chunk_filter(path, task.window_range))
+            video.restart(task.window_range)
+            a, b = task.window_range
             if header.bounds != video.header.bounds:
                 video.failure = Failure("error", "decode", (
                     f"windows {a}-{b}, reopened with {header.info.backend}, have other bounds than at the video's "
@@ -181,7 +181,7 @@ class WindowAssembly:
         video = self.videos[path]
         video.queued.discard(first)
         if failure is None and video.failure is None:
-            assert feats is not None, "FrameEncoder.ready gives embeddings wherever it gives no failure"
+            assert feats is not None, "CrossVideoBatcher.ready gives embeddings wherever it gives no failure"
             try:
                 video.states[first] = self.model.state(self.model.window_features(feats, positions))  # (w, L, E)
             except Exception as e:  # noqa: BLE001 - a pooling failure is this video's model error

@@ -5,7 +5,7 @@ own label texts:
     TemplateScorer     (K, C, E) a unit text per template (ActionCLIP)        probabilities averaged over templates
     ConditionedScorer  (C, E) raw mean texts (X-CLIP)                         texts conditioned on each state's tokens
 
-and the family's ``LabelScoring`` (softmax or sigmoid, at the family's logit scale) on top.
+and the family's ``ProbabilityRule`` (softmax or sigmoid, at the family's logit scale) on top.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .families import Family, Text
 from .prompts import cached_class_embeddings, template_embeddings
 from .state import VideoState
-from .zero_shot import LabelScoring
+from .zero_shot import ProbabilityRule
 
 if TYPE_CHECKING:
     import clip_model
@@ -27,16 +27,16 @@ if TYPE_CHECKING:
 XCLIP_ROWS = 64  # videos whose label texts are conditioned at once: (rows, C, E) floats stay ~50 MB at C = 400
 
 
-def family_scoring(model: clip_model.FrameTextModel, family: Family) -> LabelScoring:
+def probability_rule(model: clip_model.FrameTextModel, family: Family) -> ProbabilityRule:
     """The family's scoring with the model's learned scale (and, for a sigmoid, its learned bias): CLIP caps the
     scale at 100 as it trained it; ActionCLIP's test uses a fixed 100."""
     if family.logit_scale == "fixed_100":
-        return LabelScoring(family.scoring, 100.0)
+        return ProbabilityRule(family.scoring, 100.0)
     scale = model.logit_scale.detach().float().exp()
     if family.logit_scale == "learned_max_100":
         scale = scale.clamp(max=100)
     bias = getattr(model, "logit_bias", None) if family.scoring == "sigmoid" else None
-    return LabelScoring(family.scoring, float(scale), 0.0 if bias is None else float(bias.detach().float()))
+    return ProbabilityRule(family.scoring, float(scale), 0.0 if bias is None else float(bias.detach().float()))
 
 
 class LabelScorer:
@@ -44,7 +44,7 @@ class LabelScorer:
 
     conditioned = False  # whether the texts depend on the state (a text search then re-ranks its candidates)
 
-    def __init__(self, text: torch.Tensor, scoring: LabelScoring, model: clip_model.FrameTextModel | None = None):
+    def __init__(self, text: torch.Tensor, scoring: ProbabilityRule, model: clip_model.FrameTextModel | None = None):
         self.text, self.scoring = text, scoring  # (C, E)
 
     @staticmethod
@@ -94,7 +94,7 @@ class ConditionedScorer(LabelScorer):
 
     conditioned = True
 
-    def __init__(self, text: torch.Tensor, scoring: LabelScoring, model: clip_model.FrameTextModel | None = None):
+    def __init__(self, text: torch.Tensor, scoring: ProbabilityRule, model: clip_model.FrameTextModel | None = None):
         super().__init__(text, scoring)
         assert model is not None, "conditioned texts need the model that conditions them"
         self.model = cast("clip_model.XCLIP", model)

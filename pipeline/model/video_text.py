@@ -26,7 +26,7 @@ from clip_model.errors import UserError
 
 from .families import POOLINGS, Pooling, family, recorded_templates
 from .pooling import pool_views
-from .scorers import SCORERS, LabelScorer, family_scoring
+from .scorers import SCORERS, LabelScorer, probability_rule
 from .state import VideoState
 from .visual import VISUALS
 
@@ -54,7 +54,7 @@ class VideoTextModel:
         self.pooling = cast(Pooling, pooling)
         self.frames: int = self.visual.frames  # frames per clip or window, resolved once, here
         self.scorer = SCORERS[self.protocol.text]
-        self.scoring = family_scoring(model, self.protocol)
+        self.scoring = probability_rule(model, self.protocol)
 
     @property
     def preprocess(self) -> clip_model.PreprocessConfig:

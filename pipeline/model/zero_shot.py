@@ -15,7 +15,7 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class LabelScoring:
+class ProbabilityRule:
     """How a model turns cosines into probabilities: ``softmax`` over the labels of ``scale * cos`` (CLIP: they sum to
     one), or ``sigmoid`` of ``scale * cos + bias`` per label (SigLIP: each label's own probability)."""
 

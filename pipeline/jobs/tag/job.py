@@ -48,7 +48,7 @@ from .discover import LISTING_FAILURE, discover, file_stamp
 from .index import TagIndex, open_indexes
 from .index_state import VIDEO_COLUMNS, embedding_schema, index_folder
 from .names import file_name
-from .outputs import Scorer, check_output, label_scorer, output_lock, write_outputs
+from .outputs import TopLabels, check_output, output_lock, top_labels, write_outputs
 from .part import Part, next_video_id
 from .table_indexes import build_indexes
 
@@ -193,7 +193,7 @@ DELETE_BATCH = 1000  # paths per deleting commit: the delete's SQL names each on
 
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
-              model: VideoTextModel, scorer: Scorer, shard: tuple[int, int], progress: bool, retry_failed: bool,
+              model: VideoTextModel, scorer: TopLabels, shard: tuple[int, int], progress: bool, retry_failed: bool,
               ) -> tuple[int, int, dict[str, int], int]:
     """Tag what the index lacks of ``paths`` (and what failed, with ``retry_failed``), committing every
     ``commit_every`` videos; returns (videos to do, ok, failures by status, skipped videos stored as failures)."""
@@ -288,7 +288,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         templates = settings.overrides.templates
         assert templates is not None
         identity = settings.identity() | ({"shard": [rank, world], "shard_of": SHARD_OF} if world > 1 else {})
-        scorer = label_scorer(model, settings.labels, templates, settings.topk, settings.above)
+        scorer = top_labels(model, settings.labels, templates, settings.topk, settings.above)
         index = open_for_tagging(folder, identity, model.embed_dim, restart)
         committed = index.state.rows.get("videos", 0)
         try:

@@ -20,7 +20,7 @@ from clip_model.names import RANDOM_PREFIX
 from pipeline.video.supervisor import Failure
 
 from .index import TagIndex
-from .outputs import label_scorer
+from .outputs import top_labels
 from .part import Part, next_video_id, video_row
 from .query import index_model
 from .table_indexes import build_indexes
@@ -59,7 +59,7 @@ def _migrate_one(folder: Path, device: str) -> Path:
                          f"format ({OLD_VERSION}); nothing to migrate")
     settings = dict(manifest["settings"]) | {"model": old_identity(manifest["settings"]["model"])}
     model = index_model(settings, device)
-    scorer = label_scorer(model, settings["labels"], settings["templates"], settings["topk"])
+    scorer = top_labels(model, settings["labels"], settings["templates"], settings["topk"])
     shard = settings.get("shard", [0, 1])
     rank, world = int(shard[0]), int(shard[1])
     owner = {path: part["name"] for part in manifest["parts"] for path in part["stamps"]}  # newest part wins

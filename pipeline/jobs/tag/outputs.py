@@ -53,7 +53,7 @@ def output_schemas(topk: int) -> dict[str, pa.Schema]:
     }
 
 
-class Scorer:
+class TopLabels:
     """Stored states -> each row's top-k labels and probabilities, a batch at a time; with ``above``, also every label
     whose probability reaches it (multi-label tags: with sigmoid scoring each label's own probability, with softmax
     its share of the labels)."""
@@ -80,10 +80,10 @@ class Scorer:
         return ["|".join(self.labels[row[: int(count)]]) for row, count in zip(order.numpy(), keep.sum(dim=1))]
 
 
-def label_scorer(model: VideoTextModel, labels: Sequence[str], templates: str | Sequence[str], topk: int,
-                 above: float | None = None) -> Scorer:
-    """A Scorer of ``labels`` prompted with ``templates`` (``prompts.load_templates``), in ``model``'s scoring."""
-    return Scorer(model.labels(model.class_text(labels, load_templates(templates))), labels, topk, above)
+def top_labels(model: VideoTextModel, labels: Sequence[str], templates: str | Sequence[str], topk: int,
+                 above: float | None = None) -> TopLabels:
+    """A TopLabels of ``labels`` prompted with ``templates`` (``prompts.load_templates``), in ``model``'s scoring."""
+    return TopLabels(model.labels(model.class_text(labels, load_templates(templates))), labels, topk, above)
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
@@ -120,7 +120,7 @@ def _top_dict(labels: np.ndarray, scores: np.ndarray, topk: int) -> dict[str, li
     return cols
 
 
-def video_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
+def video_rows(index: TagIndex, scorer: TopLabels, topk: int) -> Iterator[pa.Table]:
     """OUT's rows: each tagged video with its top-k. Videos and their ``video`` embeddings are committed together and
     in the same order, so the two streams zip."""
     columns, rows = state_columns(index)
@@ -157,7 +157,7 @@ def _next_state(stream: Iterator[tuple[int, np.ndarray, np.ndarray | None]], vid
     return vector, toks
 
 
-def segment_rows(index: TagIndex, scorer: Scorer, topk: int) -> Iterator[pa.Table]:
+def segment_rows(index: TagIndex, scorer: TopLabels, topk: int) -> Iterator[pa.Table]:
     """The .segments rows: every window with its top-k, then adjacent windows of a video whose top labels agree
     merged into ``action`` rows (start of the first, end of the last, the best score). A video's windows are
     contiguous and in order in the index; a run still open at the end of a batch carries over to the next."""
@@ -271,7 +271,7 @@ class TableWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
+def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: TopLabels, topk: int) -> None:
     """OUT and its .segments and .errors siblings from every index (ranks in order), streamed; begun again once on
     the latest committed versions if a writer's compaction took away the ones being read. The caller holds
     ``output_lock(out)``."""
@@ -283,7 +283,7 @@ def write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: 
         _write_outputs(indexes, out, scorer, topk)
 
 
-def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: Scorer, topk: int) -> None:
+def _write_outputs(indexes: Sequence[TagIndex], out: Path, scorer: TopLabels, topk: int) -> None:
     """Every output is written and flushed under a temporary name first, then all are renamed into place: a failure
     (a full disk, a signal) leaves the previous outputs as they were and no temporaries."""
     schemas = output_schemas(topk)

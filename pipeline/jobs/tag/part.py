@@ -15,7 +15,7 @@ from pipeline.video.supervisor import Failure
 from .index import TagIndex
 from .index_state import VIDEO_COLUMNS, embedding_schema
 from .names import stored_name
-from .outputs import Scorer
+from .outputs import TopLabels
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Part:
     """The rows of the videos finished since the last commit, in the index's columns. Labels are scored once per
     part, in one batch: the top-k of each video and the top label of each window, as they were when tagged."""
 
-    scorer: Scorer
+    scorer: TopLabels
     dim: int
     token_count: int = 0  # K: X-CLIP's tokens per row (0: none)
     videos: list[dict] = field(default_factory=list)

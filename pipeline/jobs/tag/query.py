@@ -21,7 +21,7 @@ from pipeline.video.supervisor import trim_heap
 from .index import TagIndex, common_settings, open_indexes
 from .index_state import sql_string
 from .names import file_name
-from .outputs import check_output, label_scorer, output_lock, write_outputs
+from .outputs import check_output, output_lock, top_labels, write_outputs
 
 HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]
 # X-CLIP: the vector search takes this many times k candidates by the plain text embedding, which are then re-ranked
@@ -150,7 +150,7 @@ def retag(index_path: str | Path, labels: Sequence[str], out: str | Path, templa
     with output_lock(out):
         model = index_model(settings, device)
         k = topk or settings["topk"]
-        scorer = label_scorer(model, labels, templates or settings["templates"], k, above)  # X-CLIP's keeps the model
+        scorer = top_labels(model, labels, templates or settings["templates"], k, above)  # X-CLIP's keeps the model
         del model
         trim_heap()  # only the label texts are needed from here: the model's memory goes back before streaming
         write_outputs(indexes, out, scorer, k)

@@ -96,3 +96,17 @@ def test_the_bf16_timing_takes_the_median_round_so_one_burst_of_load_cannot_flip
     clock = iter([t for d in durations for t in (0.0, float(d))])
     monkeypatch.setattr(spec.time, "perf_counter", lambda: next(clock))
     assert spec.measure_bf16_speedup(rounds=3) == 2.0
+
+
+@pytest.mark.parametrize("spec", ["gpu", "cuda:x", "cuda:", "CPU"])
+def test_a_device_name_is_checked_in_one_place(spec):
+    """The settings (torch-free, at parse time) and the device resolver (at load) refuse a bad name alike."""
+    from clip_model.errors import UserError
+    from pipeline.model.loading import resolve_device
+    from pipeline.model.runtime import RuntimeSettings
+
+    with pytest.raises(UserError) as settings:
+        RuntimeSettings(device=spec)
+    with pytest.raises(UserError) as resolver:
+        resolve_device(spec)
+    assert str(settings.value) == str(resolver.value) == f"device {spec!r}: choose auto, cpu, cuda or cuda:N"

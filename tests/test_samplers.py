@@ -126,3 +126,15 @@ def test_sampling_spec_validates_and_dispatches():
         Sampling(num_frames=0)
     with pytest.raises(ValueError, match=r"num_segments \(0\) must be > 0"):
         segment_indices(10, 0)
+
+
+def test_classify_and_benchmark_take_their_views_from_one_factory():
+    """One TSN clip, or evenly spread dense clips of consecutive (or frame_interval apart) frames."""
+    from configs.schema import BenchmarkConfig, DatasetConfig
+    from pipeline.jobs.benchmark import sampling_for
+
+    assert Sampling.views(8) == Sampling("segments", num_frames=8)
+    assert Sampling.views(8, clips=3) == Sampling("dense", clip_len=8, num_clips=3)
+    cfg = BenchmarkConfig("b", DatasetConfig("folders", "x"), clips=3, frame_interval=16)
+    assert sampling_for(cfg, 8) == Sampling.views(8, 3, 16) == Sampling("dense", clip_len=8, num_clips=3,
+                                                                        frame_interval=16)

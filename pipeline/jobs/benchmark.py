@@ -54,9 +54,7 @@ def sampling_for(cfg: BenchmarkConfig, num_frames: int) -> Sampling:
         return Sampling("segments", num_frames=1)
     if cfg.frames == "all":
         return Sampling("all")
-    if cfg.clips > 1:
-        return Sampling("dense", clip_len=num_frames, num_clips=cfg.clips, frame_interval=cfg.frame_interval)
-    return Sampling("segments", num_frames=num_frames)
+    return Sampling.views(num_frames, cfg.clips, cfg.frame_interval)
 
 
 def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None) -> VideoDataset:

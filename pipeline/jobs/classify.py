@@ -48,11 +48,6 @@ class ClassifySettings:
         if not self.classnames and self.probe is None:
             raise UserError("classnames must not be empty")
 
-    def sampling(self, num_frames: int) -> Sampling:
-        if self.clips == 1:
-            return Sampling("segments", num_frames=num_frames)
-        return Sampling("dense", clip_len=num_frames, num_clips=self.clips)
-
 
 UNKNOWN = "unknown"
 
@@ -100,7 +95,7 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         labels = model.labels(model.class_text(classnames, load_templates(asked.templates or model.templates),
                                                settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
     cap = decode_cap(model.preprocess, settings.prescale)
-    requests = [DecodeRequest(str(p), settings.sampling(num_frames), rt.backend, cap) for p in paths_left]
+    requests = [DecodeRequest(str(p), Sampling.views(num_frames, settings.clips), rt.backend, cap) for p in paths_left]
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     bar = progress_bar(len(requests), desc="classify", unit="video")

@@ -19,6 +19,13 @@ Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
 
 
+def check_device(spec: str) -> str:
+    """The one check of a device's name (torch-free; ``loading.resolve_device`` then checks the machine has it)."""
+    if spec not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", spec):
+        raise UserError(f"device {spec!r}: choose auto, cpu, cuda or cuda:N")
+    return spec
+
+
 @dataclass(frozen=True)
 class RuntimeSettings:
     model: str = "ViT-B/32"  # a published name, a checkpoint file or folder, or random:<arch>
@@ -32,8 +39,7 @@ class RuntimeSettings:
     def __post_init__(self) -> None:
         if not self.model:
             raise UserError("model must not be empty: a published name, a checkpoint path or random:<arch>")
-        if self.device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", self.device):
-            raise UserError(f"device {self.device!r}: choose auto, cpu, cuda or cuda:N")
+        check_device(self.device)
         if self.precision not in PRECISION_CHOICES:
             raise UserError(f"precision {self.precision!r}: choose one of {', '.join(PRECISION_CHOICES)}")
         if self.backend not in BACKENDS:

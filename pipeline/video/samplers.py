@@ -189,6 +189,14 @@ class Sampling:
         if self.short not in SHORT_POLICIES:
             raise ValueError(f"short {self.short!r}: choose one of {', '.join(SHORT_POLICIES)}")
 
+    @classmethod
+    def views(cls, num_frames: int, clips: int = 1, frame_interval: int = 1) -> Sampling:
+        """The temporal views of a classify or benchmark run: one TSN clip of ``num_frames`` (one from the middle of
+        each segment), or ``clips`` evenly spread dense clips of ``num_frames`` frames ``frame_interval`` apart."""
+        if clips == 1:
+            return cls("segments", num_frames=num_frames)
+        return cls("dense", clip_len=num_frames, num_clips=clips, frame_interval=frame_interval)
+
     @property
     def clip_frames(self) -> int | None:
         """Frames per clip (per window, per dense clip), or None where a video's length decides (fps, all)."""

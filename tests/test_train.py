@@ -284,7 +284,8 @@ def test_exported_model_classifies_with_its_temporal_pooler(tmp_path):
 
     tag = TagSettings(settings.runtime, WORLD.actions).resolved(load_model(str(result.out / "model.pt"),
                                                                            torch.device("cpu")))
-    assert (tag.pooling, tag.num_frames, list(tag.templates)) == ("temporal", WORLD.num_frames, templates)
+    resolved = tag.overrides
+    assert (resolved.pooling, resolved.num_frames, list(resolved.templates)) == ("temporal", WORLD.num_frames, templates)
     assert tag.identity()["templates"] == templates  # stored in the index as JSON holds it
     with pytest.raises(ValueError, match="^random:tiny-vit: pooling temporal needs a checkpoint with a temporal "
                                          "pooler .* this one has none: use pooling mean$"):

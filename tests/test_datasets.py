@@ -159,10 +159,12 @@ def test_the_documented_annotation_examples_read_as_documented(tmp_path):
 def test_labels_and_templates_read_from_a_pipe(tmp_path):
     """``--labels <(grep ... classes.txt)``: a shell's process substitution is a pipe, not a regular file; it is
     read like one (once). A folder is still refused in one line."""
+    import argparse
     import os
     import threading
 
     from pipeline.model.prompts import load_templates
+    from pipeline.model.runtime import ProtocolOverrides
 
     def piped(name: str, text: str) -> str:
         fifo = tmp_path / name
@@ -173,5 +175,7 @@ def test_labels_and_templates_read_from_a_pipe(tmp_path):
 
     assert load_labels(piped("labels", "ApplyEyeMakeup\nriding a bike\n")) == ["apply eye makeup", "riding a bike"]
     assert load_templates(piped("templates", "a clip of {}\n")) == ["a clip of {}"]
+    args = argparse.Namespace(templates=piped("for_tag", "a clip of {}\n{}\n"), num_frames=None, pooling=None)
+    assert ProtocolOverrides.from_arguments(args).templates == ("a clip of {}", "{}")  # what tag's index records
     with pytest.raises(ValueError, match="no such file"):
         load_labels(str(tmp_path))

@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from clip_model.errors import UserError
@@ -128,4 +129,11 @@ class ProtocolOverrides:
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> ProtocolOverrides:
-        return cls(args.templates, args.num_frames, args.pooling)
+        """The parsed options; templates from a pipe (``--templates <(...)``) are read here, once, so that what a
+        job records (tag's index) is the templates themselves, not a pipe's name that means nothing later."""
+        templates = args.templates
+        if templates and Path(templates).exists() and not Path(templates).is_file() and not Path(templates).is_dir():
+            from .prompts import load_templates
+
+            templates = tuple(load_templates(templates))
+        return cls(templates, args.num_frames, args.pooling)

@@ -192,6 +192,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     flat = {name: {f.name for f in dataclasses.fields(hints[name])} for name, f in fields.items()
             if f.metadata.get("flat")}
     keys = (set(fields) - set(flat)).union(*flat.values())
+    if len(keys) != len(fields) - len(flat) + sum(map(len, flat.values())):  # one key, one field: never two
+        raise TypeError(f"{cls.__name__}: a flat field's key is also another field's")
     unknown = sorted(set(data) - keys)
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]!r}; valid keys: {', '.join(sorted(keys))}")

@@ -287,7 +287,7 @@ def test_old_model_keys_become_identities():
         "spec": "/m/model.pt", "precision": "fp32", "files": [["model.pt", 123, 456], ["b:c.json", 7, 8]]}
 
 
-def test_scorer_top_k_equals_the_softmax_of_zero_shot():
+def test_top_labels_top_k_equals_the_softmax_of_zero_shot():
     scorer = _scorer()
     x = _unit(np.random.default_rng(3).standard_normal((50, DIM)))
     labels, scores, above = scorer.top(x.astype(np.float16))
@@ -300,7 +300,7 @@ def test_scorer_top_k_equals_the_softmax_of_zero_shot():
     assert above == [None] * 50
 
 
-def test_scorer_lists_every_label_at_or_above_the_threshold_for_both_scorings():
+def test_top_labels_lists_every_label_at_or_above_the_threshold_for_both_scorings():
     text = _scorer().scorer.text
     x = _unit(np.random.default_rng(4).standard_normal((40, DIM)))
     cos = x.astype(np.float16).astype(np.float64) @ text.double().numpy().T

@@ -76,7 +76,7 @@ def test_chunks_rebuild_the_windows_of_a_whole_video_decode(tmp_path, chunk_mb):
     assert sum(len(c.frames) for c in chunks) == (24 if len(chunks) == 1 else 40)
 
 
-def test_frame_encoder_batches_across_owners_like_encoding_each_alone():
+def test_cross_video_batcher_batches_across_owners_like_encoding_each_alone():
     rng = np.random.default_rng(1)
     owners = {k: torch.from_numpy(rng.integers(0, 256, (n, 3, S, S), dtype=np.uint8)) for k, n in
               enumerate([3, 7, 1, 12, 5])}

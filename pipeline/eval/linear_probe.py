@@ -29,7 +29,7 @@ class ProbeSettings:
             raise UserError(f"c_grid must hold positive values, got {self.c_grid}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays inside: a probe equals itself only, as settings holding it compare
 class LinearProbe:
     classnames: tuple[str, ...]
     coef: np.ndarray  # (C, E)

@@ -81,7 +81,7 @@ class TopLabels:
 
 
 def top_labels(model: VideoTextModel, labels: Sequence[str], templates: str | Sequence[str], topk: int,
-                 above: float | None = None) -> TopLabels:
+               above: float | None = None) -> TopLabels:
     """A TopLabels of ``labels`` prompted with ``templates`` (``prompts.load_templates``), in ``model``'s scoring."""
     return TopLabels(model.labels(model.class_text(labels, load_templates(templates))), labels, topk, above)
 

@@ -37,7 +37,8 @@ from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 from datasets.world import prompt_templates
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.loading import clip_only, resolve_device
+from pipeline.model.devices import resolve_device
+from pipeline.model.loading import clip_only
 from pipeline.model.prompts import class_embeddings
 
 from .distributed import barrier, init_distributed

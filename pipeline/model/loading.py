@@ -17,19 +17,9 @@ from clip_model.hub import hub_folder
 from clip_model.names import published_names, resolve_name
 
 from .families import FAMILIES, family
-from .runtime import check_device
 from .video_text import VideoTextModel
 
 BF16_MIN_SPEEDUP = 1.2  # what bf16 must gain over fp32 on this CPU for --precision auto to take it
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` (a GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a device this machine has."""
-    if check_device(spec) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {spec}: CUDA is not available on this machine")
-    return torch.device(spec)
 
 
 def cpu_bf16(cpuinfo: str = "/proc/cpuinfo") -> str | None:

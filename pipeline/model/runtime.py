@@ -4,7 +4,6 @@ decoded) and ``ProtocolOverrides`` (what a job changes of the model's own protoc
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,17 +13,11 @@ from typing import Literal
 from clip_model.errors import UserError
 from pipeline.video import BACKENDS, Backend
 
+from .devices import check_device
 from .families import POOLINGS, Pooling
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
-
-
-def check_device(spec: str) -> str:
-    """The one check of a device's name (torch-free; ``loading.resolve_device`` then checks the machine has it)."""
-    if spec not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", spec):
-        raise UserError(f"device {spec!r}: choose auto, cpu, cuda or cuda:N")
-    return spec
 
 
 @dataclass(frozen=True)
@@ -81,7 +74,8 @@ class RuntimeSettings:
         stderr): what runs, and what the tag index and classify's JSON record, is the precision it resolved to.
         ``model``: the one to use when ``--model`` is not given (else the default); ``resumed_precision``: the one
         the output being resumed was written in, which auto keeps."""
-        from .loading import resolve_device, resolve_precision
+        from .devices import resolve_device
+        from .loading import resolve_precision
 
         if args.precision == "auto" and resumed_precision:
             precision, why = resumed_precision, f"auto: the index being resumed was tagged in {resumed_precision}"

@@ -36,8 +36,9 @@ from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
+from pipeline.model.devices import resolve_device
 from pipeline.model.families import WINDOW_POOLINGS
-from pipeline.model.loading import load_model, model_identity, resolve_device
+from pipeline.model.loading import load_model, model_identity
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.reader import VideoDecodeError, check_file

@@ -20,8 +20,8 @@ from pipeline.jobs.tag.query import SearchFilter, glob_to_like, nearest
 from pipeline.jobs.tag.table_indexes import LOOKUP_INDEX, build_lookup_indexes, build_vector_index
 from pipeline.model.loading import model_identity
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+from pipeline.model.scorers import ProbabilityRule
 from pipeline.model.video_text import LabelScorer
-from pipeline.model.zero_shot import ProbabilityRule
 
 DIM = 32
 LABELS = ("jumping", "running", "swimming", "cooking")

@@ -10,6 +10,7 @@ and the family's ``ProbabilityRule`` (softmax or sigmoid, at the family's logit 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -19,12 +20,26 @@ import torch.nn.functional as F
 from .families import Family, Text
 from .prompts import cached_class_embeddings, template_embeddings
 from .state import VideoState
-from .zero_shot import ProbabilityRule
 
 if TYPE_CHECKING:
     import clip_model
 
 XCLIP_ROWS = 64  # videos whose label texts are conditioned at once: (rows, C, E) floats stay ~50 MB at C = 400
+
+
+@dataclass(frozen=True)
+class ProbabilityRule:
+    """How a model turns cosines into probabilities: ``softmax`` over the labels of ``scale * cos`` (CLIP: they sum to
+    one), or ``sigmoid`` of ``scale * cos + bias`` per label (SigLIP: each label's own probability)."""
+
+    kind: str  # softmax | sigmoid
+    scale: float
+    bias: float = 0.0
+
+    def probs(self, cos: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        logits = self.scale * cos + self.bias
+        return logits.sigmoid() if self.kind == "sigmoid" else logits.softmax(dim=-1)
+
 
 
 def probability_rule(model: clip_model.FrameTextModel, family: Family) -> ProbabilityRule:

@@ -1,5 +1,4 @@
-"""Zero-shot scoring: how cosines become probabilities (softmax over the labels for CLIP and X-CLIP, a sigmoid per
-label for SigLIP; each family's choice in ``families``), and top-k predictions."""
+"""Top-k predictions from label probabilities (how cosines become probabilities is ``scorers.ProbabilityRule``)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -12,20 +11,6 @@ import torch
 class Prediction:
     labels: tuple[str, ...]
     scores: tuple[float, ...]
-
-
-@dataclass(frozen=True)
-class ProbabilityRule:
-    """How a model turns cosines into probabilities: ``softmax`` over the labels of ``scale * cos`` (CLIP: they sum to
-    one), or ``sigmoid`` of ``scale * cos + bias`` per label (SigLIP: each label's own probability)."""
-
-    kind: str  # softmax | sigmoid
-    scale: float
-    bias: float = 0.0
-
-    def probs(self, cos: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
-        logits = self.scale * cos + self.bias
-        return logits.sigmoid() if self.kind == "sigmoid" else logits.softmax(dim=-1)
 
 
 def top_k(probs: torch.Tensor, classnames: Sequence[str], k: int) -> list[Prediction]:

@@ -50,6 +50,11 @@ class Failure:
         return f"{self.status}: {self.stage}: {self.reason}"
 
 
+def timeout_failure(stage: str, timeout_s: float) -> Failure:
+    """A task that sent nothing for ``timeout_s`` (its worker is killed): the same words whichever pool ran it."""
+    return Failure("timeout", stage, f"no result within {timeout_s:g} s; worker killed")
+
+
 @dataclass(frozen=True)
 class Outcome:
     task_id: int
@@ -122,6 +127,26 @@ def _worker_main(conn: Connection, fn: Callable[[Any], Any]) -> None:
         return
 
 
+def run_task(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
+    """One task, as the messages a worker sends about it: ("part", item) for each item a generator yields, then
+    ("ok", its return value) or ("error", (stage, reason)) where it raised. What a pipe worker sends, and what a Ray
+    task yields (``ray_pool``)."""
+    try:
+        result = fn(task)
+        if inspect.isgenerator(result):
+            while True:
+                try:
+                    item = next(result)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield "part", item
+        yield "ok", result
+    except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
+        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+        yield "error", (getattr(e, "stage", None), " ".join(str(reason).split()))
+
+
 def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
     conn.send(("ready", None, rss_mb()))
     while True:
@@ -129,20 +154,8 @@ def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
         if msg is None:
             return
         task_id, task = msg
-        try:
-            result = fn(task)
-            if inspect.isgenerator(result):
-                while True:
-                    try:
-                        item = next(result)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    conn.send(("part", (task_id, item), rss_mb()))
-            conn.send(("ok", (task_id, result), rss_mb()))
-        except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
-            reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-            conn.send(("error", (task_id, (getattr(e, "stage", None), " ".join(str(reason).split()))), rss_mb()))
+        for kind, payload in run_task(fn, task):
+            conn.send((kind, (task_id, payload), rss_mb()))
 
 
 class _Worker:
@@ -326,6 +339,5 @@ class WorkerPool:
         if w.task is not None and time.monotonic() >= w.deadline:
             task = w.task
             self._replace(w)
-            return Outcome(task[0], "timeout", failure=Failure("timeout", self.stage,
-                                                               f"no result within {self.timeout_s:g} s; worker killed"))
+            return Outcome(task[0], "timeout", failure=timeout_failure(self.stage, self.timeout_s))
         return None

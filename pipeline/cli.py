@@ -18,6 +18,7 @@ from clip_model.errors import UserError
 
 from .model.families import POOLINGS, WINDOW_POOLINGS
 from .model.runtime import ProtocolOverrides, RuntimeSettings  # light: the options every model job shares
+from .video import ENGINES
 
 if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
     from .jobs.classify import VideoResult
@@ -101,7 +102,8 @@ def cmd_tag(args: argparse.Namespace) -> int:
         RuntimeSettings.from_arguments(args, resumed_precision=recorded_precision(Path(args.out))),
         labels=tuple(load_labels(args.labels)), overrides=ProtocolOverrides.from_arguments(args),
         window_s=args.window, stride_s=args.stride, topk=args.topk,
-        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above)
+        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above, engine=args.engine,
+        ray_address=args.ray_address)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
@@ -282,6 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "e.g. with a longer --decode-timeout); a plain rerun skips them")
     p.add_argument("--restart", action="store_true",
                    help="discard the tag index under OUT.index and start over (a resume never deletes it otherwise)")
+    p.add_argument("--engine", choices=ENGINES, default="local",
+                   help="where videos are decoded: local worker processes, or Ray tasks on a cluster's CPUs (pip install "
+                        "'clip-video[ray]'); the rows and the index are the same")
+    p.add_argument("--ray-address", default=None, help="--engine ray: the cluster to join (default: start a local one "
+                                                       "on 127.0.0.1 for this job)")
     p.add_argument("--forget-missing", action="store_true",
                    help="delete the stored rows of files that no longer exist (a plain rerun keeps them); judged by each "
                         "file's existence now, so mind an unmounted drive")

@@ -26,11 +26,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import VideoTextModel
+from pipeline.video import Engine
 from pipeline.video.open import decode_in_workers
 from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import Failure, Outcome, trim_heap
@@ -169,8 +171,9 @@ class WindowAssembly:
 
     def _chunk(self, video: _Video, chunk: WindowChunk) -> None:
         video.poster = chunk.poster or video.poster
-        positions = torch.from_numpy(chunk.positions)
-        frames = torch.from_numpy(chunk.frames).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
+        # Ray hands results over read-only (zero-copy from its object store): such arrays are copied, others not
+        positions = torch.from_numpy(np.require(chunk.positions, requirements="W"))
+        frames = torch.from_numpy(np.require(chunk.frames, requirements="W")).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
         if video.failure is None:
             video.queued.add(chunk.first)
             self.encoder.add((video.task.path, chunk.first, positions), self.model.window_frames(frames, positions))
@@ -202,6 +205,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                   decode_workers: int = 2, timeout_s: float = RuntimeSettings.decode_timeout_s,
                   max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
+                  engine: Engine = "local",
                   ) -> Iterator[Result]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, failure) per video as each is complete (``Failure``: its status, the stage
@@ -212,13 +216,14 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     A video whose worker crashed on ``auto`` is retried on decord (``decode_in_workers``): its new header discards
     whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
     retry is never split). A range whose own worker crashed is retried alone the same way. Once a split video is
-    yielded (done, or failed by one range), its tasks still running or waiting are withdrawn."""
+    yielded (done, or failed by one range), its tasks still running or waiting are withdrawn. ``engine``: where the
+    decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster)."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
     assembly = WindowAssembly(model, batch_size)
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
-                                           skip=assembly.withdrawn):  # no outcome of them comes here
+                                           skip=assembly.withdrawn, engine=engine):  # no outcome of them comes here
         yield from assembly.take(task, outcome)
     yield from assembly.encode(flush=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
-from . import BACKENDS, Backend
+from . import BACKENDS, Backend, Engine
 from .decord_reader import DecordReader, decord_stream, decord_trusted
 from .pyav_reader import PyAVReader
 from .reader import MAX_PIXELS, DecodedClip, VideoDecodeError, VideoOpenError, VideoReader, check_file
@@ -122,27 +122,36 @@ TaskT = TypeVar("TaskT", bound=DecodeTask)
 @overload
 def decode_in_workers(requests: Sequence[DecodeRequest], *, num_workers: int = ..., timeout_s: float = ...,
                       max_rss_mb: float = ..., fn: None = None, follow_up: None = None, skip: None = None,
-                      ) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
+                      engine: Engine = ...) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
 
 
 @overload
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., timeout_s: float = ...,
                       max_rss_mb: float = ..., fn: Callable[[TaskT], Any],
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
-                      skip: Callable[[TaskT], bool] | None = None) -> Iterator[tuple[TaskT, Outcome]]: ...
+                      skip: Callable[[TaskT], bool] | None = None, engine: Engine = ...,
+                      ) -> Iterator[tuple[TaskT, Outcome]]: ...
 
 
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
                       max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
-                      skip: Callable[[TaskT], bool] | None = None) -> Iterator[tuple[TaskT, Outcome]]:
+                      skip: Callable[[TaskT], bool] | None = None, engine: Engine = "local",
+                      ) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
     retried next on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings.
     ``follow_up(request, outcome)``, asked of every outcome before it is yielded, returns more requests to run next,
     in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
-    way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes)."""
-    with WorkerPool(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
+    way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes).
+    ``engine``: ``local`` worker processes (``num_workers`` of them), or Ray tasks on the connected cluster
+    (``ray_pool.RayPool``: as many at once as it has CPUs), with the same outcomes."""
+    pool_type: Any = WorkerPool
+    if engine == "ray":
+        from .ray_pool import RayPool as pool_type
+
+        num_workers = None  # type: ignore[assignment]  # the cluster's CPUs
+    with pool_type(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         by_id: dict[int, TaskT] = dict(enumerate(requests))
         for outcome in pool.map(requests, skip=skip):
             request = by_id[outcome.task_id]

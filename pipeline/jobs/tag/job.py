@@ -24,8 +24,8 @@ import errno
 import os
 import time
 import zlib
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,8 @@ from pipeline.model.families import WINDOW_POOLINGS
 from pipeline.model.loading import load_model, model_identity
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.video_text import VideoTextModel
+from pipeline.video import ENGINES, Engine
+from pipeline.video.ray_pool import connect, import_ray
 from pipeline.video.reader import VideoDecodeError, check_file
 from pipeline.video.supervisor import Failure
 
@@ -66,6 +68,8 @@ class TagSettings:
     chunk_mb: float = 32.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
     above: float | None = None  # also list every label whose probability reaches this (multi-label tags)
+    engine: Engine = "local"  # decode workers: local processes, or Ray tasks (pipeline.video.ray_pool); same rows
+    ray_address: str | None = None  # engine ray: the cluster to join; None starts a local one on 127.0.0.1
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -76,6 +80,10 @@ class TagSettings:
         for key in ("topk", "commit_every"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} ({getattr(self, key)}) must be >= 1")
+        if self.engine not in ENGINES:
+            raise UserError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
+        if self.ray_address and self.engine != "ray":
+            raise UserError("a Ray address needs --engine ray")
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
@@ -233,7 +241,8 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
-                           timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb) if tasks else iter(())
+                           timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb,
+                           engine=settings.engine) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
         for task, video, failure in stream:
@@ -278,12 +287,14 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     rt = settings.runtime
     out = Path(out).expanduser().resolve()
     rank, world, device = init_distributed(resolve_device(rt.device))
+    if world > 1 and settings.engine == "ray":
+        raise UserError("--engine ray spreads the decoding over a Ray cluster from one process: run it without torchrun")
     folder = index_folder(out) if world == 1 else index_folder(out) / f"rank-{rank:03d}-of-{world:03d}"
     check_output(out, index_folder(out))
     paths, listing_errors = discover(source, include, exclude)
     if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
         paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
-    with output_lock(out) if rank == 0 else nullcontext():
+    with output_lock(out) if rank == 0 else nullcontext(), ray_connection(settings):
         model = load_model(rt.model, device, rt.precision, settings.overrides.pooling, settings.overrides.num_frames)
         settings = settings.resolved(model)
         templates = settings.overrides.templates
@@ -308,6 +319,17 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     barrier(world)
     return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten,
                       failed_earlier)
+
+
+@contextmanager
+def ray_connection(settings: TagSettings) -> Iterator[None]:
+    """Connected to the Ray cluster while tagging (engine ray); a cluster this job started goes with it."""
+    connected = settings.engine == "ray" and connect(settings.ray_address)
+    try:
+        yield
+    finally:
+        if connected:
+            import_ray().shutdown()
 
 
 def disk_error(e: OSError, out: Path) -> Exception:

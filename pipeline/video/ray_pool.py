@@ -1,0 +1,141 @@
+"""The worker pool on a Ray cluster: the same tasks, outcomes and failures as ``supervisor.WorkerPool``, with each
+task a Ray streaming-generator task on any node's CPU.
+
+    ray.init (local: on 127.0.0.1 only)  ->  RayPool.map(tasks)  ->  Outcome per part, then ok | error | timeout | crash
+
+A task runs ``supervisor.run_task`` (what a pipe worker runs), so an item a decoder yields reaches the driver as a
+``part`` and its end as ``ok`` or ``error``; Ray holds at most ``BACKPRESSURE`` items of a task the driver has not
+taken, which bounds memory as the pipe's one item does. The deadline is on progress, as in ``WorkerPool``: a task
+that yields nothing for ``timeout_s`` is cancelled (its worker killed); a worker that dies (segfault, OOM kill, a
+lost node) is a ``crash``. No task is retried by Ray: ``open.decode_in_workers`` decides retries, as it does for
+the local pool. Workers are recycled after ``max_tasks`` tasks (decoders leak); memory is Ray's to watch.
+
+Ray is imported only here, and only when a pool or connection is made: ``pip install clip-video[ray]``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from .supervisor import Failure, Outcome, run_task, timeout_failure
+
+BACKPRESSURE = 2  # items of one task Ray computes ahead of the driver
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--engine ray needs Ray: pip install 'clip-video[ray]' (ray[data]==2.60.0)") from None
+    return ray
+
+
+def connect(address: str | None = None, **init: Any) -> bool:
+    """Join the Ray cluster at ``address``, or start a local one bound to 127.0.0.1 (Ray's default is the host's
+    external address), with ``init`` passed on to ``ray.init``; a driver already connected stays as it is. True
+    where this call connected (the caller then disconnects)."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return False
+    local = {} if address else {"_node_ip_address": "127.0.0.1"}
+    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             **(local | init))
+    return True
+
+
+def _task_messages(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
+    yield from run_task(fn, task)
+
+
+class RayPool:
+    """``WorkerPool``'s interface on Ray: ``map`` yields one final Outcome per task (task_id = its position; ``submit``
+    numbers on), each preceded by its ``part`` outcomes; ``skip`` withdraws tasks no longer wanted."""
+
+    def __init__(self, fn: Callable[[Any], Any], *, num_workers: int | None = None, timeout_s: float = 120.0,
+                 max_tasks: int = 500, max_rss_mb: float = 2048.0, stage: str = "decode"):
+        """``num_workers``: tasks in flight at once (None: the cluster's CPUs); ``max_rss_mb`` is kept for the
+        interface (Ray's memory monitor watches its workers)."""
+        ray = import_ray()
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s ({timeout_s}) must be > 0")
+        self.ray, self.fn, self.timeout_s, self.stage = ray, fn, timeout_s, stage
+        self.num_workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._remote = ray.remote(num_returns="streaming", max_retries=0, max_calls=max_tasks,
+                                  _generator_backpressure_num_objects=BACKPRESSURE)(_task_messages)
+        self._pending: deque[tuple[int, Any]] = deque()
+        self._running: dict[Any, tuple[int, Any, float]] = {}  # generator -> (task_id, task, deadline)
+        self._next_id = 0
+
+    def __enter__(self) -> RayPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Cancel whatever still runs (the caller is done with it, or leaving on an exception)."""
+        for gen in list(self._running):
+            self._cancel(gen)
+
+    def submit(self, task: Any, *, first: bool = False) -> int:
+        task_id, self._next_id = self._next_id, self._next_id + 1
+        (self._pending.appendleft if first else self._pending.append)((task_id, task))
+        return task_id
+
+    def map(self, tasks: Iterable[Any], *, skip: Callable[[Any], bool] | None = None) -> Iterator[Outcome]:
+        self._pending, self._next_id = deque(), 0
+        for task in tasks:
+            self.submit(task)
+        wanted: Callable[[Any], bool] = (lambda task: not skip(task)) if skip is not None else (lambda task: True)
+        while self._pending or self._running:
+            for gen, (_, task, _) in list(self._running.items()):
+                if not wanted(task):
+                    self._cancel(gen)
+            while self._pending and len(self._running) < self.num_workers:
+                task_id, task = self._pending.popleft()
+                if wanted(task):
+                    self._running[self._remote.remote(self.fn, task)] = (task_id, task, time.monotonic() + self.timeout_s)
+            if not self._running:
+                continue
+            now = time.monotonic()
+            timeout = max(0.0, min(deadline for _, _, deadline in self._running.values()) - now)
+            ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
+            for gen in ready:
+                task = self._running[gen][1]
+                outcome = self._take(gen)
+                if outcome.status != "part":
+                    del self._running[gen]
+                if wanted(task):  # else withdrawn since this round began
+                    yield outcome
+            for gen, (task_id, _, deadline) in list(self._running.items()):
+                if gen not in ready and time.monotonic() >= deadline:
+                    self._cancel(gen)
+                    yield Outcome(task_id, "timeout", failure=timeout_failure(self.stage, self.timeout_s))
+
+    def _take(self, gen: Any) -> Outcome:
+        """The next message of a task whose next item is ready, as an Outcome."""
+        task_id, task, _ = self._running[gen]
+        try:
+            kind, payload = self.ray.get(next(gen))
+        except StopIteration:  # run_task always ends with ok or error: a generator that stops without one is lost
+            return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "Ray task ended without a result"))
+        except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill, a lost node)
+            return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
+                                                             f"worker died while on this task (Ray: {type(e).__name__})"))
+        if kind == "part":
+            self._running[gen] = (task_id, task, time.monotonic() + self.timeout_s)
+            return Outcome(task_id, "part", result=payload)
+        if kind == "ok":
+            return Outcome(task_id, "ok", result=payload)
+        stage, reason = payload
+        return Outcome(task_id, "error", failure=Failure("error", stage or self.stage, reason))
+
+    def _cancel(self, gen: Any) -> None:
+        self._running.pop(gen, None)
+        try:
+            self.ray.cancel(gen, force=True)
+        except Exception:  # noqa: BLE001 - already finished or gone: nothing left to stop
+            pass

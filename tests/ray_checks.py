@@ -1,0 +1,102 @@
+"""The Ray engine's checks, run by tests/test_ray_engine.py in a network namespace that has only loopback (``unshare
+-n``): a local Ray cluster starts, its listening sockets are read with ``ss``, the Ray pool runs tasks that succeed,
+raise, hang, crash and stream, and ``tag --engine ray`` tags an archive of good and broken videos next to a local
+``tag`` of the same archive. Prints one JSON object of what it saw; the test judges it.
+
+    python tests/ray_checks.py WORKDIR
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def listening_addresses() -> list[str]:
+    """The local address of every listening TCP socket in this namespace (``ss -ltnH``)."""
+    out = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True, check=True).stdout
+    return sorted({line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()})
+
+
+def pool_outcomes() -> dict:
+    from worker_fns import auto_segfaults, behave, stream
+
+    from pipeline.video.open import DecodeRequest, decode_in_workers
+    from pipeline.video.ray_pool import RayPool
+    from pipeline.video.samplers import Sampling
+
+    tasks = [("ok", 21), ("raise", 7), ("sleep", 60), ("segfault", 0), ("abort", 0), ("ok", 4)]
+    start = time.monotonic()
+    with RayPool(behave, timeout_s=4) as pool:
+        outcomes = [(o.task_id, o.status, o.result, o.failure and [o.failure.stage, o.failure.reason])
+                    for o in pool.map(tasks)]
+    streamed = []
+    with RayPool(stream, timeout_s=3) as pool:
+        streamed = [(o.task_id, o.status, o.result) for o in pool.map([("ok", 4), ("stall", 4)])]
+    retried = [(r.backend, o.status, o.result) for r, o in decode_in_workers(
+        [DecodeRequest("x.mp4", Sampling())], fn=auto_segfaults, timeout_s=30, engine="ray")]
+    return {"outcomes": outcomes, "streamed": streamed, "retried": retried,
+            "seconds": round(time.monotonic() - start, 1)}
+
+
+def archive(work: Path) -> Path:
+    from datasets.synthetic import moving_square_frames, write_video
+
+    folder = work / "archive"
+    for k, (action, colour) in enumerate([("moving left", "red"), ("moving up", "blue"), ("moving right", "green")]):
+        write_video(folder / f"good_{k}.mp4", moving_square_frames(action, colour, num_frames=36))
+    (folder / "text.mp4").write_text("not a video\n")
+    (folder / "empty.mp4").write_bytes(b"")
+    whole = (folder / "good_0.mp4").read_bytes()
+    (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
+    return folder
+
+
+def tagged(work: Path) -> dict:
+    import pandas as pd
+
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+
+    folder = archive(work)
+    labels = ("moving left", "moving up", "moving right")
+    runtime = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=2)
+    common = dict(overrides=ProtocolOverrides(templates="none"), window_s=0.5, stride_s=0.25, topk=3, commit_every=2)
+    summaries = {}
+    for engine in ("local", "ray", "ray"):  # the second ray run resumes the first
+        out = work / f"{engine}.csv"
+        summary = tag(TagSettings(runtime, labels, engine=engine, **common), folder, out, progress=False)
+        summaries.setdefault(engine, []).append(summary.line().split(";")[0])
+
+    def rows(engine: str, what: str = "") -> tuple[list[list], list[list]]:
+        """The rows, sorted, as their text columns and their scores (floats)."""
+        frame = pd.read_csv(work / f"{engine}{what}.csv")
+        frame = frame.sort_values(list(frame.columns)).reset_index(drop=True)
+        scores = [c for c in frame.columns if c.startswith("score")]
+        return frame.drop(columns=scores).astype(str).values.tolist(), frame[scores].values.tolist()
+
+    compared = {}
+    for what in ("", ".segments", ".errors"):
+        (text_a, score_a), (text_b, score_b) = rows("local", what), rows("ray", what)
+        worst = max((abs(a - b) for ra, rb in zip(score_a, score_b) for a, b in zip(ra, rb)), default=0.0)
+        compared[what or "videos"] = {"rows": len(text_b), "text_equal": text_a == text_b, "score_diff": worst}
+    return {"summaries": summaries, "compared": compared, "errors": rows("ray", ".errors")[0]}
+
+
+def main() -> None:
+    from pipeline.video.ray_pool import connect, import_ray
+
+    work = Path(sys.argv[1])
+    connect(num_cpus=2, object_store_memory=200 * 2**20)  # what tag's own connect does, with a small store
+    report = {"addresses": listening_addresses()}
+    report["pool"] = pool_outcomes()
+    report["tag"] = tagged(work)
+    report["addresses_after"] = listening_addresses()
+    import_ray().shutdown()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""tag --engine ray: decode tasks on a local Ray cluster, started in a network namespace that has only loopback
+(``unshare -n``, as root) so that Ray can listen on nothing else; tests/ray_checks.py runs the checks there and
+reports what it saw, judged here."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("ray")
+    env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "CLIP_VIDEO_CACHE": str(work / "cache")}
+    proc = subprocess.run(["unshare", "-n", "sh", "-c", f'ip link set lo up && exec "{sys.executable}" '
+                           f'tests/ray_checks.py "{work}"'], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # Ray's raylet prints its own lines before it
+
+
+def test_ray_listens_on_loopback_only(report):
+    assert report["addresses"], "Ray listens on no TCP socket at all: ss saw nothing"
+    assert set(report["addresses"]) | set(report["addresses_after"]) <= LOOPBACK
+
+
+def test_the_ray_pool_gives_each_task_one_outcome_as_the_local_pool_does(report):
+    pool = report["pool"]
+    final = {}
+    for task_id, status, result, failure in pool["outcomes"]:
+        assert task_id not in final, f"task {task_id} ended twice"
+        final[task_id] = (status, result, failure)
+    assert final == {
+        0: ("ok", 42, None),
+        1: ("error", None, ["decode", "ValueError: bad value 7"]),
+        2: ("timeout", None, ["decode", "no result within 4 s; worker killed"]),  # the local pool's words
+        3: ("crash", None, ["decode", "worker died while on this task (Ray: WorkerCrashedError)"]),
+        4: ("crash", None, ["decode", "worker died while on this task (Ray: WorkerCrashedError)"]),
+        5: ("ok", 8, None),
+    }
+    streamed = {t: [(s, r) for i, s, r in pool["streamed"] if i == t] for t in (0, 1)}
+    assert streamed[0] == [("part", 0), ("part", 1), ("part", 2), ("part", 3), ("ok", 4)]
+    assert streamed[1] == [("part", 0), ("part", 1), ("timeout", None)]  # the deadline is on progress
+    assert pool["retried"] == [["decord", "ok", "decord"]]  # a crash on auto is retried on decord, as locally
+
+
+def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
+    tag = report["tag"]
+    compared = tag["compared"]
+    assert [compared[k]["rows"] for k in ("videos", ".segments", ".errors")] == [3, 36, 3]
+    for what, result in compared.items():
+        assert result["text_equal"], what  # paths, statuses, labels, windows, reasons
+        assert result["score_diff"] <= 1e-3, what  # batches mix videos in arrival order: float noise at most
+    assert sorted((path.rsplit("/", 1)[-1], stage, status) for path, stage, status, _ in tag["errors"]) == [
+        ("empty.mp4", "open", "error"), ("text.mp4", "open", "error"), ("truncated.mp4", "open", "error")]
+    assert tag["summaries"]["local"] == ["6 videos: 3 tagged, 0 already done, failed: 3 error"]
+    assert tag["summaries"]["ray"] == [
+        "6 videos: 3 tagged, 0 already done, failed: 3 error",
+        "6 videos: 0 tagged, 6 already done (3 of them failed: --retry-failed tries them again), failed: none"]

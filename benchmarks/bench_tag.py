@@ -12,7 +12,9 @@ Throughput rows (videos/s; one folder of ``--videos`` files written by this scri
     decode and encode overlap.
 Memory: ``tag`` on one video of ``--long-minutes`` minutes (a one-minute 640x360 clip remuxed end to end, so it
 takes seconds to write), sampling the resident memory of this process and its worker processes every 50 ms.
-Nothing here is asserted: the numbers are printed, with the machine's core count.
+With ``--engine ray``, one more row: ``tag --engine ray`` (decode tasks on a local Ray cluster started beforehand,
+its start-up time printed apart) and its ratio to ``tag``. Nothing here is asserted: the numbers are printed, with
+the machine's core count.
 """
 from __future__ import annotations
 
@@ -181,6 +183,12 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     t = time.perf_counter()
     tag(settings, folder, tmp / "tags.parquet", progress=False)
     ours = len(paths) / (time.perf_counter() - t)
+    on_ray = None
+    if args.engine == "ray":  # the same job, decoding on the (already started) local Ray cluster
+        shutil.rmtree(tmp / "ray.parquet.index", ignore_errors=True)
+        t = time.perf_counter()
+        tag(dataclasses.replace(settings, engine="ray"), folder, tmp / "ray.parquet", progress=False)
+        on_ray = len(paths) / (time.perf_counter() - t)
 
     tasks = [settings.task(str(p), model.preprocess) for p in paths]
     t = time.perf_counter()
@@ -210,7 +218,12 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     for name, rate in (("naive loop (decord + model per video)", naive), ("tag (ours, end to end)", ours),
                        (f"decode only ({args.workers} workers)", decode_only), ("model only (pre-decoded)", model_only)):
         print(f"{name:<44}{rate:10.2f}")
+    if on_ray is not None:
+        print(f"{'tag --engine ray (decode tasks on local Ray)':<44}{on_ray:10.2f}")
     print(f"\ntag / naive: {ours / naive:.2f}x (target >= 2x); tag / slower stage: {ours / slower:.0%} (target >= 80 %)")
+    if on_ray is not None:
+        print(f"tag --engine ray / tag: {on_ray / ours:.2f}x (target >= 0.9x); it adds {1 / on_ray - 1 / ours:+.3f} s "
+              f"a video (Ray started beforehand: {args.ray_start_s:.1f} s)")
     # decode workers and the model share the cores: their CPU seconds per video add up
     shared = cores / (min(args.workers, cores) / decode_only + cores / model_only)
     print(f"tag / shared-core bound ({shared:.2f} videos/s: {min(args.workers, cores)} decode workers' and the "
@@ -328,7 +341,17 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16", help="the throughput rows are run once per precision")
     ap.add_argument("--container", choices=("mp4", "avi"), default="mp4")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="ray: also time tag --engine ray on a local Ray cluster (run this script under "
+                         "unshare -n with lo up, so that Ray can listen on loopback only)")
     args = ap.parse_args()
+    args.ray_start_s = 0.0
+    if args.engine == "ray":
+        from pipeline.video.ray_pool import connect
+
+        t = time.perf_counter()
+        connect(num_cpus=len(os.sched_getaffinity(0)))
+        args.ray_start_s = time.perf_counter() - t
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     settings = TagSettings(RuntimeSettings(args.model, device="cpu", decode_workers=args.workers), tuple(DIRECTIONS),
                            overrides=ProtocolOverrides(templates="none", num_frames=8), window_s=4.0, stride_s=2.0, commit_every=16)

@@ -85,6 +85,61 @@ def tagged(work: Path) -> dict:
     return {"summaries": summaries, "compared": compared, "errors": rows("ray", ".errors")[0]}
 
 
+def node_loss(work: Path) -> dict:
+    """A simulated cluster (a head without CPUs, two nodes of one CPU each): a node removed while the pool streams
+    tasks, and while tag runs; each task and each video must end exactly once."""
+    import threading
+
+    import pandas as pd
+    import ray
+    from ray.cluster_utils import Cluster
+    from worker_fns import stream
+
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+    from pipeline.video.ray_pool import RayPool
+
+    def cluster() -> tuple[Cluster, list]:
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20})
+        nodes = [c.add_node(num_cpus=1, object_store_memory=100 * 2**20) for _ in range(2)]
+        ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+        c.wait_for_nodes()
+        return c, nodes
+
+    def remove_later(c: Cluster, node, seconds: float) -> threading.Thread:
+        thread = threading.Thread(target=lambda: (time.sleep(seconds), c.remove_node(node, allow_graceful=False)))
+        thread.start()
+        return thread
+
+    c, nodes = cluster()
+    remover = remove_later(c, nodes[0], 1.0)
+    with RayPool(stream, timeout_s=30) as pool:
+        finals = [(o.task_id, o.status, o.failure and o.failure.reason) for o in pool.map([("ok", 6)] * 4)
+                  if o.status != "part"]
+    remover.join()
+    ray.shutdown()
+    c.shutdown()
+
+    from datasets.synthetic import moving_square_frames, write_video
+
+    folder = work / "long_archive"
+    for k in range(8):
+        write_video(folder / f"v{k}.mp4", moving_square_frames("moving left", "red", num_frames=96))
+    c, nodes = cluster()
+    runtime = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32")
+    settings = TagSettings(runtime, ("moving left", "moving up"), overrides=ProtocolOverrides(templates="none"),
+                           window_s=0.5, stride_s=0.25, commit_every=1, engine="ray")
+    remover = remove_later(c, nodes[1], 1.5)
+    first = tag(settings, folder, work / "lost.csv", progress=False).line().split(";")[0]
+    remover.join()
+    again = tag(settings, folder, work / "lost.csv", retry_failed=True, progress=False).line().split(";")[0]
+    ray.shutdown()
+    c.shutdown()
+    videos, errors = pd.read_csv(work / "lost.csv"), pd.read_csv(work / "lost.errors.csv")
+    return {"pool": finals, "tag_first": first, "tag_again": again, "video_paths": sorted(videos.path.tolist()),
+            "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist())}
+
+
 def main() -> None:
     from pipeline.video.ray_pool import connect, import_ray
 
@@ -95,6 +150,7 @@ def main() -> None:
     report["tag"] = tagged(work)
     report["addresses_after"] = listening_addresses()
     import_ray().shutdown()
+    report["node_loss"] = node_loss(work)
     print(json.dumps(report))
 
 

@@ -66,3 +66,17 @@ def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
     assert tag["summaries"]["ray"] == [
         "6 videos: 3 tagged, 0 already done, failed: 3 error",
         "6 videos: 0 tagged, 6 already done (3 of them failed: --retry-failed tries them again), failed: none"]
+
+
+def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
+    """A node removed mid-stream: its task ends once, as a crash that says so; the others finish. A node removed
+    while tag runs: every video is in the outputs exactly once (its lost task retried on decord, as a crash on auto
+    is), and a rerun with --retry-failed leaves none failed."""
+    lost = report["node_loss"]
+    assert sorted(task_id for task_id, _, _ in lost["pool"]) == [0, 1, 2, 3]  # one final outcome each
+    statuses = sorted((status, reason) for _, status, reason in lost["pool"])
+    assert ("crash", "its node was lost while on this task (Ray: NodeDiedError)") in statuses
+    assert [s for s, _ in statuses].count("ok") >= 2
+    assert lost["tag_first"].startswith("8 videos: ")
+    assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == 8 and lost["error_paths"] == []
+    assert lost["tag_again"].startswith("8 videos: ") and lost["tag_again"].endswith("failed: none")

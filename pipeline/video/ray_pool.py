@@ -6,9 +6,12 @@ task a Ray streaming-generator task on any node's CPU.
 A task runs ``supervisor.run_task`` (what a pipe worker runs), so an item a decoder yields reaches the driver as a
 ``part`` and its end as ``ok`` or ``error``; Ray holds at most ``BACKPRESSURE`` items of a task the driver has not
 taken, which bounds memory as the pipe's one item does. The deadline is on progress, as in ``WorkerPool``: a task
-that yields nothing for ``timeout_s`` is cancelled (its worker killed); a worker that dies (segfault, OOM kill, a
-lost node) is a ``crash``. No task is retried by Ray: ``open.decode_in_workers`` decides retries, as it does for
-the local pool. Workers are recycled after ``max_tasks`` tasks (decoders leak); memory is Ray's to watch.
+that yields nothing for ``timeout_s`` is cancelled (its worker killed); a worker that dies (a segfault, an OOM
+kill) is a ``crash``, and so is a task whose node was lost (its reason says so): ``open.decode_in_workers``
+decides retries, as for the local pool (a crash on ``auto`` runs again on decord, unsplit), and Ray retries nothing.
+A lost node's videos are therefore never stored twice or lost, but they may be decoded by decord, or be crash rows
+for ``--retry-failed`` (running them again as they were is not built yet: a split video's ranges would need it).
+Workers are recycled after ``max_tasks`` tasks (decoders leak); memory is Ray's to watch.
 
 Ray is imported only here, and only when a pool or connection is made: ``pip install clip-video[ray]``.
 """
@@ -122,7 +125,10 @@ class RayPool:
             kind, payload = self.ray.get(next(gen))
         except StopIteration:  # run_task always ends with ok or error: a generator that stops without one is lost
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "Ray task ended without a result"))
-        except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill, a lost node)
+        except self.ray.exceptions.NodeDiedError:
+            return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
+                                                             "its node was lost while on this task (Ray: NodeDiedError)"))
+        except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill)
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
                                                              f"worker died while on this task (Ray: {type(e).__name__})"))
         if kind == "part":

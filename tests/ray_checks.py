@@ -140,6 +140,43 @@ def node_loss(work: Path) -> dict:
             "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist())}
 
 
+def driver_kill(work: Path) -> dict:
+    """``run_pipeline.py tag --engine ray`` (its own local Ray) killed with SIGKILL once two videos are committed,
+    then run again: every video once in the outputs, and the committed ones not tagged again."""
+    import os
+    import signal
+
+    import pandas as pd
+
+    folder, out = work / "long_archive", work / "killed.csv"  # node_loss wrote the 8 videos
+    command = [sys.executable, "run_pipeline.py", "tag", str(folder), "--out", str(out), "--labels", "moving left",
+               "--model", "random:tiny-vit", "--precision", "fp32", "--window", "0.5", "--stride", "0.25",
+               "--commit-every", "1", "--engine", "ray"]
+    labels = work / "labels.txt"
+    labels.write_text("moving left\nmoving up\n")
+    command[command.index("moving left")] = str(labels)
+    state = work / "killed.csv.index" / "state.json"
+    proc = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    committed, deadline = 0, time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            committed = json.loads(state.read_text())["rows"].get("videos", 0)
+        except (OSError, ValueError, KeyError):
+            committed = 0
+        if committed >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    rerun = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                           timeout=300)
+    rows = pd.read_csv(out)
+    return {"killed": proc.returncode, "committed_at_kill": committed, "rerun_rc": rerun.returncode,
+            "rerun": rerun.stdout.strip().splitlines()[-1] if rerun.stdout.strip() else rerun.stderr[-500:],
+            "paths": sorted(rows.path.tolist())}
+
+
 def main() -> None:
     from pipeline.video.ray_pool import connect, import_ray
 
@@ -151,6 +188,7 @@ def main() -> None:
     report["addresses_after"] = listening_addresses()
     import_ray().shutdown()
     report["node_loss"] = node_loss(work)
+    report["driver_kill"] = driver_kill(work)
     print(json.dumps(report))
 
 

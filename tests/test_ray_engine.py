@@ -1,5 +1,6 @@
 """tag --engine ray: decode tasks on a local Ray cluster, started in a network namespace that has only loopback
-(``unshare -n``, as root) so that Ray can listen on nothing else; tests/ray_checks.py runs the checks there and
+(``unshare -n``, as root) so that Ray can listen on nothing else, and a pid namespace that takes Ray's processes
+with it; tests/ray_checks.py runs the checks there and
 reports what it saw, judged here."""
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ pytestmark = pytest.mark.slow
 def report(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("ray")
     env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "CLIP_VIDEO_CACHE": str(work / "cache")}
-    proc = subprocess.run(["unshare", "-n", "sh", "-c", f'ip link set lo up && exec "{sys.executable}" '
+    # a pid namespace too: what Ray leaves after the driver's SIGKILL (its agents) ends with the namespace
+    proc = subprocess.run(["unshare", "-n", "--fork", "--pid", "--mount-proc", "sh", "-c",
+                           f'ip link set lo up && exec "{sys.executable}" '
                            f'tests/ray_checks.py "{work}"'], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -80,3 +83,13 @@ def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
     assert lost["tag_first"].startswith("8 videos: ")
     assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == 8 and lost["error_paths"] == []
     assert lost["tag_again"].startswith("8 videos: ") and lost["tag_again"].endswith("failed: none")
+
+
+def test_a_killed_driver_loses_nothing_committed_and_duplicates_nothing(report):
+    """SIGKILL of `tag --engine ray` once two videos are committed, then the same command again."""
+    killed = report["driver_kill"]
+    assert killed["killed"] == -9 and killed["committed_at_kill"] >= 2, killed
+    assert killed["rerun_rc"] == 0, killed["rerun"]
+    done = int(killed["rerun"].split(" tagged, ")[1].split(" already done")[0])
+    assert done >= killed["committed_at_kill"], killed["rerun"]  # what was committed is not tagged again
+    assert len(killed["paths"]) == len(set(killed["paths"])) == 8

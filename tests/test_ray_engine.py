@@ -15,9 +15,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
 
-pytestmark = pytest.mark.slow
-
-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("ray")
@@ -31,11 +28,13 @@ def report(tmp_path_factory) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])  # Ray's raylet prints its own lines before it
 
 
+@pytest.mark.slow
 def test_ray_listens_on_loopback_only(report):
     assert report["addresses"], "Ray listens on no TCP socket at all: ss saw nothing"
     assert set(report["addresses"]) | set(report["addresses_after"]) <= LOOPBACK
 
 
+@pytest.mark.slow
 def test_the_ray_pool_gives_each_task_one_outcome_as_the_local_pool_does(report):
     pool = report["pool"]
     final = {}
@@ -56,6 +55,7 @@ def test_the_ray_pool_gives_each_task_one_outcome_as_the_local_pool_does(report)
     assert pool["retried"] == [["decord", "ok", "decord"]]  # a crash on auto is retried on decord, as locally
 
 
+@pytest.mark.slow
 def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
     tag = report["tag"]
     compared = tag["compared"]
@@ -71,6 +71,7 @@ def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
         "6 videos: 0 tagged, 6 already done (3 of them failed: --retry-failed tries them again), failed: none"]
 
 
+@pytest.mark.slow
 def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
     """A node removed mid-stream: its task ends once, as a crash that says so; the others finish. A node removed
     while tag runs: every video is in the outputs exactly once (its lost task retried on decord, as a crash on auto
@@ -85,6 +86,7 @@ def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
     assert lost["tag_again"].startswith("8 videos: ") and lost["tag_again"].endswith("failed: none")
 
 
+@pytest.mark.slow
 def test_a_killed_driver_loses_nothing_committed_and_duplicates_nothing(report):
     """SIGKILL of `tag --engine ray` once two videos are committed, then the same command again."""
     killed = report["driver_kill"]
@@ -93,3 +95,20 @@ def test_a_killed_driver_loses_nothing_committed_and_duplicates_nothing(report):
     done = int(killed["rerun"].split(" tagged, ")[1].split(" already done")[0])
     assert done >= killed["committed_at_kill"], killed["rerun"]  # what was committed is not tagged again
     assert len(killed["paths"]) == len(set(killed["paths"])) == 8
+
+
+def test_an_address_where_no_cluster_listens_is_refused_at_once():
+    """Ray would retry it for minutes, printing its own warnings; this is one line, before Ray starts."""
+    import socket
+
+    from pipeline.video.ray_pool import check_reachable
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens on it
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionError, match=rf"^--ray-address 127.0.0.1:{port}: no Ray cluster answers there "):
+        check_reachable(f"127.0.0.1:{port}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_reachable(f"ray://127.0.0.1:{s.getsockname()[1]}")  # something answers: left to Ray

@@ -18,6 +18,7 @@ Ray is imported only here, and only when a pool or connection is made: ``pip ins
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -43,10 +44,25 @@ def connect(address: str | None = None, **init: Any) -> bool:
     ray = import_ray()
     if ray.is_initialized():
         return False
+    if address:
+        check_reachable(address)
     local = {} if address else {"_node_ip_address": "127.0.0.1"}
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              **(local | init))
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse at once a ``host:port`` (or ``ray://host:port``) where nothing listens: Ray itself retries such an
+    address for minutes, printing its own warnings. ``auto`` and other forms are left to Ray."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(f"--ray-address {address}: no Ray cluster answers there "
+                              f"({e.strerror or type(e).__name__})") from None
 
 
 def _task_messages(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:

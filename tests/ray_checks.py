@@ -137,7 +137,47 @@ def node_loss(work: Path) -> dict:
     c.shutdown()
     videos, errors = pd.read_csv(work / "lost.csv"), pd.read_csv(work / "lost.errors.csv")
     return {"pool": finals, "tag_first": first, "tag_again": again, "video_paths": sorted(videos.path.tolist()),
-            "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist())}
+            "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist()),
+            "split": split_video_loses_its_node(work, cluster)}
+
+
+def split_video_loses_its_node(work: Path, cluster) -> dict:
+    """A video cut into three time ranges whose first task loses its node after its header and first chunk (the
+    node it names is removed): the video's windows equal a local decode's, and the lost task ran again as its range."""
+    import threading
+
+    import ray
+    import torch
+    from videos import h264_bframes
+    from worker_fns import windows_lose_node_once
+
+    from pipeline.features.window_decode import FrameGeometry, WindowTask, decode_windows
+    from pipeline.features.windows import embed_windows
+    from pipeline.model.loading import load_model
+
+    model = load_model("random:tiny-vit", torch.device("cpu"))
+    (work / "split").mkdir()
+    path = h264_bframes(work / "split" / "v.mp4", n=150, gop=12)  # 6 s: 11 windows, three ranges
+    task = WindowTask(str(path), FrameGeometry.of(model.preprocess), num_frames=4, window_s=1.0, stride_s=0.5,
+                      chunk_mb=0.2, split=3, min_range_s=1.0)
+    [(_, local, _)] = list(embed_windows([task], model, batch_size=5, decode_workers=2, fn=decode_windows))
+    c, nodes = cluster()
+    marker = Path(str(path) + ".lost")
+
+    def remove_its_node() -> None:  # the node the first attempt waits on, once it says which
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+        c.remove_node(next(n for n in nodes if n.node_id == marker.read_text()), allow_graceful=False)
+
+    remover = threading.Thread(target=remove_its_node, daemon=True)
+    remover.start()
+    [(_, video, failure)] = list(embed_windows([task], model, batch_size=5, timeout_s=60, fn=windows_lose_node_once,
+                                               engine="ray"))
+    ray.shutdown()
+    c.shutdown()
+    return {"failure": failure and str(failure), "tasks": Path(str(path) + ".tasks").read_text().splitlines(),
+            "max_diff": None if video is None else float((video.windows.vectors - local.windows.vectors).abs().max()),
+            "windows": None if video is None else len(video.bounds)}
 
 
 def driver_kill(work: Path) -> dict:

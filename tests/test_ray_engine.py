@@ -74,8 +74,10 @@ def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
 @pytest.mark.slow
 def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
     """A node removed mid-stream: its task ends once, as a crash that says so; the others finish. A node removed
-    while tag runs: every video is in the outputs exactly once (its lost task retried on decord, as a crash on auto
-    is), and a rerun with --retry-failed leaves none failed."""
+    while tag runs: every video is in the outputs exactly once, decoded as it would have been (PyAV, not the
+    decord retry of a crash), and a rerun with --retry-failed leaves none failed. A split video whose first task
+    loses its node after its header and first chunk: that task runs again as its own range, and the windows equal a
+    local decode's."""
     lost = report["node_loss"]
     assert sorted(task_id for task_id, _, _ in lost["pool"]) == [0, 1, 2, 3]  # one final outcome each
     statuses = sorted((status, reason) for _, status, reason in lost["pool"])
@@ -84,6 +86,10 @@ def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
     assert lost["tag_first"].startswith("8 videos: ")
     assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == 8 and lost["error_paths"] == []
     assert lost["tag_again"].startswith("8 videos: ") and lost["tag_again"].endswith("failed: none")
+    assert lost["decoders"] == ["pyav"] * 8
+    split = lost["split"]
+    assert split["failure"] is None and split["windows"] == 11 and split["max_diff"] <= 1e-5, split
+    assert sorted(split["tasks"]) == ["(0, 4) auto", "(4, 7) auto", "(7, 11) auto", "None auto"]
 
 
 @pytest.mark.slow

@@ -126,3 +126,25 @@ def windows_range_segfaults(task):
         time.sleep(1.0)
         ctypes.string_at(0)
     return (yield from gen)
+
+
+def windows_lose_node_once(task):
+    """decode_windows, except that a whole video's first attempt, once its header and first chunk are out, writes its
+    Ray node's id to ``<video>.lost`` and waits there (the test removes that node). Each task is logged to
+    ``<video>.tasks`` (window range, backend)."""
+    from pathlib import Path
+
+    from pipeline.features.window_decode import decode_windows
+
+    with open(task.path + ".tasks", "a") as log:
+        log.write(f"{task.window_range} {task.backend}\n")
+    gen = decode_windows(task)
+    marker = Path(task.path + ".lost")
+    if task.window_range is None and not marker.exists():
+        import ray
+
+        yield next(gen)
+        yield next(gen)
+        marker.write_text(ray.get_runtime_context().get_node_id())
+        time.sleep(120)
+    return (yield from gen)

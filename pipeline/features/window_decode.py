@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,15 @@ def range_tasks(task: WindowTask, outcome: Outcome) -> list[WindowTask]:
     if outcome.status != "part" or not isinstance(header, WindowHeader) or task.window_range is not None:
         return []
     return [dataclasses.replace(task, window_range=r) for r in header.ranges[1:]]
+
+
+def lost_task(task: WindowTask, first: Any) -> WindowTask:
+    """``decode_in_workers``' rerun of a task whose machine was lost: the same task, except that a whole video whose
+    header came (its other time ranges went out with it, ``range_tasks``) runs again as its own first range only,
+    which the consumer takes as that range restarting."""
+    if task.window_range is None and isinstance(first, WindowHeader):
+        return dataclasses.replace(task, window_range=first.ranges[0])
+    return task
 
 
 def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, None, tuple[str, ...]]:

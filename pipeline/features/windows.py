@@ -46,6 +46,7 @@ from .window_decode import (
     WindowTask,
     chunk_ranges,
     decode_windows,
+    lost_task,
     range_tasks,
 )
 
@@ -224,6 +225,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
-                                           skip=assembly.withdrawn, engine=engine):  # no outcome of them comes here
+                                           skip=assembly.withdrawn, engine=engine,  # no outcome of them comes here
+                                           rerun_lost=lost_task):
         yield from assembly.take(task, outcome)
     yield from assembly.encode(flush=True)

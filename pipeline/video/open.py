@@ -117,6 +117,7 @@ class DecodeTask(Protocol):
 
 
 TaskT = TypeVar("TaskT", bound=DecodeTask)
+MAX_LOST_RERUNS = 3  # attempts of a task that may lose their machine (Ray) before its crash is final
 
 
 @overload
@@ -130,14 +131,14 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., time
                       max_rss_mb: float = ..., fn: Callable[[TaskT], Any],
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
                       skip: Callable[[TaskT], bool] | None = None, engine: Engine = ...,
-                      ) -> Iterator[tuple[TaskT, Outcome]]: ...
+                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = ...) -> Iterator[tuple[TaskT, Outcome]]: ...
 
 
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
                       max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
                       skip: Callable[[TaskT], bool] | None = None, engine: Engine = "local",
-                      ) -> Iterator[tuple[TaskT, Outcome]]:
+                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = None) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
     retried next on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings.
@@ -145,7 +146,9 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
     in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
     way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes).
     ``engine``: ``local`` worker processes (``num_workers`` of them), or Ray tasks on the connected cluster
-    (``ray_pool.RayPool``: as many at once as it has CPUs), with the same outcomes."""
+    (``ray_pool.RayPool``: as many at once as it has CPUs), with the same outcomes. A task whose Ray node was lost
+    runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)`` says (default: as it
+    was); its outcomes until then are superseded, as a crashed attempt's are."""
     pool_type: Any = WorkerPool
     if engine == "ray":
         from .ray_pool import RayPool as pool_type
@@ -153,8 +156,17 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
         num_workers = None  # type: ignore[assignment]  # the cluster's CPUs
     with pool_type(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         by_id: dict[int, TaskT] = dict(enumerate(requests))
+        first_parts: dict[int, Any] = {}  # task_id -> the first part it sent (a window task's header)
+        lost: dict[int, int] = {}  # task_id -> how many of its attempts lost their node
         for outcome in pool.map(requests, skip=skip):
             request = by_id[outcome.task_id]
+            if outcome.status == "part":
+                first_parts.setdefault(outcome.task_id, outcome.result)
+            if outcome.node_lost and lost.get(outcome.task_id, 0) < MAX_LOST_RERUNS:
+                again = rerun_lost(request, first_parts.get(outcome.task_id)) if rerun_lost else request
+                again_id = pool.submit(again, first=True)
+                by_id[again_id], lost[again_id] = again, lost.get(outcome.task_id, 0) + 1
+                continue
             if outcome.status == "crash" and request.backend == "auto":
                 retry = dataclasses.replace(request, backend="decord")
                 by_id[pool.submit(retry, first=True)] = retry

@@ -7,10 +7,9 @@ A task runs ``supervisor.run_task`` (what a pipe worker runs), so an item a deco
 ``part`` and its end as ``ok`` or ``error``; Ray holds at most ``BACKPRESSURE`` items of a task the driver has not
 taken, which bounds memory as the pipe's one item does. The deadline is on progress, as in ``WorkerPool``: a task
 that yields nothing for ``timeout_s`` is cancelled (its worker killed); a worker that dies (a segfault, an OOM
-kill) is a ``crash``, and so is a task whose node was lost (its reason says so): ``open.decode_in_workers``
-decides retries, as for the local pool (a crash on ``auto`` runs again on decord, unsplit), and Ray retries nothing.
-A lost node's videos are therefore never stored twice or lost, but they may be decoded by decord, or be crash rows
-for ``--retry-failed`` (running them again as they were is not built yet: a split video's ranges would need it).
+kill) is a ``crash``, and so is a task whose node was lost, marked ``node_lost``. ``open.decode_in_workers``
+decides retries, as for the local pool: a lost task runs again as it was (up to ``MAX_LOST_RERUNS`` times), a crash
+on ``auto`` runs again on decord; Ray itself retries nothing.
 Workers are recycled after ``max_tasks`` tasks (decoders leak); memory is Ray's to watch.
 
 Ray is imported only here, and only when a pool or connection is made: ``pip install clip-video[ray]``.
@@ -46,8 +45,8 @@ def connect(address: str | None = None, **init: Any) -> bool:
         return False
     if address:
         check_reachable(address)
-    local = {} if address else {"_node_ip_address": "127.0.0.1"}
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+    local = {} if address else {"_node_ip_address": "127.0.0.1"}  # "local": a new instance, never one found running
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              **(local | init))
     return True
 
@@ -142,8 +141,8 @@ class RayPool:
         except StopIteration:  # run_task always ends with ok or error: a generator that stops without one is lost
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "Ray task ended without a result"))
         except self.ray.exceptions.NodeDiedError:
-            return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
-                                                             "its node was lost while on this task (Ray: NodeDiedError)"))
+            return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "its node was lost while on this task "
+                                                             "(Ray: NodeDiedError)"), node_lost=True)
         except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill)
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
                                                              f"worker died while on this task (Ray: {type(e).__name__})"))

@@ -61,6 +61,7 @@ class Outcome:
     status: Status
     result: Any = None
     failure: Failure | None = None  # where status is error, timeout or crash
+    node_lost: bool = False  # a crash because the task's machine was lost (Ray), not by the task's doing
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -85,6 +85,20 @@ def tagged(work: Path) -> dict:
     return {"summaries": summaries, "compared": compared, "errors": rows("ray", ".errors")[0]}
 
 
+def remove_named_node(cluster, nodes: list, marker: Path):
+    """Remove the node whose id a task writes to ``marker``, once it does (a thread)."""
+    import threading
+
+    def run() -> None:
+        while not marker.exists() or not marker.read_text():
+            time.sleep(0.05)
+        cluster.remove_node(next(n for n in nodes if n.node_id == marker.read_text()), allow_graceful=False)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def node_loss(work: Path) -> dict:
     """A simulated cluster (a head without CPUs, two nodes of one CPU each): a node removed while the pool streams
     tasks, and while tag runs; each task and each video must end exactly once."""
@@ -93,7 +107,7 @@ def node_loss(work: Path) -> dict:
     import pandas as pd
     import ray
     from ray.cluster_utils import Cluster
-    from worker_fns import stream
+    from worker_fns import stream_or_lose_node
 
     from pipeline.jobs.tag.job import TagSettings, tag
     from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
@@ -112,9 +126,12 @@ def node_loss(work: Path) -> dict:
         return thread
 
     c, nodes = cluster()
-    remover = remove_later(c, nodes[0], 1.0)
-    with RayPool(stream, timeout_s=30) as pool:
-        finals = [(o.task_id, o.status, o.failure and o.failure.reason) for o in pool.map([("ok", 6)] * 4)
+    addresses = listening_addresses()
+    marker = work / "pool.lost"
+    remover = remove_named_node(c, nodes, marker)
+    tasks = [(str(marker), "lose", 6)] + [(str(marker), "ok", 6)] * 3
+    with RayPool(stream_or_lose_node, timeout_s=60) as pool:
+        finals = [(o.task_id, o.status, o.failure and o.failure.reason) for o in pool.map(tasks)
                   if o.status != "part"]
     remover.join()
     ray.shutdown()
@@ -136,7 +153,7 @@ def node_loss(work: Path) -> dict:
     ray.shutdown()
     c.shutdown()
     videos, errors = pd.read_csv(work / "lost.csv"), pd.read_csv(work / "lost.errors.csv")
-    return {"pool": finals, "tag_first": first, "tag_again": again, "video_paths": sorted(videos.path.tolist()),
+    return {"addresses": addresses, "pool": finals, "tag_first": first, "tag_again": again, "video_paths": sorted(videos.path.tolist()),
             "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist()),
             "split": split_video_loses_its_node(work, cluster)}
 
@@ -144,7 +161,6 @@ def node_loss(work: Path) -> dict:
 def split_video_loses_its_node(work: Path, cluster) -> dict:
     """A video cut into three time ranges whose first task loses its node after its header and first chunk (the
     node it names is removed): the video's windows equal a local decode's, and the lost task ran again as its range."""
-    import threading
 
     import ray
     import torch
@@ -162,15 +178,7 @@ def split_video_loses_its_node(work: Path, cluster) -> dict:
                       chunk_mb=0.2, split=3, min_range_s=1.0)
     [(_, local, _)] = list(embed_windows([task], model, batch_size=5, decode_workers=2, fn=decode_windows))
     c, nodes = cluster()
-    marker = Path(str(path) + ".lost")
-
-    def remove_its_node() -> None:  # the node the first attempt waits on, once it says which
-        while not marker.exists() or not marker.read_text():
-            time.sleep(0.05)
-        c.remove_node(next(n for n in nodes if n.node_id == marker.read_text()), allow_graceful=False)
-
-    remover = threading.Thread(target=remove_its_node, daemon=True)
-    remover.start()
+    remove_named_node(c, nodes, Path(str(path) + ".lost"))  # the node the first attempt waits on, once it says
     [(_, video, failure)] = list(embed_windows([task], model, batch_size=5, timeout_s=60, fn=windows_lose_node_once,
                                                engine="ray"))
     ray.shutdown()

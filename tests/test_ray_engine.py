@@ -19,9 +19,13 @@ LOOPBACK = {"127.0.0.1", "[::ffff:127.0.0.1]", "[::1]"}
 def report(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("ray")
     env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}", "CLIP_VIDEO_CACHE": str(work / "cache")}
-    # a pid namespace too: what Ray leaves after the driver's SIGKILL (its agents) ends with the namespace
+    # A pid namespace too: what Ray leaves after the driver's SIGKILL (its agents) ends with the namespace. The
+    # network one has a second, non-loopback address (TEST-NET-1, routed nowhere but lo) that Ray's default would
+    # take as the node's address and listen on: only 127.0.0.1 may show.
     proc = subprocess.run(["unshare", "-n", "--fork", "--pid", "--mount-proc", "sh", "-c",
-                           f'ip link set lo up && exec "{sys.executable}" '
+                           "ip link set lo up && ip addr add 192.0.2.2/32 dev lo && "
+                           "ip route add default dev lo src 192.0.2.2 && "
+                           f'exec "{sys.executable}" '
                            f'tests/ray_checks.py "{work}"'], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -31,7 +35,8 @@ def report(tmp_path_factory) -> dict:
 @pytest.mark.slow
 def test_ray_listens_on_loopback_only(report):
     assert report["addresses"], "Ray listens on no TCP socket at all: ss saw nothing"
-    assert set(report["addresses"]) | set(report["addresses_after"]) <= LOOPBACK
+    assert set(report["addresses"]) | set(report["addresses_after"]) | set(report["node_loss"]["addresses"]) \
+        <= LOOPBACK
 
 
 @pytest.mark.slow
@@ -117,4 +122,18 @@ def test_an_address_where_no_cluster_listens_is_refused_at_once():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        check_reachable(f"ray://127.0.0.1:{s.getsockname()[1]}")  # something answers: left to Ray
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")  # something answers: left to Ray
+    with socket.socket(socket.AF_INET6) as s:
+        s.bind(("::1", 0))
+        s.listen()
+        check_reachable(f"[::1]:{s.getsockname()[1]}")
+
+
+def test_a_ray_client_address_is_refused_in_one_line():
+    """Ray Client cannot stream a task's results: said before anything starts, not after the model has loaded."""
+    from clip_model.errors import UserError
+    from pipeline.jobs.tag.job import TagSettings
+    from pipeline.model.runtime import RuntimeSettings
+
+    with pytest.raises(UserError, match=r"^--ray-address ray://head:10001: Ray Client \(ray://\) cannot stream"):
+        TagSettings(RuntimeSettings("random:tiny-vit"), ("a",), engine="ray", ray_address="ray://head:10001")

@@ -148,3 +148,19 @@ def windows_lose_node_once(task):
         marker.write_text(ray.get_runtime_context().get_node_id())
         time.sleep(120)
     return (yield from gen)
+
+
+def stream_or_lose_node(task: tuple[str, str, int]):
+    """``stream``'s parts, 0.2 s apart; kind ``lose``: after two parts, write this Ray node's id to ``marker`` and
+    wait there (the test removes that node)."""
+    marker, kind, n = task
+    for i in range(n):
+        if kind == "lose" and i == 2:
+            import ray
+
+            with open(marker, "w") as f:
+                f.write(ray.get_runtime_context().get_node_id())
+            time.sleep(120)
+        time.sleep(0.2)
+        yield i
+    return n

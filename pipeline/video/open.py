@@ -117,7 +117,7 @@ class DecodeTask(Protocol):
 
 
 TaskT = TypeVar("TaskT", bound=DecodeTask)
-MAX_LOST_RERUNS = 3  # attempts of a task that may lose their machine (Ray) before its crash is final
+MAX_LOST_RERUNS = 3  # reruns of a task whose machine was lost (Ray); after them its crash is an ordinary crash
 
 
 @overload
@@ -162,8 +162,9 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
             request = by_id[outcome.task_id]
             if outcome.status == "part":
                 first_parts.setdefault(outcome.task_id, outcome.result)
+            first = first_parts.pop(outcome.task_id, None) if outcome.status != "part" else None
             if outcome.node_lost and lost.get(outcome.task_id, 0) < MAX_LOST_RERUNS:
-                again = rerun_lost(request, first_parts.get(outcome.task_id)) if rerun_lost else request
+                again = rerun_lost(request, first) if rerun_lost else request
                 again_id = pool.submit(again, first=True)
                 by_id[again_id], lost[again_id] = again, lost.get(outcome.task_id, 0) + 1
                 continue

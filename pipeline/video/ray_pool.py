@@ -17,7 +17,11 @@ Ray is imported only here, and only when a pool or connection is made: ``pip ins
 from __future__ import annotations
 
 import logging
+import math
+import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +30,7 @@ from typing import Any
 from .supervisor import Failure, Outcome, run_task, timeout_failure
 
 BACKPRESSURE = 2  # items of one task Ray computes ahead of the driver
+IDLE_WAIT_S = 1.0  # the longest wait for a next item while no started task has a deadline
 
 
 def import_ray() -> Any:
@@ -36,25 +41,42 @@ def import_ray() -> Any:
     return ray
 
 
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray takes this node's address to be 127.0.0.1
+
+
 def connect(address: str | None = None, **init: Any) -> bool:
-    """Join the Ray cluster at ``address``, or start a local one bound to 127.0.0.1 (Ray's default is the host's
-    external address), with ``init`` passed on to ``ray.init``; a driver already connected stays as it is. True
-    where this call connected (the caller then disconnects)."""
+    """Join the Ray cluster at ``address``, or start a local one that listens on 127.0.0.1 only, with ``init`` passed
+    on to ``ray.init``; a driver already connected stays as it is. True where this call connected (the caller then
+    disconnects).
+
+    Ray's local default is the host's external address (and some sockets on every address): even
+    ``_node_ip_address="127.0.0.1"`` is turned into it. With ``LOOPBACK_ONLY`` off, Ray's single-machine setting (its
+    default on macOS and Windows), it keeps 127.0.0.1; the processes it starts inherit the setting."""
+    if address:
+        check_reachable(address)
+    else:
+        os.environ[LOOPBACK_ONLY] = "0"
     ray = import_ray()
     if ray.is_initialized():
         return False
-    if address:
-        check_reachable(address)
+    if not address:  # ray imported before this call read the setting at import: tell it again
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     local = {} if address else {"_node_ip_address": "127.0.0.1"}  # "local": a new instance, never one found running
+    on_sigterm = signal.getsignal(signal.SIGTERM)  # ray.init installs its own (an exit); the caller's stays
     ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
              **(local | init))
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_sigterm)
     return True
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse at once a ``host:port`` (or ``ray://host:port``) where nothing listens: Ray itself retries such an
-    address for minutes, printing its own warnings. ``auto`` and other forms are left to Ray."""
+    """Refuse at once a ``host:port`` (``[v6]:port`` too) where nothing listens: Ray itself retries such an address
+    for minutes, printing its own warnings. ``auto`` and other forms are left to Ray."""
     host, _, port = address.split("://", 1)[-1].rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
     if not host or not port.isdigit():
         return
     try:
@@ -65,6 +87,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 def _task_messages(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
+    yield "started", None  # the deadline runs from here, not from a wait in Ray's queue
     yield from run_task(fn, task)
 
 
@@ -114,40 +137,50 @@ class RayPool:
                     self._cancel(gen)
             while self._pending and len(self._running) < self.num_workers:
                 task_id, task = self._pending.popleft()
-                if wanted(task):
-                    self._running[self._remote.remote(self.fn, task)] = (task_id, task, time.monotonic() + self.timeout_s)
+                if wanted(task):  # no deadline until it starts: a task queued behind others is not late
+                    self._running[self._remote.remote(self.fn, task)] = (task_id, task, math.inf)
             if not self._running:
                 continue
             now = time.monotonic()
-            timeout = max(0.0, min(deadline for _, _, deadline in self._running.values()) - now)
-            ready, _ = self.ray.wait(list(self._running), num_returns=1, timeout=timeout)
+            timeout = min(deadline for _, _, deadline in self._running.values()) - now
+            gens = list(self._running)
+            ready, rest = self.ray.wait(gens, num_returns=1, timeout=max(0.0, min(timeout, IDLE_WAIT_S)))
+            if ready and rest:  # every task with an item ready is served this round, not just the first
+                ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for gen in ready:
                 task = self._running[gen][1]
                 outcome = self._take(gen)
+                if outcome is None:
+                    continue
                 if outcome.status != "part":
                     del self._running[gen]
                 if wanted(task):  # else withdrawn since this round began
                     yield outcome
-            for gen, (task_id, _, deadline) in list(self._running.items()):
+            for gen, (task_id, task, deadline) in list(self._running.items()):
                 if gen not in ready and time.monotonic() >= deadline:
                     self._cancel(gen)
-                    yield Outcome(task_id, "timeout", failure=timeout_failure(self.stage, self.timeout_s))
+                    if wanted(task):
+                        yield Outcome(task_id, "timeout", failure=timeout_failure(self.stage, self.timeout_s))
 
-    def _take(self, gen: Any) -> Outcome:
-        """The next message of a task whose next item is ready, as an Outcome."""
+    def _take(self, gen: Any) -> Outcome | None:
+        """The next message of a task whose next item is ready, as an Outcome (None: it started, its deadline runs)."""
         task_id, task, _ = self._running[gen]
         try:
             kind, payload = self.ray.get(next(gen))
         except StopIteration:  # run_task always ends with ok or error: a generator that stops without one is lost
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "Ray task ended without a result"))
-        except self.ray.exceptions.NodeDiedError:
+        except (self.ray.exceptions.NodeDiedError, self.ray.exceptions.ObjectLostError) as e:  # its node, or the
+            # items it had computed ahead on that node, are gone: not the task's doing
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "its node was lost while on this task "
-                                                             "(Ray: NodeDiedError)"), node_lost=True)
+                                                             f"(Ray: {type(e).__name__})"), node_lost=True)
         except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill)
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
                                                              f"worker died while on this task (Ray: {type(e).__name__})"))
-        if kind == "part":
+        if kind in ("started", "part"):
             self._running[gen] = (task_id, task, time.monotonic() + self.timeout_s)
+        if kind == "started":
+            return None
+        if kind == "part":
             return Outcome(task_id, "part", result=payload)
         if kind == "ok":
             return Outcome(task_id, "ok", result=payload)

@@ -84,6 +84,9 @@ class TagSettings:
             raise UserError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.ray_address and self.engine != "ray":
             raise UserError("a Ray address needs --engine ray")
+        if self.ray_address and self.ray_address.startswith("ray://"):
+            raise UserError(f"--ray-address {self.ray_address}: Ray Client (ray://) cannot stream tasks' results; "
+                            "give the cluster's GCS address (host:6379) and run tag on a machine of the cluster")
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:

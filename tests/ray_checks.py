@@ -222,7 +222,29 @@ def driver_kill(work: Path) -> dict:
     rows = pd.read_csv(out)
     return {"killed": proc.returncode, "committed_at_kill": committed, "rerun_rc": rerun.returncode,
             "rerun": rerun.stdout.strip().splitlines()[-1] if rerun.stdout.strip() else rerun.stderr[-500:],
-            "paths": sorted(rows.path.tolist())}
+            "paths": sorted(rows.path.tolist()), "terminated": driver_term(command, out)}
+
+
+def driver_term(command: list[str], out: Path) -> dict:
+    """The same job, to another output, sent SIGTERM once a video is committed: it says so in one line, as tag
+    does without Ray (ray.init replaces the SIGTERM handler; connect puts tag's back)."""
+    import signal
+
+    command = [out.with_name("term.csv") if arg == str(out) else arg for arg in command]
+    state = out.with_name("term.csv.index") / "state.json"
+    proc = subprocess.Popen([str(a) for a in command], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if json.loads(state.read_text())["rows"].get("videos", 0) >= 1:
+                proc.send_signal(signal.SIGTERM)
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=120)
+    return {"rc": proc.returncode, "last": err.strip().splitlines()[-1] if err.strip() else ""}
 
 
 def main() -> None:

@@ -106,6 +106,9 @@ def test_a_killed_driver_loses_nothing_committed_and_duplicates_nothing(report):
     done = int(killed["rerun"].split(" tagged, ")[1].split(" already done")[0])
     assert done >= killed["committed_at_kill"], killed["rerun"]  # what was committed is not tagged again
     assert len(killed["paths"]) == len(set(killed["paths"])) == 8
+    term = killed["terminated"]  # SIGTERM: tag's own one line and exit status, as without Ray
+    assert term["rc"] == 128 + 15 and term["last"].startswith("interrupted: ") and term["last"].endswith(
+        "videos committed; rerun the same command to resume"), term
 
 
 def test_an_address_where_no_cluster_listens_is_refused_at_once():

@@ -439,3 +439,21 @@ def test_forget_missing_deletes_the_rows_of_files_gone_from_disk_and_nothing_els
         assert index.count("videos") == 2
     finally:
         index.close()
+
+
+def test_the_progress_line_gives_the_decode_and_encode_stages_rates(tmp_path, monkeypatch, capsys):
+    """In a log (stderr no terminal), each progress line carries the frames decoded and encoded a second; by the
+    last video every decoded frame is encoded, so the two rates are equal there."""
+    import re
+
+    archive = tmp_path / "archive"
+    for i, action in enumerate(LABELS[:3]):
+        write_video(archive / f"v{i}.mp4", render(Clip("red", "square", action, seed=i, split="train"), WORLD),
+                    fps=WORLD.fps)
+    monkeypatch.setenv("CLIP_VIDEO_PROGRESS_EVERY", "0")  # a line at every video
+    tag(_settings(), archive, tmp_path / "t.csv", progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tag: ")]
+    rates = [re.search(r"decoded (\d+) frames/s, encoded (\d+) frames/s$", line) for line in lines]
+    assert len(lines) >= 3 and all(rates), lines
+    decoded, encoded = (int(x) for x in rates[-1].groups())
+    assert decoded == encoded > 0, lines[-1]

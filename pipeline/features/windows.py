@@ -101,14 +101,22 @@ def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Cal
 Result = tuple[WindowTask, "WindowedVideo | None", "Failure | None"]  # per video: exactly one of the two is set
 
 
+@dataclass
+class StageCounts:
+    """Frames through each stage so far, for a progress line: decoded (received from the workers), encoded."""
+
+    decoded_frames: int = 0
+    encoded_frames: int = 0
+
+
 class WindowAssembly:
     """What ``embed_windows`` keeps while workers decode: the videos under way (keyed by path, as their queued chunks
     are), the encoder batching their frames across videos, and the split videos already yielded (whatever of them
     still runs or waits is withdrawn). ``take`` takes one worker outcome, a method per kind; ``encode`` runs the full
     batches; each returns the videos that are now complete or failed."""
 
-    def __init__(self, model: VideoTextModel, batch_size: int):
-        self.model = model
+    def __init__(self, model: VideoTextModel, batch_size: int, counts: StageCounts | None = None):
+        self.model, self.counts = model, counts or StageCounts()
         self.encoder = CrossVideoBatcher(model, batch_size)
         self.videos: dict[str, _Video] = {}
         self.closed: set[str] = set()
@@ -175,6 +183,7 @@ class WindowAssembly:
         # Ray hands results over read-only (zero-copy from its object store): such arrays are copied, others not
         positions = torch.from_numpy(np.require(chunk.positions, requirements="W"))
         frames = torch.from_numpy(np.require(chunk.frames, requirements="W")).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
+        self.counts.decoded_frames += len(chunk.frames)
         if video.failure is None:
             video.queued.add(chunk.first)
             self.encoder.add((video.task.path, chunk.first, positions), self.model.window_frames(frames, positions))
@@ -184,6 +193,8 @@ class WindowAssembly:
         trim_heap()  # a chunk's frames were freed: give their pages back (see trim_heap)
         video = self.videos[path]
         video.queued.discard(first)
+        if feats is not None:
+            self.counts.encoded_frames += len(feats)
         if failure is None and video.failure is None:
             assert feats is not None, "CrossVideoBatcher.ready gives embeddings wherever it gives no failure"
             try:
@@ -206,7 +217,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                   decode_workers: int = 2, timeout_s: float = RuntimeSettings.decode_timeout_s,
                   max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
-                  engine: Engine = "local",
+                  engine: Engine = "local", counts: StageCounts | None = None,
                   ) -> Iterator[Result]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, failure) per video as each is complete (``Failure``: its status, the stage
@@ -218,10 +229,11 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
     retry is never split). A range whose own worker crashed is retried alone the same way. Once a split video is
     yielded (done, or failed by one range), its tasks still running or waiting are withdrawn. ``engine``: where the
-    decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster)."""
+    decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster). ``counts``,
+    if given, is kept up to date with the frames decoded and encoded so far (a progress line's stage rates)."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
-    assembly = WindowAssembly(model, batch_size)
+    assembly = WindowAssembly(model, batch_size, counts)
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,

@@ -34,7 +34,7 @@ from clip_model.errors import UserError
 from configs.schema import changed_settings
 from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
-from pipeline.features.windows import FrameGeometry, WindowTask, embed_windows
+from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
 from pipeline.model.families import WINDOW_POOLINGS
@@ -243,9 +243,10 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             tasks.append(settings.task(str(p), model.preprocess))
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
+    counts, started = StageCounts(), time.monotonic()  # the decode and encode stages' rates, beside the bar's
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb,
-                           engine=settings.engine) if tasks else iter(())
+                           engine=settings.engine, counts=counts) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
         for task, video, failure in stream:
@@ -257,6 +258,9 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             else:
                 part.add_video(video_id(), task.path, stamp, video)
                 ok += 1
+            seconds = max(time.monotonic() - started, 1e-9)
+            bar.set_postfix(refresh=False, decoded=f"{counts.decoded_frames / seconds:.0f} frames/s",
+                            encoded=f"{counts.encoded_frames / seconds:.0f} frames/s")
             bar.update()
             if len(part) >= settings.commit_every:
                 commit()

@@ -41,6 +41,12 @@ def test_every_task_gets_exactly_one_status():
     assert restarts == 3  # two crashes and one kill, each replaced
 
 
+def test_a_result_that_cannot_be_sent_is_the_tasks_error_and_the_worker_goes_on():
+    out, restarts = _run([("unpicklable", 1), ("ok", 2)], num_workers=1, timeout_s=30)
+    assert out[0].status == "error" and out[0].failure.stage == "decode" and "pickle" in out[0].failure.reason
+    assert (out[1].status, out[1].result, restarts) == ("ok", 4, 0)
+
+
 def test_workers_are_recycled_after_max_tasks():
     out, restarts = _run([("pid", 0)] * 6, num_workers=1, max_tasks=2)
     pids = [out[i].result for i in range(6)]

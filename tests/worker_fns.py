@@ -22,6 +22,8 @@ def behave(task: tuple[str, int]):
         os.kill(os.getpid(), signal.SIGABRT)
     if kind == "pid":
         return os.getpid()
+    if kind == "unpicklable":
+        return lambda: value  # a result the pipe cannot carry
     if kind == "hog":
         behave.hoard = bytearray(value << 20)  # keep it: resident memory the pool must notice
         behave.hoard[:: 4096] = b"x" * len(behave.hoard[:: 4096])

@@ -144,8 +144,13 @@ def run_task(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
                 yield "part", item
         yield "ok", result
     except Exception as e:  # the function's own failure: reported as this task's status, the worker lives on
-        reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
-        yield "error", (getattr(e, "stage", None), " ".join(str(reason).split()))
+        yield "error", error_payload(e)
+
+
+def error_payload(e: Exception) -> tuple[str | None, str]:
+    """(stage, one-line reason) of a task's exception: the stage it names, if any, and its reason or message."""
+    reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
+    return getattr(e, "stage", None), " ".join(str(reason).split())
 
 
 def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
@@ -156,7 +161,13 @@ def _serve_tasks(conn: Connection, fn: Callable[[Any], Any]) -> None:
             return
         task_id, task = msg
         for kind, payload in run_task(fn, task):
-            conn.send((kind, (task_id, payload), rss_mb()))
+            try:
+                conn.send((kind, (task_id, payload), rss_mb()))
+            except (EOFError, OSError):  # the parent is gone: _worker_main ends quietly
+                raise
+            except Exception as e:  # a result the pipe cannot carry (it does not pickle): the task's own error
+                conn.send(("error", (task_id, error_payload(e)), rss_mb()))
+                break
 
 
 class _Worker:

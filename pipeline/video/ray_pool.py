@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .supervisor import Failure, Outcome, run_task, timeout_failure
+from .supervisor import Failure, Outcome, message_outcome, run_task, timeout_failure
 
 BACKPRESSURE = 2  # items of one task Ray computes ahead of the driver
 IDLE_WAIT_S = 1.0  # the longest wait for a next item while no started task has a deadline
@@ -178,14 +178,7 @@ class RayPool:
                                                              f"worker died while on this task (Ray: {type(e).__name__})"))
         if kind in ("started", "part"):
             self._running[gen] = (task_id, task, time.monotonic() + self.timeout_s)
-        if kind == "started":
-            return None
-        if kind == "part":
-            return Outcome(task_id, "part", result=payload)
-        if kind == "ok":
-            return Outcome(task_id, "ok", result=payload)
-        stage, reason = payload
-        return Outcome(task_id, "error", failure=Failure("error", stage or self.stage, reason))
+        return None if kind == "started" else message_outcome(task_id, kind, payload, self.stage)
 
     def _cancel(self, gen: Any) -> None:
         self._running.pop(gen, None)

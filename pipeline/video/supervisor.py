@@ -147,6 +147,17 @@ def run_task(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
         yield "error", error_payload(e)
 
 
+def message_outcome(task_id: int, kind: str, payload: Any, stage: str) -> Outcome:
+    """The Outcome of one of ``run_task``'s messages (part, ok or error); an error's stage is the pool's ``stage``
+    unless the task named one."""
+    if kind == "part":
+        return Outcome(task_id, "part", result=payload)
+    if kind == "ok":
+        return Outcome(task_id, "ok", result=payload)
+    task_stage, reason = payload
+    return Outcome(task_id, "error", failure=Failure("error", task_stage or stage, reason))
+
+
 def error_payload(e: Exception) -> tuple[str | None, str]:
     """(stage, one-line reason) of a task's exception: the stage it names, if any, and its reason or message."""
     reason = getattr(e, "reason", None) or f"{type(e).__name__}: {e}"
@@ -323,16 +334,13 @@ class WorkerPool:
                 return None
             if kind == "part":
                 w.deadline = time.monotonic() + self.timeout_s
-                return Outcome(payload[0], "part", result=payload[1])
-            if kind in ("ok", "error"):
-                task_id, value = payload
+            elif kind in ("ok", "error"):
                 w.task, w.done = None, w.done + 1
                 if w.done >= self.max_tasks or rss > self.max_rss_mb:
                     self._replace(w)
-                if kind == "ok":
-                    return Outcome(task_id, "ok", result=value)
-                stage, reason = value
-                return Outcome(task_id, "error", failure=Failure("error", stage or self.stage, reason))
+            if kind in ("part", "ok", "error"):
+                task_id, value = payload
+                return message_outcome(task_id, kind, value, self.stage)
         if w.proc.sentinel in ready or not w.proc.is_alive():
             task = w.task
             w.proc.join(timeout=5)

@@ -41,7 +41,6 @@ class ProbabilityRule:
         return logits.sigmoid() if self.kind == "sigmoid" else logits.softmax(dim=-1)
 
 
-
 def probability_rule(model: clip_model.FrameTextModel, family: Family) -> ProbabilityRule:
     """The family's scoring with the model's learned scale (and, for a sigmoid, its learned bias): CLIP caps the
     scale at 100 as it trained it; ActionCLIP's test uses a fixed 100."""

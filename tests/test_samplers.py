@@ -131,7 +131,7 @@ def test_sampling_spec_validates_and_dispatches():
 def test_classify_and_benchmark_take_their_views_from_one_factory():
     """One TSN clip, or evenly spread dense clips of consecutive (or frame_interval apart) frames."""
     from configs.schema import BenchmarkConfig, DatasetConfig
-    from pipeline.jobs.benchmark import sampling_for
+    from pipeline.jobs.benchmark_features import sampling_for
 
     assert Sampling.views(8) == Sampling("segments", num_frames=8)
     assert Sampling.views(8, clips=3) == Sampling("dense", clip_len=8, num_clips=3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,28 +16,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from clip_model import cache_dir as default_cache_dir
 from clip_model.errors import UserError
 from configs.schema import BenchmarkConfig, as_written
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
 from datasets.labels import clean_name, load_labels
-from datasets.records import VideoDataset, VideoRecord
+from datasets.records import VideoDataset
 from pipeline.eval.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
 from pipeline.eval.metrics import compute_metrics, mean_std
-from pipeline.features.clip_features import extract_features
-from pipeline.features.frame_geometry import decode_cap
-from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.prompts import load_templates
-from pipeline.model.tensor_cache import load_tensor, save_tensor
-from pipeline.model.video_text import VideoTextModel
-from pipeline.video.open import DecodeRequest
-from pipeline.video.samplers import Sampling
-from pipeline.video.supervisor import Failure
 
+from .benchmark_features import FeatureCache, sampling_for, video_features
 from .benchmark_report import confusion_png, per_class_png, write_reports
 
 
@@ -47,15 +38,6 @@ class SplitData:
     name: str
     test: VideoDataset
     train: VideoDataset | None = None
-
-
-def sampling_for(cfg: BenchmarkConfig, num_frames: int) -> Sampling:
-    """The config's sampling, with ``num_frames`` (the config's, checked against the model's) per clip."""
-    if cfg.frames == "centre":
-        return Sampling("segments", num_frames=1)
-    if cfg.frames == "all":
-        return Sampling("all")
-    return Sampling.views(num_frames, cfg.clips, cfg.frame_interval)
 
 
 def _read(cfg: BenchmarkConfig, split: int, subset: str, annotations: str | None) -> VideoDataset:
@@ -127,59 +109,6 @@ def restrict(ds: VideoDataset, names: list[str]) -> VideoDataset:
         raise UserError(f"{ds.name}: subset classes {unknown[:3]} are not in the dataset ({len(unknown)} in all)")
     records = tuple(dataclasses.replace(r, label=remap[r.label]) for r in ds.records if r.label in remap)
     return VideoDataset(ds.name, tuple(names), records, ds.missing)
-
-
-class FeatureCache:
-    """Per-view features (V, L, E) per video on disk, keyed by model, sampling, crops and the file's size/mtime."""
-
-    def __init__(self, root: Path | None, key: str):
-        self.root, self.key = root, key
-
-    def _path(self, video: Path) -> Path | None:
-        if self.root is None:
-            return None
-        st = video.stat()
-        digest = hashlib.sha256(f"{self.key}|{video.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
-        return self.root / digest[:2] / f"{digest[:32]}.pt"
-
-    def get(self, video: Path) -> torch.Tensor | None:
-        path = self._path(video)
-        return None if path is None else load_tensor(path)
-
-    def put(self, video: Path, features: torch.Tensor) -> None:
-        path = self._path(video)
-        if path is not None:
-            save_tensor(path, features)
-
-
-def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, sampling: Sampling, cfg: BenchmarkConfig,
-                   cache: FeatureCache, desc: str) -> tuple[dict[Path, torch.Tensor], dict[Path, Failure]]:
-    """(V, L, E) features for each record's video, from the cache or decoded now; failures by path."""
-    feats: dict[Path, torch.Tensor] = {}
-    todo = []
-    for r in records:
-        hit = cache.get(r.path)
-        if hit is not None:
-            feats[r.path] = hit
-        else:
-            todo.append(r)
-    cap = decode_cap(model.preprocess, cfg.prescale)
-    rt = cfg.runtime
-    requests = [DecodeRequest(str(r.path), sampling, rt.backend, cap) for r in todo]
-    errors: dict[Path, Failure] = {}
-    with progress_bar(len(records), initial=len(feats), desc=desc, unit="video") as bar:
-        for request, result, failure in extract_features(model, requests, crops=cfg.crops,
-                                                       batch_size=rt.batch_size, decode_workers=rt.decode_workers,
-                                                       timeout_s=rt.decode_timeout_s):
-            path = Path(request.path)
-            if failure is not None:
-                errors[path] = failure
-            else:
-                assert result is not None  # extract_features sets exactly one of features and failure
-                feats[path] = result.features
-                cache.put(path, result.features)
-            bar.update()
-    return feats, errors
 
 
 def run_benchmark(cfg: BenchmarkConfig) -> dict:

@@ -18,13 +18,17 @@ from typing import Any, Literal
 import yaml
 
 from clip_model.errors import UserError
+from datasets.captions import CAPTION_FORMATS
 from datasets.world import WorldConfig
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
-FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
-PROTOCOLS = ("zero_shot", "linear_probe")
+CLASS_FORMATS = ("ucf101", "hmdb51", "kinetics", "ssv2", "list", "csv", "folders")
+FORMATS = CLASS_FORMATS + CAPTION_FORMATS
+PROTOCOLS = ("zero_shot", "linear_probe", "retrieval")
 FRAME_PROTOCOLS = ("segments", "centre", "all")
-HEADLINES = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
+CLASS_HEADLINES = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
+RETRIEVAL_HEADLINES = tuple(f"{d}_R@{k}" for d in ("t2v", "v2t") for k in (1, 5, 10))
+HEADLINES = CLASS_HEADLINES + RETRIEVAL_HEADLINES
 FLAT = {"flat": True}  # a field's dataclass whose keys the YAML holds at the config's own level
 
 
@@ -44,13 +48,15 @@ class DatasetConfig:
     subset: str | None = None  # kinetics: the CSV's split value to keep (e.g. validate)
     class_subsets: tuple[str, ...] = ()  # CSV/TXT files of class names: evaluate each subset (K600 zero-shot)
     skip_missing: bool = False  # skip annotated files that do not exist (counted in the report) instead of failing
+    captions_json: str | None = None  # msrvtt: MSRVTT_data.json, the captions of a video-id list (the 9k train CSV)
+    video_list: str | None = None  # didemo: the split's video list (test_list.txt), in its order
 
 
 @dataclass(frozen=True)
 class BenchmarkConfig:
     name: str
     dataset: DatasetConfig
-    protocol: Literal["zero_shot", "linear_probe"] = "zero_shot"
+    protocol: Literal["zero_shot", "linear_probe", "retrieval"] = "zero_shot"
     # model, device, precision, batch_size, backend, decode_workers, decode_timeout_s: top-level keys in the YAML
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings, metadata=FLAT)
     # templates, num_frames, pooling: top-level keys too; None (absent): the model's own
@@ -61,7 +67,8 @@ class BenchmarkConfig:
     crops: int = 1
     prescale: bool = False  # scale frames above twice the model's input down in the decoder first: 9-11 % faster,
     #                         not the references' single resize (pipeline.features.frame_geometry.decode_cap)
-    headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5"] = "top1"
+    headline: Literal["top1", "top5", "mean_class_accuracy", "mean_top1_top5", "t2v_R@1", "t2v_R@5", "t2v_R@10",
+                      "v2t_R@1", "v2t_R@5", "v2t_R@10"] = "top1"  # retrieval: t2v_R@1 unless set
     probe_c_grid: tuple[float, ...] = ()  # empty: the default grid
     probe_val_fraction: float = 0.2
     output_dir: str = "runs/{name}"
@@ -72,6 +79,18 @@ class BenchmarkConfig:
         _check_choice("frames", self.frames, FRAME_PROTOCOLS)
         _check_choice("headline", self.headline, HEADLINES)
         _check_choice("dataset.format", self.dataset.format, FORMATS)
+        retrieval = self.protocol == "retrieval"
+        if retrieval != (self.dataset.format in CAPTION_FORMATS):
+            raise ConfigError(f"protocol {self.protocol} with dataset.format {self.dataset.format}: retrieval reads "
+                              f"captions ({', '.join(CAPTION_FORMATS)}), the other protocols class labels "
+                              f"({', '.join(CLASS_FORMATS)})")
+        if retrieval and self.headline == "top1":  # the default: retrieval's own headline instead
+            object.__setattr__(self, "headline", "t2v_R@1")
+        if self.headline not in (RETRIEVAL_HEADLINES if retrieval else CLASS_HEADLINES):
+            raise ConfigError(f"headline {self.headline!r} is not a {self.protocol} metric; choose one of "
+                              f"{', '.join(RETRIEVAL_HEADLINES if retrieval else CLASS_HEADLINES)}")
+        if retrieval and self.overrides.templates is not None:
+            raise ConfigError("templates: retrieval ranks the captions as written; prompt templates do not apply")
         for key in ("clips", "frame_interval"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} ({getattr(self, key)}) must be >= 1")

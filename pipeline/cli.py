@@ -60,12 +60,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from configs.schema import load_config
 
     from .jobs.benchmark import run_benchmark
+    from .jobs.retrieval import split_line
 
     cfg = load_config(args.config, args.set)
     results = run_benchmark(cfg)
     h = results["headline"]
     for split in results["splits"]:
         m = split["metrics"]
+        if cfg.protocol == "retrieval":
+            print(split_line(split))
+            continue
         print(f"{split['name']}: top1 {m['top1']:.4f}  top5 {m['top5']:.4f}  mean class {m['mean_class_accuracy']:.4f}"
               f"  ({split['videos']} videos, {split['skipped_missing']} missing skipped, {split['failed']} failed)")
     print(f"{cfg.name}: {h['metric']} {h['mean']:.4f} ± {h['std']:.4f} over {h['n']} split(s); report in {cfg.out}")

@@ -66,3 +66,33 @@ def ours_from_open_clip(oc: open_clip.CLIP, quick_gelu: bool = True) -> clip_mod
     model = clip_model.CLIP(cfg)
     clip_model.load_state_dict_strict(model, sd, source="open_clip")
     return model.eval()
+
+
+def run_retrieval(tmp_path, model: str, pairs, num_frames: int | None = None):
+    """The retrieval protocol over (video path, caption) pairs (a captions CSV under one folder) with ``model`` in
+    fp32 on the CPU: (results, predictions.csv as a DataFrame)."""
+    import csv
+
+    import pandas as pd
+
+    from configs.schema import load_config
+    from pipeline.jobs.benchmark import run_benchmark
+
+    root = pairs[0][0].parent
+    with open(tmp_path / "captions.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("path", "caption"), *((p.relative_to(root), c) for p, c in pairs)])
+    (tmp_path / "r.yaml").write_text(
+        f"name: r\nprotocol: retrieval\nmodel: {model}\nprecision: fp32\ndevice: cpu\ndecode_workers: 1\n"
+        + (f"num_frames: {num_frames}\n" if num_frames else "")
+        + f"output_dir: {tmp_path / 'out'}\ncache_dir: {tmp_path / 'cache'}\n"
+        f"dataset:\n  format: captions\n  root: {root}\n  annotations: {tmp_path / 'captions.csv'}\n")
+    results = run_benchmark(load_config(tmp_path / "r.yaml"))
+    return results, pd.read_csv(tmp_path / "out" / "predictions.csv")
+
+
+def t2v_ranks(predictions) -> dict:
+    """predictions.csv's text -> video rows as {(caption, video file name): rank}."""
+    from pathlib import Path
+
+    rows = predictions[predictions.direction == "t2v"]
+    return {(q, Path(p).name): int(r) for q, p, r in zip(rows["query"], rows["target"], rows["rank"])}

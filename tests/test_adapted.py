@@ -481,3 +481,36 @@ def test_openvclip_refuses_a_sampling_of_another_clip_length_in_one_line(tmp_pat
                           output_dir=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ValueError, match="a sampling of 1 frame per clip"):
         run_benchmark(cfg)
+
+
+@pytest.mark.parametrize("family", ["actionclip", "openvclip", "froster", "vificlip"])
+def test_retrieval_ranks_each_videos_caption_where_classify_ranks_it(tmp_path, tuned, with_base, family):
+    """The retrieval protocol with each adapted family's own frames and pooling: a video's own caption ranks, among
+    the captions (video -> text), where classify with the captions as labels (template "{}") ranks it."""
+    from datasets.synthetic import moving_square_frames, write_video
+    from helpers import run_retrieval
+    from pipeline.jobs.classify import ClassifySettings, classify_videos
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+
+    path = tmp_path / "model.pt"
+    if family == "actionclip":
+        torch.save({"epoch": 1, "model_state_dict": tuned.state_dict(),
+                    "fusion_model_state_dict": _fusion(3, 77, "module.")}, path)
+    elif family == "vificlip":
+        _vificlip_file(path, tuned)
+    else:
+        state = {f"model.{k}": v for k, v in tuned.state_dict().items()}
+        if family == "froster":
+            state |= {f"projector_{m}.{j}.weight": torch.randn(128, 128) for m in "vt" for j in (0, 2)}
+        torch.save({"model_state": state}, path)
+    specs = [("moving left", "red"), ("moving up", "blue"), ("moving right", "green"), ("moving down", "yellow"),
+             ("moving left", "blue"), ("moving up", "red")]
+    videos = [write_video(tmp_path / "clips" / f"v{i}.mp4", moving_square_frames(a, c, num_frames=24, seed=i))
+              for i, (a, c) in enumerate(specs)]
+    captions = [f"a {c} square {a}" for a, c in specs]
+    results, got = run_retrieval(tmp_path, str(path), list(zip(videos, captions)))
+    settings = ClassifySettings(RuntimeSettings(str(path), device="cpu", precision="fp32", decode_workers=1),
+                                tuple(captions), ProtocolOverrides(templates=("{}",)), topk=len(captions))
+    expected = [1 + list(r.prediction.labels).index(c) for r, c in zip(classify_videos(settings, videos), captions)]
+    assert got[got.direction == "v2t"]["rank"].tolist() == expected
+    assert len(set(expected)) > 1 and results["splits"][0]["videos"] == len(videos)

@@ -155,6 +155,24 @@ def test_the_documented_annotation_examples_read_as_documented(tmp_path):
     k = read_kinetics(tmp_path, tmp_path / "k.csv")
     assert len(k.records) == 1 and k.classnames[k.records[0].label] == "abseiling"
 
+    from datasets.captions import read_activitynet, read_captions, read_didemo, read_msrvtt
+
+    (tmp_path / "msr.csv").write_text(blocks["msrvtt"][0])
+    videos(["msr/video7020.mp4", "msr/video0.mp4"])
+    assert read_msrvtt(tmp_path / "msr", tmp_path / "msr.csv").captions == ("a family is having coversation",)
+    (tmp_path / "msr9k.csv").write_text(blocks["msrvtt"][1])
+    (tmp_path / "data.json").write_text('{"videos": [], "sentences": [{"video_id": "video0", "caption": "a"}]}')
+    assert read_msrvtt(tmp_path / "msr", tmp_path / "msr9k.csv", tmp_path / "data.json").captions == ("a",)
+    (tmp_path / "didemo.json").write_text(blocks["didemo"][0])
+    videos(["didemo/10015567@N08_3655084291_d8b58466fa.mov.mp4"])
+    assert read_didemo(tmp_path / "didemo", tmp_path / "didemo.json").captions == ("a girl is shown she walks away",)
+    (tmp_path / "val_1.json").write_text(blocks["activitynet"][0])
+    videos(["anet/v_QOlSCBRmfWY.mp4"])
+    assert read_activitynet(tmp_path / "anet", tmp_path / "val_1.json").captions == (
+        "A young woman is seen standing in a room. She begins to dance.",)
+    (tmp_path / "captions.csv").write_text(blocks["captions"][0])
+    assert read_captions(tmp_path, tmp_path / "captions.csv").captions == ("someone cuts vegetables on a board",)
+
 
 def test_labels_and_templates_read_from_a_pipe(tmp_path):
     """``--labels <(grep ... classes.txt)``: a shell's process substitution is a pipe, not a regular file; it is

@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -96,7 +97,14 @@ def test_small_demo_runs_every_stage(tmp_path):
     # one window covers each 1 s clip, so tag's top-1 must equal the zero-shot benchmark's through the same pooler
     assert tagging["top1"] == pytest.approx(saved["zero_shot"]["temporal"]["top1"])
     assert len(tagging["search"]["hits"]) == 5 and all(h["true"] in WORLD.actions for h in tagging["search"]["hits"])
+    for pooling in ("mean", "temporal"):  # one clip of each of the three held-out pairs, found by its caption
+        queries = pd.read_csv(tmp_path / f"retrieval_{pooling}" / "predictions.csv")
+        t2v = queries[queries.direction == "t2v"]
+        assert len(t2v) == saved["retrieval"][pooling]["videos"] == 3
+        assert saved["retrieval"][pooling]["R@1"] == pytest.approx(100 * np.mean(t2v["rank"] == 1))
+        assert saved["retrieval"][pooling]["MdR"] == pytest.approx(float(np.median(t2v["rank"])))
     report = (tmp_path / "report.html").read_text()
+    assert "Text-to-video retrieval" in report
     assert len(re.findall(r"data:image/png;base64,", report)) == 4  # loss, two confusion matrices, examples
     assert "blind spot" in report and results == saved
     index = tmp_path / "tags.csv.index"

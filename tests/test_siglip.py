@@ -235,6 +235,33 @@ def test_classify_with_siglip_gives_its_sigmoid_probabilities(tmp_path, sp_model
     assert sum(row["scores"]) != pytest.approx(1.0, abs=1e-3)  # independent per label, not a softmax
 
 
+def test_retrieval_with_siglip_ranks_as_transformers_scores(tmp_path, sp_models):
+    """The retrieval protocol on a SigLIP folder: each caption's videos ranked as transformers' sigmoid(scale * cos +
+    bias) on PyAV's TSN frames ranks them (monotone in the cosine, so our cosine ranking must equal it)."""
+    import av
+
+    from datasets.synthetic import moving_square_frames, write_video
+    from helpers import run_retrieval, t2v_ranks
+
+    hf, folder = _siglip_folder(tmp_path, sp_models)
+    specs = [("moving left", "red"), ("moving up", "blue"), ("moving right", "green"), ("moving down", "red"),
+             ("moving left", "yellow")]
+    videos = [write_video(tmp_path / "clips" / f"v{i}.mp4", moving_square_frames(a, c, num_frames=24, seed=i))
+              for i, (a, c) in enumerate(specs)]
+    pairs = [(v, f"a {c} square {a}") for v, (a, c) in zip(videos, specs)] + [(videos[1], "something going up")]
+    _, got = run_retrieval(tmp_path, str(folder), pairs)
+    scores = []
+    for v in videos:
+        with av.open(str(v)) as c:
+            frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        picks = [frames[int((i + 0.5) * len(frames) / 8)] for i in range(8)]
+        scores.append(_hf_sigmoid(hf, folder, picks, [c for _, c in pairs]))
+    sim = torch.stack(scores)  # (V, T)
+    expected = {(c, p.name): 1 + int((sim[:, t] > sim[videos.index(p), t]).sum()) for t, (p, c) in enumerate(pairs)}
+    assert t2v_ranks(got) == expected
+    assert len(set(expected.values())) > 1
+
+
 @pytest.mark.slow
 def test_tag_with_siglip_writes_every_label_above_the_threshold(tmp_path, sp_models):
     """tag with SigLIP: each window's probabilities are transformers' sigmoids on that window's frames (float16

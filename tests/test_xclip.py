@@ -149,6 +149,38 @@ def _decoded(path):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
+def test_retrieval_with_xclip_ranks_by_transformers_conditioned_scores(tmp_path, xclip_folder):
+    """The retrieval protocol scores each (video, caption) pair with the caption as X-CLIP's prompt generator
+    conditions it on that video: the ranks equal those of transformers' logits_per_video, exactly and through the
+    index (plain-embedding candidates re-ranked by the conditioned score)."""
+    from helpers import run_retrieval, t2v_ranks
+
+    videos = _videos(tmp_path / "clips", n=5)
+    rows = [(v.name, c) for v, c in zip(videos, ["a red square moving left", "it goes up", "to the right",
+                                                 "a square moving left", "a square going upwards"])]
+    rows.append((videos[0].name, "something moves left"))
+    _, got = run_retrieval(tmp_path, str(xclip_folder), [(tmp_path / "clips" / p, c) for p, c in rows])
+    clips = []
+    for v in videos:
+        frames = _decoded(v)
+        clips.append(frames[[int((i + 0.5) * len(frames) / 8) for i in range(8)]])
+    from transformers import VideoMAEImageProcessor
+
+    import clip_model
+
+    hf = XCLIPModel.from_pretrained(xclip_folder).eval()
+    processor = VideoMAEImageProcessor.from_pretrained(xclip_folder)
+    pixels = torch.stack([processor(list(clip), return_tensors="pt")["pixel_values"][0] for clip in clips])
+    with torch.no_grad():
+        sim = hf(input_ids=clip_model.tokenize([c for _, c in rows]), pixel_values=pixels).logits_per_video  # (V, T)
+    names = [v.name for v in videos]
+    expected = {(c, p): 1 + int((sim[:, t] > sim[names.index(p), t]).sum()) for t, (p, c) in enumerate(rows)}
+    assert t2v_ranks(got) == expected
+    assert len(set(expected.values())) > 1  # the ranking discriminates
+    t2v = got[got.direction == "t2v"]
+    assert t2v["index_rank"].tolist() == t2v["rank"].tolist()
+
+
 @pytest.mark.slow
 def test_classify_and_benchmark_with_xclip_equal_transformers(tmp_path, xclip_folder):
     """classify's probabilities (the model's 8 frames, bare label names by default) and a zero-shot benchmark's equal

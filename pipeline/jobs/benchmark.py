@@ -31,6 +31,7 @@ from pipeline.model.prompts import load_templates
 
 from .benchmark_features import FeatureCache, sampling_for, video_features
 from .benchmark_report import confusion_png, per_class_png, write_reports
+from .retrieval import run_retrieval
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,12 @@ def restrict(ds: VideoDataset, names: list[str]) -> VideoDataset:
 def run_benchmark(cfg: BenchmarkConfig) -> dict:
     """Run every split of the config and write the reports to ``cfg.out``; returns the results dict. Reports already
     there are replaced, and it says so on stderr first."""
-    splits = load_splits(cfg)
     if (cfg.out / "results.json").exists():
         print(f"benchmark: {cfg.out} holds an earlier run's reports; they are replaced when this one ends "
               "(--set output_dir=... keeps them)", file=sys.stderr, flush=True)
+    if cfg.protocol == "retrieval":
+        return run_retrieval(cfg)
+    splits = load_splits(cfg)
     rt = cfg.runtime
     asked = cfg.overrides
     model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling, asked.num_frames)

@@ -5,6 +5,7 @@ import base64
 import html
 import io
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,21 @@ def _figure_png(fig: Any) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_png(size: tuple[float, float], draw: Callable[[Any], None]) -> str:
+    """A base64 PNG of one matplotlib axes of ``size`` inches, drawn by ``draw(ax)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        draw(ax)
+        return _figure_png(fig)
+    finally:
+        plt.close(fig)
 
 
 def confusion_png(metrics: Metrics, classnames: list[str], title: str) -> str:
@@ -63,13 +79,14 @@ def per_class_png(metrics: Metrics, classnames: list[str], title: str) -> str:
 
 
 def write_reports(out: Path, results: dict, predictions: pd.DataFrame, errors: pd.DataFrame,
-                  plots: list[tuple[str, str]]) -> None:
-    """Write everything atomically into ``out`` (each file via a temporary name)."""
+                  plots: list[tuple[str, str]], sections: Sequence[tuple[str, str]] = ()) -> None:
+    """Write everything atomically into ``out`` (each file via a temporary name). ``sections``: (title, HTML) parts
+    the report shows after its plots."""
     out.mkdir(parents=True, exist_ok=True)
     _atomic(out / "results.json", json.dumps(results, indent=2, default=_jsonable))
     _atomic(out / "predictions.csv", predictions.to_csv(index=False))
     _atomic(out / "errors.csv", errors.to_csv(index=False))
-    _atomic(out / "report.html", _html(results, plots))
+    _atomic(out / "report.html", _html(results, plots, sections))
 
 
 def _jsonable(value: Any) -> Any:
@@ -86,7 +103,7 @@ def _atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _html(results: dict, plots: list[tuple[str, str]]) -> str:
+def _html(results: dict, plots: list[tuple[str, str]], sections: Sequence[tuple[str, str]]) -> str:
     def table(rows: list[tuple[str, Any]]) -> str:
         body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
         return f"<table>{body}</table>"
@@ -100,6 +117,7 @@ def _html(results: dict, plots: list[tuple[str, str]]) -> str:
         for s in results["splits"])
     images = "".join(f"<figure><img src='data:image/png;base64,{png}'><figcaption>{html.escape(title)}</figcaption>"
                      f"</figure>" for title, png in plots)
+    extra = "".join(f"<h2>{html.escape(title)}</h2>{part}" for title, part in sections)
     settings = table(sorted((k, v) for k, v in results["config"].items() if k != "dataset")
                      + [(f"dataset.{k}", v) for k, v in results["config"]["dataset"].items()])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(results['name'])}</title>
@@ -109,4 +127,4 @@ th,td{{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:13px}}fig
 <p>Protocol: {html.escape(results['config']['protocol'])}; headline {html.escape(results['headline']['metric'])}:
 <b>{results['headline']['mean']:.4f} ± {results['headline']['std']:.4f}</b> over {results['headline']['n']} split(s).</p>
 <h2>Summary (mean ± std over splits)</h2>{table(summary)}<h2>Splits</h2>{splits}<h2>Plots</h2>{images}
-<h2>Settings</h2>{settings}</body></html>"""
+{extra}<h2>Settings</h2>{settings}</body></html>"""

@@ -5,7 +5,7 @@
 3. Evaluate zero-shot on the held-out (object, action) pairs, which no training clip shows, through ``benchmark``:
    with the temporal pooler, and with mean pooling of the same frame embeddings (the pooler's skip path alone: what
    order-blind pooling of these embeddings gives). Fit a linear probe on the temporal embeddings of the training
-   videos.
+   videos. Retrieve a clip of each held-out pair by its caption (the retrieval protocol), with both poolings.
 4. Classify a few held-out files through ``classify``; tag all of them through ``tag`` and search them by text.
 5. Write ``report.html`` (loss curves, confusion matrices, example frames with predicted and true labels, the
    direction table) and ``results.json``.
@@ -78,6 +78,28 @@ def _bench_cfg(out: Path, files: dict[str, Path], name: str, model: Path, poolin
                            output_dir=str(out / name), cache_dir=str(out / "cache"))
 
 
+def _retrieval_cfg(out: Path, files: dict[str, Path], captions: Path, model: Path,
+                   pooling: Literal["mean", "temporal"]) -> BenchmarkConfig:
+    dataset = DatasetConfig(format="captions", root=str(files["heldout"].parent), annotations=str(captions))
+    return BenchmarkConfig(name=f"retrieval_{pooling}", dataset=dataset, protocol="retrieval",
+                           runtime=RuntimeSettings(str(model), device="cpu", decode_workers=2),
+                           overrides=ProtocolOverrides(num_frames=8, pooling=pooling),
+                           output_dir=str(out / f"retrieval_{pooling}"), cache_dir=str(out / "cache"))
+
+
+def retrieval_captions(heldout_captions: Path, out: Path) -> Path:
+    """A captions CSV (path,caption) of the first held-out clip of each (object, action) pair: a pair's clips share
+    their caption, so one clip each leaves every caption a single right answer."""
+    with open(heldout_captions, newline="") as f:
+        rows = list(csv.DictReader(f))
+    first = {(r["colour"], r["shape"], r["action"]): r for r in reversed(rows)}
+    with open(out, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "caption"])
+        writer.writerows((r["path"], r["caption"]) for r in rows if first[(r["colour"], r["shape"], r["action"])] is r)
+    return out
+
+
 def _predictions(path: Path) -> tuple[list[str], list[str]]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -138,6 +160,13 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
     _log("linear probe on the temporal model's embeddings (benchmark)")
     probe_cfg = _bench_cfg(out, files, "linear_probe", model, "temporal", "linear_probe")
     probe = run_benchmark(probe_cfg)["splits"][0]
+    captions = retrieval_captions(files["heldout"].parent / "heldout_captions.csv", out / "retrieval_captions.csv")
+    retrieval = {}
+    for pooling in POOLINGS:
+        _log(f"text-to-video retrieval, a clip of each held-out pair, {pooling} pooling (benchmark)")
+        split = run_benchmark(_retrieval_cfg(out, files, captions, model, pooling))["splits"][0]
+        retrieval[pooling] = {k: split["metrics"][f"t2v_{k}"] for k in ("R@1", "R@5", "R@10", "MdR")} | {
+            "videos": split["videos"]}
     timings["evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -179,7 +208,7 @@ def run_demo(out: Path, s: DemoSettings = DemoSettings(), progress: bool = True)
         "num_classes": len(actions), "chance": 1 / len(actions), "zero_shot": zero_shot,
         "linear_probe": {k: probe["metrics"][k] for k in ("top1", "top5", "mean_class_accuracy")}
         | {"C": probe["C"], "train_videos": probe["train_videos"], "test_videos": probe["videos"]},
-        "reversal_cosine": cosines, "tagging": tagging,
+        "reversal_cosine": cosines, "tagging": tagging, "retrieval": retrieval,
         "train": {"steps": len(history), "final_loss": history[-1]["loss"], "seconds": history[-1]["seconds"],
                   "clips_per_s": len(history) * s.batch_size / history[-1]["seconds"]},
         "classified": classified, "timings": {k: round(v, 1) for k, v in timings.items()},
@@ -261,7 +290,7 @@ def _report(results: dict, history: list[dict], confusions: dict, actions: list[
                         f"</td><td>{score:.0%}</td></tr>" for pair, score in zs["temporal"]["time_reversed_pairs"].items())
     images = "".join(f"<figure><img src='data:image/png;base64,{png}'><figcaption>{html.escape(t)}</figcaption>"
                      f"</figure>" for t, png in plots)
-    w, tr, tg = results["settings"]["world"], results["train"], results["tagging"]
+    w, tr, tg, rt = results["settings"]["world"], results["train"], results["tagging"], results["retrieval"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>clip-video demo</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 th,td{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}figure{{display:inline-block;margin:.5em}}</style>
@@ -288,6 +317,14 @@ is not insight: unable to see the direction, it falls back on cues such as which
 in training, which for a held-out pair is always the other one.</p>
 <table><tr><th>pair</th><th>mean pooling</th><th>temporal pooling</th></tr>
 {pair_rows}</table>
+<h2>Text-to-video retrieval</h2>
+<p>Each held-out pair's caption ("a red square moving left") against one clip of every held-out pair
+({rt['temporal']['videos']} videos; <code>benchmark</code>'s retrieval protocol): the share of captions whose clip
+ranks first, in the top 5 and the top 10, and the median rank. Mean pooling cannot tell a clip from its reverse here
+either.</p>
+<table><tr><th>pooling</th><th>R@1</th><th>R@5</th><th>R@10</th><th>median rank</th></tr>
+{"".join(f"<tr><td>{p}</td><td><b>{rt[p]['R@1']:.1f}</b></td><td>{rt[p]['R@5']:.1f}</td><td>{rt[p]['R@10']:.1f}"
+         f"</td><td>{rt[p]['MdR']:g}</td></tr>" for p in ("temporal", "mean"))}</table>
 <h2>Tagging and search</h2>
 <p>{tg['ok']} of {tg['videos']} held-out videos tagged with the same model (<code>tag</code>; rows in
 <code>tags.csv</code>, windows in <code>tags.segments.csv</code>), top-1 {tg['top1']:.1%}. Search
@@ -311,6 +348,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     zs = results["zero_shot"]
     print(f"held-out zero-shot top-1: temporal {zs['temporal']['top1']:.1%}, mean {zs['mean']['top1']:.1%}; "
           f"linear probe {results['linear_probe']['top1']:.1%} (chance {results['chance']:.0%})")
+    rt = results["retrieval"]
+    print(f"held-out text-to-video retrieval R@1: temporal {rt['temporal']['R@1']:.1f}, mean {rt['mean']['R@1']:.1f} "
+          f"({rt['temporal']['videos']} videos)")
     for row in results["classified"]:
         got = row["labels"][0] if row["labels"] else row["error"]
         print(f"  {Path(row['path']).name}: {got} (true: {row['true']})")

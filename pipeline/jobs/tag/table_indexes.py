@@ -3,6 +3,8 @@
 later are searched beside an index, and folded in once they pass a tenth of the indexed ones."""
 from __future__ import annotations
 
+import lance
+
 from .index import VECTOR_INDEX, TagIndex
 
 ANN_MIN_ROWS = 100_000  # below this search is exact (a scan); from here on an IVF-PQ index answers it
@@ -52,7 +54,13 @@ def build_vector_index(index: TagIndex, force: bool = False) -> bool:
             return False
         ds.optimize.optimize_indices(num_indices_to_merge=0)  # a delta index for the new rows: seconds, not a re-merge
     else:
-        ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
-                        num_partitions=max(8, rows // ROWS_PER_PARTITION), num_sub_vectors=index.state.dim // 8)
+        create_vector_index(ds, rows, index.state.dim)
     index.record_change(["embeddings"])
     return True
+
+
+def create_vector_index(ds: lance.LanceDataset, rows: int, dim: int) -> None:
+    """The IVF-PQ index search uses, on a table's ``vector`` column of ``rows`` ``dim``-wide vectors (also what the
+    retrieval benchmark measures its recall with)."""
+    ds.create_index("vector", "IVF_PQ", name=VECTOR_INDEX, metric="cosine",
+                    num_partitions=max(8, rows // ROWS_PER_PARTITION), num_sub_vectors=dim // 8)

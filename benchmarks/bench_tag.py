@@ -12,6 +12,9 @@ Throughput rows (videos/s; one folder of ``--videos`` files written by this scri
     decode and encode overlap.
 Memory: ``tag`` on one video of ``--long-minutes`` minutes (a one-minute 640x360 clip remuxed end to end, so it
 takes seconds to write), sampling the resident memory of this process and its worker processes every 50 ms.
+With ``--keyframes``, tag with ``--sampling keyframes`` against exact tag on the same folder written with a keyframe
+every second (as streaming encoders write them): the throughput ratio, and the cosine between each video's
+embedding in the two indexes.
 With ``--engine ray``, one more row: ``tag --engine ray`` (decode tasks on a local Ray cluster started beforehand,
 its start-up time printed apart) and its ratio to ``tag``. Nothing here is asserted: the numbers are printed, with
 the machine's core count.
@@ -233,6 +236,35 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
           f"encode is what tag saves beyond that)")
 
 
+def keyframe_mode(args, settings: TagSettings, tmp: Path) -> None:
+    """Exact against keyframe sampling on an archive with a keyframe a second: tag's rates and the cosine between
+    the two runs' video embeddings."""
+    from pipeline.jobs.tag.index import open_indexes
+    from pipeline.jobs.tag.job import tag
+
+    folder = tmp / "keyed"
+    for i in range(args.videos):
+        frames = moving_square_frames(list(DIRECTIONS)[i % len(DIRECTIONS)], "red", size=args.size,
+                                      num_frames=int(args.seconds * 24), square=args.size // 5, seed=i)
+        write_video(folder / f"v{i:03d}.mp4", frames, fps=24, options={"crf": "18", "g": "24", "x264-params": "mbtree=0"})
+    rates, vectors = {}, {}
+    for sampling in ("exact", "keyframes"):
+        out = tmp / f"keyed_{sampling}.parquet"
+        t = time.perf_counter()
+        tag(dataclasses.replace(settings, sampling=sampling), folder, out, progress=False)
+        rates[sampling] = args.videos / (time.perf_counter() - t)
+        [index] = open_indexes(Path(f"{out}.index"))
+        table = index.table("embeddings").to_table(columns=["path", "kind", "vector"], filter="kind = 'video'")
+        vectors[sampling] = {p: np.asarray(v, dtype=np.float64) for p, v in zip(table["path"].to_pylist(),
+                                                                                 table["vector"].to_pylist())}
+    cos = [float(a @ vectors["keyframes"][p] / np.linalg.norm(a) / np.linalg.norm(vectors["keyframes"][p]))
+           for p, a in vectors["exact"].items()]
+    print(f"\nkeyframe sampling, {args.videos} MP4s of {args.seconds:g} s with a keyframe every second, "
+          f"{settings.runtime.precision}: tag {rates['exact']:.2f} videos/s exact, {rates['keyframes']:.2f} keyframes; "
+          f"keyframes / exact: {rates['keyframes'] / rates['exact']:.2f}x (target >= 4x); cosine of video embeddings "
+          f"to exact: mean {np.mean(cos):.4f}, min {np.min(cos):.4f} ({len(cos)} videos)")
+
+
 def memory(args, settings: TagSettings, tmp: Path) -> None:
     from pipeline.jobs.tag.job import tag
 
@@ -341,6 +373,7 @@ def main() -> None:
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--precisions", default="fp32,bf16", help="the throughput rows are run once per precision")
     ap.add_argument("--container", choices=("mp4", "avi"), default="mp4")
+    ap.add_argument("--keyframes", action="store_true", help="also compare --sampling keyframes with exact tag")
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="ray: also time tag --engine ray on a local Ray cluster (run this script under "
                          "unshare -n with lo up, so that Ray can listen on loopback only)")
@@ -360,6 +393,8 @@ def main() -> None:
             for precision in args.precisions.split(","):
                 runtime = dataclasses.replace(settings.runtime, precision=precision)
                 throughput(args, dataclasses.replace(settings, runtime=runtime), Path(tmp))
+        if args.keyframes:
+            keyframe_mode(args, settings, Path(tmp))
         if args.split_minutes:
             split(args, settings, Path(tmp))
         if args.long_minutes:

@@ -19,6 +19,7 @@ from clip_model.errors import UserError
 from .model.families import POOLINGS, WINDOW_POOLINGS
 from .model.runtime import ProtocolOverrides, RuntimeSettings  # light: the options every model job shares
 from .video import ENGINES
+from .video.samplers import FRAME_CHOICE_HELP, FRAME_CHOICES
 
 if TYPE_CHECKING:  # each command imports its job when it runs: --help and argument errors load no torch
     from .jobs.classify import VideoResult
@@ -39,7 +40,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         runtime=RuntimeSettings.from_arguments(args, probe.fitted_on.get("model") if probe else None),
         classnames=classnames, overrides=ProtocolOverrides.from_arguments(args),
         probe=probe, clips=args.clips, crops=args.crops, topk=args.topk,
-        prescale=args.prescale, unknown_below=args.unknown_below,
+        prescale=args.prescale, unknown_below=args.unknown_below, sampling=args.sampling,
         cache_dir=None if args.no_cache else cache_dir() / "features",
     )
     if args.format == "csv":
@@ -107,7 +108,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         labels=tuple(load_labels(args.labels)), overrides=ProtocolOverrides.from_arguments(args),
         window_s=args.window, stride_s=args.stride, topk=args.topk,
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above, engine=args.engine,
-        ray_address=args.ray_address)
+        ray_address=args.ray_address, sampling=args.sampling)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
@@ -237,14 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "consecutive with --clips)")
     p.add_argument("--clips", type=int, default=1, help="temporal views (multi-view testing); scores are averaged")
     p.add_argument("--crops", type=int, choices=(1, 3), default=1, help="spatial views: centre, or three crops")
-    p.add_argument("--prescale", action="store_true",
-                   help="scale frames whose short side exceeds twice the model's input down in the decoder, then "
-                        "resize: 9-11%% faster on 720p/1080p, inputs about 1 grey level off the single resize the "
-                        "references do (the default)")
-    p.add_argument("--unknown-below", type=float, default=None, metavar="P",
-                   help="open set: answer 'unknown' when the top probability is below P (softmax: the top label's "
-                        "share; sigmoid: its own probability, so no label is likely); the labels are still listed "
-                        "with their own scores (csv: 'unknown' at rank 0; json: \"answer\")")
+    p.add_argument("--prescale", action="store_true", help="scale frames whose short side exceeds twice the model's input "
+                   "down in the decoder, then resize: 9-11%% faster on 720p/1080p, inputs about 1 grey level off the single "
+                   "resize the references do (the default)")
+    p.add_argument("--sampling", choices=FRAME_CHOICES, default="exact", help=FRAME_CHOICE_HELP.format("sampled frames"))
+    p.add_argument("--unknown-below", type=float, default=None, metavar="P", help="open set: answer 'unknown' when the "
+                   "top probability is below P (softmax: the top label's share; sigmoid: its own probability, so no label "
+                   "is likely); the labels are still listed with their own scores (csv: 'unknown' at rank 0; json: \"answer\")")
     p.add_argument("--no-cache", action="store_true", help="do not cache text features on disk")
     p.add_argument("--topk", type=int, default=5, help="labels listed per video, best first")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table",
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     ProtocolOverrides.add_arguments(p, WINDOW_POOLINGS, "frames per window")
     p.add_argument("--window", type=float, default=4.0, help="window length in seconds")
     p.add_argument("--stride", type=float, default=2.0, help="seconds between window starts")
+    p.add_argument("--sampling", choices=FRAME_CHOICES, default="exact", help=FRAME_CHOICE_HELP.format("windows"))
     p.add_argument("--topk", type=int, default=5, help="labels kept per video and per window, best first")
     p.add_argument("--above", type=float, default=None, metavar="P",
                    help="multi-label: also list every label whose probability is at least P (column labels_above)")
@@ -293,9 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'clip-video[ray]'); the rows and the index are the same")
     p.add_argument("--ray-address", default=None, help="--engine ray: the cluster to join (default: start a local one "
                                                        "on 127.0.0.1 for this job)")
-    p.add_argument("--forget-missing", action="store_true",
-                   help="delete the stored rows of files that no longer exist (a plain rerun keeps them); judged by each "
-                        "file's existence now, so mind an unmounted drive")
+    p.add_argument("--forget-missing", action="store_true", help="delete the stored rows of files that no longer exist (a "
+                   "plain rerun keeps them); judged by each file's existence now, so mind an unmounted drive")
     RuntimeSettings.add_arguments(p)
     p.set_defaults(func=cmd_tag)
     p = sub.add_parser("retag", help="score a tag index against new labels, without decoding")

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.video import Backend
-from pipeline.video.open import open_video
+from pipeline.video.open import keyframe_choice, open_video
 from pipeline.video.reader import VideoDecodeError, VideoInfo
-from pipeline.video.samplers import sliding_windows
+from pipeline.video.samplers import FrameChoice, sliding_windows
 from pipeline.video.supervisor import Outcome, trim_heap
 from pipeline.video.thumbnails import jpeg
 
@@ -49,6 +49,7 @@ class WindowTask:
     min_range_s: float = 60.0  # seconds of video per range, at least: reopening the file for a range (a demux pass
     # over the whole file: 0.5 s for an hour of 640x360 H.264, bench_tag.py --split-minutes) stays small beside
     # decoding its windows (22 s for that hour)
+    frame_choice: FrameChoice = "exact"  # keyframes: each window's frames are the keyframes nearest its instants
 
     def __post_init__(self) -> None:
         if self.split < 1:
@@ -151,6 +152,8 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
             ranges = ((0, len(windows)),)
         yield WindowHeader(info, tuple((w.start_s, w.end_s) for w in windows), ranges)
         indices = np.stack([w.indices for w in windows])  # (W, T) frame numbers
+        if task.frame_choice == "keyframes":
+            indices = keyframe_choice(reader, indices, len(windows), "windows")
         middle = len(indices) // 2
         first, last = ranges[0]
         frame_bytes = info.height * info.width * 3

@@ -20,7 +20,7 @@ from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file
-from pipeline.video.samplers import Sampling
+from pipeline.video.samplers import FRAME_CHOICES, FrameChoice, Sampling
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,8 @@ class ClassifySettings:
     probe: LinearProbe | None = None  # a saved one (LinearProbe.load): classify with it, not zero-shot (its classes win)
     prescale: bool = False  # scale large frames down in the decoder first (frame_geometry.decode_cap): faster, not
     #                         the references' single resize
+    sampling: FrameChoice = "exact"  # keyframes: the keyframes nearest the sampled frames (a video with fewer than
+    #                                   it samples is decoded exactly, with a warning)
 
     def __post_init__(self) -> None:
         check_unique_labels(self.classnames)
@@ -46,6 +48,8 @@ class ClassifySettings:
             raise UserError(f"crops ({self.crops}) must be 1 or 3")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
             raise UserError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
+        if self.sampling not in FRAME_CHOICES:
+            raise UserError(f"sampling {self.sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
         if not self.classnames and self.probe is None:
             raise UserError("classnames must not be empty")
 
@@ -96,7 +100,8 @@ def classify_videos(settings: ClassifySettings, paths: Sequence[str | Path]) -> 
         labels = model.labels(model.class_text(classnames, load_templates(asked.templates or model.templates),
                                                settings.cache_dir, model_key(model_identity(rt.model, rt.precision))))
     cap = decode_cap(model.preprocess, settings.prescale)
-    requests = [DecodeRequest(str(p), Sampling.views(num_frames, settings.clips), rt.backend, cap) for p in paths_left]
+    requests = [DecodeRequest(str(p), Sampling.views(num_frames, settings.clips), rt.backend, cap,
+                              frame_choice=settings.sampling) for p in paths_left]
     stream = extract_features(model, requests, crops=settings.crops, batch_size=rt.batch_size,
                               decode_workers=rt.decode_workers, timeout_s=rt.decode_timeout_s)
     bar = progress_bar(len(requests), desc="classify", unit="video")

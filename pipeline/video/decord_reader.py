@@ -118,6 +118,11 @@ class DecordReader(VideoReader):
     def info(self) -> VideoInfo:
         return self._info
 
+    @property
+    def keyframes(self) -> np.ndarray | None:
+        with self._lock:
+            return np.asarray(self._vr.get_key_indices(), dtype=np.int64)
+
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:
             with captured_stderr() as logged:

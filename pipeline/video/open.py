@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, TypeVar, overload
 
+import numpy as np
+
 from . import BACKENDS, Backend, Engine
 from .decord_reader import DecordReader, decord_stream, decord_trusted
 from .pyav_reader import PyAVReader
 from .reader import MAX_PIXELS, DecodedClip, VideoDecodeError, VideoOpenError, VideoReader, check_file
-from .samplers import Sampling
+from .samplers import FrameChoice, Sampling, nearest_keyframes
 from .supervisor import Outcome, WorkerPool
 
 
@@ -92,6 +94,18 @@ class DecodeRequest:
     resize: int | None = None
     threads: int = 1
     stream: int | None = None
+    frame_choice: FrameChoice = "exact"  # keyframes: the keyframes nearest the sampled frames (keyframe_choice)
+
+
+def keyframe_choice(reader: VideoReader, indices: np.ndarray, needed: int, what: str) -> np.ndarray:
+    """``indices`` moved to the keyframes nearest them where the reader knows its keyframes and has at least
+    ``needed`` of them (one per ``what``); else the exact indices, and a warning on the reader says why."""
+    keys = reader.keyframes
+    if keys is None or len(keys) < needed:
+        found = "no keyframe index" if keys is None else f"{len(keys)} keyframe{'s' * (len(keys) != 1)}"
+        reader.warn(f"keyframe sampling: {found} for {needed} {what}; decoded the exact frames instead")
+        return indices
+    return nearest_keyframes(indices, keys, reader.timestamps)
 
 
 def decode_request(request: DecodeRequest) -> DecodedClip:
@@ -99,6 +113,8 @@ def decode_request(request: DecodeRequest) -> DecodedClip:
     with open_video(request.path, request.backend, resize=request.resize, threads=request.threads,
                     stream=request.stream) as reader:
         idx = request.sampling.indices(reader.num_frames, reader.timestamps, reader.duration)
+        if request.frame_choice == "keyframes":
+            idx = keyframe_choice(reader, idx, len(np.unique(idx)), "sampled frames")
         frames = reader.read_frames(idx.reshape(-1))  # NumPy: a decode worker never loads torch
         return DecodedClip(frames, idx, reader.timestamps[idx], reader.info, tuple(reader.warnings))
 

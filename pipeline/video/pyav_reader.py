@@ -33,6 +33,7 @@ AVI_NOT_CODED_BYTES = 16  # an N-VOP is a 4-byte start code and a few header bit
 # hundred bytes a frame) slice threading was faster, on larger ones frame threading (bench_decode.py measures both).
 FRAME_THREADING_MIN_BYTES = 1024
 SEEK_COST_FRAMES = 12  # a seek (and decoder flush) costs about this many decoded frames: nearer keyframes are rolled to
+KEYFRAME_ROLL_FRAMES = 600  # a keyframe-only pass demuxes up to this many frames to its next target rather than seek
 
 
 class _IndexMismatch(Exception):
@@ -130,6 +131,10 @@ class PyAVReader(VideoReader):
         return self._info
 
     @property
+    def keyframes(self) -> np.ndarray | None:
+        return self._keyframes if self._indexed else None
+
+    @property
     def seeks(self) -> bool:
         return self._indexed  # a container without a trustworthy index is decoded from the start every time
 
@@ -198,8 +203,9 @@ class PyAVReader(VideoReader):
     def _seek(self, frame_index: int) -> None:
         self._container.seek(int(self._pts[frame_index]), stream=self._stream, backward=True, any_frame=False)
 
-    def _frames(self, skip_nonref) -> Iterator[Any]:
-        """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet.
+    def _frames(self, skip_nonref, keys_only: bool = False) -> Iterator[Any]:
+        """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet;
+        ``keys_only`` decodes keyframes alone (``NONKEY``: every other packet is only demuxed).
 
         FFmpeg's decode errors arrive as exceptions and become warnings. (FFmpeg's log is not captured: PyAV's log
         callback is process-wide and deadlocks against frame-threaded decoders freed in another thread.)
@@ -208,7 +214,8 @@ class PyAVReader(VideoReader):
         current = "DEFAULT"
         try:
             for packet in self._container.demux(self._stream):
-                wanted = "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
+                wanted = "NONKEY" if keys_only else \
+                    "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
                 if wanted != current:  # setting it costs a property call per packet: only on change
                     cc.skip_frame = current = wanted
                 try:
@@ -302,8 +309,13 @@ class PyAVReader(VideoReader):
         return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
 
     def _read_indexed(self, indices: np.ndarray) -> dict[int, np.ndarray]:
-        """Seek to the keyframe before each run of targets and decode forward, skipping unwanted non-ref frames."""
+        """Seek to the keyframe before each run of targets and decode forward, skipping unwanted non-ref frames.
+        Targets that are all keyframes are read in keyframe-only passes first (each decodes alone, so its pixels are
+        a full decode's); any the decoder did not give are read the usual way."""
         got: dict[int, np.ndarray] = {}
+        if np.isin(indices, self._keyframes).all():
+            got = self._read_keyframes(indices)
+            indices = np.array([i for i in indices if int(i) not in got], dtype=np.int64)
         targets = [int(i) for i in indices]  # sorted, unique
         wanted, wanted_pts = set(targets), {int(self._pts[i]) for i in targets}
         j = 0
@@ -327,6 +339,30 @@ class PyAVReader(VideoReader):
                     break
             if stream_ended:
                 break  # frames never decoded are reported by _read
+        return got
+
+    def _read_keyframes(self, indices: np.ndarray) -> dict[int, np.ndarray]:
+        """Keyframe targets by ``NONKEY`` passes: the packets between two targets are demuxed, not decoded, so a
+        pass seeks again only across more than ``KEYFRAME_ROLL_FRAMES`` frames."""
+        got: dict[int, np.ndarray] = {}
+        targets = [int(i) for i in indices]  # sorted, unique keyframes
+        j = 0
+        while j < len(targets):
+            self._seek(targets[j])
+            start, ended = j, True
+            for frame in self._frames(skip_nonref=lambda _: False, keys_only=True):
+                i = self._pts_to_index.get(frame.pts)
+                if i is None:
+                    raise _IndexMismatch(f"decoded pts {frame.pts} is not in the index")
+                if i in targets[j:j + 1]:
+                    got[i] = self._convert(frame)
+                while j < len(targets) and targets[j] <= i:
+                    j += 1
+                if j == len(targets) or targets[j] > i + KEYFRAME_ROLL_FRAMES:
+                    ended = False
+                    break
+            if ended or j == start:
+                break  # the stream ended, or gave nothing new: the usual path reads what is left
         return got
 
     def _read_sequential(self, indices: np.ndarray) -> dict[int, np.ndarray]:

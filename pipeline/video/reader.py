@@ -91,6 +91,12 @@ class VideoReader(ABC):
         """uint8 (len(unique sorted indices), H, W, 3) for sorted unique in-range indices."""
 
     @property
+    def keyframes(self) -> np.ndarray | None:
+        """Sorted frame indices of the keyframes (frames that decode on their own), as the container's index marks
+        them; None where the backend does not know them without decoding."""
+        return None
+
+    @property
     def seeks(self) -> bool:
         """Whether a frame far into the file is reached by a keyframe seek, rather than by decoding every frame
         before it (so that parts of a long video can be read apart, each from its own keyframe)."""

@@ -15,6 +15,13 @@ import numpy as np
 Mode = Literal["test", "train"]
 ShortPolicy = Literal["loop", "repeat_last", "error"]
 SHORT_POLICIES = ("loop", "repeat_last", "error")
+FrameChoice = Literal["exact", "keyframes"]
+# which frames a sampling's instants take: exactly theirs, or the keyframes nearest them (decoded alone: a fraction of
+# the work, not the same frames; video2dataset and search engines index keyframes so)
+FRAME_CHOICES: tuple[FrameChoice, ...] = ("exact", "keyframes")
+FRAME_CHOICE_HELP = ("exact: the sampled frames themselves; keyframes: the keyframes nearest them, decoded alone "
+                     "(several times faster, approximate; a video with fewer keyframes than {} is decoded exactly, "
+                     "with a warning)")
 
 
 def _check_positive(**values: float) -> None:
@@ -73,6 +80,16 @@ def dense_indices(num_frames: int, *, clip_len: int, frame_interval: int = 1, nu
 
 
 TIME_TOLERANCE = 1e-6  # relative (at least 1 us): a timestamp this close to t counts as t
+
+
+def nearest_keyframes(indices: np.ndarray, keyframes: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """Each frame index -> the keyframe nearest it in time (the earlier one on a tie); any shape is kept."""
+    keys = np.asarray(keyframes, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64)
+    t, key_t = timestamps[idx], timestamps[keys]
+    after = np.clip(np.searchsorted(key_t, t, side="left"), 0, len(keys) - 1)  # the first keyframe at or after
+    before = np.clip(after - (key_t[after] > t), 0, len(keys) - 1)  # the last keyframe at or before
+    return np.where(key_t[after] - t < t - key_t[before], keys[after], keys[before])
 
 
 def time_to_index(timestamps: np.ndarray, times: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ from pipeline.model.video_text import VideoTextModel
 from pipeline.video import ENGINES, Engine
 from pipeline.video.ray_pool import connect, import_ray
 from pipeline.video.reader import VideoDecodeError, check_file
+from pipeline.video.samplers import FRAME_CHOICES, FrameChoice
 from pipeline.video.supervisor import Failure
 
 from ..distributed import barrier, init_distributed
@@ -70,6 +71,7 @@ class TagSettings:
     above: float | None = None  # also list every label whose probability reaches this (multi-label tags)
     engine: Engine = "local"  # decode workers: local processes, or Ray tasks (pipeline.video.ray_pool); same rows
     ray_address: str | None = None  # engine ray: the cluster to join; None starts a local one on 127.0.0.1
+    sampling: FrameChoice = "exact"  # keyframes: each window's frames are the keyframes nearest its instants
 
     def __post_init__(self) -> None:
         if not self.labels:
@@ -87,6 +89,8 @@ class TagSettings:
         if self.ray_address and self.ray_address.startswith("ray://"):
             raise UserError(f"--ray-address {self.ray_address}: Ray Client (ray://) cannot stream tasks' results; "
                             "give the cluster's GCS address (host:6379) and run tag on a machine of the cluster")
+        if self.sampling not in FRAME_CHOICES:
+            raise UserError(f"sampling {self.sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
         if self.window_s <= 0 or self.stride_s <= 0:
@@ -106,7 +110,8 @@ class TagSettings:
                 "templates": protocol.templates if isinstance(protocol.templates, str | None) else
                 list(protocol.templates), "pooling": protocol.pooling, "num_frames": protocol.num_frames,
                 "window_s": self.window_s, "stride_s": self.stride_s, "topk": self.topk,
-                "decode_prescale": PRESCALE}  # tag always pre-scales large frames (frame_geometry.decode_cap)
+                "decode_prescale": PRESCALE,  # tag always pre-scales large frames (frame_geometry.decode_cap)
+                "sampling": self.sampling}
 
     def task(self, path: str, preprocess: PreprocessConfig) -> WindowTask:
         """One video's decode task; the decoder caps the short side at twice the model's input, as classify does,
@@ -114,7 +119,7 @@ class TagSettings:
         assert self.overrides.num_frames is not None, "resolved() first"
         return WindowTask(path, FrameGeometry.of(preprocess), self.overrides.num_frames, self.window_s, self.stride_s,
                           self.runtime.backend, decode_cap(preprocess, prescale=True), self.chunk_mb,
-                          split=self.runtime.decode_workers)
+                          split=self.runtime.decode_workers, frame_choice=self.sampling)
 
 
 @dataclass
@@ -149,7 +154,7 @@ SHARD_OF = "crc32(path) % world"  # recorded in a sharded index's settings: an i
 
 
 # what an index written before a setting was recorded ran with: it resumes as if it had recorded it
-SETTINGS_BEFORE_RECORDED = {"decode_prescale": PRESCALE}
+SETTINGS_BEFORE_RECORDED = {"decode_prescale": PRESCALE, "sampling": "exact"}
 
 
 def open_for_tagging(folder: Path, identity: dict, dim: int, restart: bool = False) -> TagIndex:

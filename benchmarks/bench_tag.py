@@ -262,7 +262,7 @@ def keyframe_mode(args, settings: TagSettings, tmp: Path) -> None:
     print(f"\nkeyframe sampling, {args.videos} MP4s of {args.seconds:g} s with a keyframe every second, "
           f"{settings.runtime.precision}: tag {rates['exact']:.2f} videos/s exact, {rates['keyframes']:.2f} keyframes; "
           f"keyframes / exact: {rates['keyframes'] / rates['exact']:.2f}x (target >= 4x); cosine of video embeddings "
-          f"to exact: mean {np.mean(cos):.4f}, min {np.min(cos):.4f} ({len(cos)} videos)")
+          f"to exact: mean {np.mean(cos):.6f}, min {np.min(cos):.6f} ({len(cos)} videos)")
 
 
 def memory(args, settings: TagSettings, tmp: Path) -> None:

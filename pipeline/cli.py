@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,27 +185,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from clip_model.names import random_names
+    from .model.loading import models_listing
 
-    from .model.loading import published_table
-
-    rows = published_table()
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    print("\nclassify, benchmark, tag, retag, search and serve take every family; train fine-tunes clip. Any "
-          "checkpoint file or folder also works as --model. Frames: the default (X-CLIP's are fixed by the "
-          "checkpoint). ViFi-CLIP and Open-VCLIP also read the CLIP they were tuned from (downloaded by name, or "
-          "$CLIP_VIDEO_BASE_MODEL).")
-    print(f"\nUntrained models, for trying things without weights: {', '.join(random_names())}"
-          " (random CLIP weights, seed 0; tiny-vit and tiny-rn run in seconds on a CPU).")
+    print(models_listing())
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .jobs.demo import cmd_demo
-
-    return cmd_demo(args)
+def _job(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """A command that a job module defines (``pipeline.jobs.<module>.<name>``), imported when the command runs."""
+    return lambda args: getattr(importlib.import_module(f"pipeline.jobs.{module}"), name)(args)
 
 
 def _print_prediction(result: VideoResult, fmt: str, precision: str) -> None:
@@ -335,18 +325,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", help="the OUT.index folder written by tag")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (another than loopback needs --token)")
     p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
-    p.add_argument("--token", default=os.environ.get("CLIP_VIDEO_TOKEN"),
-                   help="a secret every request must carry (the printed link carries it); default: $CLIP_VIDEO_TOKEN, "
-                        "which other users of this machine cannot read in the process list")
+    p.add_argument("--token", default=os.environ.get("CLIP_VIDEO_TOKEN"), help="a secret every request must carry (the "
+                   "printed link carries it); default: $CLIP_VIDEO_TOKEN, which other users here cannot read in the process list")
     p.add_argument("--device", default="cpu", help="where the search text is encoded")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("watch", help="recognise actions live: a camera, a stream URL (rtsp, udp, http, ...) or a file")
+    p.add_argument("source", help="rtsp://, rtmp://, udp://, srt://, http(s):// (MPEG-TS, HLS), /dev/videoN, or a file")
+    p.add_argument("--labels", required=True, help="file with one label per line, or a shipped list")
+    ProtocolOverrides.add_arguments(p, WINDOW_POOLINGS, "frames per window")
+    p.add_argument("--window", type=float, default=4.0, help="window length in seconds")
+    p.add_argument("--stride", type=float, default=1.0, help="seconds between window starts")
+    p.add_argument("--topk", type=int, default=3, help="labels kept per window, best first")
+    p.add_argument("--above", type=float, default=None, metavar="P", help="a window is an action only at probability P+")
+    p.add_argument("--realtime", action="store_true", help="play a file at its own pace (as a live source would come)")
+    p.add_argument("--out", default=None, help="append windows, events and gaps to this file, a JSON object a line")
+    RuntimeSettings.add_arguments(p)
+    p.set_defaults(func=_job("watch", "cmd_watch"))
     p = sub.add_parser("models", help="list the models --model knows by name: family, input, frames, scoring, source")
     p.set_defaults(func=cmd_models)
     p = sub.add_parser("demo", help="generate an action world, train a tiny CLIP on it, evaluate, classify, report")
     p.add_argument("--out", default="runs/demo", help="output folder")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps (default: the demo's own, 1,500, said as training starts; fewer train faster, less well)")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's 1,500; fewer train faster, less well)")
+    p.set_defaults(func=_job("demo", "cmd_demo"))
     return parser
 
 

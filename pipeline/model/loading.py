@@ -176,3 +176,17 @@ def published_table() -> list[tuple[str, ...]]:
         rows.append((name.spec, name.family, str(name.image_size), str(name.frames or protocol.frames),
                      protocol.scoring, protocol.templates.name, name.weights_from))
     return rows
+
+
+def models_listing() -> str:
+    """What ``run_pipeline.py models`` prints: ``published_table`` in columns, then how to load the rest."""
+    from clip_model.names import random_names
+
+    rows = published_table()
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return (f"{table}\n\nclassify, benchmark, tag, retag, search, serve and watch take every family; train fine-tunes "
+            "clip. Any checkpoint file or folder also works as --model. Frames: the default (X-CLIP's are fixed by the "
+            "checkpoint). ViFi-CLIP and Open-VCLIP also read the CLIP they were tuned from (downloaded by name, or "
+            f"$CLIP_VIDEO_BASE_MODEL).\n\nUntrained models, for trying things without weights: {', '.join(random_names())}"
+            " (random CLIP weights, seed 0; tiny-vit and tiny-rn run in seconds on a CPU).")

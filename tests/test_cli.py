@@ -175,10 +175,11 @@ def test_every_pooling_and_precision_choice_names_the_one_list():
         for action in sub._actions:
             if action.dest in ("pooling", "precision"):
                 seen[name, action.dest] = tuple(action.choices)
-    assert seen[("classify", "pooling")] == POOLINGS and seen[("tag", "pooling")] == WINDOW_POOLINGS
+    assert seen[("classify", "pooling")] == POOLINGS and seen[("tag", "pooling")] == WINDOW_POOLINGS \
+        == seen[("watch", "pooling")]
     assert "frame_scores" in POOLINGS and "frame_scores" not in WINDOW_POOLINGS
     assert {v for (_, dest), v in seen.items() if dest == "precision"} == {("auto", *PRECISION_CHOICES)}
-    assert {name for name, dest in seen if dest == "precision"} == {"classify", "tag"}
+    assert {name for name, dest in seen if dest == "precision"} == {"classify", "tag", "watch"}
 
 
 def test_classify_reads_its_probe_once(videos, tmp_path, monkeypatch, capsys):

@@ -198,3 +198,25 @@ def _safe_lines(tmp_path):
         except json.JSONDecodeError:  # a line being written
             pass
     return out
+
+
+@pytest.mark.slow
+def test_a_model_slower_than_the_stream_drops_the_oldest_windows_and_counts_them(tmp_path, clip):
+    """Windows every 0.1 s of a file played in real time, through a full-size ViT-B/32 on these cores: the model
+    cannot keep up, so waiting windows are dropped, each counted; the same file read as fast as it decodes drops
+    nothing (the reader waits for the model)."""
+    common = ["--labels", tmp_path / "labels.txt", "--model", "random:ViT-B/32", "--device", "cpu", "--precision",
+              "fp32", "--window", "1", "--stride", "0.1"]
+    live = _run("watch", clip, "--realtime", "--out", tmp_path / "live.jsonl", *common)
+    assert live.returncode == 0, live.stderr
+    records = _lines(tmp_path / "live.jsonl")
+    decided = [r["window"] for r in records if r["type"] == "window"]
+    summary = records[-1]
+    assert summary["dropped"] > 0 and decided == sorted(decided)
+    # every window of the 6 s clip is either decided or counted as dropped
+    assert len(decided) + summary["dropped"] == 51 == summary["windows"] + summary["dropped"]
+    assert max(r["dropped_so_far"] for r in records if r["type"] == "window") <= summary["dropped"]
+    fast = _run("watch", clip, "--out", tmp_path / "file.jsonl", *common)
+    assert fast.returncode == 0, fast.stderr
+    assert _lines(tmp_path / "file.jsonl")[-1]["dropped"] == 0
+    assert sum(r["type"] == "window" for r in _lines(tmp_path / "file.jsonl")) == 51

@@ -3,6 +3,7 @@ after the video-specific prompts, and logits_per_video, for two patch sizes and 
 layouts (transformers' names, and VideoX's: OpenAI CLIP's plus message_*, mit.*, prompts_*)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -236,6 +237,32 @@ def test_classify_and_benchmark_with_xclip_equal_transformers(tmp_path, xclip_fo
 
 
 @pytest.mark.slow
+def test_watch_with_xclip_scores_each_window_as_transformers(tmp_path, xclip_folder):
+    """watch on a file with X-CLIP: each window's 8 frames go through the model together and its probabilities are
+    transformers' on those frames (the text conditioned on the window)."""
+    import numpy as np
+
+    from pipeline.jobs.watch import WatchSettings, watch
+    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.video.open import DecodeRequest, decode_request
+    from pipeline.video.samplers import Sampling
+
+    [video] = _videos(tmp_path / "clips", n=1, frames=60)
+    settings = WatchSettings(RuntimeSettings(str(xclip_folder), device="cpu", precision="fp32"), tuple(XCLIP_LABELS),
+                             window_s=1.0, stride_s=0.5, topk=4)
+    with open(tmp_path / "w.jsonl", "w") as out:
+        watch(settings, str(video), out)
+    windows = [json.loads(line) for line in (tmp_path / "w.jsonl").read_text().splitlines()]
+    windows = [w for w in windows if w["type"] == "window"]
+    ref = decode_request(DecodeRequest(str(video), Sampling("windows", num_frames=8, window_s=1.0, stride_s=0.5)))
+    frames = _decoded(video)
+    probs, _, _ = _hf_outputs(xclip_folder, [frames[row] for row in ref.indices[:len(windows)]], XCLIP_LABELS)
+    assert len(windows) >= 3
+    for w, p in zip(windows, probs):
+        got = dict(zip(w["labels"], w["scores"]))
+        np.testing.assert_allclose([got[label] for label in XCLIP_LABELS], p.numpy(), atol=2e-3)
+
+
 def test_tag_retag_and_search_with_xclip(tmp_path, xclip_folder):
     """tag stores each window's MIT embedding and its tokens; every window's probabilities equal transformers' on
     that window's frames; retag equals a fresh tag for other labels; search re-ranks by the conditioned text and its

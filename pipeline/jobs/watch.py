@@ -28,13 +28,11 @@ import numpy as np
 import torch
 
 from clip_model.errors import UserError
-from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import FrameGeometry, decode_cap
 from pipeline.model.devices import resolve_device
-from pipeline.model.families import WINDOW_POOLINGS
 from pipeline.model.loading import load_model
 from pipeline.model.prompts import load_templates
-from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, WindowLabels
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.live import Gap, LiveFrame, LiveSource, LiveSourceError, WindowSampler
 
@@ -42,28 +40,23 @@ SHARED_FRAMES = 256  # frame embeddings kept for windows still to come (per-fram
 
 
 @dataclass(frozen=True)
-class WatchSettings:
-    runtime: RuntimeSettings
-    labels: tuple[str, ...]
-    overrides: ProtocolOverrides = ProtocolOverrides()  # templates, frames per window, pooling; None: the model's
-    window_s: float = 4.0
+class WatchSettings(WindowLabels):
+    """runtime, labels, overrides, window_s, stride_s, topk (``WindowLabels``), then watch's own."""
+
     stride_s: float = 1.0
     topk: int = 3
     above: float | None = None  # a window is an action only where its top probability reaches this
     realtime: bool = False  # a file played at its own pace (live sources always are)
     max_pending: int = 2  # windows waiting for the model, at most; older ones are dropped when it falls behind
 
+    job = "watch"
+
     def __post_init__(self) -> None:
-        if not self.labels:
-            raise UserError("watch needs at least one label")
-        check_unique_labels(self.labels)
-        if self.window_s <= 0 or self.stride_s <= 0:
-            raise UserError("window and stride must be > 0 seconds")
+        super().__post_init__()
         if self.above is not None and not 0 < self.above < 1:
             raise UserError(f"above ({self.above}) must lie in (0, 1)")
-        if self.topk < 1 or self.max_pending < 1:
-            raise UserError("topk and max_pending must be >= 1")
-        self.overrides.check_pooling(WINDOW_POOLINGS, "watch")
+        if self.max_pending < 1:
+            raise UserError(f"max_pending ({self.max_pending}) must be >= 1")
 
 
 @dataclass
@@ -303,8 +296,8 @@ def cmd_watch(args: Any) -> int:
     from datasets.labels import load_labels
 
     settings = WatchSettings(RuntimeSettings.from_arguments(args), tuple(load_labels(args.labels)),
-                             ProtocolOverrides.from_arguments(args), args.window, args.stride, args.topk, args.above,
-                             args.realtime)
+                             ProtocolOverrides.from_arguments(args), args.window, args.stride, args.topk,
+                             above=args.above, realtime=args.realtime)
     out = None if args.out is None else open(Path(args.out), "a", encoding="utf-8")  # noqa: SIM115
     try:
         print(f"\n{watch(settings, args.source, out, print_live).line()}", file=sys.stderr)

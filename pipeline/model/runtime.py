@@ -1,6 +1,7 @@
-"""The options every model job shares (classify, tag, benchmark), each as one type with one set of defaults, one
-validation and one set of command-line options: ``RuntimeSettings`` (which model, where it runs, how videos are
-decoded) and ``ProtocolOverrides`` (what a job changes of the model's own protocol)."""
+"""The options every model job shares (classify, tag, benchmark, watch), each as one type with one set of defaults,
+one validation and one set of command-line options: ``RuntimeSettings`` (which model, where it runs, how videos are
+decoded), ``ProtocolOverrides`` (what a job changes of the model's own protocol) and ``WindowLabels`` (what the jobs
+that label time windows, tag and watch, share)."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 from clip_model.errors import UserError
+from datasets.labels import check_unique_labels
 from pipeline.video import BACKENDS, Backend
 
 from .devices import check_device
-from .families import POOLINGS, Pooling
+from .families import POOLINGS, WINDOW_POOLINGS, Pooling
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
@@ -131,3 +133,27 @@ class ProtocolOverrides:
 
             templates = tuple(load_templates(templates))
         return cls(templates, args.num_frames, args.pooling)
+
+
+@dataclass(frozen=True)
+class WindowLabels:
+    """The settings of a job that labels sliding windows (tag, watch; each extends it and names itself in ``job``):
+    the model, the labels, the protocol overrides, the windows and how many labels each keeps."""
+
+    runtime: RuntimeSettings
+    labels: tuple[str, ...]
+    overrides: ProtocolOverrides = ProtocolOverrides()  # templates, frames per window, pooling; None: the model's
+    window_s: float = 4.0
+    stride_s: float = 2.0
+    topk: int = 5
+    job = "tag"  # what errors name
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise UserError(f"{self.job} needs at least one label")
+        check_unique_labels(self.labels)
+        if self.topk < 1:
+            raise UserError(f"topk ({self.topk}) must be >= 1")
+        if self.window_s <= 0 or self.stride_s <= 0:
+            raise UserError("window_s and stride_s must be > 0")
+        self.overrides.check_pooling(WINDOW_POOLINGS, self.job)

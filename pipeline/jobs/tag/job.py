@@ -32,14 +32,12 @@ from pathlib import Path
 from clip_model.config import PreprocessConfig
 from clip_model.errors import UserError
 from configs.schema import changed_settings
-from datasets.labels import check_unique_labels
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
-from pipeline.model.families import WINDOW_POOLINGS
 from pipeline.model.loading import load_model, model_identity
-from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, WindowLabels
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import ENGINES, Engine
 from pipeline.video.ray_pool import connect, import_ray
@@ -58,13 +56,9 @@ from .table_indexes import build_indexes
 
 
 @dataclass(frozen=True)
-class TagSettings:
-    runtime: RuntimeSettings
-    labels: tuple[str, ...]
-    overrides: ProtocolOverrides = ProtocolOverrides()  # templates, frames per window, pooling; None: the model's
-    window_s: float = 4.0
-    stride_s: float = 2.0
-    topk: int = 5
+class TagSettings(WindowLabels):
+    """runtime, labels, overrides, window_s, stride_s, topk (``WindowLabels``), then tag's own."""
+
     max_rss_mb: float = 2048.0  # a decode worker above this is replaced after its task
     chunk_mb: float = 32.0  # decoded frames a worker holds at once: bounds memory on hour-long videos
     commit_every: int = 32  # videos per committed part
@@ -74,14 +68,11 @@ class TagSettings:
     sampling: FrameChoice = "exact"  # keyframes: each window's frames are the keyframes nearest its instants
 
     def __post_init__(self) -> None:
-        if not self.labels:
-            raise UserError("tag needs at least one label")
-        check_unique_labels(self.labels)
+        super().__post_init__()
         if self.above is not None and not 0 < self.above < 1:
             raise UserError(f"above ({self.above}) must lie in (0, 1)")
-        for key in ("topk", "commit_every"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key} ({getattr(self, key)}) must be >= 1")
+        if self.commit_every < 1:
+            raise UserError(f"commit_every ({self.commit_every}) must be >= 1")
         if self.engine not in ENGINES:
             raise UserError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
         if self.ray_address and self.engine != "ray":
@@ -93,9 +84,6 @@ class TagSettings:
             raise UserError(f"sampling {self.sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
-        if self.window_s <= 0 or self.stride_s <= 0:
-            raise UserError("window_s and stride_s must be > 0")
-        self.overrides.check_pooling(WINDOW_POOLINGS, "tag")
 
     def resolved(self, model: VideoTextModel) -> TagSettings:
         """The settings with the model's defaults filled in (templates, frames per window), checked against it."""

@@ -82,3 +82,29 @@ def open_container(path: Path) -> Any:
 def reason(e: Exception) -> str:
     text = getattr(e, "strerror", None) or str(e)
     return " ".join(str(text).split())
+
+
+def choose_video_stream(container: Any, wanted: int | None, path: Path) -> int:
+    """The index of the stream to decode: ``wanted`` if it is a video stream, else FFmpeg's choice."""
+    streams = container.streams
+    attached = import_av().stream.Disposition.attached_pic
+    video = [s.index for s in streams.video if not s.disposition & attached]
+    if wanted is None:
+        best = best_video_stream(container)
+        if best is None:
+            raise VideoDecodeError(path, "only an attached picture (cover art), no video stream")
+        return best.index
+    if wanted not in video:
+        what = (f"out of range ({len(streams)} streams)" if not 0 <= wanted < len(streams)
+                else "an attached picture (cover art)" if streams[wanted].type == "video"
+                else f"{streams[wanted].type}, not video")
+        raise VideoDecodeError(path, f"stream {wanted} is {what}; video streams: "
+                                     f"{', '.join(map(str, video)) or 'none'}")
+    return wanted
+
+
+def rotation_of(frame: Any) -> int:
+    try:
+        return int(round(frame.rotation or 0)) % 360
+    except (AttributeError, TypeError, ValueError):
+        return 0

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .containers import best_video_stream, import_av, open_container, reason, scaled_size
+from .containers import choose_video_stream, import_av, open_container, reason, rotation_of, scaled_size
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
@@ -64,26 +64,8 @@ class PyAVReader(VideoReader):
     def _open(self) -> Any:
         return open_container(self.path)
 
-    def _choose_stream(self, wanted: int | None) -> int:
-        """The index of the stream to decode: ``wanted`` if it is a video stream, else FFmpeg's choice."""
-        streams = self._container.streams
-        attached = self.av.stream.Disposition.attached_pic
-        video = [s.index for s in streams.video if not s.disposition & attached]
-        if wanted is None:
-            best = best_video_stream(self._container)
-            if best is None:
-                raise VideoDecodeError(self.path, "only an attached picture (cover art), no video stream")
-            return best.index
-        if wanted not in video:
-            what = (f"out of range ({len(streams)} streams)" if not 0 <= wanted < len(streams)
-                    else "an attached picture (cover art)" if streams[wanted].type == "video"
-                    else f"{streams[wanted].type}, not video")
-            raise VideoDecodeError(self.path, f"stream {wanted} is {what}; video streams: "
-                                              f"{', '.join(map(str, video)) or 'none'}")
-        return wanted
-
     def _probe(self, max_pixels: int, wanted: int | None) -> None:
-        self._stream_index = self._choose_stream(wanted)
+        self._stream_index = choose_video_stream(self._container, wanted, self.path)
         stream = self._stream = self._container.streams[self._stream_index]
         cc = stream.codec_context
         cc.thread_type = "AUTO"
@@ -180,7 +162,7 @@ class PyAVReader(VideoReader):
         times, rotation = [], 0
         for i, frame in self._decode_from_start():
             if i == 0:
-                rotation = _rotation_of(frame)
+                rotation = rotation_of(frame)
             times.append(frame.time if frame.time is not None else float("nan"))
         if not times:
             raise VideoDecodeError(self.path, "no decodable video frames")
@@ -195,7 +177,7 @@ class PyAVReader(VideoReader):
     def _first_frame_rotation(self) -> int:
         self._seek(0)
         for frame in self._frames(skip_nonref=lambda _: False):
-            return _rotation_of(frame)
+            return rotation_of(frame)
         raise VideoDecodeError(self.path, "no decodable video frames")
 
     # ------------------------------------------------------------------ decoding
@@ -248,8 +230,8 @@ class PyAVReader(VideoReader):
         else:
             rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         if self._rotation is None:
-            self._rotation = _rotation_of(frame)
-        k = (_rotation_of(frame) // 90) % 4
+            self._rotation = rotation_of(frame)
+        k = (rotation_of(frame) // 90) % 4
         return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
@@ -385,11 +367,4 @@ class PyAVReader(VideoReader):
                     pass
             container.close()
             self._container = None
-
-
-def _rotation_of(frame: Any) -> int:
-    try:
-        return int(round(frame.rotation or 0)) % 360
-    except (AttributeError, TypeError, ValueError):
-        return 0
 

@@ -62,3 +62,48 @@ def write_video(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def write_packed_avi(path: str | Path, frames: np.ndarray | Iterable[np.ndarray], fps: int = 25, gop: int = 12,
+                     qscale: int = 3) -> Path:
+    """An MPEG-4 Part 2 AVI with DivX-style packed B-frames, as DivX 5 and XviD wrote them for Video for Windows:
+    FFmpeg's encoder (one B-frame between references), then each reference and the B-frame decoded after it share
+    a chunk and a "not coded" placeholder (an N-VOP) fills the B-frame's slot; the first chunk carries the DivX user
+    data whose trailing ``p`` tells decoders the file is packed (``pipeline.video.packed_bframes``)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    increment_bits = max(1, (fps - 1).bit_length())  # the encoder's vop_time_increment_resolution is the frame rate
+    bits = "01" + "0" + "1" + "0" * increment_bits + "1" + "0"  # P, modulo_time_base, marker, increment, marker, not coded
+    bits += "0" + "1" * ((8 - (len(bits) + 1) % 8) % 8)  # next_start_code's stuffing to the byte boundary
+    not_coded = b"\x00\x00\x01\xb6" + int(bits, 2).to_bytes(len(bits) // 8, "big")
+    vop_type = lambda data: data[data.find(b"\x00\x00\x01\xb6") + 4] >> 6  # noqa: E731 - 0 I, 1 P, 2 B
+    with av.open(str(path), "w", format="avi") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(gop), "bf": "1", "qscale": str(qscale)}
+        stream.codec_context.codec_tag = "DX50"
+        packets = []
+        for k, frame in enumerate(frames):
+            if k == 0:
+                stream.height, stream.width = frame.shape[:2]
+            packets += stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24"))
+        packets += stream.encode()
+        data = [bytes(p) for p in packets]
+        first = data[0].find(b"\x00\x00\x01\xb6")
+        data[0] = data[0][:first] + b"\x00\x00\x01\xb2DivX503b1393p" + data[0][first:]
+        chunks, k = [], 0
+        while k < len(data):
+            if k + 1 < len(data) and vop_type(data[k + 1]) == 2:  # a reference and the B-frame decoded after it
+                chunks += [(data[k] + data[k + 1], vop_type(data[k]) == 0), (not_coded, False)]
+                k += 2
+            else:
+                chunks.append((data[k], vop_type(data[k]) == 0))
+                k += 1
+        for slot, (chunk, key) in enumerate(chunks):
+            packet = av.Packet(chunk)
+            packet.stream, packet.time_base, packet.pts, packet.dts = stream, packets[0].time_base, slot, slot
+            packet.is_keyframe = key
+            out.mux(packet)
+    return path

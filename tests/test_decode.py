@@ -69,6 +69,32 @@ def test_avi_seeks_on_its_packet_index_unless_a_packet_may_decode_to_no_frame(ma
     assert not all(np.array_equal(a, b) for a, b in zip(frames, ref))
 
 
+def test_a_packed_bframe_avi_seeks_exactly_through_the_unpacking_filter(tmp_path):
+    """DivX-style packed B-frames (a reference and a B-frame in one chunk, a placeholder in the B-frame's slot, the
+    DivX 'p' user data), with open GOPs (an I-frame packed with the B-frame before it): read by keyframe seeks, every
+    frame and any subset equal sequential decoding, and a few frames decode a fraction of the file."""
+    from videos import pattern
+
+    from datasets.synthetic import write_packed_avi
+
+    path = write_packed_avi(tmp_path / "packed.avi", np.stack([pattern(i) for i in range(90)]), gop=12)
+    ref = reference_frames(path)
+    assert len(ref) == 90
+    with open_video(path, "pyav") as reader:
+        assert reader.seeks and reader.num_frames == 90 and reader._packed is not None
+        assert np.array_equal(reader.read_frames(np.arange(90)), np.stack(ref))
+        np.testing.assert_allclose(reader.timestamps, np.arange(90) / 25)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        with open_video(path, "pyav") as reader:
+            idx = np.sort(rng.choice(90, 4, replace=False))
+            assert np.array_equal(reader.read_frames(idx), np.stack([ref[i] for i in idx])), idx
+            assert not reader.warnings
+    with open_video(path, "pyav") as reader:
+        reader.read_frames(segment_indices(90, 4))
+        assert reader.frames_decoded < 45  # seeks: not the 90 frames a sequential pass decodes
+
+
 def test_decord_is_wrong_on_mpeg4_avi_and_says_so_while_auto_is_exact(made):
     """decord mis-seeks on MPEG-4 Part 2 AVIs with B-frames (decord#195): detected from PyAV's index and warned
     about when decord is asked for; auto decodes with PyAV and is exact."""

@@ -8,12 +8,10 @@ before decoding). A decoded frame whose pts is not in the index proves the index
 sequential decoding. Containers whose timestamps are not presentation times (raw streams, anything outside
 ``INDEXED_CONTAINERS``) always decode sequentially, which is the definition of frame i.
 
-AVI stores no presentation times, but FFmpeg's demuxer gives every packet one (its parser reorders B-frames), and
-each packet then decodes to exactly one frame, so the same index holds, with one exception checked without
-decoding: packets that decode to no frame. MPEG-4 Part 2 marks a frame "not coded" (an N-VOP: DivX's placeholder
-after a packed P+B packet, or a dropped frame) with a packet of a few bytes, which FFmpeg decodes to nothing; an AVI
-with any packet of at most ``AVI_NOT_CODED_BYTES`` decodes sequentially. Decoding after a seek still checks every
-frame's pts against the index, as for MP4.
+AVI stores no presentation times, but FFmpeg's demuxer gives every packet one and each packet decodes to one frame,
+so the same index holds, except for MPEG-4's "not coded" packets of at most ``AVI_NOT_CODED_BYTES`` (an N-VOP, which
+decodes to nothing): DivX's packed B-frames are indexed through FFmpeg's unpacking filter (``packed_bframes``), any
+other AVI with such packets decodes sequentially. Decoding after a seek checks every frame's pts against the index.
 """
 from __future__ import annotations
 
@@ -25,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from .containers import choose_video_stream, import_av, open_container, reason, rotation_of, scaled_size
+from .packed_bframes import NOT_CODED_BYTES, PackedIndex, index_packed, looks_packed, unpack_chunk, unpacker
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
 INDEXED_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
-AVI_NOT_CODED_BYTES = 16  # an N-VOP is a 4-byte start code and a few header bits; any real frame is larger
+AVI_NOT_CODED_BYTES = NOT_CODED_BYTES  # an N-VOP is a 4-byte start code and a few header bits; any real frame is larger
+PACKED_PROBE_PACKETS = 64  # packets looked at for DivX packing (its user data is in the first, a packed pair early)
 # Frame threading pays for its per-frame synchronisation only when frames carry real work: on tiny packets (a few
 # hundred bytes a frame) slice threading was faster, on larger ones frame threading (bench_decode.py measures both).
 FRAME_THREADING_MIN_BYTES = 1024
@@ -79,11 +79,17 @@ class PyAVReader(VideoReader):
         index = self._demux_index() if any(name in INDEXED_CONTAINERS for name in fmt.split(",")) else None
         if index is not None and (len(index[0]) == 0 or len(np.unique(index[0])) != len(index[0])):
             index = None  # no packets, or pts shared by two packets: the pts cannot name frames
+        self._packed: PackedIndex | None = None
         if index is not None and "avi" in fmt.split(",") and self._smallest_packet <= AVI_NOT_CODED_BYTES:
             index = None  # a packet that may decode to no frame (see the module doc): only decoding can count them
-        self._indexed = index is not None
+            if self._packed_hint and cc.name == "mpeg4":
+                self._container.seek(0, stream=stream)
+                self._packed = index_packed(self._container, stream)
+        self._indexed = index is not None or self._packed is not None
         self.reorders = bool(stream.codec_context.has_b_frames)  # B-frames: decode order is not presentation order
-        if index is not None:
+        if self._packed is not None:
+            self._init_packed(self._packed)
+        elif index is not None:
             self._init_indexed(*index)
         else:
             self._init_sequential()
@@ -126,7 +132,7 @@ class PyAVReader(VideoReader):
         keys: list[bool] = []
         durs: list[int] = []
         total_bytes = 0
-        self._smallest_packet = 1 << 62
+        self._smallest_packet, self._packed_hint = 1 << 62, False
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0:
@@ -138,6 +144,8 @@ class PyAVReader(VideoReader):
                 durs.append(packet.duration or 0)
                 total_bytes += packet.size
                 self._smallest_packet = min(self._smallest_packet, packet.size)
+                if len(pts) <= PACKED_PROBE_PACKETS:
+                    self._packed_hint = self._packed_hint or looks_packed(bytes(packet))
         except self.av.FFmpegError as e:
             self.warnings.append(f"demuxing stopped after {len(pts)} packets: {reason(e)}")
         if pts and total_bytes / len(pts) < FRAME_THREADING_MIN_BYTES:
@@ -156,6 +164,15 @@ class PyAVReader(VideoReader):
         last = int(durs[order][-1]) or (int(np.median(np.diff(self._pts))) if len(self._pts) > 1 else 0)
         self._duration = (self._pts[-1] - self._pts[0] + last) * tb
         self._rotation = None  # read from the first frame decoded
+
+    def _init_packed(self, packed: PackedIndex) -> None:
+        """Frame i is display slot i (the filtered packets are stamped with their slots when decoded)."""
+        n = len(packed.times)
+        self._pts, self._pts_to_index, self._keyframes = np.arange(n, dtype=np.int64), {i: i for i in range(n)}, packed.keyframes
+        tb = float(self._stream.time_base)
+        self.timestamps = (packed.times - packed.times[0]) * tb
+        step = int(np.median(np.diff(packed.times))) if n > 1 else 1
+        self._duration, self._rotation = (packed.times[-1] - packed.times[0] + step) * tb, None
 
     def _init_sequential(self) -> None:
         """Decode everything once: the frame count and timestamps are what decoding yields."""
@@ -183,7 +200,8 @@ class PyAVReader(VideoReader):
     # ------------------------------------------------------------------ decoding
 
     def _seek(self, frame_index: int) -> None:
-        self._container.seek(int(self._pts[frame_index]), stream=self._stream, backward=True, any_frame=False)
+        at = self._packed.seek_pts[frame_index] if self._packed is not None else self._pts[frame_index]
+        self._container.seek(int(at), stream=self._stream, backward=True, any_frame=False)
 
     def _frames(self, skip_nonref, keys_only: bool = False) -> Iterator[Any]:
         """Decoded frames from the current position; ``skip_nonref(packet_pts)`` picks NONREF skipping per packet;
@@ -194,18 +212,20 @@ class PyAVReader(VideoReader):
         """
         cc = self._stream.codec_context
         current = "DEFAULT"
+        packed, bsf = self._packed, unpacker(self._stream) if self._packed is not None else None
         try:
-            for packet in self._container.demux(self._stream):
-                wanted = "NONKEY" if keys_only else \
-                    "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
-                if wanted != current:  # setting it costs a property call per packet: only on change
-                    cc.skip_frame = current = wanted
-                try:
-                    for frame in cc.decode(packet):
-                        self.frames_decoded += 1
-                        yield frame
-                except self.av.FFmpegError as e:
-                    self.warn(f"decode error at pts {packet.pts}: {reason(e)}")
+            for demuxed in self._container.demux(self._stream):
+                for packet in unpack_chunk(bsf, demuxed, packed) if packed is not None else (demuxed,):
+                    wanted = "NONKEY" if keys_only else \
+                        "NONREF" if packet.pts is not None and skip_nonref(packet.pts) else "DEFAULT"
+                    if wanted != current:  # setting it costs a property call per packet: only on change
+                        cc.skip_frame = current = wanted
+                    try:
+                        for frame in cc.decode(packet):
+                            self.frames_decoded += 1
+                            yield frame
+                    except self.av.FFmpegError as e:
+                        self.warn(f"decode error at pts {packet.pts}: {reason(e)}")
         except self.av.FFmpegError as e:
             self.warn(f"demux error: {reason(e)}")
         finally:

@@ -274,14 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--commit-every", type=int, default=32, help="videos per committed part (resume granularity)")
     p.add_argument("--chunk-mb", type=float, default=32.0,
                    help="decoded frames a worker holds at once (MB): bounds memory on hour-long videos")
-    p.add_argument("--retry-failed", action="store_true",
-                   help="on a resume, tag again the unchanged files that failed before (error, timeout or crash; "
-                        "e.g. with a longer --decode-timeout); a plain rerun skips them")
+    p.add_argument("--retry-failed", action="store_true", help="on a resume, tag again the unchanged files that failed "
+                   "before (error, timeout or crash; e.g. with a longer --decode-timeout); a plain rerun skips them")
     p.add_argument("--restart", action="store_true",
                    help="discard the tag index under OUT.index and start over (a resume never deletes it otherwise)")
-    p.add_argument("--engine", choices=ENGINES, default="local",
-                   help="where videos are decoded: local worker processes, or Ray tasks on a cluster's CPUs (pip install "
-                        "'clip-video[ray]'); the rows and the index are the same")
+    p.add_argument("--engine", choices=ENGINES, default="local", help="where videos are decoded: local worker processes, "
+                   "or Ray tasks on a cluster's CPUs (pip install 'clip-video[ray]'); the rows and the index are the same")
     p.add_argument("--ray-address", default=None, help="--engine ray: the cluster to join (default: start a local one "
                                                        "on 127.0.0.1 for this job)")
     p.add_argument("--forget-missing", action="store_true", help="delete the stored rows of files that no longer exist (a "
@@ -339,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--above", type=float, default=None, metavar="P", help="a window is an action only at probability P+")
     p.add_argument("--realtime", action="store_true", help="play a file at its own pace (as a live source would come)")
     p.add_argument("--out", default=None, help="append windows, events and gaps to this file, a JSON object a line")
+    p.add_argument("--serve", type=int, default=None, metavar="PORT", help="also show a live page at http://127.0.0.1:PORT/")
     RuntimeSettings.add_arguments(p)
     p.set_defaults(func=_job("watch", "cmd_watch"))
     p = sub.add_parser("models", help="list the models --model knows by name: family, input, frames, scoring, source")

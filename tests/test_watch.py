@@ -220,3 +220,48 @@ def test_a_model_slower_than_the_stream_drops_the_oldest_windows_and_counts_them
     assert fast.returncode == 0, fast.stderr
     assert _lines(tmp_path / "file.jsonl")[-1]["dropped"] == 0
     assert sum(r["type"] == "window" for r in _lines(tmp_path / "file.jsonl")) == 51
+
+
+@pytest.mark.slow
+def test_the_live_page_shows_the_latest_window_the_timeline_and_the_events(tmp_path, clip):
+    """watch --serve: in Chromium, the page shows the window watch last decided (its number and label as written to
+    --out), a bar per recent window, and the closed events; it listens on 127.0.0.1 only."""
+    from playwright.sync_api import sync_playwright
+    from test_serve import _chromium, _free_port
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run_pipeline.py"), "watch", str(clip), "--realtime",
+                             "--labels", str(tmp_path / "labels.txt"), "--model", "random:tiny-vit", "--device", "cpu",
+                             "--precision", "fp32", "--window", "1", "--stride", "0.5", "--above", "0.3",
+                             "--out", str(tmp_path / "w.jsonl"), "--serve", str(port)],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and proc.poll() is None, "the page did not start"
+                time.sleep(0.1)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        assert listening.split() and all(line.split()[3].startswith("127.0.0.1:") for line in listening.splitlines())
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_function("Number(document.getElementById('now').dataset.window) >= 4", timeout=30_000)
+            shown = page.eval_on_selector("#now", "e => [Number(e.dataset.window), e.dataset.label, e.textContent]")
+            bars = page.eval_on_selector_all("#timeline rect", "rs => rs.length")
+            snapshot = json.loads(page.evaluate("fetch('/api/live').then(r => r.text())"))
+            browser.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    windows = {r["window"]: r for r in _lines(tmp_path / "w.jsonl") if r["type"] == "window"}
+    number, label, text = shown
+    assert windows[number]["labels"][0] == label and label in text and f"window {number}" in text
+    assert bars >= number  # a bar for each window so far (the page polls: it may trail by one)
+    events = [r for r in _lines(tmp_path / "w.jsonl") if r["type"] == "event"]
+    assert [e for e in snapshot["events"] if e["type"] == "event"][::-1] == events[:len(snapshot["events"])]

@@ -29,6 +29,7 @@ import torch
 
 from clip_model.errors import UserError
 from pipeline.features.frame_geometry import FrameGeometry, decode_cap
+from pipeline.jobs.serve.live import LiveServer, LiveState
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model
 from pipeline.model.prompts import load_templates
@@ -212,8 +213,10 @@ class _Scorer:
 
 
 def watch(settings: WatchSettings, source: str, out: IO[str] | None = None,
-          live_line: Callable[[str], None] | None = None, stop: threading.Event | None = None) -> WatchSummary:
-    """Watch ``source`` until it ends or ``stop`` is set (or KeyboardInterrupt); JSON lines go to ``out``."""
+          live_line: Callable[[str], None] | None = None, stop: threading.Event | None = None,
+          serve_port: int | None = None) -> WatchSummary:
+    """Watch ``source`` until it ends or ``stop`` is set (or KeyboardInterrupt); JSON lines go to ``out``, and with
+    ``serve_port`` to a live page on 127.0.0.1 too (``serve.live``)."""
     stop = stop or threading.Event()
     rt, asked = settings.runtime, settings.overrides
     try:
@@ -228,8 +231,14 @@ def watch(settings: WatchSettings, source: str, out: IO[str] | None = None,
     thread = threading.Thread(target=_read, args=(reader, WindowSampler(settings.window_s, settings.stride_s, frames),
                                                   FrameGeometry.of(model.preprocess), feed, stop), daemon=True)
     events, summary = Events(settings.above), WatchSummary()
+    state = LiveState(source, settings.labels) if serve_port is not None else None
+    page = LiveServer(state, serve_port) if state is not None and serve_port is not None else None
+    if page is not None and live_line is not None:
+        live_line(f"live page at {page.url}")
 
     def emit(record: dict | None) -> None:
+        if record is not None and state is not None:
+            state.add(record)
         if record is not None and out is not None:
             out.write(json.dumps(record) + "\n")
             out.flush()
@@ -276,6 +285,8 @@ def watch(settings: WatchSettings, source: str, out: IO[str] | None = None,
         emit({"type": "summary", "windows": summary.windows, "events": summary.events, "dropped": summary.dropped,
               "gaps": summary.gaps})
         thread.join(timeout=10)
+        if page is not None:
+            page.close()
     if isinstance(feed.error, LiveSourceError):
         raise UserError(str(feed.error)) from None
     if feed.error is not None:
@@ -300,7 +311,7 @@ def cmd_watch(args: Any) -> int:
                              above=args.above, realtime=args.realtime)
     out = None if args.out is None else open(Path(args.out), "a", encoding="utf-8")  # noqa: SIM115
     try:
-        print(f"\n{watch(settings, args.source, out, print_live).line()}", file=sys.stderr)
+        print(f"\n{watch(settings, args.source, out, print_live, serve_port=args.serve).line()}", file=sys.stderr)
     finally:
         if out is not None:
             out.close()

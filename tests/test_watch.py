@@ -100,8 +100,18 @@ def test_watching_a_file_gives_tags_windows_and_scores(tmp_path, clip):
         row = segments.loc[w["stream_start_s"]]
         assert w["labels"] == [row.label_1, row.label_2, row.label_3]
         np.testing.assert_allclose(w["scores"], [row.score_1, row.score_2, row.score_3], atol=1e-3)
+    # the events: tag's windows (computed apart) merged by the documented rule, adjacent windows of one top label
+    expected: list[list] = []
+    for start in [w["stream_start_s"] for w in windows]:
+        row = segments.loc[start]
+        if expected and expected[-1][0] == row.label_1:
+            expected[-1][2] = row.end_s
+        else:
+            expected.append([row.label_1, start, row.end_s])
+    events = [[e["label"], e["start_s"], e["end_s"]] for e in _lines(tmp_path / "w.jsonl") if e["type"] == "event"]
+    assert events == expected and len(events) >= 1
     summary = _lines(tmp_path / "w.jsonl")[-1]
-    assert summary == {"type": "summary", "windows": 5, "events": summary["events"], "dropped": 0, "gaps": 0}
+    assert summary == {"type": "summary", "windows": 5, "events": len(events), "dropped": 0, "gaps": 0}
     assert "5 windows" in watched.stderr.splitlines()[-1]
 
 

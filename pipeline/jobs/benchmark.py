@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from clip_model import cache_dir as default_cache_dir
 from clip_model.errors import UserError
 from configs.schema import BenchmarkConfig, as_written
 from datasets.formats import read_csv, read_folders, read_hmdb51, read_kinetics, read_list, read_ssv2, read_ucf101
@@ -25,11 +24,9 @@ from datasets.labels import clean_name, load_labels
 from datasets.records import VideoDataset
 from pipeline.eval.linear_probe import DEFAULT_C_GRID, ProbeSettings, fit_probe, fitted_on
 from pipeline.eval.metrics import compute_metrics, mean_std
-from pipeline.model.devices import resolve_device
-from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.prompts import load_templates
 
-from .benchmark_features import FeatureCache, sampling_for, video_features
+from .benchmark_features import ERROR_COLUMNS, check_found, failure_rows, load_benchmark_model, video_features
 from .benchmark_report import confusion_png, per_class_png, write_reports
 from .retrieval import run_retrieval
 
@@ -82,11 +79,8 @@ def load_splits(cfg: BenchmarkConfig) -> list[SplitData]:
                   for s in splits for f in d.class_subsets]
     for s in splits:
         for ds in (s.test, s.train):
-            if ds is not None and ds.missing and not d.skip_missing:
-                raise UserError(f"{ds.name}: {len(ds.missing)} annotated videos are missing, e.g. {ds.missing[0]}; "
-                                 "fix dataset.root or set dataset.skip_missing=true to skip them")
-            if ds is not None and not ds.records:
-                raise UserError(f"{ds.name}: no videos found under {d.root}")
+            if ds is not None:
+                check_found(ds.name, ds.missing, len(ds.records), d.root, d.skip_missing)
     return splits
 
 
@@ -121,15 +115,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
     if cfg.protocol == "retrieval":
         return run_retrieval(cfg)
     splits = load_splits(cfg)
-    rt = cfg.runtime
-    asked = cfg.overrides
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling, asked.num_frames)
-    mkey = model_key(model_identity(rt.model, rt.precision))
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
+    rt, asked = cfg.runtime, cfg.overrides
+    setup = load_benchmark_model(cfg)
+    model, mkey, cache_root, sampling, cache = setup.model, setup.key, setup.cache_root, setup.sampling, setup.cache
     num_frames = model.frames
-    sampling = sampling_for(cfg, num_frames)
-    model.check_clip_frames(sampling.clip_frames)
-    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}" + "|prescale" * cfg.prescale)
     split_results: list[dict[str, Any]] = []
     rows, error_rows, plots = [], [], []
     for split in splits:
@@ -168,10 +157,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                   "prediction": classnames[int(t[0])], "correct": int(t[0]) == r.label,
                   "top5": "|".join(classnames[int(i)] for i in t), "probability": float(probs[k, t[0]])}
                  for k, (r, t) in enumerate(zip(records, top5))]
-        error_rows += [{"split": split.name, "path": str(p), "stage": "decode", "reason": f"{e.status}: {e.reason}"}
-                       for p, e in test_errors.items()]
-        error_rows += [{"split": split.name, "path": str(p), "stage": "missing", "reason": "file not found"}
-                       for p in split.test.missing]
+        error_rows += failure_rows(split.name, test_errors, split.test.missing)
         plots += [(f"{split.name}: confusion matrix (row-normalised)", confusion_png(metrics, classnames, split.name)),
                   (f"{split.name}: per-class accuracy", per_class_png(metrics, classnames, split.name))]
     keys = ("top1", "top5", "mean_class_accuracy", "mean_top1_top5")
@@ -180,5 +166,5 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict:
                "headline": {"metric": cfg.headline, **summary[cfg.headline]}}
     write_reports(cfg.out, results, pd.DataFrame(rows, columns=["split", "path", "label", "prediction", "correct",
                                                                  "top5", "probability"]),
-                  pd.DataFrame(error_rows, columns=["split", "path", "stage", "reason"]), plots)
+                  pd.DataFrame(error_rows, columns=ERROR_COLUMNS), plots)
     return results

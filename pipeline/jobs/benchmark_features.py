@@ -4,15 +4,21 @@ the same videos decodes nothing."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from clip_model import cache_dir as default_cache_dir
+from clip_model.errors import UserError
 from configs.schema import BenchmarkConfig
 from datasets.records import VideoRecord
 from pipeline.features.clip_features import extract_features
 from pipeline.features.frame_geometry import decode_cap
 from pipeline.jobs.progress import progress as progress_bar
+from pipeline.model.devices import resolve_device
+from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.tensor_cache import load_tensor, save_tensor
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import DecodeRequest
@@ -80,3 +86,45 @@ def video_features(records: tuple[VideoRecord, ...], model: VideoTextModel, samp
                 cache.put(path, result.features)
             bar.update()
     return feats, errors
+
+
+@dataclass(frozen=True)
+class BenchmarkModel:
+    """What every protocol sets up from its config before it reads a video: the model, its key, the cache folder,
+    the sampling (checked against the model) and the per-video feature cache."""
+
+    model: VideoTextModel
+    key: str  # loading.model_key of the model's identity: what caches are keyed by
+    cache_root: Path
+    sampling: Sampling
+    cache: FeatureCache
+
+
+def load_benchmark_model(cfg: BenchmarkConfig) -> BenchmarkModel:
+    rt, asked = cfg.runtime, cfg.overrides
+    model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling, asked.num_frames)
+    mkey = model_key(model_identity(rt.model, rt.precision))
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
+    sampling = sampling_for(cfg, model.frames)
+    model.check_clip_frames(sampling.clip_frames)
+    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}" + "|prescale" * cfg.prescale)
+    return BenchmarkModel(model, mkey, cache_root, sampling, cache)
+
+
+def check_found(name: str, missing: Sequence[Path], found: int, root: str, skip_missing: bool) -> None:
+    """Refuse annotated videos the disk lacks (unless ``skip_missing``) and a dataset with none found."""
+    if missing and not skip_missing:
+        raise UserError(f"{name}: {len(missing)} annotated videos are missing, e.g. {missing[0]}; "
+                         "fix dataset.root or set dataset.skip_missing=true to skip them")
+    if not found:
+        raise UserError(f"{name}: no videos found under {root}")
+
+
+ERROR_COLUMNS = ["split", "path", "stage", "reason"]  # errors.csv
+
+
+def failure_rows(split: str, errors: dict[Path, Failure], missing: Sequence[Path]) -> list[dict]:
+    """errors.csv's rows of a split: the videos that failed to decode, then the annotated ones that are missing."""
+    return ([{"split": split, "path": str(p), "stage": "decode", "reason": f"{e.status}: {e.reason}"}
+             for p, e in errors.items()]
+            + [{"split": split, "path": str(p), "stage": "missing", "reason": "file not found"} for p in missing])

@@ -28,7 +28,6 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from clip_model import cache_dir as default_cache_dir
 from clip_model.errors import UserError
 from configs.schema import BenchmarkConfig, as_written
 from datasets.captions import read_activitynet, read_captions, read_didemo, read_msrvtt
@@ -41,14 +40,12 @@ from pipeline.eval.retrieval import (
     text_to_video_ranks,
     video_to_text_ranks,
 )
-from pipeline.model.devices import resolve_device
 from pipeline.model.families import WINDOW_POOLINGS
-from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.state import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.native_log import captured_stderr
 
-from .benchmark_features import FeatureCache, sampling_for, video_features
+from .benchmark_features import ERROR_COLUMNS, check_found, failure_rows, load_benchmark_model, video_features
 from .benchmark_report import plot_png, write_reports
 from .tag.index import NPROBES, REFINE
 from .tag.query import RERANK
@@ -71,11 +68,7 @@ def load_captions(cfg: BenchmarkConfig) -> CaptionDataset:
         ds = read_activitynet(d.root, d.annotations)
     else:
         ds = read_captions(d.root, d.annotations)
-    if ds.missing and not d.skip_missing:
-        raise UserError(f"{ds.name}: {len(ds.missing)} annotated videos are missing, e.g. {ds.missing[0]}; "
-                        "fix dataset.root or set dataset.skip_missing=true to skip them")
-    if not ds.videos:
-        raise UserError(f"{ds.name}: no videos found under {d.root}")
+    check_found(ds.name, ds.missing, len(ds.videos), d.root, d.skip_missing)
     return ds
 
 
@@ -139,18 +132,12 @@ def run_retrieval(cfg: BenchmarkConfig) -> dict:
     """The retrieval protocol: results.json, predictions.csv (a row per query: its rank, the index's, its top
     hits), errors.csv and report.html in ``cfg.out``; returns the results dict."""
     ds = load_captions(cfg)
-    rt, asked = cfg.runtime, cfg.overrides
-    asked.check_pooling(WINDOW_POOLINGS, "retrieval")  # one vector per video
-    model = load_model(rt.model, resolve_device(rt.device), rt.precision, asked.pooling, asked.num_frames)
-    mkey = model_key(model_identity(rt.model, rt.precision))
-    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir() / "features"
-    sampling = sampling_for(cfg, model.frames)
-    model.check_clip_frames(sampling.clip_frames)
-    cache = FeatureCache(cache_root / "video", f"{mkey}|{sampling}|crops={cfg.crops}" + "|prescale" * cfg.prescale)
-    features, errors = video_features(ds.videos, model, sampling, cfg, cache, f"{ds.name} videos")
+    cfg.overrides.check_pooling(WINDOW_POOLINGS, "retrieval")  # one vector per video
+    setup = load_benchmark_model(cfg)
+    features, errors = video_features(ds.videos, setup.model, setup.sampling, cfg, setup.cache, f"{ds.name} videos")
     if not features:
         raise UserError(f"{ds.name}: no video decoded ({len(errors)} failed; errors in the log above)")
-    scored = score(model, ds, features, cache_root, mkey)
+    scored = score(setup.model, ds, features, setup.cache_root, setup.key)
     t2v = text_to_video_ranks(scored.sim, scored.owners)
     v2t = video_to_text_ranks(scored.sim, scored.owners)
     with tempfile.TemporaryDirectory() as folder:
@@ -164,11 +151,7 @@ def run_retrieval(cfg: BenchmarkConfig) -> dict:
     results = {"name": cfg.name, "config": as_written(cfg), "splits": [split], "summary": summary,
                "headline": {"metric": cfg.headline, **summary[cfg.headline]}}
     rows = _query_rows(scored, t2v, v2t, indexed)
-    error_rows = [{"split": ds.name, "path": str(p), "stage": "decode", "reason": f"{e.status}: {e.reason}"}
-                  for p, e in errors.items()]
-    error_rows += [{"split": ds.name, "path": str(p), "stage": "missing", "reason": "file not found"}
-                   for p in ds.missing]
-    errors_table = pd.DataFrame(error_rows, columns=["split", "path", "stage", "reason"])
+    errors_table = pd.DataFrame(failure_rows(ds.name, errors, ds.missing), columns=ERROR_COLUMNS)
     queries = pd.DataFrame(rows, columns=QUERY_COLUMNS).astype({"index_rank": "Int64"})  # blank: not found
     write_reports(cfg.out, results, queries, errors_table,
                   [("rank of the match (exact)", _rank_histogram(t2v, v2t)),

@@ -30,12 +30,12 @@ import torch
 from clip_model.errors import UserError
 from pipeline.features.frame_geometry import FrameGeometry, decode_cap
 from pipeline.jobs.serve.live import LiveServer, LiveState
+from pipeline.jobs.tag.outputs import top_labels
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model
-from pipeline.model.prompts import load_templates
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, WindowLabels
 from pipeline.model.video_text import VideoTextModel
-from pipeline.video.live import Gap, LiveFrame, LiveSource, LiveSourceError, WindowSampler
+from pipeline.video.live import Gap, LiveSource, LiveSourceError, WindowSampler
 
 SHARED_FRAMES = 256  # frame embeddings kept for windows still to come (per-frame families): > the frames of a window
 
@@ -66,14 +66,11 @@ class Window:
     connection: int
     start_s: float
     end_s: float
-    frames: list[LiveFrame]  # num_frames, in time order (a frame may repeat)
+    numbers: list[int]  # the distinct frames' numbers (since the source opened), in pixels' order
     pixels: np.ndarray  # (U, S, S, 3) uint8: the distinct frames, resized for the model
-    positions: np.ndarray  # (T,) int64 into pixels
+    positions: np.ndarray  # (T,) int64 into pixels: the window's frames in time order (a frame may repeat)
+    started: float  # wall clock when its first frame arrived
     completed: float  # wall clock when its last frame arrived
-
-    @property
-    def numbers(self) -> list[int]:  # the distinct frames' numbers, in pixels' order
-        return sorted({f.number for f in self.frames})
 
 
 @dataclass
@@ -164,16 +161,17 @@ def _read(source: LiveSource, sampler: WindowSampler, geometry: FrameGeometry, f
                 feed.put(item, stop)
                 continue
             for number, start, end, frames in sampler.push(item):
-                distinct = sorted({f.number: f for f in frames}.items())
-                for n, f in distinct:
+                distinct = dict(sorted({f.number: f for f in frames}.items()))  # number -> frame
+                for n, f in distinct.items():
                     if n not in resized:
                         resized[n] = geometry.resize_crop(f.rgb[None])[0]
                 while len(resized) > SHARED_FRAMES:
                     resized.popitem(last=False)
-                order = [n for n, _ in distinct]
-                positions = np.array([order.index(f.number) for f in frames], dtype=np.int64)
-                feed.put(Window(number, item.connection, start, end, frames, np.stack([resized[n] for n in order]),
-                                positions, item.arrived), stop)
+                order = {n: k for k, n in enumerate(distinct)}
+                positions = np.array([order[f.number] for f in frames], dtype=np.int64)
+                feed.put(Window(number, item.connection, start, end, list(distinct),
+                                np.stack([resized[n] for n in distinct]), positions, frames[0].arrived, item.arrived),
+                         stop)
     except BaseException as e:  # noqa: BLE001 - handed to the main thread, which reports it
         feed.error = e
     finally:
@@ -186,9 +184,7 @@ class _Scorer:
     """A window's frames -> its top labels, with the model's protocol; per-frame embeddings shared between windows."""
 
     def __init__(self, model: VideoTextModel, labels: Sequence[str], templates: Any, topk: int):
-        self.model = model
-        self.scorer = model.labels(model.class_text(list(labels), load_templates(templates)))
-        self.names, self.k = np.asarray(labels, dtype=object), min(topk, len(labels))
+        self.model, self.top = model, top_labels(model, labels, templates, topk)  # tag's label scoring
         self.cache: OrderedDict[int, torch.Tensor] = OrderedDict()  # frame number -> (E,) embedding
 
     def __call__(self, w: Window) -> tuple[list[str], list[float]]:
@@ -207,9 +203,9 @@ class _Scorer:
             while len(self.cache) > SHARED_FRAMES:
                 self.cache.popitem(last=False)
             feats = m.window_features(torch.stack([self.cache[n] for n in numbers]), positions)  # (1, T, E)
-        probs = self.scorer.probs(m.state(feats))[0]  # (C,)
-        top, idx = probs.topk(self.k)
-        return list(self.names[idx.numpy()]), [float(p) for p in top]
+        state = m.state(feats)  # one row
+        labels, scores, _ = self.top.top(state.vectors.numpy(), None if state.tokens is None else state.tokens.numpy())
+        return list(labels[0]), [float(p) for p in scores[0]]
 
 
 def watch(settings: WatchSettings, source: str, out: IO[str] | None = None,
@@ -262,7 +258,7 @@ def watch(settings: WatchSettings, source: str, out: IO[str] | None = None,
             decided = time.time()
             record = {"type": "window", "window": item.number, "connection": item.connection,
                       "stream_start_s": item.start_s, "stream_end_s": item.end_s,
-                      "wall_start": item.frames[0].arrived, "wall_end": item.completed, "decided": decided,
+                      "wall_start": item.started, "wall_end": item.completed, "decided": decided,
                       "latency_s": decided - item.completed, "labels": labels, "scores": scores,
                       "dropped_so_far": feed.dropped}
             summary.windows += 1

@@ -275,3 +275,19 @@ def test_the_live_page_shows_the_latest_window_the_timeline_and_the_events(tmp_p
     assert bars >= number  # a bar for each window so far (the page polls: it may trail by one)
     events = [r for r in _lines(tmp_path / "w.jsonl") if r["type"] == "event"]
     assert [e for e in snapshot["events"] if e["type"] == "event"][::-1] == events[:len(snapshot["events"])]
+
+
+def test_a_live_source_gives_the_frames_the_reader_gives_rotation_and_scaling_included(tmp_path):
+    """A file with a display rotation, read by LiveSource (what watch decodes) and by the PyAV reader (what tag
+    decodes), with the same short-side cap: the same frames."""
+    from videos import rotated
+
+    from pipeline.video.live import LiveSource
+    from pipeline.video.pyav_reader import PyAVReader
+
+    path = rotated(tmp_path / "rotated.mp4", n=12, rotation=90)
+    live = [f.rgb for f in LiveSource(str(path), resize=48) if isinstance(f, LiveFrame)]
+    with PyAVReader(path, resize=48) as reader:
+        expected = reader.read_frames(np.arange(reader.num_frames))
+        assert reader.info.rotation == 90
+    assert len(live) == len(expected) and all(np.array_equal(a, b) for a, b in zip(live, expected))

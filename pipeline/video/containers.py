@@ -1,10 +1,12 @@
 """What both readers ask of PyAV's containers: PyAV imported with an actionable error, a file opened safely (local
 files only; playlists, stream descriptions and files without video refused), the video stream FFmpeg would pick,
-and the size a frame is scaled to."""
+the size a frame is scaled to, and a decoded frame as the RGB picture it displays."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .reader import VideoDecodeError, VideoOpenError
 
@@ -108,3 +110,16 @@ def rotation_of(frame: Any) -> int:
         return int(round(frame.rotation or 0)) % 360
     except (AttributeError, TypeError, ValueError):
         return 0
+
+
+def display_rgb(reformatter: Any, frame: Any, resize: int | None) -> np.ndarray:
+    """A decoded frame as RGB uint8 (H, W, 3): scaled (AREA) so that its short side is at most ``resize`` and rotated
+    as its display matrix says. ``reformatter``: one ``VideoReformatter`` kept by the caller between frames (it keeps
+    its swscale context; building one per frame cost ~50x more on small frames)."""
+    h, w = scaled_size(frame.height, frame.width, resize)
+    if (h, w) != (frame.height, frame.width):
+        rgb = reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+    else:
+        rgb = reformatter.reformat(frame, format="rgb24").to_ndarray()
+    k = (rotation_of(frame) // 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb

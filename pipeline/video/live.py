@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .containers import best_video_stream, import_av, reason, scaled_size
+from .containers import best_video_stream, display_rgb, import_av, reason
 from .samplers import TIME_TOLERANCE
 
 LIVE_SCHEMES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "srt://", "tcp://", "rtp://")
@@ -138,14 +138,10 @@ class LiveSource:
 
 
     def _rgb(self, frame: Any) -> np.ndarray:
-        """RGB uint8 (H, W, 3), scaled as ``PyAVReader._convert`` scales (one reformatter, kept between frames)."""
+        """RGB uint8 (H, W, 3) as ``PyAVReader`` gives it: scaled, and rotated for display (``display_rgb``)."""
         if getattr(self, "_reformatter", None) is None:
             self._reformatter = self.av.video.reformatter.VideoReformatter()
-        h, w = scaled_size(frame.height, frame.width, self.resize)
-        if (h, w) != (frame.height, frame.width):
-            return self._reformatter.reformat(frame, width=w, height=h, format="rgb24",
-                                              interpolation="AREA").to_ndarray()
-        return self._reformatter.reformat(frame, format="rgb24").to_ndarray()
+        return display_rgb(self._reformatter, frame, self.resize)
 
 
 class WindowSampler:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .containers import choose_video_stream, import_av, open_container, reason, rotation_of, scaled_size
+from .containers import choose_video_stream, display_rgb, import_av, open_container, reason, rotation_of, scaled_size
 from .packed_bframes import NOT_CODED_BYTES, PackedIndex, index_packed, looks_packed, unpack_chunk, unpacker
 from .reader import MAX_PIXELS, VideoDecodeError, VideoInfo, VideoReader
 
@@ -240,19 +240,13 @@ class PyAVReader(VideoReader):
         yield from enumerate(self._frames(skip_nonref=lambda _: False))
 
     def _convert(self, frame: Any) -> np.ndarray:
-        """RGB uint8 (H, W, 3), scaled down if asked and rotated for display. One reformatter per reader: it keeps
-        its swscale context between frames (building one per frame cost ~50x more on small frames)."""
+        """RGB uint8 (H, W, 3), scaled down if asked and rotated for display (``display_rgb``, one reformatter per
+        reader)."""
         if getattr(self, "_reformatter", None) is None:
             self._reformatter = self.av.video.reformatter.VideoReformatter()
-        h, w = scaled_size(frame.height, frame.width, self.resize)
-        if (h, w) != (frame.height, frame.width):
-            rgb = self._reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-        else:
-            rgb = self._reformatter.reformat(frame, format="rgb24").to_ndarray()
         if self._rotation is None:
             self._rotation = rotation_of(frame)
-        k = (rotation_of(frame) // 90) % 4
-        return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
+        return display_rgb(self._reformatter, frame, self.resize)
 
     def _read(self, indices: np.ndarray) -> np.ndarray:
         try:

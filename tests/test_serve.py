@@ -7,7 +7,6 @@ import http.client
 import io
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from servers import chromium, free_port, wait_for_port
 from tag_world import LABELS, WORLD
 
 from datasets.synthetic import write_video
@@ -251,17 +251,11 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def _live(app) -> Iterator[int]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -347,30 +341,16 @@ def test_a_host_that_is_not_this_machine_is_refused(tagged, served):
 # ---- the page, in a real browser ------------------------------------------------------------------------------
 
 
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        raise RuntimeError("the browser tests need Debian's chromium: apt-get install chromium (.ci/run does)")
-    return found
-
-
 @pytest.fixture(scope="module")
 def page_url(tagged) -> Iterator[str]:
     """``run_pipeline.py serve`` in its own process, as a user starts it."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_pipeline.py"), "serve", str(tagged.index), "--port",
                              str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert line.startswith("serving "), line + (proc.stdout.read() if proc.stdout else "")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "serve did not start"
-                time.sleep(0.1)
+        wait_for_port(port, proc, "serve")
         yield f"http://127.0.0.1:{port}/"
     finally:
         proc.terminate()
@@ -382,7 +362,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--autoplay-policy="
+        b = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--autoplay-policy="
                                                                   "no-user-gesture-required"])
         yield b
         b.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from servers import chromium, free_port, wait_for_port
 
 from pipeline.jobs.watch import Events
 from pipeline.video.live import LiveFrame, WindowSampler
@@ -128,12 +129,6 @@ def test_bad_sources_are_one_line_errors(tmp_path):
         assert line.startswith(f"error: {source}: ") and says in line, line
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 SENDER = """
 import sys, time, av
 from datasets.synthetic import moving_square_frames
@@ -155,7 +150,7 @@ with av.open(f"udp://127.0.0.1:{port}?pkt_size=1316", "w", format="mpegts") as o
 
 @pytest.mark.slow
 def test_a_loopback_udp_stream_that_drops_comes_back_as_a_gap_and_sigint_exits_0(tmp_path):
-    port = _free_udp_port()
+    port = free_port(socket.SOCK_DGRAM)
     (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
     env = os.environ | {"PYTHONPATH": str(ROOT)}
 
@@ -237,27 +232,18 @@ def test_the_live_page_shows_the_latest_window_the_timeline_and_the_events(tmp_p
     """watch --serve: in Chromium, the page shows the window watch last decided (its number and label as written to
     --out), a bar per recent window, and the closed events; it listens on 127.0.0.1 only."""
     from playwright.sync_api import sync_playwright
-    from test_serve import _chromium, _free_port
-
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, str(ROOT / "run_pipeline.py"), "watch", str(clip), "--realtime",
                              "--labels", str(tmp_path / "labels.txt"), "--model", "random:tiny-vit", "--device", "cpu",
                              "--precision", "fp32", "--window", "1", "--stride", "0.5", "--above", "0.3",
                              "--out", str(tmp_path / "w.jsonl"), "--serve", str(port)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline and proc.poll() is None, "the page did not start"
-                time.sleep(0.1)
+        wait_for_port(port, proc, "the page")
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         assert listening.split() and all(line.split()[3].startswith("127.0.0.1:") for line in listening.splitlines())
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             page = browser.new_page()
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_function("Number(document.getElementById('now').dataset.window) >= 4", timeout=30_000)

@@ -16,11 +16,11 @@ from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.prompts import load_templates
-from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, check_frame_choice
 from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file
-from pipeline.video.samplers import FRAME_CHOICES, FrameChoice, Sampling
+from pipeline.video.samplers import FrameChoice, Sampling
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,7 @@ class ClassifySettings:
             raise UserError(f"crops ({self.crops}) must be 1 or 3")
         if self.unknown_below is not None and not 0 < self.unknown_below < 1:
             raise UserError(f"--unknown-below {self.unknown_below}: must lie in (0, 1)")
-        if self.sampling not in FRAME_CHOICES:
-            raise UserError(f"sampling {self.sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
+        check_frame_choice(self.sampling)
         if not self.classnames and self.probe is None:
             raise UserError("classnames must not be empty")
 

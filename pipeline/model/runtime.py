@@ -14,12 +14,19 @@ from typing import Literal
 from clip_model.errors import UserError
 from datasets.labels import check_unique_labels
 from pipeline.video import BACKENDS, Backend
+from pipeline.video.samplers import FRAME_CHOICES
 
 from .devices import check_device
 from .families import POOLINGS, WINDOW_POOLINGS, Pooling
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+
+
+def check_frame_choice(sampling: str) -> None:
+    """Refuse a ``--sampling`` that is not one of ``samplers.FRAME_CHOICES`` (classify's and tag's)."""
+    if sampling not in FRAME_CHOICES:
+        raise UserError(f"sampling {sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
 
 
 @dataclass(frozen=True)

@@ -37,12 +37,12 @@ from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, em
 from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity
-from pipeline.model.runtime import ProtocolOverrides, WindowLabels
+from pipeline.model.runtime import ProtocolOverrides, WindowLabels, check_frame_choice
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import ENGINES, Engine
 from pipeline.video.ray_pool import connect, import_ray
 from pipeline.video.reader import VideoDecodeError, check_file
-from pipeline.video.samplers import FRAME_CHOICES, FrameChoice
+from pipeline.video.samplers import FrameChoice
 from pipeline.video.supervisor import Failure
 
 from ..distributed import barrier, init_distributed
@@ -80,8 +80,7 @@ class TagSettings(WindowLabels):
         if self.ray_address and self.ray_address.startswith("ray://"):
             raise UserError(f"--ray-address {self.ray_address}: Ray Client (ray://) cannot stream tasks' results; "
                             "give the cluster's GCS address (host:6379) and run tag on a machine of the cluster")
-        if self.sampling not in FRAME_CHOICES:
-            raise UserError(f"sampling {self.sampling!r}: choose one of {', '.join(FRAME_CHOICES)}")
+        check_frame_choice(self.sampling)
         if self.chunk_mb <= 0:
             raise UserError(f"chunk_mb ({self.chunk_mb}) must be > 0")
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from clip_model.errors import UserError
 
-from .formats import VIDEO_SUFFIXES
+from .formats import VIDEO_SUFFIXES, index_files
 from .records import CaptionDataset, VideoRecord
 
 CAPTION_FORMATS = ("msrvtt", "didemo", "activitynet", "captions")
@@ -62,8 +62,7 @@ class _Files:
             if (self.root / f"{video_id}{suffix}").is_file():
                 return self.root / f"{video_id}{suffix}"
         if self._stems is None:
-            self._stems = {p.name.rsplit(".", 1)[0]: p for p in sorted(self.root.rglob("*"))
-                           if p.suffix.lower() in VIDEO_SUFFIXES}
+            self._stems = index_files(self.root)
         return self._stems.get(video_id)
 
 

@@ -80,7 +80,7 @@ def read_hmdb51(root: str | Path, annotations: str | Path, split: int = 1, subse
     return _dataset(f"hmdb51/split{split}/{subset}", [clean_name(c) for c in raw], items)
 
 
-def _index_files(root: Path) -> dict[str, Path]:
+def index_files(root: Path) -> dict[str, Path]:
     """stem -> path for every video under ``root`` (one walk, so lookups are O(1) for large archives)."""
     return {p.stem: p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES}
 
@@ -102,7 +102,7 @@ def read_kinetics(root: str | Path, csv_path: str | Path, classes: str = "auto",
     labels = sorted({r["label"] for r in rows})
     classnames = _kinetics_classes(classes, labels, csv_path)
     index = {name: i for i, name in enumerate(classnames)}
-    files = _index_files(root)
+    files = index_files(root)
     items: list[tuple[Path, int, float | None, float | None]] = []
     for r in rows:
         start, end = int(float(r["time_start"])), int(float(r["time_end"]))
@@ -141,7 +141,7 @@ def read_ssv2(root: str | Path, labels_json: str | Path, annotations_json: str |
     order = sorted(label_ids, key=lambda k: int(label_ids[k]))
     index = {name: int(label_ids[name]) for name in order}
     entries = json.loads(_need(Path(annotations_json), "annotations JSON").read_text(encoding="utf-8"))
-    files = _index_files(root)
+    files = index_files(root)
     items = []
     for e in entries:
         template = e["template"].replace("[", "").replace("]", "")

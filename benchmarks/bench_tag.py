@@ -192,6 +192,13 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
         t = time.perf_counter()
         tag(dataclasses.replace(settings, engine="ray"), folder, tmp / "ray.parquet", progress=False)
         on_ray = len(paths) / (time.perf_counter() - t)
+    on_actors = None
+    if args.encoders:  # the same again, the frames encoded by Ray actors instead of the driver
+        shutil.rmtree(tmp / "actors.parquet.index", ignore_errors=True)
+        t = time.perf_counter()
+        tag(dataclasses.replace(settings, engine="ray", encoders=args.encoders), folder, tmp / "actors.parquet",
+            progress=False)
+        on_actors = len(paths) / (time.perf_counter() - t)
 
     tasks = [settings.task(str(p), model.preprocess) for p in paths]
     t = time.perf_counter()
@@ -223,10 +230,15 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
         print(f"{name:<44}{rate:10.2f}")
     if on_ray is not None:
         print(f"{'tag --engine ray (decode tasks on local Ray)':<44}{on_ray:10.2f}")
+    if on_actors is not None:
+        print(f"{f'tag --engine ray --encoders {args.encoders} (actors)':<44}{on_actors:10.2f}")
     print(f"\ntag / naive: {ours / naive:.2f}x (target >= 2x); tag / slower stage: {ours / slower:.0%} (target >= 80 %)")
     if on_ray is not None:
         print(f"tag --engine ray / tag: {on_ray / ours:.2f}x (target >= 0.9x); it adds {1 / on_ray - 1 / ours:+.3f} s "
               f"a video (Ray started beforehand: {args.ray_start_s:.1f} s)")
+    if on_actors is not None:
+        print(f"tag --engine ray --encoders {args.encoders} / tag: {on_actors / ours:.2f}x (each actor takes a CPU, "
+              "or a GPU where the cluster has them)")
     # decode workers and the model share the cores: their CPU seconds per video add up
     shared = cores / (min(args.workers, cores) / decode_only + cores / model_only)
     print(f"tag / shared-core bound ({shared:.2f} videos/s: {min(args.workers, cores)} decode workers' and the "
@@ -377,6 +389,8 @@ def main() -> None:
     ap.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="ray: also time tag --engine ray on a local Ray cluster (run this script under "
                          "unshare -n with lo up, so that Ray can listen on loopback only)")
+    ap.add_argument("--encoders", type=int, default=0, help="--engine ray: also time the frames encoded by this many "
+                    "Ray actors (one GPU each where the cluster has them)")
     args = ap.parse_args()
     args.ray_start_s = 0.0
     if args.engine == "ray":

@@ -110,7 +110,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
         labels=tuple(load_labels(args.labels)), overrides=ProtocolOverrides.from_arguments(args),
         window_s=args.window, stride_s=args.stride, topk=args.topk,
         commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above, engine=args.engine,
-        ray_address=args.ray_address, sampling=args.sampling)
+        ray_address=args.ray_address, sampling=args.sampling, encoders=args.encoders)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())
@@ -280,8 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard the tag index under OUT.index and start over (a resume never deletes it otherwise)")
     p.add_argument("--engine", choices=ENGINES, default="local", help="where videos are decoded: local worker processes, "
                    "or Ray tasks on a cluster's CPUs (pip install 'clip-video[ray]'); the rows and the index are the same")
-    p.add_argument("--ray-address", default=None, help="--engine ray: the cluster to join (default: start a local one "
-                                                       "on 127.0.0.1 for this job)")
+    p.add_argument("--ray-address", help="--engine ray: the cluster to join (default: a local one on 127.0.0.1)")
+    p.add_argument("--encoders", type=int, help="--engine ray: model actors, each on a GPU where the cluster has them, "
+                   "else a CPU (default: one per GPU; without GPUs, or 0: this process encodes)")
     p.add_argument("--forget-missing", action="store_true", help="delete the stored rows of files that no longer exist (a "
                    "plain rerun keeps them); judged by each file's existence now, so mind an unmounted drive")
     RuntimeSettings.add_arguments(p)

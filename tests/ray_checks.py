@@ -64,11 +64,13 @@ def tagged(work: Path) -> dict:
     labels = ("moving left", "moving up", "moving right")
     runtime = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=2)
     common = dict(overrides=ProtocolOverrides(templates="none"), window_s=0.5, stride_s=0.25, topk=3, commit_every=2)
-    summaries = {}
-    for engine in ("local", "ray", "ray"):  # the second ray run resumes the first
-        out = work / f"{engine}.csv"
-        summary = tag(TagSettings(runtime, labels, engine=engine, **common), folder, out, progress=False)
-        summaries.setdefault(engine, []).append(summary.line().split(";")[0])
+    summaries, encoders = {}, {}
+    # the second ray run resumes the first; "actor": the frames encoded by a Ray actor (one CPU), not this process
+    for run, engine, actors in (("local", "local", None), ("ray", "ray", None), ("ray", "ray", None), ("actor", "ray", 1)):
+        summary = tag(TagSettings(runtime, labels, engine=engine, encoders=actors, **common), folder, work / f"{run}.csv",
+                      progress=False)
+        summaries.setdefault(run, []).append(summary.line().split(";")[0])
+        encoders[run] = [e.split()[1] for e in summary.counts.encoders]  # each actor's device
 
     def rows(engine: str, what: str = "") -> tuple[list[list], list[list]]:
         """The rows, sorted, as their text columns and their scores (floats)."""
@@ -78,11 +80,13 @@ def tagged(work: Path) -> dict:
         return frame.drop(columns=scores).astype(str).values.tolist(), frame[scores].values.tolist()
 
     compared = {}
-    for what in ("", ".segments", ".errors"):
-        (text_a, score_a), (text_b, score_b) = rows("local", what), rows("ray", what)
-        worst = max((abs(a - b) for ra, rb in zip(score_a, score_b) for a, b in zip(ra, rb)), default=0.0)
-        compared[what or "videos"] = {"rows": len(text_b), "text_equal": text_a == text_b, "score_diff": worst}
-    return {"summaries": summaries, "compared": compared, "errors": rows("ray", ".errors")[0]}
+    for run in ("ray", "actor"):
+        for what in ("", ".segments", ".errors"):
+            (text_a, score_a), (text_b, score_b) = rows("local", what), rows(run, what)
+            worst = max((abs(a - b) for ra, rb in zip(score_a, score_b) for a, b in zip(ra, rb)), default=0.0)
+            compared[f"{run} {what or 'videos'}"] = {"rows": len(text_b), "text_equal": text_a == text_b,
+                                                     "score_diff": worst}
+    return {"summaries": summaries, "compared": compared, "errors": rows("ray", ".errors")[0], "encoders": encoders}
 
 
 def remove_named_node(cluster, nodes: list, marker: Path):
@@ -101,16 +105,12 @@ def remove_named_node(cluster, nodes: list, marker: Path):
 
 def node_loss(work: Path) -> dict:
     """A simulated cluster (a head without CPUs, two nodes of one CPU each): a node removed while the pool streams
-    tasks, and while tag runs; each task and each video must end exactly once."""
-    import threading
-
-    import pandas as pd
+    tasks, nodes removed while tag runs (``removals_at_shares``), a split video's node lost; each task and each video
+    must end exactly once."""
     import ray
     from ray.cluster_utils import Cluster
     from worker_fns import stream_or_lose_node
 
-    from pipeline.jobs.tag.job import TagSettings, tag
-    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
     from pipeline.video.ray_pool import RayPool
 
     def cluster() -> tuple[Cluster, list]:
@@ -119,11 +119,6 @@ def node_loss(work: Path) -> dict:
         ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
         c.wait_for_nodes()
         return c, nodes
-
-    def remove_later(c: Cluster, node, seconds: float) -> threading.Thread:
-        thread = threading.Thread(target=lambda: (time.sleep(seconds), c.remove_node(node, allow_graceful=False)))
-        thread.start()
-        return thread
 
     c, nodes = cluster()
     addresses = listening_addresses()
@@ -137,25 +132,80 @@ def node_loss(work: Path) -> dict:
     ray.shutdown()
     c.shutdown()
 
+    return {"addresses": addresses, "pool": finals, "removals": removals_at_shares(work, cluster),
+            "split": split_video_loses_its_node(work, cluster)}
+
+
+def removals_at_shares(work: Path, cluster) -> dict:
+    """``tag --engine ray`` on a cluster of two decode nodes and one GPU node (a GPU resource Ray schedules by; torch
+    sees no CUDA there, so the encoder runs on its CPU) holding the encoder actor: a decode node is removed once 30 %
+    of the videos are committed, the GPU node at 60 %, the other decode node at 90 %, each replaced by a new node
+    of its kind (an autoscaler's replacement). Against a local tag of the same archive: the rows, and the frames
+    decoded again (only those of the tasks the removed nodes held)."""
+    import dataclasses
+    import threading
+
+    import pandas as pd
+    import ray
+
     from datasets.synthetic import moving_square_frames, write_video
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
 
     folder = work / "long_archive"
-    for k in range(8):
-        write_video(folder / f"v{k}.mp4", moving_square_frames("moving left", "red", num_frames=96))
-    c, nodes = cluster()
+    actions = ("moving left", "moving up", "moving right")
+    for k in range(VIDEOS):  # 12 s each: a node added to replace a lost one takes a few seconds to start
+        write_video(folder / f"v{k}.mp4", moving_square_frames(actions[k % 3], "red", num_frames=288))
     runtime = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32")
-    settings = TagSettings(runtime, ("moving left", "moving up"), overrides=ProtocolOverrides(templates="none"),
-                           window_s=0.5, stride_s=0.25, commit_every=1, engine="ray")
-    remover = remove_later(c, nodes[1], 1.5)
-    first = tag(settings, folder, work / "lost.csv", progress=False).line().split(";")[0]
-    remover.join()
+    settings = TagSettings(runtime, actions, overrides=ProtocolOverrides(templates="none"), window_s=1.0, stride_s=0.5,
+                           commit_every=1, chunk_mb=1.0, engine="ray")  # chunks of 6 frames: a lost task had sent some
+    local = tag(dataclasses.replace(settings, engine="local"), folder, work / "local_long.csv", progress=False)
+
+    c, nodes = cluster()
+    gpu_node = c.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * 2**20)
+    c.wait_for_nodes()
+    state, removed = work / "lost.csv.index" / "state.json", []
+
+    def committed() -> int:
+        try:
+            return json.loads(state.read_text())["rows"].get("videos", 0)
+        except (OSError, ValueError, KeyError):
+            return 0
+
+    def remove_at(share: float, node, replacement: dict) -> None:
+        while committed() < share * VIDEOS and tagging.is_alive():
+            time.sleep(0.02)
+        removed.append((share, committed(), node.node_id))
+        c.remove_node(node, allow_graceful=False)
+        c.add_node(wait=False, object_store_memory=100 * 2**20, **replacement)  # it joins while tag runs
+
+    result: list = []  # tag runs in a thread: Ray adds a node from the main thread only (it sets a signal handler)
+    tagging = threading.Thread(target=lambda: result.append(tag(settings, folder, work / "lost.csv", progress=False)),
+                               daemon=True)
+    tagging.start()
+    remove_at(0.3, nodes[0], {"num_cpus": 1})
+    remove_at(0.6, gpu_node, {"num_cpus": 1, "num_gpus": 1})
+    remove_at(0.9, nodes[1], {"num_cpus": 1})
+    tagging.join()
+    summary = result[0]
+    first_errors = pd.read_csv(work / "lost.errors.csv")[["stage", "status", "reason"]].values.tolist()
     again = tag(settings, folder, work / "lost.csv", retry_failed=True, progress=False).line().split(";")[0]
     ray.shutdown()
     c.shutdown()
-    videos, errors = pd.read_csv(work / "lost.csv"), pd.read_csv(work / "lost.errors.csv")
-    return {"addresses": addresses, "pool": finals, "tag_first": first, "tag_again": again, "video_paths": sorted(videos.path.tolist()),
+    videos, errors, reference = (pd.read_csv(work / name) for name in ("lost.csv", "lost.errors.csv", "local_long.csv"))
+    joined = videos.merge(reference, on="path", suffixes=("", "_local"))
+    return {"first": summary.line().split(";")[0], "first_errors": first_errors, "again": again, "removed": removed,
+            "gpu_node": gpu_node.node_id,
+            "encoders": list(summary.counts.encoders), "video_paths": sorted(videos.path.tolist()),
             "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist()),
-            "split": split_video_loses_its_node(work, cluster)}
+            "labels_equal": len(joined) == VIDEOS and all(joined[c].fillna("").equals(joined[f"{c}_local"].fillna(""))
+                                                          for c in reference.columns if c.startswith("label")),
+            "score_diff": max(float((joined[c] - joined[f"{c}_local"]).abs().max()) for c in ("score_1", "score_2")),
+            "decoded": summary.counts.decoded_frames, "decoded_local": local.counts.decoded_frames,
+            "frames_per_video": local.counts.decoded_frames // VIDEOS}
+
+
+VIDEOS = 10
 
 
 def split_video_loses_its_node(work: Path, cluster) -> dict:
@@ -196,7 +246,7 @@ def driver_kill(work: Path) -> dict:
 
     import pandas as pd
 
-    folder, out = work / "long_archive", work / "killed.csv"  # node_loss wrote the 8 videos
+    folder, out = work / "long_archive", work / "killed.csv"  # removals_at_shares wrote the videos
     command = [sys.executable, "run_pipeline.py", "tag", str(folder), "--out", str(out), "--labels", "moving left",
                "--model", "random:tiny-vit", "--precision", "fp32", "--window", "0.5", "--stride", "0.25",
                "--commit-every", "1", "--engine", "ray"]

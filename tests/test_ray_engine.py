@@ -64,13 +64,16 @@ def test_the_ray_pool_gives_each_task_one_outcome_as_the_local_pool_does(report)
 def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
     tag = report["tag"]
     compared = tag["compared"]
-    assert [compared[k]["rows"] for k in ("videos", ".segments", ".errors")] == [3, 36, 3]
+    for run in ("ray", "actor"):  # the driver encodes; a Ray actor encodes
+        assert [compared[f"{run} {k}"]["rows"] for k in ("videos", ".segments", ".errors")] == [3, 36, 3]
     for what, result in compared.items():
         assert result["text_equal"], what  # paths, statuses, labels, windows, reasons
         assert result["score_diff"] <= 1e-3, what  # batches mix videos in arrival order: float noise at most
     assert sorted((path.rsplit("/", 1)[-1], stage, status) for path, stage, status, _ in tag["errors"]) == [
         ("empty.mp4", "open", "error"), ("text.mp4", "open", "error"), ("truncated.mp4", "open", "error")]
     assert tag["summaries"]["local"] == ["6 videos: 3 tagged, 0 already done, failed: 3 error"]
+    assert tag["encoders"] == {"local": [], "ray": [], "actor": ["cpu"]}  # no GPU: the driver, unless asked
+    assert tag["summaries"]["actor"] == ["6 videos: 3 tagged, 0 already done, failed: 3 error"]
     assert tag["summaries"]["ray"] == [
         "6 videos: 3 tagged, 0 already done, failed: 3 error",
         "6 videos: 0 tagged, 6 already done (3 of them failed: --retry-failed tries them again), failed: none"]
@@ -78,23 +81,37 @@ def test_tag_on_ray_writes_the_rows_a_local_tag_writes_and_resumes(report):
 
 @pytest.mark.slow
 def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
-    """A node removed mid-stream: its task ends once, as a crash that says so; the others finish. A node removed
-    while tag runs: every video is in the outputs exactly once, decoded as it would have been (PyAV, not the
-    decord retry of a crash), and a rerun with --retry-failed leaves none failed. A split video whose first task
-    loses its node after its header and first chunk: that task runs again as its own range, and the windows equal a
-    local decode's."""
+    """A node removed mid-stream: its task ends once, as a crash that says so; the others finish. A split video
+    whose first task loses its node after its header and first chunk: that task runs again as its own range, and
+    the windows equal a local decode's."""
     lost = report["node_loss"]
     assert sorted(task_id for task_id, _, _ in lost["pool"]) == [0, 1, 2, 3]  # one final outcome each
     statuses = sorted((status, reason) for _, status, reason in lost["pool"])
     assert ("crash", "its node was lost while on this task (Ray: NodeDiedError)") in statuses
     assert [s for s, _ in statuses].count("ok") >= 2
-    assert lost["tag_first"].startswith("8 videos: ")
-    assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == 8 and lost["error_paths"] == []
-    assert lost["tag_again"].startswith("8 videos: ") and lost["tag_again"].endswith("failed: none")
-    assert lost["decoders"] == ["pyav"] * 8
     split = lost["split"]
     assert split["failure"] is None and split["windows"] == 11 and split["max_diff"] <= 1e-5, split
     assert sorted(split["tasks"]) == ["(0, 4) auto", "(4, 7) auto", "(7, 11) auto", "None auto"]
+
+
+@pytest.mark.slow
+def test_nodes_removed_at_30_60_and_90_percent_lose_nothing_and_redo_only_what_they_held(report):
+    """A decode node, the GPU node holding the encoder actor, then the other decode node, removed while tag runs
+    (each replaced): every video is in the outputs exactly once with a local tag's labels, decoded as it would have
+    been (PyAV, not the decord retry of a crash); the frames decoded again are at most those of the tasks the
+    removed nodes held (one video each: a node has one CPU); the encoder ran on the GPU node."""
+    lost = report["node_loss"]["removals"]
+    videos = 10
+    assert [share for share, _, _ in lost["removed"]] == [0.3, 0.6, 0.9], lost["removed"]
+    assert all(share * videos <= n < videos for share, n, _ in lost["removed"]), lost["removed"]  # while it ran
+    assert [e.split()[0] for e in lost["encoders"]] == [lost["gpu_node"]], lost  # placed by its GPU resource
+    assert lost["first"] == f"{videos} videos: {videos} tagged, 0 already done, failed: none", lost
+    assert lost["again"] == f"{videos} videos: 0 tagged, {videos} already done, failed: none", lost
+    assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == videos and lost["error_paths"] == []
+    assert lost["decoders"] == ["pyav"] * videos and lost["labels_equal"]
+    redone = lost["decoded"] - lost["decoded_local"]
+    assert 0 <= redone <= 3 * lost["frames_per_video"], lost
+    assert lost["score_diff"] <= 1e-3, lost
 
 
 @pytest.mark.slow
@@ -105,7 +122,7 @@ def test_a_killed_driver_loses_nothing_committed_and_duplicates_nothing(report):
     assert killed["rerun_rc"] == 0, killed["rerun"]
     done = int(killed["rerun"].split(" tagged, ")[1].split(" already done")[0])
     assert done >= killed["committed_at_kill"], killed["rerun"]  # what was committed is not tagged again
-    assert len(killed["paths"]) == len(set(killed["paths"])) == 8
+    assert len(killed["paths"]) == len(set(killed["paths"])) == 10
     term = killed["terminated"]  # SIGTERM: tag's own one line and exit status, as without Ray
     assert term["rc"] == 128 + 15 and term["last"].startswith("interrupted: ") and term["last"].endswith(
         "videos committed; rerun the same command to resume"), term

@@ -93,6 +93,58 @@ def test_cross_video_batcher_batches_across_owners_like_encoding_each_alone():
         assert error is None and torch.allclose(feats, alone, atol=1e-5)
 
 
+class LateEncoder:
+    """An encoder that holds up to three batches and finishes each only on its third poll (or when waited on), as
+    Ray actors do: the batcher must hand back the rows the local encoder gives, and owners in the order added."""
+
+    capacity = 3
+
+    def __init__(self):
+        self.polls, self.most_under_way, self.under_way = {}, 0, 0
+
+    def submit(self, pieces):
+        from pipeline.features.encoders import encode_batch
+
+        handle = len(self.polls)
+        self.polls[handle] = [0, encode_batch(MODEL, pieces)]
+        self.under_way += 1
+        self.most_under_way = max(self.most_under_way, self.under_way)
+        return handle
+
+    def result(self, handle, wait):
+        self.polls[handle][0] += 1
+        if not wait and self.polls[handle][0] < 3:
+            return None
+        self.under_way -= 1
+        return self.polls[handle][1]
+
+    def close(self):
+        pass
+
+
+def test_an_encoder_holding_several_batches_gives_what_the_local_one_gives():
+    rng = np.random.default_rng(2)
+    owners = [(k, torch.from_numpy(rng.integers(0, 256, (n, 3, S, S), dtype=np.uint8)))
+              for k, n in enumerate([3, 7, 1, 12, 5, 9, 2, 16])]
+    owners.insert(3, ("bad", torch.zeros(2, 3, 2 * S, 2 * S, dtype=torch.uint8)))  # its batch is rerun alone
+
+    def run(encoder):
+        batcher, done = CrossVideoBatcher(MODEL, batch_size=4, encoder=encoder), []
+        for key, frames in owners:
+            batcher.add(key, frames)
+            done += batcher.ready()
+        return done + batcher.ready(flush=True)
+
+    late = LateEncoder()
+    local, held = run(None), run(late)
+    assert late.most_under_way == 3 and late.under_way == 0  # it did hold batches, and gave every one back
+    assert [k for k, _, _ in held] == [k for k, _, _ in local] == [k for k, _ in owners]
+    for (_, a, fa), (_, b, fb) in zip(local, held):
+        assert (fa, a is None) == (fb, b is None)
+        assert a is None or torch.equal(a, b)
+    assert next(f for k, _, f in held if k == "bad").stage == "model"
+
+
 def test_a_failing_owner_is_its_own_failure():
     good = torch.zeros(5, 3, S, S, dtype=torch.uint8)
     bad = torch.zeros(2, 3, 2 * S, 2 * S, dtype=torch.uint8)  # wrong size: the model cannot take it

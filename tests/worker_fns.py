@@ -24,6 +24,10 @@ def behave(task: tuple[str, int]):
         return os.getpid()
     if kind == "unpicklable":
         return lambda: value  # a result the pipe cannot carry
+    if kind == "lock":
+        import threading
+
+        return threading.Lock()  # one that neither the pipe nor Ray (cloudpickle, which takes a lambda) can carry
     if kind == "hog":
         behave.hoard = bytearray(value << 20)  # keep it: resident memory the pool must notice
         behave.hoard[:: 4096] = b"x" * len(behave.hoard[:: 4096])

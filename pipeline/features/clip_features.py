@@ -16,6 +16,7 @@ from pipeline.video.open import DecodeRequest, decode_in_workers
 from pipeline.video.reader import DecodedClip
 from pipeline.video.supervisor import Failure
 
+from .encoders import BatchEncoder, LocalEncoder
 from .frame_geometry import FrameGeometry
 
 
@@ -55,14 +56,18 @@ class CrossVideoBatcher:
     frames are all encoded, as (key, its ``VideoTextModel.encode`` rows or None, its ``Failure`` or None). Where a model takes
     a clip's frames together (X-CLIP), an owner's frames are whole clips and a batch never splits one.
 
-    A batch that fails is rerun owner by owner, so one owner's failure (a model error) is its own alone.
+    ``encoder`` runs the batches (``encoders.encode_batch``: one owner's model error is its own alone): this
+    process's model, or Ray actors (``RayEncoders``) holding up to ``encoder.capacity`` batches at once, so that
+    ``ready`` returns while they encode and waits only when all of them are busy (or with ``flush``).
     """
 
-    def __init__(self, model: VideoTextModel, batch_size: int):
-        self.model, self.group, self.rows = model, model.group, model.rows_per_group
+    def __init__(self, model: VideoTextModel, batch_size: int, encoder: BatchEncoder | None = None):
+        self.model, self.group = model, model.group
         self.batch_size = max(batch_size // self.group, 1) * self.group
+        self.encoder = encoder or LocalEncoder(model)
         self._queue: deque[_Owned] = deque()
-        self.queued_frames = 0  # added, not yet encoded
+        self._under_way: deque[tuple[Any, list[_Owned]]] = deque()  # (handle, the owners of its pieces)
+        self.queued_frames = 0  # added, not yet sent to the encoder
 
     def add(self, key: Any, frames: torch.Tensor) -> None:
         assert frames.shape[0] % self.group == 0, "an owner's frames are whole clips"
@@ -71,62 +76,65 @@ class CrossVideoBatcher:
 
     def drop(self, keep: Callable[[Any], bool]) -> None:
         """Forget queued owners whose key ``keep`` rejects (a video that failed, or whose attempt, or one of its time
-        ranges, restarts on another backend)."""
+        ranges, restarts on another backend); rows of theirs still being encoded are discarded when they come."""
         for owned in [o for o in self._queue if not keep(o.key)]:
             self._queue.remove(owned)
             self.queued_frames -= owned.frames.shape[0] - owned.fed
 
     def ready(self, flush: bool = False) -> list[tuple[Any, torch.Tensor | None, Failure | None]]:
         while self.queued_frames >= self.batch_size or (flush and self.queued_frames):
-            self._run_batch()
+            if len(self._under_way) >= self.encoder.capacity:
+                self._take(wait=True)
+            self._submit_batch()
+        while self._under_way and self._take(wait=flush):
+            pass
         done = []
-        while self._queue and self._queue[0].fed == self._queue[0].frames.shape[0]:
+        while self._queue and self._queue[0].complete():
             owned = self._queue.popleft()
             done.append((owned.key, None if owned.failure else torch.cat(owned.parts), owned.failure))
         return done
 
-    def _run_batch(self) -> None:
-        slices, room = [], self.batch_size  # (owner, start, end) of this batch
+    def _submit_batch(self) -> None:
+        pieces, owners, room = [], [], self.batch_size
         for owned in self._queue:
             n = min(owned.frames.shape[0] - owned.fed, room)
             if n:
-                slices.append((owned, owned.fed, owned.fed + n))
+                pieces.append(owned.frames[owned.fed : owned.fed + n])
+                owners.append(owned)
+                owned.fed, owned.under_way = owned.fed + n, owned.under_way + 1
+                self.queued_frames -= n
                 room -= n
             if not room:
                 break
-        try:
-            x = torch.cat([o.frames[a:b] for o, a, b in slices])  # (B, 3, S, S) uint8
-            feats = self.model.encode(self.model.transform.normalize(x))  # (B / group, ..., E)
-            pieces = list(feats.split([(b - a) // self.group * self.rows for _, a, b in slices]))
-        except Exception:  # noqa: BLE001 - find whose frames fail; the others are kept
-            pieces = [self._encode_alone(o.frames[a:b]) for o, a, b in slices]
-        for (owned, a, b), piece in zip(slices, pieces):
-            owned.fed = b
-            self.queued_frames -= b - a
+        self._under_way.append((self.encoder.submit(pieces), owners))
+
+    def _take(self, wait: bool) -> bool:
+        """Take the oldest batch under way back if it is done (with ``wait``: once it is); whether it was taken."""
+        handle, owners = self._under_way[0]
+        pieces = self.encoder.result(handle, wait)
+        if pieces is None:
+            return False
+        self._under_way.popleft()
+        for owned, piece in zip(owners, pieces):
+            owned.under_way -= 1
             if isinstance(piece, Failure):
                 owned.failure = owned.failure or piece
             else:
                 owned.parts.append(piece)
-
-    def _encode_alone(self, x: torch.Tensor) -> torch.Tensor | Failure:
-        try:
-            return self.model.encode(self.model.transform.normalize(x))
-        except Exception as e:  # noqa: BLE001 - this owner's failure, reported as its error
-            return model_failure(e)
-
-
-def model_failure(e: Exception) -> Failure:
-    """An exception of the model's, as the failure of the video it was encoding."""
-    return Failure("error", "model", f"{type(e).__name__}: {' '.join(str(e).split())}")
+        return True
 
 
 @dataclass(eq=False)
 class _Owned:
     key: Any
     frames: torch.Tensor  # uint8 (N, 3, S, S)
-    fed: int = 0  # frames sent to the model so far
+    fed: int = 0  # frames sent to the encoder so far
+    under_way: int = 0  # batches holding some of them, not yet taken back
     parts: list = field(default_factory=list)
     failure: Failure | None = None
+
+    def complete(self) -> bool:
+        return self.fed == self.frames.shape[0] and not self.under_way
 
 
 def extract_features(model: VideoTextModel, requests: Sequence[DecodeRequest], *, crops: int = 1,

@@ -4,8 +4,9 @@
                  windows: decode its distinct frames once -> resize and crop to the model's size (uint8 NumPy) ->
                  yield (with the video's poster, a small JPEG of the middle window's middle frame, in the chunk that
                  holds it)
-    this process: normalise -> encode, batched across videos (clip_features.CrossVideoBatcher) -> each window's state
-                 (``model.video_text``: its frames pooled, or X-CLIP's window encoded whole)
+    this process: batched across videos (clip_features.CrossVideoBatcher) -> normalise, encode (here, or on Ray
+                 encoder actors: ``encoders``) -> each window's state (``model.video_text``: its frames pooled, or
+                 X-CLIP's window encoded whole)
 
 Memory is bounded whatever the video's length: a chunk holds at most ``chunk_mb`` of decoded frames, and the worker
 is never more than one chunk ahead of the model (``pipeline.video.supervisor`` streams generator tasks). Overlapping windows
@@ -37,7 +38,8 @@ from pipeline.video.open import decode_in_workers
 from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import Failure, Outcome, trim_heap
 
-from .clip_features import CrossVideoBatcher, model_failure
+from .clip_features import CrossVideoBatcher
+from .encoders import BatchEncoder, model_failure
 from .window_decode import (
     FrameGeometry,
     StageError,
@@ -103,10 +105,12 @@ Result = tuple[WindowTask, "WindowedVideo | None", "Failure | None"]  # per vide
 
 @dataclass
 class StageCounts:
-    """Frames through each stage so far, for a progress line: decoded (received from the workers), encoded."""
+    """Frames through each stage so far, for a progress line: decoded (received from the workers), encoded; and
+    where they are encoded (Ray encoder actors: each one's node id and device; none: this process)."""
 
     decoded_frames: int = 0
     encoded_frames: int = 0
+    encoders: tuple[str, ...] = ()
 
 
 class WindowAssembly:
@@ -115,9 +119,10 @@ class WindowAssembly:
     still runs or waits is withdrawn). ``take`` takes one worker outcome, a method per kind; ``encode`` runs the full
     batches; each returns the videos that are now complete or failed."""
 
-    def __init__(self, model: VideoTextModel, batch_size: int, counts: StageCounts | None = None):
+    def __init__(self, model: VideoTextModel, batch_size: int, counts: StageCounts | None = None,
+                 encoder: BatchEncoder | None = None):
         self.model, self.counts = model, counts or StageCounts()
-        self.encoder = CrossVideoBatcher(model, batch_size)
+        self.encoder = CrossVideoBatcher(model, batch_size, encoder)
         self.videos: dict[str, _Video] = {}
         self.closed: set[str] = set()
 
@@ -218,7 +223,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                   max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
                   engine: Engine = "local", counts: StageCounts | None = None,
-                  ) -> Iterator[Result]:
+                  encoder: BatchEncoder | None = None) -> Iterator[Result]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, failure) per video as each is complete (``Failure``: its status, the stage
     ``open``, ``decode`` or ``model``, and the reason).
@@ -230,10 +235,11 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     retry is never split). A range whose own worker crashed is retried alone the same way. Once a split video is
     yielded (done, or failed by one range), its tasks still running or waiting are withdrawn. ``engine``: where the
     decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster). ``counts``,
-    if given, is kept up to date with the frames decoded and encoded so far (a progress line's stage rates)."""
+    if given, is kept up to date with the frames decoded and encoded so far (a progress line's stage rates).
+    ``encoder``: where the frames are encoded (``encoders``: None is ``model`` in this process)."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
-    assembly = WindowAssembly(model, batch_size, counts)
+    assembly = WindowAssembly(model, batch_size, counts, encoder)
     workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,

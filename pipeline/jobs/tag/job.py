@@ -32,6 +32,7 @@ from pathlib import Path
 from clip_model.config import PreprocessConfig
 from clip_model.errors import UserError
 from configs.schema import changed_settings
+from pipeline.features.encoders import RayEncoders
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
@@ -66,6 +67,7 @@ class TagSettings(WindowLabels):
     engine: Engine = "local"  # decode workers: local processes, or Ray tasks (pipeline.video.ray_pool); same rows
     ray_address: str | None = None  # engine ray: the cluster to join; None starts a local one on 127.0.0.1
     sampling: FrameChoice = "exact"  # keyframes: each window's frames are the keyframes nearest its instants
+    encoders: int | None = None  # engine ray: model actors (None: one per cluster GPU, none without; 0: the driver)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,8 +77,10 @@ class TagSettings(WindowLabels):
             raise UserError(f"commit_every ({self.commit_every}) must be >= 1")
         if self.engine not in ENGINES:
             raise UserError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
-        if self.ray_address and self.engine != "ray":
-            raise UserError("a Ray address needs --engine ray")
+        if (self.ray_address or self.encoders is not None) and self.engine != "ray":
+            raise UserError(f"{'a Ray address' if self.ray_address else '--encoders'} needs --engine ray")
+        if self.encoders is not None and self.encoders < 0:
+            raise UserError(f"encoders ({self.encoders}) must be >= 0")
         if self.ray_address and self.ray_address.startswith("ray://"):
             raise UserError(f"--ray-address {self.ray_address}: Ray Client (ray://) cannot stream tasks' results; "
                             "give the cluster's GCS address (host:6379) and run tag on a machine of the cluster")
@@ -119,6 +123,7 @@ class TagSummary:
     out: Path
     forgotten: int = 0  # stored files gone from disk whose rows were deleted (forget_missing)
     failed_earlier: int = 0  # of the skipped, those stored as failures
+    counts: StageCounts = dataclasses.field(default_factory=StageCounts)  # frames decoded and encoded, encoders
 
     def line(self) -> str:
         rate = (self.ok + sum(self.failed.values())) / self.seconds if self.seconds else 0.0
@@ -198,7 +203,7 @@ DELETE_BATCH = 1000  # paths per deleting commit: the delete's SQL names each on
 
 def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], listing_errors: Sequence[dict],
               model: VideoTextModel, scorer: TopLabels, shard: tuple[int, int], progress: bool, retry_failed: bool,
-              ) -> tuple[int, int, dict[str, int], int]:
+              counts: StageCounts) -> tuple[int, int, dict[str, int], int]:
     """Tag what the index lacks of ``paths`` (and what failed, with ``retry_failed``), committing every
     ``commit_every`` videos; returns (videos to do, ok, failures by status, skipped videos stored as failures)."""
     (rank, world), rt = shard, settings.runtime
@@ -235,10 +240,11 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             tasks.append(settings.task(str(p), model.preprocess))
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
-    counts, started = StageCounts(), time.monotonic()  # the decode and encode stages' rates, beside the bar's
+    started = time.monotonic()  # counts: the decode and encode stages' rates, beside the bar's
+    encoder = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else None
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb,
-                           engine=settings.engine, counts=counts) if tasks else iter(())
+                           engine=settings.engine, counts=counts, encoder=encoder) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
         for task, video, failure in stream:
@@ -258,6 +264,8 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
                 commit()
     finally:
         getattr(stream, "close", lambda: None)()  # its decode workers stop now, on an exception too
+        if encoder is not None:
+            encoder.close()
         bar.close()
     commit()
     build_indexes(index)
@@ -304,8 +312,9 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
         committed = index.state.rows.get("videos", 0)
         try:
             forgotten = forget_missing_files(index) if forget_missing else 0
-            todo, ok, failed, failed_earlier = _tag_into(index, settings, paths, listing_errors, model, scorer, (rank, world),
-                                         progress, retry_failed)
+            counts = StageCounts()
+            todo, ok, failed, failed_earlier = _tag_into(index, settings, paths, listing_errors, model, scorer,
+                                                         (rank, world), progress, retry_failed, counts)
             barrier(world)
             if rank == 0:  # every rank's index into one set of outputs, under this rank's lock
                 write_outputs(open_indexes(index_folder(out)), out, scorer, settings.topk)
@@ -317,7 +326,7 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
             index.close()
     barrier(world)
     return TagSummary(len(paths), len(paths) - todo, ok, failed, time.perf_counter() - start, out, forgotten,
-                      failed_earlier)
+                      failed_earlier, counts)
 
 
 @contextmanager
@@ -329,6 +338,25 @@ def ray_connection(settings: TagSettings) -> Iterator[None]:
     finally:
         if connected:
             import_ray().shutdown()
+
+
+def ray_encoders(settings: TagSettings, counts: StageCounts) -> RayEncoders | None:
+    """The model actors ``settings.encoders`` asks for on the connected cluster (None: one per GPU, or none where it
+    has no GPU: the driver encodes), each with one GPU where the cluster has them, else one CPU; their placements
+    (node id, device) go into ``counts``."""
+    resources = import_ray().cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    count = gpus if settings.encoders is None else settings.encoders
+    if not count:
+        return None
+    if count > (gpus or cpus):
+        raise UserError(f"--encoders {count}: the Ray cluster has {gpus or cpus} {'GPU' if gpus else 'CPU'}s, one per "
+                        "encoder")
+    rt, asked = settings.runtime, settings.overrides
+    encoders = RayEncoders(rt.model, rt.device, rt.precision, asked.pooling, asked.num_frames, count=count,
+                           gpus=gpus > 0)
+    counts.encoders = tuple(encoders.placements())
+    return encoders
 
 
 def disk_error(e: OSError, out: Path) -> Exception:

@@ -1,0 +1,180 @@
+"""Where a batch of frames is encoded: in this process (``LocalEncoder``), or by a pool of Ray actors that each hold
+the model (``RayEncoders``: on the cluster's GPUs where it has them), with one batch function for both.
+
+    CrossVideoBatcher (clip_features)  --submit(pieces)-->  encoder  --result(handle)-->  each owner's rows, or its Failure
+
+A batch is a list of owners' uint8 frames (n_i, 3, S, S); its result is, per owner, its ``VideoTextModel.encode``
+rows or its own ``Failure``: one model call for the whole batch, rerun owner by owner where that call fails, so
+one owner's model error is its alone (``encode_batch``). An actor's pool hands results back in the order the
+batches were submitted, as the local encoder does, so the batcher assembles the same rows either way.
+
+An actor lost with its node is restarted by Ray (on any node with its resources: the model is loaded again) and its
+batches run again there (encoding has no side effects); an encoder that still cannot finish a batch fails the
+batch's owners as a ``crash`` of the model stage, which ``--retry-failed`` tries again.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from pipeline.model.video_text import VideoTextModel
+from pipeline.video.supervisor import Failure
+
+Rows = torch.Tensor | Failure  # one owner's encoded rows, or why it has none
+MAX_TASK_RETRIES = 3  # Ray's reruns of a batch whose actor died (its node lost), each on the restarted actor
+RESUBMITS = 8  # ours, of a batch Ray failed anyway (its actor still restarting): over a minute in all
+IN_FLIGHT_PER_ACTOR = 2  # batches an actor holds: one encoding, one arriving
+PATIENCE_S = 120.0  # a batch waited on this long without a result is said on stderr (and again after as long)
+
+
+def model_failure(e: Exception) -> Failure:
+    """An exception of the model's, as the failure of the video it was encoding."""
+    return Failure("error", "model", f"{type(e).__name__}: {' '.join(str(e).split())}")
+
+
+@torch.no_grad()
+def encode_batch(model: VideoTextModel, pieces: Sequence[torch.Tensor]) -> list[Rows]:
+    """Owners' uint8 frames [(n_i, 3, S, S)] -> per owner its rows ((n_i / group) · rows_per_group, ..., E) or its
+    Failure: the pieces in one model call, or where that call fails, each alone."""
+    try:
+        feats = model.encode(model.transform.normalize(torch.cat(list(pieces))))  # (B / group, ..., E)
+        return list(feats.split([len(p) // model.group * model.rows_per_group for p in pieces]))
+    except Exception:  # noqa: BLE001 - find whose frames fail; the others are kept
+        return [_encode_alone(model, p) for p in pieces]
+
+
+def _encode_alone(model: VideoTextModel, x: torch.Tensor) -> Rows:
+    try:
+        return model.encode(model.transform.normalize(x))
+    except Exception as e:  # noqa: BLE001 - this owner's failure, reported as its error
+        return model_failure(e)
+
+
+class BatchEncoder(Protocol):
+    capacity: int  # batches submitted and not yet taken back, at most
+
+    def submit(self, pieces: list[torch.Tensor]) -> Any: ...
+
+    def result(self, handle: Any, wait: bool) -> list[Rows] | None: ...  # None: not done yet (wait False)
+
+    def close(self) -> None: ...
+
+
+class LocalEncoder:
+    """This process's model: a batch is encoded when submitted."""
+
+    capacity = 1
+
+    def __init__(self, model: VideoTextModel):
+        self.model = model
+
+    def submit(self, pieces: list[torch.Tensor]) -> list[Rows]:
+        return encode_batch(self.model, pieces)
+
+    def result(self, handle: list[Rows], wait: bool) -> list[Rows]:
+        return handle
+
+    def close(self) -> None:
+        pass
+
+
+class _EncoderActor:
+    """A Ray actor holding the model (on its GPU where Ray gave it one): ``encode`` is ``encode_batch``."""
+
+    def __init__(self, spec: str, device: str, precision: str, pooling: str | None, num_frames: int | None):
+        from pipeline.model.devices import resolve_device
+        from pipeline.model.loading import load_model
+
+        self.model = load_model(spec, resolve_device(device), precision, pooling, num_frames)
+        self.device = str(next(self.model.model.parameters()).device)
+
+    def where(self) -> str:
+        import ray
+
+        return f"{ray.get_runtime_context().get_node_id()} {self.device}"
+
+    def encode(self, pieces: list[torch.Tensor]) -> list[Rows]:
+        return encode_batch(self.model, pieces)
+
+
+@dataclass(eq=False)
+class _Batch:
+    actor: int  # the one it was given to (Ray restarts a lost actor under the same handle)
+    pieces: list[torch.Tensor]
+    attempt: Any  # the Ray call under way for it
+    resubmitted: int = 0
+
+
+class RayEncoders:
+    """``count`` encoder actors on the connected Ray cluster, each with one GPU where ``gpus`` else one CPU; a batch
+    goes to the actor with the fewest batches under way, and results are taken back in submission order."""
+
+    def __init__(self, spec: str, device: str, precision: str, pooling: str | None, num_frames: int | None, *,
+                 count: int, gpus: bool):
+        from pipeline.video.ray_pool import import_ray
+
+        self.ray = ray = import_ray()
+        self.gpus = gpus
+        actor = ray.remote(max_restarts=-1, max_task_retries=MAX_TASK_RETRIES)(_EncoderActor)
+        # a GPU actor reserves no CPU: decode tasks waiting for one would otherwise take the CPU of a GPU node that
+        # replaces a lost one before the actor's restart does, and starve it (Ray sets a CPU actor's threads to 1)
+        resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
+        self.actors = [actor.options(**resources).remote(spec, device, precision, pooling, num_frames)
+                       for _ in range(count)]
+        self.capacity = IN_FLIGHT_PER_ACTOR * count
+        self._load = [0] * count  # batches under way per actor
+        self._under_way: dict[Any, _Batch] = {}  # by the handle submit gave
+
+    def placements(self) -> list[str]:
+        """Each actor's node id and device (once every actor has loaded the model)."""
+        where = [a.where.remote() for a in self.actors]
+        self._wait(where, "the encoder actors have waited", "to start")
+        return self.ray.get(where)
+
+    def submit(self, pieces: list[torch.Tensor]) -> Any:
+        k = min(range(len(self.actors)), key=self._load.__getitem__)
+        self._load[k] += 1
+        handle = self.actors[k].encode.remote(pieces)
+        self._under_way[handle] = _Batch(k, pieces, handle)
+        return handle
+
+    def result(self, handle: Any, wait: bool) -> list[Rows] | None:
+        batch = self._under_way[handle]
+        while True:
+            if not wait and not self.ray.wait([batch.attempt], timeout=0)[0]:
+                return None
+            self._wait([batch.attempt], "an encoder batch has waited", "(its node was lost, or it was never placed)")
+            try:
+                rows = self.ray.get(batch.attempt)
+            except self.ray.exceptions.RayActorError as e:  # its actor is restarting (its node was lost), or gone
+                if batch.resubmitted >= RESUBMITS:
+                    rows = [Failure("crash", "model", f"the encoder died on this batch (Ray: {type(e).__name__})")
+                            ] * len(batch.pieces)
+                else:  # Ray fails calls to an actor that is restarting at once: give it time, then send it again
+                    time.sleep(min(0.5 * 2**batch.resubmitted, 10.0))
+                    batch.resubmitted += 1
+                    batch.attempt = self.actors[batch.actor].encode.remote(batch.pieces)
+                    continue
+            del self._under_way[handle]
+            self._load[batch.actor] -= 1
+            return rows
+
+    def _wait(self, refs: list, waited: str, why: str) -> None:
+        """Until every ref is ready; every ``PATIENCE_S`` a line on stderr: Ray places (and restarts) an actor only
+        where a node has its resources free, silently."""
+        seconds = 0.0
+        while len(self.ray.wait(refs, num_returns=len(refs), timeout=PATIENCE_S)[0]) < len(refs):
+            seconds += PATIENCE_S
+            print(f"tag: {waited} {seconds:.0f} s for a node with a free {'GPU' if self.gpus else 'CPU'} {why}",
+                  file=sys.stderr)
+
+    def close(self) -> None:
+        for a in self.actors:
+            self.ray.kill(a)
+
+

@@ -27,7 +27,8 @@ def pool_outcomes() -> dict:
     from pipeline.video.ray_pool import RayPool
     from pipeline.video.samplers import Sampling
 
-    tasks = [("ok", 21), ("raise", 7), ("sleep", 60), ("segfault", 0), ("abort", 0), ("ok", 4)]
+    tasks = [("ok", 21), ("raise", 7), ("sleep", 60), ("segfault", 0), ("abort", 0), ("ok", 4), ("lock", 0),
+             ("ok", 5)]
     start = time.monotonic()
     with RayPool(behave, timeout_s=4) as pool:
         outcomes = [(o.task_id, o.status, o.result, o.failure and [o.failure.stage, o.failure.reason])

@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .supervisor import Failure, Outcome, message_outcome, run_task, timeout_failure
+from .supervisor import Failure, Outcome, error_payload, message_outcome, run_task, timeout_failure
 
 BACKPRESSURE = 2  # items of one task Ray computes ahead of the driver
 IDLE_WAIT_S = 1.0  # the longest wait for a next item while no started task has a deadline
@@ -174,6 +174,10 @@ class RayPool:
             # items it had computed ahead on that node, are gone: not the task's doing
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage, "its node was lost while on this task "
                                                              f"(Ray: {type(e).__name__})"), node_lost=True)
+        except self.ray.exceptions.RayTaskError as e:  # run_task catches what the task raises: this is Ray failing to
+            # carry a message (an item that does not pickle), the task's own error, as in the local pool
+            cause = e.cause if isinstance(e.cause, Exception) else e
+            return message_outcome(task_id, "error", error_payload(cause), self.stage)
         except self.ray.exceptions.RayError as e:  # the worker died (a segfault, an OOM kill)
             return Outcome(task_id, "crash", failure=Failure("crash", self.stage,
                                                              f"worker died while on this task (Ray: {type(e).__name__})"))

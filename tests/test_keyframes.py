@@ -122,3 +122,31 @@ def test_tag_records_its_sampling_and_refuses_to_resume_with_another(tmp_path):
     assert state["settings"]["sampling"] == "keyframes"
     refused = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "sampling ('keyframes' -> 'exact')" in refused.stderr
+
+
+def test_the_index_records_the_seconds_of_each_windows_frames_the_keyframes_with_keyframe_sampling(tmp_path):
+    """Each segment row's frame_s: the times of the frames its vector was encoded from, so a keyframe-sampled
+    window says which frames it saw (the nearest keyframes), and an exact one its sampled instants."""
+    from pipeline.jobs.tag.index import TagIndex
+    from pipeline.jobs.tag.job import TagSettings, tag
+    from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
+    from pipeline.video.samplers import sliding_windows
+
+    (tmp_path / "videos").mkdir()
+    video = h264_bframes(tmp_path / "videos" / "v.mp4", n=150, gop=10)  # 6 s at 25 fps, a keyframe every 0.4 s
+    with PyAVReader(video) as reader:
+        keys, times = reader.keyframes, reader.timestamps
+        windows = sliding_windows(times, window_s=2.0, stride_s=1.0, frames_per_window=4, duration=reader.duration)
+    exact = np.stack([w.indices for w in windows])  # (W, 4)
+    runtime = RuntimeSettings("random:tiny-vit", device="cpu", precision="fp32", decode_workers=1)
+    for sampling, frames in (("exact", exact), ("keyframes", nearest_keyframes(exact, keys, times))):
+        settings = TagSettings(runtime, ("a", "b"), overrides=ProtocolOverrides(templates="none", num_frames=4),
+                               window_s=2.0, stride_s=1.0, sampling=sampling)
+        tag(settings, tmp_path / "videos", tmp_path / f"{sampling}.csv", progress=False)
+        index = TagIndex.open(tmp_path / f"{sampling}.csv.index")
+        rows = sorted(index.table("embeddings").to_table(columns=["kind", "window", "frame_s"]).to_pylist(),
+                      key=lambda r: r["window"])
+        assert [r["frame_s"] for r in rows if r["kind"] == "video"] == [None]
+        got = np.array([r["frame_s"] for r in rows if r["kind"] == "segment"])  # (W, 4)
+        np.testing.assert_allclose(got, times[frames], atol=1e-4)
+    assert not np.allclose(times[exact], times[nearest_keyframes(exact, keys, times)])  # the two differ here

@@ -75,6 +75,7 @@ class WindowChunk:
     positions: np.ndarray  # (w, T) int64: window j's frames are frames[positions[j]]
     frames: np.ndarray  # uint8 (U, S, S, 3): the chunk's distinct frames, time order, at the model's size
     poster: bytes | None = None  # the video's poster (JPEG), in the chunk holding the middle window
+    frame_s: np.ndarray | None = None  # (U,) float64 seconds of the distinct frames (keyframe sampling: the keyframes')
 
 
 def chunk_ranges(indices: np.ndarray, max_frames: int) -> Iterator[tuple[int, int]]:
@@ -173,7 +174,7 @@ def decode_windows(task: WindowTask) -> Generator[WindowHeader | WindowChunk, No
                     poster = None
             small = task.geometry.resize_crop(frames)  # (U, S, S, 3)
             del frames
-            yield WindowChunk(start, inverse.reshape(end - start, -1), small, poster)
+            yield WindowChunk(start, inverse.reshape(end - start, -1), small, poster, reader.timestamps[unique])
             del small
             trim_heap()  # the chunk has left: give its pages back before the next (see trim_heap)
         return tuple(reader.warnings)

@@ -62,6 +62,7 @@ class WindowedVideo:
     windows: VideoState  # (W, ...): each window's unit vector (and X-CLIP's tokens)
     warnings: tuple[str, ...] = ()
     poster: bytes | None = None  # a small JPEG of the middle window's middle frame
+    frame_s: np.ndarray | None = None  # (W, T) seconds of each window's frames (keyframes: the ones it took)
 
 
 @dataclass(eq=False)
@@ -71,6 +72,7 @@ class _Video:
     running: set[tuple[int, int]]  # time ranges whose worker has not finished
     split: bool  # this attempt, or an earlier one, cut the video into ranges: tasks of it may outlive it
     states: dict[int, VideoState] = field(default_factory=dict)  # a chunk's first window -> (w, ...) its states
+    frame_s: dict[int, np.ndarray] = field(default_factory=dict)  # a chunk's first window -> (w, T) frame seconds
     queued: set[int] = field(default_factory=set)  # first windows of the chunks with the model
     warnings: list[str] = field(default_factory=list)
     poster: bytes | None = None
@@ -80,6 +82,7 @@ class _Video:
         """Forget what an earlier attempt at this range sent (its chunks begin inside it)."""
         a, b = window_range
         self.states = {k: v for k, v in self.states.items() if not a <= k < b}
+        self.frame_s = {k: v for k, v in self.frame_s.items() if not a <= k < b}
         self.queued = {k for k in self.queued if not a <= k < b}
 
     def note(self, warnings: Sequence[str]) -> None:
@@ -90,7 +93,10 @@ class _Video:
         states = [self.states[k] for k in sorted(self.states)]  # time order, whichever worker sent them
         windows = VideoState.cat(states)
         assert len(windows) == len(self.header.bounds), "every window is in exactly one chunk"
-        return WindowedVideo(self.header.info, self.header.bounds, windows, tuple(self.warnings), self.poster)
+        frame_s = None
+        if self.frame_s and len(self.frame_s) == len(self.states):  # (a decoder that sends no times: none)
+            frame_s = np.concatenate([self.frame_s[k] for k in sorted(self.frame_s)])  # (W, T)
+        return WindowedVideo(self.header.info, self.header.bounds, windows, tuple(self.warnings), self.poster, frame_s)
 
 
 def _chunk_filter(path: str, window_range: tuple[int, int] | None = None) -> Callable[[Any], bool]:
@@ -190,6 +196,8 @@ class WindowAssembly:
         frames = torch.from_numpy(np.require(chunk.frames, requirements="W")).permute(0, 3, 1, 2)  # (U, 3, S, S) uint8
         self.counts.decoded_frames += len(chunk.frames)
         if video.failure is None:
+            if chunk.frame_s is not None:
+                video.frame_s[chunk.first] = chunk.frame_s[chunk.positions]  # (w, T)
             video.queued.add(chunk.first)
             self.encoder.add((video.task.path, chunk.first, positions), self.model.window_frames(frames, positions))
 

@@ -33,13 +33,15 @@ VIDEO_COLUMNS = pa.schema([
 
 def embedding_schema(dim: int, tokens: int = 0) -> pa.Schema:
     """The embeddings table's columns: one row per video (kind "video": the normalised mean of its windows) and per
-    window (kind "segment": start and end seconds), with its top label at tagging time and a float16 unit vector;
+    window (kind "segment": start and end seconds, and the seconds of the frames it was encoded from: with
+    ``--sampling keyframes`` the keyframes it took), with its top label at tagging time and a float16 unit vector;
     what search, retag and the output tables read. ``tokens`` K > 0 adds the K visual tokens X-CLIP's prompt
     generator conditions label texts on (K x E float16: 49 x 512 for B/32, 50 KB a row; 196 x 512 for B/16), so
     retag and search need no decoding."""
     return pa.schema([
         ("video_id", pa.int64()), ("path", pa.string()), ("kind", pa.string()), ("window", pa.int32()),
         ("start_s", pa.float64()), ("end_s", pa.float64()), ("label", pa.string()), ("score", pa.float32()),
+        ("frame_s", pa.list_(pa.float32())),  # a segment's frames' seconds (indexes written before: no column)
         ("vector", pa.list_(pa.float16(), dim)),
     ] + ([("tokens", pa.list_(pa.float16(), tokens * dim))] if tokens else []))
 

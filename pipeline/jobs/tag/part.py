@@ -39,12 +39,12 @@ class Part:
         self.add(video_row(video_id, path, stamp, "ok") | {
             "duration_s": round(video.info.duration, 3), "decoder": video.info.backend, "windows": len(video.windows),
             "warnings": " | ".join(video.warnings), "poster": video.poster}, state.vectors.float().numpy(),
-            video.bounds, None if state.tokens is None else state.tokens.float().numpy())
+            video.bounds, None if state.tokens is None else state.tokens.float().numpy(), video.frame_s)
 
     def add(self, row: dict, vectors: np.ndarray, bounds: Sequence[tuple[float, float]],
-            tokens: np.ndarray | None = None) -> None:
+            tokens: np.ndarray | None = None, frame_s: np.ndarray | None = None) -> None:
         """A tagged video's row, its (1 + W, E) embeddings (the video, then its windows; X-CLIP's (1 + W, K, E)
-        tokens too) and its windows' spans."""
+        tokens too), its windows' spans and, if known, the (W, T) seconds of their frames."""
         if (tokens is None) != (self.token_count == 0):
             raise ValueError(f"{row['path']}: tokens must come with every row of an index that stores them, and only then")
         self.videos.append(row)
@@ -52,8 +52,10 @@ class Part:
         if tokens is not None:
             self.tokens.append(tokens)
         spans = [(0.0, row["duration_s"])] + [(round(s, 3), round(e, 3)) for s, e in bounds]
+        times = [None] + (np.round(frame_s, 4).tolist() if frame_s is not None else [None] * len(bounds))
         self.embeddings += [{"video_id": row["video_id"], "path": row["path"], "kind": "video" if k == 0 else "segment",
-                             "window": k - 1, "start_s": start, "end_s": end} for k, (start, end) in enumerate(spans)]
+                             "window": k - 1, "start_s": start, "end_s": end, "frame_s": t}
+                            for k, ((start, end), t) in enumerate(zip(spans, times))]
 
     def add_failure(self, video_id: int, path: str, stamp: tuple | None, failure: Failure) -> None:
         self.videos.append(video_row(video_id, path, stamp, failure.status) | {"stage": failure.stage,

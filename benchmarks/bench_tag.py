@@ -190,7 +190,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     if args.engine == "ray":  # the same job, decoding on the (already started) local Ray cluster
         shutil.rmtree(tmp / "ray.parquet.index", ignore_errors=True)
         t = time.perf_counter()
-        tag(dataclasses.replace(settings, engine="ray"), folder, tmp / "ray.parquet", progress=False)
+        tag(dataclasses.replace(settings, engine="ray", encoders=0), folder, tmp / "ray.parquet", progress=False)
         on_ray = len(paths) / (time.perf_counter() - t)
     on_actors = None
     if args.encoders:  # the same again, the frames encoded by Ray actors instead of the driver
@@ -229,7 +229,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
                        (f"decode only ({args.workers} workers)", decode_only), ("model only (pre-decoded)", model_only)):
         print(f"{name:<44}{rate:10.2f}")
     if on_ray is not None:
-        print(f"{'tag --engine ray (decode tasks on local Ray)':<44}{on_ray:10.2f}")
+        print(f"{'tag --engine ray --encoders 0 (the driver)':<44}{on_ray:10.2f}")
     if on_actors is not None:
         print(f"{f'tag --engine ray --encoders {args.encoders} (actors)':<44}{on_actors:10.2f}")
     print(f"\ntag / naive: {ours / naive:.2f}x (target >= 2x); tag / slower stage: {ours / slower:.0%} (target >= 80 %)")

@@ -106,11 +106,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
     if not args.labels:
         raise UserError("tag needs --labels: a file with one label per line, or a shipped list such as kinetics400")
     settings = TagSettings(  # a resume continues in the precision its rows were written in
-        RuntimeSettings.from_arguments(args, resumed_precision=recorded_precision(Path(args.out))),
+        RuntimeSettings.from_arguments(args, resumed_precision=(resumed := recorded_precision(Path(args.out)))),
         labels=tuple(load_labels(args.labels)), overrides=ProtocolOverrides.from_arguments(args),
-        window_s=args.window, stride_s=args.stride, topk=args.topk,
-        commit_every=args.commit_every, chunk_mb=args.chunk_mb, above=args.above, engine=args.engine,
-        ray_address=args.ray_address, sampling=args.sampling, encoders=args.encoders)
+        window_s=args.window, stride_s=args.stride, topk=args.topk, commit_every=args.commit_every,
+        chunk_mb=args.chunk_mb, above=args.above, engine=args.engine, ray_address=args.ray_address,
+        sampling=args.sampling, encoders=args.encoders, auto_precision=args.precision == "auto" and not resumed)
     summary = tag(settings, args.source, args.out, include=args.include, exclude=args.exclude,
                   retry_failed=args.retry_failed, forget_missing=args.forget_missing, restart=args.restart)
     print(summary.line())

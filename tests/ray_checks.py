@@ -115,8 +115,10 @@ def node_loss(work: Path) -> dict:
     from pipeline.video.ray_pool import RayPool
 
     def cluster() -> tuple[Cluster, list]:
-        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "object_store_memory": 100 * 2**20})
-        nodes = [c.add_node(num_cpus=1, object_store_memory=100 * 2**20) for _ in range(2)]
+        # num_gpus=0: a node would take the host's GPUs as its own (a GPU host would run encoder actors here)
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "num_gpus": 0,
+                                                          "object_store_memory": 100 * 2**20})
+        nodes = [c.add_node(num_cpus=1, num_gpus=0, object_store_memory=100 * 2**20) for _ in range(2)]
         ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
         c.wait_for_nodes()
         return c, nodes
@@ -148,6 +150,7 @@ def removals_at_shares(work: Path, cluster) -> dict:
 
     import pandas as pd
     import ray
+    import torch
 
     from datasets.synthetic import moving_square_frames, write_video
     from pipeline.jobs.tag.job import TagSettings, tag
@@ -180,13 +183,21 @@ def removals_at_shares(work: Path, cluster) -> dict:
         c.remove_node(node, allow_graceful=False)
         c.add_node(wait=False, object_store_memory=100 * 2**20, **replacement)  # it joins while tag runs
 
+    from pipeline.jobs.tag.job import precision_on_encoders
+    from pipeline.model.loading import resolve_precision
+
+    precisions = {  # auto as the GPU node resolves it (torch sees no CUDA there: this host's CPU's answer)
+        "cluster": precision_on_encoders(dataclasses.replace(settings, auto_precision=True)).runtime.precision,
+        "here": resolve_precision("auto", torch.device("cpu"))[0],
+        "driver_encodes": precision_on_encoders(dataclasses.replace(settings, auto_precision=True, encoders=0)
+                                                ).runtime.precision}
     result: list = []  # tag runs in a thread: Ray adds a node from the main thread only (it sets a signal handler)
     tagging = threading.Thread(target=lambda: result.append(tag(settings, folder, work / "lost.csv", progress=False)),
                                daemon=True)
     tagging.start()
-    remove_at(0.3, nodes[0], {"num_cpus": 1})
+    remove_at(0.3, nodes[0], {"num_cpus": 1, "num_gpus": 0})
     remove_at(0.6, gpu_node, {"num_cpus": 1, "num_gpus": 1})
-    remove_at(0.9, nodes[1], {"num_cpus": 1})
+    remove_at(0.9, nodes[1], {"num_cpus": 1, "num_gpus": 0})
     tagging.join()
     summary = result[0]
     first_errors = pd.read_csv(work / "lost.errors.csv")[["stage", "status", "reason"]].values.tolist()
@@ -196,7 +207,7 @@ def removals_at_shares(work: Path, cluster) -> dict:
     videos, errors, reference = (pd.read_csv(work / name) for name in ("lost.csv", "lost.errors.csv", "local_long.csv"))
     joined = videos.merge(reference, on="path", suffixes=("", "_local"))
     return {"first": summary.line().split(";")[0], "first_errors": first_errors, "again": again, "removed": removed,
-            "gpu_node": gpu_node.node_id,
+            "gpu_node": gpu_node.node_id, "precisions": precisions,
             "encoders": list(summary.counts.encoders), "video_paths": sorted(videos.path.tolist()),
             "error_paths": sorted(errors.path.tolist()), "decoders": sorted(videos.decoder.tolist()),
             "labels_equal": len(joined) == VIDEOS and all(joined[c].fillna("").equals(joined[f"{c}_local"].fillna(""))
@@ -302,7 +313,8 @@ def main() -> None:
     from pipeline.video.ray_pool import connect, import_ray
 
     work = Path(sys.argv[1])
-    connect(num_cpus=2, object_store_memory=200 * 2**20)  # what tag's own connect does, with a small store
+    connect(num_cpus=2, num_gpus=0, object_store_memory=200 * 2**20)  # tag's own connect, with a small store
+    # (and no GPU: on a GPU host the default would run an encoder actor where these checks want the driver)
     report = {"addresses": listening_addresses()}
     report["pool"] = pool_outcomes()
     report["tag"] = tagged(work)

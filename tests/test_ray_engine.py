@@ -107,6 +107,8 @@ def test_nodes_removed_at_30_60_and_90_percent_lose_nothing_and_redo_only_what_t
     assert [share for share, _, _ in lost["removed"]] == [0.3, 0.6, 0.9], lost["removed"]
     assert all(share * videos <= n < videos for share, n, _ in lost["removed"]), lost["removed"]  # while it ran
     assert [e.split()[0] for e in lost["encoders"]] == [lost["gpu_node"]], lost  # placed by its GPU resource
+    precisions = lost["precisions"]  # --precision auto: resolved where the encoders run (a GPU node), or left as is
+    assert precisions["cluster"] == precisions["here"] and precisions["driver_encodes"] == "fp32", precisions
     assert lost["first"] == f"{videos} videos: {videos} tagged, 0 already done, failed: none", lost
     assert lost["again"] == f"{videos} videos: 0 tagged, {videos} already done, failed: none", lost
     assert len(lost["video_paths"]) == len(set(lost["video_paths"])) == videos and lost["error_paths"] == []
@@ -159,3 +161,38 @@ def test_a_ray_client_address_is_refused_in_one_line():
 
     with pytest.raises(UserError, match=r"^--ray-address ray://head:10001: Ray Client \(ray://\) cannot stream"):
         TagSettings(RuntimeSettings("random:tiny-vit"), ("a",), engine="ray", ray_address="ray://head:10001")
+
+
+def test_encoder_actors_are_counted_by_whole_gpus_per_node_and_leave_a_cpu_to_decode(monkeypatch):
+    """ray_encoders' room, from a stand-in cluster listing (no Ray started): one actor per whole GPU of a node
+    (four half GPUs make none), else per CPU less one for the decode tasks; more is refused in one line."""
+    from clip_model.errors import UserError
+    from pipeline.jobs.tag import job
+    from pipeline.jobs.tag.job import TagSettings, ray_encoders
+    from pipeline.model.runtime import RuntimeSettings
+
+    class Cluster:
+        def __init__(self, *nodes):
+            self.listing = [{"Alive": True, "Resources": r} for r in nodes] + [{"Alive": False,
+                                                                                 "Resources": {"GPU": 8.0}}]
+
+        def nodes(self):
+            return self.listing
+
+    made = []
+    monkeypatch.setattr(job, "RayEncoders", lambda *a, **kw: made.append(kw) or type(
+        "E", (), {"placements": lambda self: ["n cpu"], "close": lambda self: None})())
+
+    def run(cluster, encoders):
+        monkeypatch.setattr(job, "import_ray", lambda: cluster)
+        return ray_encoders(TagSettings(RuntimeSettings("random:tiny-vit"), ("a",), engine="ray", encoders=encoders),
+                            job.StageCounts())
+
+    halves = Cluster(*[{"CPU": 4.0, "GPU": 0.5}] * 4)
+    assert run(halves, None) is None and made == []  # no whole GPU: the driver encodes
+    run(Cluster({"CPU": 2.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}), None)
+    assert made[-1] == {"count": 3, "gpus": True}
+    with pytest.raises(UserError, match=r"^--encoders 2: the Ray cluster has room for 1 "):
+        run(Cluster({"CPU": 1.0}, {"CPU": 1.0}), 2)  # the last CPU decodes
+    run(Cluster({"CPU": 1.0}, {"CPU": 1.0}), 1)
+    assert made[-1] == {"count": 1, "gpus": False}

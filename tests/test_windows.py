@@ -145,6 +145,24 @@ def test_an_encoder_holding_several_batches_gives_what_the_local_one_gives():
     assert next(f for k, _, f in held if k == "bad").stage == "model"
 
 
+def test_an_owner_dropped_while_its_frames_are_being_encoded_is_not_returned_and_costs_the_others_nothing():
+    rng = np.random.default_rng(3)
+    owners = [(k, torch.from_numpy(rng.integers(0, 256, (n, 3, S, S), dtype=np.uint8))) for k, n in
+              enumerate([6, 12, 5])]
+    late = LateEncoder()
+    batcher = CrossVideoBatcher(MODEL, batch_size=8, encoder=late)
+    for key, frames in owners:
+        batcher.add(key, frames)
+    assert batcher.ready() == [] and late.under_way == 2  # owner 0's 6 and 1's first 10 frames out, none back
+    batcher.drop(lambda key: key != 1)  # owner 1: 10 frames being encoded, 2 not yet sent
+    assert batcher.queued_frames == 5  # owner 2's: owner 1's unsent 2 are forgotten
+    done = batcher.ready(flush=True)
+    assert [k for k, _, _ in done] == [0, 2] and late.under_way == 0 and batcher.queued_frames == 0
+    for key, feats, failure in done:
+        alone = MODEL.model.encode_image(MODEL.transform.normalize(dict(owners)[key]))
+        assert failure is None and torch.allclose(feats, alone, atol=1e-5)
+
+
 def test_a_failing_owner_is_its_own_failure():
     good = torch.zeros(5, 3, S, S, dtype=torch.uint8)
     bad = torch.zeros(2, 3, 2 * S, 2 * S, dtype=torch.uint8)  # wrong size: the model cannot take it

@@ -22,12 +22,13 @@ from typing import Any, Protocol
 
 import torch
 
+from clip_model.errors import UserError
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.supervisor import Failure
 
 Rows = torch.Tensor | Failure  # one owner's encoded rows, or why it has none
 MAX_TASK_RETRIES = 3  # Ray's reruns of a batch whose actor died (its node lost), each on the restarted actor
-RESUBMITS = 8  # ours, of a batch Ray failed anyway (its actor still restarting): over a minute in all
+RESENDS = 8  # ours, of a batch Ray failed anyway (its actor still restarting): 45 s of pauses in all
 IN_FLIGHT_PER_ACTOR = 2  # batches an actor holds: one encoding, one arriving
 PATIENCE_S = 120.0  # a batch waited on this long without a result is said on stderr (and again after as long)
 
@@ -102,20 +103,41 @@ class _EncoderActor:
         return encode_batch(self.model, pieces)
 
 
+def _auto_precision() -> tuple[str, str]:
+    from pipeline.model.devices import resolve_device
+    from pipeline.model.loading import resolve_precision
+
+    return resolve_precision("auto", resolve_device("auto"))
+
+
+def auto_precision_on_gpu() -> tuple[str, str]:
+    """``--precision auto`` as a GPU node of the connected cluster resolves it: (precision, why), from a task given
+    one GPU (Ray shows it that GPU alone)."""
+    from pipeline.video.ray_pool import import_ray
+
+    ray = import_ray()
+    precision, why = ray.get(ray.remote(num_gpus=1, num_cpus=0, max_retries=3)(_auto_precision).remote())
+    return precision, why
+
+
 @dataclass(eq=False)
 class _Batch:
     actor: int  # the one it was given to (Ray restarts a lost actor under the same handle)
     pieces: list[torch.Tensor]
-    attempt: Any  # the Ray call under way for it
-    resubmitted: int = 0
+    attempt: Any  # the Ray call under way for it (None: waiting until ``retry_at`` to be sent again)
+    resent: int = 0
+    retry_at: float = 0.0
 
 
 class RayEncoders:
     """``count`` encoder actors on the connected Ray cluster, each with one GPU where ``gpus`` else one CPU; a batch
-    goes to the actor with the fewest batches under way, and results are taken back in submission order."""
+    goes to the live actor with the fewest batches under way, and results are taken back in submission order. A
+    call that fails is sent again (encoding has no side effects): after a pause where its actor is restarting or
+    its result was lost, at once to another actor where its actor is dead for good; when every actor is, the job
+    ends in one line (what was committed stays)."""
 
-    def __init__(self, spec: str, device: str, precision: str, pooling: str | None, num_frames: int | None, *,
-                 count: int, gpus: bool):
+    def __init__(self, spec: str, precision: str, pooling: str | None, num_frames: int | None, *, count: int,
+                 gpus: bool):
         from pipeline.video.ray_pool import import_ray
 
         self.ray = ray = import_ray()
@@ -124,21 +146,26 @@ class RayEncoders:
         # a GPU actor reserves no CPU: decode tasks waiting for one would otherwise take the CPU of a GPU node that
         # replaces a lost one before the actor's restart does, and starve it (Ray sets a CPU actor's threads to 1)
         resources = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": 1}
+        device = "auto" if gpus else "cpu"  # Ray shows a GPU actor its own GPU alone: auto takes it
         self.actors = [actor.options(**resources).remote(spec, device, precision, pooling, num_frames)
                        for _ in range(count)]
         self.capacity = IN_FLIGHT_PER_ACTOR * count
         self._load = [0] * count  # batches under way per actor
+        self._dead: set[int] = set()
         self._under_way: dict[Any, _Batch] = {}  # by the handle submit gave
 
     def placements(self) -> list[str]:
         """Each actor's node id and device (once every actor has loaded the model)."""
         where = [a.where.remote() for a in self.actors]
         self._wait(where, "the encoder actors have waited", "to start")
-        return self.ray.get(where)
+        try:
+            return self.ray.get(where)
+        except self.ray.exceptions.RayActorError as e:  # its constructor raised: it is never restarted
+            raise UserError(f"a Ray encoder actor could not start: {_first_line(e)}") from None
 
     def submit(self, pieces: list[torch.Tensor]) -> Any:
-        k = min(range(len(self.actors)), key=self._load.__getitem__)
-        self._load[k] += 1
+        pieces = [p.contiguous() for p in pieces]  # a view would pickle its whole chunk's storage
+        k = self._pick()
         handle = self.actors[k].encode.remote(pieces)
         self._under_way[handle] = _Batch(k, pieces, handle)
         return handle
@@ -146,23 +173,47 @@ class RayEncoders:
     def result(self, handle: Any, wait: bool) -> list[Rows] | None:
         batch = self._under_way[handle]
         while True:
+            if batch.attempt is None:  # waiting to be sent again
+                if not wait and time.monotonic() < batch.retry_at:
+                    return None
+                time.sleep(max(0.0, batch.retry_at - time.monotonic()))
+                self._send(batch, batch.actor)
             if not wait and not self.ray.wait([batch.attempt], timeout=0)[0]:
                 return None
             self._wait([batch.attempt], "an encoder batch has waited", "(its node was lost, or it was never placed)")
             try:
                 rows = self.ray.get(batch.attempt)
-            except self.ray.exceptions.RayActorError as e:  # its actor is restarting (its node was lost), or gone
-                if batch.resubmitted >= RESUBMITS:
-                    rows = [Failure("crash", "model", f"the encoder died on this batch (Ray: {type(e).__name__})")
-                            ] * len(batch.pieces)
-                else:  # Ray fails calls to an actor that is restarting at once: give it time, then send it again
-                    time.sleep(min(0.5 * 2**batch.resubmitted, 10.0))
-                    batch.resubmitted += 1
-                    batch.attempt = self.actors[batch.actor].encode.remote(batch.pieces)
+            except self.ray.exceptions.RayError as e:  # see the class's doc
+                died = isinstance(e, self.ray.exceptions.ActorDiedError)  # for good (max_restarts is -1)
+                if died:
+                    self._dead.add(batch.actor)
+                if batch.resent >= RESENDS:
+                    rows = [Failure("crash", "model", f"the encoder failed on this batch {batch.resent + 1} times "
+                                    f"(Ray: {type(e).__name__})")] * len(batch.pieces)
+                elif died:
+                    self._load[batch.actor] -= 1
+                    batch.actor = self._pick(after=e)
+                    self._send(batch, batch.actor)
+                    continue
+                else:  # restarting (Ray fails its calls at once), its node or the result lost: send it again
+                    batch.attempt, batch.retry_at = None, time.monotonic() + min(0.5 * 2**batch.resent, 10.0)
                     continue
             del self._under_way[handle]
             self._load[batch.actor] -= 1
             return rows
+
+    def _pick(self, after: Exception | None = None) -> int:
+        live = [k for k in range(len(self.actors)) if k not in self._dead]
+        if not live:
+            raise UserError(f"every Ray encoder actor died ({_first_line(after)}); what was committed is kept: "
+                            "rerun to resume")
+        k = min(live, key=self._load.__getitem__)
+        self._load[k] += 1
+        return k
+
+    def _send(self, batch: _Batch, k: int) -> None:
+        batch.resent += 1
+        batch.attempt = self.actors[k].encode.remote(batch.pieces)
 
     def _wait(self, refs: list, waited: str, why: str) -> None:
         """Until every ref is ready; every ``PATIENCE_S`` a line on stderr: Ray places (and restarts) an actor only
@@ -178,3 +229,7 @@ class RayEncoders:
             self.ray.kill(a)
 
 
+def _first_line(e: Exception | None) -> str:
+    """A Ray error's own message, without its traceback: its last non-empty line (the cause)."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1] if lines else type(e).__name__

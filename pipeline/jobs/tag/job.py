@@ -22,23 +22,25 @@ from __future__ import annotations
 import dataclasses
 import errno
 import os
+import sys
 import time
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from clip_model.config import PreprocessConfig
 from clip_model.errors import UserError
 from configs.schema import changed_settings
-from pipeline.features.encoders import RayEncoders
+from pipeline.features.encoders import RayEncoders, auto_precision_on_gpu
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
 from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity
-from pipeline.model.runtime import ProtocolOverrides, WindowLabels, check_frame_choice
+from pipeline.model.runtime import Precision, ProtocolOverrides, WindowLabels, check_frame_choice
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import ENGINES, Engine
 from pipeline.video.ray_pool import connect, import_ray
@@ -68,6 +70,7 @@ class TagSettings(WindowLabels):
     ray_address: str | None = None  # engine ray: the cluster to join; None starts a local one on 127.0.0.1
     sampling: FrameChoice = "exact"  # keyframes: each window's frames are the keyframes nearest its instants
     encoders: int | None = None  # engine ray: model actors (None: one per cluster GPU, none without; 0: the driver)
+    auto_precision: bool = False  # the precision is auto's for this machine: GPU encoder actors resolve it again
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -239,9 +242,9 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         else:
             tasks.append(settings.task(str(p), model.preprocess))
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
+    encoder = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else None  # (closed below)
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     started = time.monotonic()  # counts: the decode and encode stages' rates, beside the bar's
-    encoder = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else None
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb,
                            engine=settings.engine, counts=counts, encoder=encoder) if tasks else iter(())
@@ -302,6 +305,9 @@ def tag(settings: TagSettings, source: str | Path, out: str | Path, *, include: 
     if world > 1:  # every rank lists the same paths and takes its own (shard_of), listing errors are rank 0's
         paths, listing_errors = [p for p in paths if shard_of(str(p), world) == rank], listing_errors if rank == 0 else []
     with output_lock(out) if rank == 0 else nullcontext(), ray_connection(settings):
+        if settings.engine == "ray" and settings.auto_precision:
+            settings = precision_on_encoders(settings)
+            rt = settings.runtime
         model = load_model(rt.model, device, rt.precision, settings.overrides.pooling, settings.overrides.num_frames)
         settings = settings.resolved(model)
         templates = settings.overrides.templates
@@ -340,22 +346,44 @@ def ray_connection(settings: TagSettings) -> Iterator[None]:
             import_ray().shutdown()
 
 
+def cluster_gpus() -> tuple[int, int]:
+    """(whole GPUs, CPUs) of the connected Ray cluster's live nodes: an encoder actor takes one whole GPU."""
+    nodes = [n["Resources"] for n in import_ray().nodes() if n.get("Alive")]
+    return sum(int(r.get("GPU", 0)) for r in nodes), sum(int(r.get("CPU", 0)) for r in nodes)
+
+
+def precision_on_encoders(settings: TagSettings) -> TagSettings:
+    """``--precision auto`` where the encoders will be GPU actors: resolved on one of the cluster's GPUs (bf16 or
+    fp16), not on this machine, and said on stderr; otherwise the settings as they are."""
+    gpus, _ = cluster_gpus()
+    if not gpus or settings.encoders == 0:
+        return settings
+    precision, why = auto_precision_on_gpu()
+    print(f"precision: {precision} ({why}, on a GPU node of the Ray cluster, where the encoders run)", file=sys.stderr)
+    runtime = dataclasses.replace(settings.runtime, precision=cast(Precision, precision))
+    return dataclasses.replace(settings, runtime=runtime)
+
+
 def ray_encoders(settings: TagSettings, counts: StageCounts) -> RayEncoders | None:
-    """The model actors ``settings.encoders`` asks for on the connected cluster (None: one per GPU, or none where it
-    has no GPU: the driver encodes), each with one GPU where the cluster has them, else one CPU; their placements
-    (node id, device) go into ``counts``."""
-    resources = import_ray().cluster_resources()
-    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    """The model actors ``settings.encoders`` asks for on the connected cluster (None: one per whole GPU of its
+    nodes, or none where it has none: the driver encodes), each on one GPU where the cluster has whole GPUs, else on
+    one CPU, leaving at least one CPU to decode; their placements (node id, device) go into ``counts``."""
+    gpus, cpus = cluster_gpus()
     count = gpus if settings.encoders is None else settings.encoders
     if not count:
         return None
-    if count > (gpus or cpus):
-        raise UserError(f"--encoders {count}: the Ray cluster has {gpus or cpus} {'GPU' if gpus else 'CPU'}s, one per "
-                        "encoder")
-    rt, asked = settings.runtime, settings.overrides
-    encoders = RayEncoders(rt.model, rt.device, rt.precision, asked.pooling, asked.num_frames, count=count,
-                           gpus=gpus > 0)
-    counts.encoders = tuple(encoders.placements())
+    room = gpus if gpus else cpus - 1
+    if count > room:
+        raise UserError(f"--encoders {count}: the Ray cluster has room for {room} (one per whole GPU of its nodes; "
+                        f"without GPUs one per CPU, less one CPU for the decode tasks; it has {cpus} CPUs)")
+    asked = settings.overrides
+    encoders = RayEncoders(settings.runtime.model, settings.runtime.precision, asked.pooling, asked.num_frames,
+                           count=count, gpus=gpus > 0)
+    try:
+        counts.encoders = tuple(encoders.placements())
+    except BaseException:
+        encoders.close()
+        raise
     return encoders
 
 

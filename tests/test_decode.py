@@ -8,7 +8,16 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
-from videos import encode, h264_bframes, mpeg4_avi_bframes, mpeg4_avi_not_coded, reference_frames, rotated, vfr
+from videos import (
+    encode,
+    gop_variety,
+    h264_bframes,
+    mpeg4_avi_bframes,
+    mpeg4_avi_not_coded,
+    reference_frames,
+    rotated,
+    vfr,
+)
 
 from pipeline.video.open import open_video
 from pipeline.video.reader import VideoDecodeError
@@ -283,3 +292,30 @@ def test_decord_on_a_bframe_avi_takes_pyavs_frame_times(made):
     with open_video(path, "decord") as reader:
         assert np.allclose(reader.timestamps, times) and reader.duration == pytest.approx(duration)
         assert any("no usable timestamps" in w for w in reader.warnings)
+
+
+def test_skipping_unwanted_non_reference_frames_is_exact_and_skips_only_where_there_are_some(tmp_path):
+    """The exact skip (issue 27, item 1): frames read with skip_frame=NONREF on the packets of unwanted frames are
+    a full decode's, on a B-pyramid (whose reference B-frames must still be decoded), an open GOP, no B-frames (nothing
+    to skip), HEVC and an MPEG-4 AVI; and the decoder does less wherever there are B-frames."""
+    from pipeline.video.pyav_reader import PyAVReader
+    from pipeline.video.samplers import sliding_windows
+
+    for video in gop_variety(tmp_path):
+        full = reference_frames(video)
+        with PyAVReader(video) as probe:  # tag's sampling: the distinct frames of sliding windows
+            windows = sliding_windows(probe.timestamps, window_s=1.0, stride_s=0.5, frames_per_window=4,
+                                      duration=probe.duration)
+        wanted = np.unique(np.stack([w.indices for w in windows]))
+        decoded = {}
+        for skip in (True, False):
+            with PyAVReader(video) as reader:
+                reader.skip_nonref = skip
+                got = reader.read_frames(wanted)
+                decoded[skip] = reader.frames_decoded
+            wrong = [int(i) for k, i in enumerate(wanted) if not np.array_equal(got[k], full[int(i)])]
+            assert wrong == [], (video.name, skip, wrong)
+        if video.name == "no_b.mp4":
+            assert decoded[True] == decoded[False], decoded  # every frame is a reference: nothing skipped
+        else:
+            assert decoded[True] < decoded[False], (video.name, decoded)

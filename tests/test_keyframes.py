@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from videos import encode, h264_bframes, mpeg4_avi_bframes, reference_frames
+from videos import encode, gop_variety, h264_bframes, reference_frames
 
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.pyav_reader import PyAVReader
@@ -20,17 +20,8 @@ def test_nearest_keyframes_takes_the_nearest_in_time_and_the_earlier_on_a_tie():
     assert nearest_keyframes(np.array([[0, 1, 2], [5, 6, 7]]), keys, t).tolist() == [[0, 0, 0], [4, 4, 7]]
 
 
-def _keyed_videos(tmp_path):
-    open_gop = encode(tmp_path / "open_gop.mp4", 90, options={"g": "15", "bf": "3",
-                                                             "x264-params": "open-gop=1:scenecut=0"})
-    return [h264_bframes(tmp_path / "pyramid.mp4", n=120, gop=12), open_gop,
-            encode(tmp_path / "no_b.mp4", 60, options={"g": "10", "bf": "0"}),
-            encode(tmp_path / "hevc.mkv", 48, codec="libx265", options={"x265-params": "keyint=8:min-keyint=8:log-level=0"}),
-            mpeg4_avi_bframes(tmp_path / "mpeg4.avi", n=60)]
-
-
 def test_keyframes_read_alone_equal_a_full_decode_and_decode_nothing_else(tmp_path):
-    for video in _keyed_videos(tmp_path):
+    for video in gop_variety(tmp_path):
         reader = PyAVReader(video)
         keys = reader.keyframes
         assert keys is not None and len(keys) >= 4, video.name

@@ -101,3 +101,14 @@ def reference_frames(path: Path) -> list[np.ndarray]:
 def faststart(path: Path, n: int = 60) -> Path:
     """H.264 MP4 with the moov atom before the media data, so a cut file keeps its full index."""
     return encode(path, n, options={"g": "12", "bf": "3"}, container_options={"movflags": "+faststart"})
+
+
+def gop_variety(folder: Path) -> list[Path]:
+    """One video of each GOP structure the reader must get exactly: an H.264 B-pyramid (some B-frames are
+    references), an open GOP, no B-frames, HEVC in Matroska, and MPEG-4 Part 2 in AVI with B-frames."""
+    open_gop = encode(folder / "open_gop.mp4", 90, options={"g": "15", "bf": "3",
+                                                           "x264-params": "open-gop=1:scenecut=0"})
+    return [h264_bframes(folder / "pyramid.mp4", n=120, gop=12), open_gop,
+            encode(folder / "no_b.mp4", 60, options={"g": "10", "bf": "0"}),
+            encode(folder / "hevc.mkv", 48, codec="libx265", options={"x265-params": "keyint=8:min-keyint=8:log-level=0"}),
+            mpeg4_avi_bframes(folder / "mpeg4.avi", n=60)]

@@ -150,6 +150,7 @@ class RayEncoders:
         self.actors = [actor.options(**resources).remote(spec, device, precision, pooling, num_frames)
                        for _ in range(count)]
         self.capacity = IN_FLIGHT_PER_ACTOR * count
+        self.cpus_held = 0 if gpus else count  # the decode tasks get the cluster's other CPUs
         self._load = [0] * count  # batches under way per actor
         self._dead: set[int] = set()
         self._under_way: dict[Any, _Batch] = {}  # by the handle submit gave

@@ -231,7 +231,7 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
                   max_rss_mb: float = 2048.0,
                   fn: Callable[[WindowTask], Iterator[WindowHeader | WindowChunk]] = decode_windows,
                   engine: Engine = "local", counts: StageCounts | None = None,
-                  encoder: BatchEncoder | None = None) -> Iterator[Result]:
+                  encoder: BatchEncoder | None = None, ray_slots: int | None = None) -> Iterator[Result]:
     """Decode every task's windows in supervised workers (``fn``) and encode their frames here, batched across
     videos; yield (task, video, failure) per video as each is complete (``Failure``: its status, the stage
     ``open``, ``decode`` or ``model``, and the reason).
@@ -244,7 +244,8 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     yielded (done, or failed by one range), its tasks still running or waiting are withdrawn. ``engine``: where the
     decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster). ``counts``,
     if given, is kept up to date with the frames decoded and encoded so far (a progress line's stage rates).
-    ``encoder``: where the frames are encoded (``encoders``: None is ``model`` in this process)."""
+    ``encoder``: where the frames are encoded (``encoders``: None is ``model`` in this process); ``ray_slots``: decode
+    tasks in flight on Ray (None: the cluster's CPUs)."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
     assembly = WindowAssembly(model, batch_size, counts, encoder)
@@ -252,6 +253,6 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
                                            max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
                                            skip=assembly.withdrawn, engine=engine,  # no outcome of them comes here
-                                           rerun_lost=lost_task):
+                                           rerun_lost=lost_task, ray_slots=ray_slots):
         yield from assembly.take(task, outcome)
     yield from assembly.encode(flush=True)

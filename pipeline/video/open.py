@@ -147,14 +147,16 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., time
                       max_rss_mb: float = ..., fn: Callable[[TaskT], Any],
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
                       skip: Callable[[TaskT], bool] | None = None, engine: Engine = ...,
-                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = ...) -> Iterator[tuple[TaskT, Outcome]]: ...
+                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = ..., ray_slots: int | None = ...,
+                      ) -> Iterator[tuple[TaskT, Outcome]]: ...
 
 
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
                       max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
                       follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
                       skip: Callable[[TaskT], bool] | None = None, engine: Engine = "local",
-                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = None) -> Iterator[tuple[TaskT, Outcome]]:
+                      rerun_lost: Callable[[TaskT, Any], TaskT] | None = None, ray_slots: int | None = None,
+                      ) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
     retried next on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings.
@@ -162,14 +164,14 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
     in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
     way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes).
     ``engine``: ``local`` worker processes (``num_workers`` of them), or Ray tasks on the connected cluster
-    (``ray_pool.RayPool``: as many at once as it has CPUs), with the same outcomes. A task whose Ray node was lost
+    (``ray_pool.RayPool``: as many at once as it has CPUs, or ``ray_slots``), with the same outcomes. A task whose Ray node was lost
     runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)`` says (default: as it
     was); its outcomes until then are superseded, as a crashed attempt's are."""
     pool_type: Any = WorkerPool
     if engine == "ray":
         from .ray_pool import RayPool as pool_type
 
-        num_workers = None  # type: ignore[assignment]  # the cluster's CPUs
+        num_workers = ray_slots  # type: ignore[assignment]  # None: the cluster's CPUs
     with pool_type(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
         by_id: dict[int, TaskT] = dict(enumerate(requests))
         first_parts: dict[int, Any] = {}  # task_id -> the first part it sent (a window task's header)

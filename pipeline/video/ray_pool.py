@@ -97,14 +97,14 @@ class RayPool:
 
     def __init__(self, fn: Callable[[Any], Any], *, num_workers: int | None = None, timeout_s: float = 120.0,
                  max_tasks: int = 500, max_rss_mb: float = 2048.0, stage: str = "decode"):
-        """``num_workers``: tasks in flight at once (None: the cluster's CPUs free now, so that a CPU an actor holds,
-        say an encoder, is not counted: a task queued for it would take it first when that actor restarts);
-        ``max_rss_mb`` is kept for the interface (Ray's memory monitor watches its workers)."""
+        """``num_workers``: tasks in flight at once (None: the cluster's CPUs; a caller whose actors hold CPUs gives
+        the rest, or a task queued for an actor's CPU takes it first when that actor restarts); ``max_rss_mb`` is
+        kept for the interface (Ray's memory monitor watches its workers)."""
         ray = import_ray()
         if timeout_s <= 0:
             raise ValueError(f"timeout_s ({timeout_s}) must be > 0")
         self.ray, self.fn, self.timeout_s, self.stage = ray, fn, timeout_s, stage
-        self.num_workers = num_workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        self.num_workers = num_workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._remote = ray.remote(num_returns="streaming", max_retries=0, max_calls=max_tasks,
                                   _generator_backpressure_num_objects=BACKPRESSURE)(_task_messages)
         self._pending: deque[tuple[int, Any]] = deque()

@@ -243,11 +243,12 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
             tasks.append(settings.task(str(p), model.preprocess))
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
     encoder = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else None  # (closed below)
+    slots = max(1, cluster_capacity()[1] - encoder.cpus_held) if encoder is not None else None  # CPUs left to decode
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     started = time.monotonic()  # counts: the decode and encode stages' rates, beside the bar's
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
                            timeout_s=rt.decode_timeout_s, max_rss_mb=settings.max_rss_mb,
-                           engine=settings.engine, counts=counts, encoder=encoder) if tasks else iter(())
+                           engine=settings.engine, counts=counts, encoder=encoder, ray_slots=slots) if tasks else iter(())
     # (nothing left to do: no worker process is started)
     try:
         for task, video, failure in stream:
@@ -346,7 +347,7 @@ def ray_connection(settings: TagSettings) -> Iterator[None]:
             import_ray().shutdown()
 
 
-def cluster_gpus() -> tuple[int, int]:
+def cluster_capacity() -> tuple[int, int]:
     """(whole GPUs, CPUs) of the connected Ray cluster's live nodes: an encoder actor takes one whole GPU."""
     nodes = [n["Resources"] for n in import_ray().nodes() if n.get("Alive")]
     return sum(int(r.get("GPU", 0)) for r in nodes), sum(int(r.get("CPU", 0)) for r in nodes)
@@ -355,7 +356,7 @@ def cluster_gpus() -> tuple[int, int]:
 def precision_on_encoders(settings: TagSettings) -> TagSettings:
     """``--precision auto`` where the encoders will be GPU actors: resolved on one of the cluster's GPUs (bf16 or
     fp16), not on this machine, and said on stderr; otherwise the settings as they are."""
-    gpus, _ = cluster_gpus()
+    gpus, _ = cluster_capacity()
     if not gpus or settings.encoders == 0:
         return settings
     precision, why = auto_precision_on_gpu()
@@ -368,7 +369,7 @@ def ray_encoders(settings: TagSettings, counts: StageCounts) -> RayEncoders | No
     """The model actors ``settings.encoders`` asks for on the connected cluster (None: one per whole GPU of its
     nodes, or none where it has none: the driver encodes), each on one GPU where the cluster has whole GPUs, else on
     one CPU, leaving at least one CPU to decode; their placements (node id, device) go into ``counts``."""
-    gpus, cpus = cluster_gpus()
+    gpus, cpus = cluster_capacity()
     count = gpus if settings.encoders is None else settings.encoders
     if not count:
         return None

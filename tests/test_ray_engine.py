@@ -182,7 +182,7 @@ def test_encoder_actors_are_counted_by_whole_gpus_per_node_and_leave_a_cpu_to_de
 
     made = []
     monkeypatch.setattr(job, "RayEncoders", lambda *a, **kw: made.append(kw) or type(
-        "E", (), {"placements": lambda self: ["n cpu"], "close": lambda self: None})())
+        "E", (), {"placements": lambda self: ["n cpu"], "close": lambda self: None, "cpus_held": 1})())
 
     def run(cluster, encoders):
         monkeypatch.setattr(job, "import_ray", lambda: cluster)
@@ -190,7 +190,7 @@ def test_encoder_actors_are_counted_by_whole_gpus_per_node_and_leave_a_cpu_to_de
                             job.StageCounts())
 
     halves = Cluster(*[{"CPU": 4.0, "GPU": 0.5}] * 4)
-    assert run(halves, None) is None and made == []  # no whole GPU: the driver encodes
+    assert run(halves, None) == (None, None) and made == []  # no whole GPU: the driver encodes
     run(Cluster({"CPU": 2.0, "GPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}), None)
     assert made[-1] == {"count": 3, "gpus": True}
     with pytest.raises(UserError, match=r"^--encoders 2: the Ray cluster has room for 1 "):

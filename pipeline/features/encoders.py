@@ -162,7 +162,7 @@ class RayEncoders:
         try:
             return self.ray.get(where)
         except self.ray.exceptions.RayActorError as e:  # its constructor raised: it is never restarted
-            raise UserError(f"a Ray encoder actor could not start: {_first_line(e)}") from None
+            raise UserError(f"a Ray encoder actor could not start: {_cause_line(e)}") from None
 
     def submit(self, pieces: list[torch.Tensor]) -> Any:
         pieces = [p.contiguous() for p in pieces]  # a view would pickle its whole chunk's storage
@@ -206,7 +206,7 @@ class RayEncoders:
     def _pick(self, after: Exception | None = None) -> int:
         live = [k for k in range(len(self.actors)) if k not in self._dead]
         if not live:
-            raise UserError(f"every Ray encoder actor died ({_first_line(after)}); what was committed is kept: "
+            raise UserError(f"every Ray encoder actor died ({_cause_line(after)}); what was committed is kept: "
                             "rerun to resume")
         k = min(live, key=self._load.__getitem__)
         self._load[k] += 1
@@ -230,7 +230,7 @@ class RayEncoders:
             self.ray.kill(a)
 
 
-def _first_line(e: Exception | None) -> str:
-    """A Ray error's own message, without its traceback: its last non-empty line (the cause)."""
+def _cause_line(e: Exception | None) -> str:
+    """A Ray error's cause, without its traceback: the last non-empty line of its message."""
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     return lines[-1] if lines else type(e).__name__

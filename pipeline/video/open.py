@@ -164,9 +164,9 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
     in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
     way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes).
     ``engine``: ``local`` worker processes (``num_workers`` of them), or Ray tasks on the connected cluster
-    (``ray_pool.RayPool``: as many at once as it has CPUs, or ``ray_slots``), with the same outcomes. A task whose Ray node was lost
-    runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)`` says (default: as it
-    was); its outcomes until then are superseded, as a crashed attempt's are."""
+    (``ray_pool.RayPool``: ``ray_slots`` at once, None: as many as it has CPUs), with the same outcomes. A task
+    whose Ray node was lost runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)``
+    says (default: as it was); its outcomes until then are superseded, as a crashed attempt's are."""
     pool_type: Any = WorkerPool
     if engine == "ray":
         from .ray_pool import RayPool as pool_type

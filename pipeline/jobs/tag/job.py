@@ -242,8 +242,7 @@ def _tag_into(index: TagIndex, settings: TagSettings, paths: Sequence[Path], lis
         else:
             tasks.append(settings.task(str(p), model.preprocess))
             stamps[str(p)] = file_stamp(p)  # before decoding: a file still being written is tagged again later
-    encoder = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else None  # (closed below)
-    slots = max(1, cluster_capacity()[1] - encoder.cpus_held) if encoder is not None else None  # CPUs left to decode
+    encoder, slots = ray_encoders(settings, counts) if tasks and settings.engine == "ray" else (None, None)
     bar = progress_bar(len(tasks), desc="tag", unit="video", enabled=progress)
     started = time.monotonic()  # counts: the decode and encode stages' rates, beside the bar's
     stream = embed_windows(tasks, model, batch_size=rt.batch_size, decode_workers=rt.decode_workers,
@@ -347,17 +346,19 @@ def ray_connection(settings: TagSettings) -> Iterator[None]:
             import_ray().shutdown()
 
 
-def cluster_capacity() -> tuple[int, int]:
-    """(whole GPUs, CPUs) of the connected Ray cluster's live nodes: an encoder actor takes one whole GPU."""
+def encoder_plan(settings: TagSettings) -> tuple[int, int, int]:
+    """(encoder actors ``settings.encoders`` asks for, whole GPUs, CPUs) on the connected Ray cluster's live nodes:
+    None asks one per whole GPU (an actor takes one), so none where there is none: the driver encodes."""
     nodes = [n["Resources"] for n in import_ray().nodes() if n.get("Alive")]
-    return sum(int(r.get("GPU", 0)) for r in nodes), sum(int(r.get("CPU", 0)) for r in nodes)
+    gpus, cpus = sum(int(r.get("GPU", 0)) for r in nodes), sum(int(r.get("CPU", 0)) for r in nodes)
+    return (gpus if settings.encoders is None else settings.encoders), gpus, cpus
 
 
 def precision_on_encoders(settings: TagSettings) -> TagSettings:
     """``--precision auto`` where the encoders will be GPU actors: resolved on one of the cluster's GPUs (bf16 or
     fp16), not on this machine, and said on stderr; otherwise the settings as they are."""
-    gpus, _ = cluster_capacity()
-    if not gpus or settings.encoders == 0:
+    count, gpus, _ = encoder_plan(settings)
+    if not count or not gpus:
         return settings
     precision, why = auto_precision_on_gpu()
     print(f"precision: {precision} ({why}, on a GPU node of the Ray cluster, where the encoders run)", file=sys.stderr)
@@ -365,14 +366,14 @@ def precision_on_encoders(settings: TagSettings) -> TagSettings:
     return dataclasses.replace(settings, runtime=runtime)
 
 
-def ray_encoders(settings: TagSettings, counts: StageCounts) -> RayEncoders | None:
-    """The model actors ``settings.encoders`` asks for on the connected cluster (None: one per whole GPU of its
-    nodes, or none where it has none: the driver encodes), each on one GPU where the cluster has whole GPUs, else on
-    one CPU, leaving at least one CPU to decode; their placements (node id, device) go into ``counts``."""
-    gpus, cpus = cluster_capacity()
-    count = gpus if settings.encoders is None else settings.encoders
+def ray_encoders(settings: TagSettings, counts: StageCounts) -> tuple[RayEncoders | None, int | None]:
+    """The model actors ``settings.encoders`` asks for on the connected cluster (``encoder_plan``), each on one GPU
+    where the cluster has whole GPUs, else on one CPU, leaving at least one CPU to decode, and the decode tasks to
+    run beside them (the CPUs they leave; None: the cluster's); their placements (node id, device) go into
+    ``counts``. (None, None): the driver encodes."""
+    count, gpus, cpus = encoder_plan(settings)
     if not count:
-        return None
+        return None, None
     room = gpus if gpus else cpus - 1
     if count > room:
         raise UserError(f"--encoders {count}: the Ray cluster has room for {room} (one per whole GPU of its nodes; "
@@ -385,7 +386,7 @@ def ray_encoders(settings: TagSettings, counts: StageCounts) -> RayEncoders | No
     except BaseException:
         encoders.close()
         raise
-    return encoders
+    return encoders, max(1, cpus - encoders.cpus_held)
 
 
 def disk_error(e: OSError, out: Path) -> Exception:

@@ -221,7 +221,7 @@ def removals_at_shares(work: Path, cluster) -> dict:
             "frames_per_video": local.counts.decoded_frames // VIDEOS}
 
 
-VIDEOS = 10
+VIDEOS = 20  # a share of them apart is time for a node to be removed and its replacement started
 
 
 def split_video_loses_its_node(work: Path, cluster) -> dict:

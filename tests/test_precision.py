@@ -102,8 +102,7 @@ def test_the_bf16_timing_takes_the_median_round_so_one_burst_of_load_cannot_flip
 def test_a_device_name_is_checked_in_one_place(spec):
     """The settings (torch-free, at parse time) and the device resolver (at load) refuse a bad name alike."""
     from clip_model.errors import UserError
-    from pipeline.model.devices import resolve_device
-    from pipeline.model.runtime import RuntimeSettings
+    from pipeline.model.runtime import RuntimeSettings, resolve_device
 
     with pytest.raises(UserError) as settings:
         RuntimeSettings(device=spec)

@@ -88,8 +88,8 @@ class _EncoderActor:
     """A Ray actor holding the model (on its GPU where Ray gave it one): ``encode`` is ``encode_batch``."""
 
     def __init__(self, spec: str, device: str, precision: str, pooling: str | None, num_frames: int | None):
-        from pipeline.model.devices import resolve_device
         from pipeline.model.loading import load_model
+        from pipeline.model.runtime import resolve_device
 
         self.model = load_model(spec, resolve_device(device), precision, pooling, num_frames)
         self.device = str(next(self.model.model.parameters()).device)
@@ -104,8 +104,8 @@ class _EncoderActor:
 
 
 def _auto_precision() -> tuple[str, str]:
-    from pipeline.model.devices import resolve_device
     from pipeline.model.loading import resolve_precision
+    from pipeline.model.runtime import resolve_device
 
     return resolve_precision("auto", resolve_device("auto"))
 

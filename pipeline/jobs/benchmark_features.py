@@ -17,8 +17,8 @@ from datasets.records import VideoRecord
 from pipeline.features.clip_features import extract_features
 from pipeline.features.frame_geometry import decode_cap
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity, model_key
+from pipeline.model.runtime import resolve_device
 from pipeline.model.tensor_cache import load_tensor, save_tensor
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.open import DecodeRequest

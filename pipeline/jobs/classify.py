@@ -13,10 +13,9 @@ from pipeline.eval.linear_probe import LinearProbe, check_fitted_on
 from pipeline.features.clip_features import extract_features
 from pipeline.features.frame_geometry import decode_cap
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity, model_key
 from pipeline.model.prompts import load_templates
-from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, check_frame_choice
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, check_frame_choice, resolve_device
 from pipeline.model.zero_shot import Prediction, top_k
 from pipeline.video.open import DecodeRequest
 from pipeline.video.reader import VideoDecodeError, check_file

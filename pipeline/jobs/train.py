@@ -37,9 +37,9 @@ from clip_model.temporal import VideoCLIP
 from configs.schema import ConfigError, TrainConfig, changed_settings
 from datasets.world import prompt_templates
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.devices import resolve_device
 from pipeline.model.loading import clip_only
 from pipeline.model.prompts import class_embeddings
+from pipeline.model.runtime import resolve_device
 
 from .distributed import barrier, init_distributed
 from .train_data import Batch, ClipPool, ClipSource, RenderedWorld

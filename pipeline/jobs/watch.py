@@ -31,9 +31,8 @@ from clip_model.errors import UserError
 from pipeline.features.frame_geometry import FrameGeometry, decode_cap
 from pipeline.jobs.serve.live import LiveServer, LiveState
 from pipeline.jobs.tag.outputs import top_labels
-from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model
-from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, WindowLabels
+from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings, WindowLabels, resolve_device
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.live import Gap, LiveSource, LiveSourceError, WindowSampler
 

@@ -1,26 +1,48 @@
 """The options every model job shares (classify, tag, benchmark, watch), each as one type with one set of defaults,
 one validation and one set of command-line options: ``RuntimeSettings`` (which model, where it runs, how videos are
 decoded), ``ProtocolOverrides`` (what a job changes of the model's own protocol) and ``WindowLabels`` (what the jobs
-that label time windows, tag and watch, share)."""
+that label time windows, tag and watch, share); and device names: the one check of a name (torch-free, run when
+settings are built) and its resolution on this machine (torch imported when called)."""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from clip_model.errors import UserError
 from datasets.labels import check_unique_labels
 from pipeline.video import BACKENDS, Backend
 from pipeline.video.samplers import FRAME_CHOICES
 
-from .devices import check_device
 from .families import POOLINGS, WINDOW_POOLINGS, Pooling
+
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+
+
+def check_device(spec: str) -> str:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, else a one-line error."""
+    if spec not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", spec):
+        raise UserError(f"device {spec!r}: choose auto, cpu, cuda or cuda:N")
+    return spec
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` (a GPU where there is one), ``cpu``, ``cuda`` or ``cuda:N`` as a device this machine has."""
+    import torch
+
+    if check_device(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {spec}: CUDA is not available on this machine")
+    return torch.device(spec)
 
 
 def check_frame_choice(sampling: str) -> None:
@@ -83,7 +105,6 @@ class RuntimeSettings:
         stderr): what runs, and what the tag index and classify's JSON record, is the precision it resolved to.
         ``model``: the one to use when ``--model`` is not given (else the default); ``resumed_precision``: the one
         the output being resumed was written in, which auto keeps."""
-        from .devices import resolve_device
         from .loading import resolve_precision
 
         if args.precision == "auto" and resumed_precision:

@@ -38,9 +38,8 @@ from pipeline.features.encoders import RayEncoders, auto_precision_on_gpu
 from pipeline.features.frame_geometry import PRESCALE, decode_cap
 from pipeline.features.windows import FrameGeometry, StageCounts, WindowTask, embed_windows
 from pipeline.jobs.progress import progress as progress_bar
-from pipeline.model.devices import resolve_device
 from pipeline.model.loading import load_model, model_identity
-from pipeline.model.runtime import Precision, ProtocolOverrides, WindowLabels, check_frame_choice
+from pipeline.model.runtime import Precision, ProtocolOverrides, WindowLabels, check_frame_choice, resolve_device
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import ENGINES, Engine
 from pipeline.video.ray_pool import connect, import_ray

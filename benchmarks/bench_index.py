@@ -36,8 +36,7 @@ from pipeline.jobs.tag.outputs import TopLabels
 from pipeline.jobs.tag.query import SearchFilter, nearest
 from pipeline.jobs.tag.table_indexes import ANN_MIN_ROWS, build_lookup_indexes, build_vector_index
 from pipeline.model.runtime import ProtocolOverrides, RuntimeSettings
-from pipeline.model.scorers import ProbabilityRule
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import ProbabilityRule, VideoState
 from pipeline.model.video_text import LabelScorer
 from pipeline.video.reader import VideoInfo
 

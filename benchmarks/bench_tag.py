@@ -163,7 +163,7 @@ def throughput(args, settings: TagSettings, tmp: Path) -> None:
     from pipeline.features.clip_features import CrossVideoBatcher, encode_clip
     from pipeline.jobs.tag.job import tag
     from pipeline.model.loading import load_model
-    from pipeline.model.pooling import pool_views
+    from pipeline.model.visual import pool_views
 
     folder = tmp / "archive"
     paths = sorted(folder.glob("v*.*")) or write_folder(folder, args.videos, args.size, args.seconds, 24,

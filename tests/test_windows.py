@@ -19,7 +19,7 @@ from pipeline.features.windows import (
     embed_windows,
 )
 from pipeline.model.loading import load_model
-from pipeline.model.pooling import pool_views
+from pipeline.model.visual import pool_views
 from pipeline.video.open import DecodeRequest, decode_request
 from pipeline.video.samplers import Sampling
 

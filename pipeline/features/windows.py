@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.model.runtime import RuntimeSettings
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import Engine
 from pipeline.video.open import decode_in_workers

@@ -41,7 +41,7 @@ from pipeline.eval.retrieval import (
     video_to_text_ranks,
 )
 from pipeline.model.families import WINDOW_POOLINGS
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.native_log import captured_stderr
 

@@ -1,4 +1,5 @@
-"""Scoring label texts against video states, as one of three strategies (``families.Text`` picks it), each with its
+"""What a video (or window, or view) leaves for scoring once its frames are gone (``VideoState``: unit vectors and, for
+X-CLIP, visual tokens), and scoring label texts against those states, as one of three strategies (``families.Text`` picks it), each with its
 own label texts:
 
     LabelScorer        (C, E) unit texts, prompt-ensembled as embeddings     cosines = vectors @ texts.T
@@ -19,10 +20,37 @@ import torch.nn.functional as F
 
 from .families import Family, Text
 from .prompts import cached_class_embeddings, template_embeddings
-from .state import VideoState
 
 if TYPE_CHECKING:
     import clip_model
+
+
+@dataclass(frozen=True)
+class VideoState:
+    """What scoring a video (or window, or view) needs, without its frames: (N, E) unit vectors and, for X-CLIP,
+    the (N, K, E) visual tokens its prompt generator attends to."""
+
+    vectors: torch.Tensor  # (N, E) float32 unit vectors
+    tokens: torch.Tensor | None = None  # (N, K, E) float32, or None
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def mean(self) -> VideoState:
+        """One state (1, ...) from N: the renormalised mean of the vectors and the mean of the tokens (a video from
+        its windows or views)."""
+        tokens = None if self.tokens is None else self.tokens.mean(dim=0, keepdim=True)
+        return VideoState(F.normalize(self.vectors.mean(dim=0, keepdim=True), dim=-1), tokens)
+
+    def rows(self, start: int, end: int) -> VideoState:
+        return VideoState(self.vectors[start:end], None if self.tokens is None else self.tokens[start:end])
+
+    @staticmethod
+    def cat(states: Sequence[VideoState]) -> VideoState:
+        tokens = [s.tokens for s in states]
+        return VideoState(torch.cat([s.vectors for s in states]),
+                          None if any(t is None for t in tokens) else torch.cat(tokens))  # type: ignore[arg-type]
+
 
 XCLIP_ROWS = 64  # videos whose label texts are conditioned at once: (rows, C, E) floats stay ~50 MB at C = 400
 

@@ -25,10 +25,8 @@ import clip_model
 from clip_model.errors import UserError
 
 from .families import POOLINGS, Pooling, family, recorded_templates
-from .pooling import pool_views
-from .scorers import SCORERS, LabelScorer, probability_rule
-from .state import VideoState
-from .visual import VISUALS
+from .scorers import SCORERS, LabelScorer, VideoState, probability_rule
+from .visual import VISUALS, pool_views
 
 
 class VideoTextModel:

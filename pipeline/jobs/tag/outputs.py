@@ -19,7 +19,7 @@ import torch
 
 from clip_model.errors import UserError
 from pipeline.model.prompts import load_templates
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import VideoState
 from pipeline.model.video_text import LabelScorer, VideoTextModel
 from pipeline.video.supervisor import trim_heap
 

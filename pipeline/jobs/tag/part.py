@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.features.windows import WindowedVideo
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import VideoState
 from pipeline.video.supervisor import Failure
 
 from .index import TagIndex

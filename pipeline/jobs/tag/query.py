@@ -15,7 +15,7 @@ from clip_model.errors import UserError
 from datasets.labels import check_unique_labels
 from pipeline.model.loading import load_model
 from pipeline.model.runtime import resolve_device
-from pipeline.model.state import VideoState
+from pipeline.model.scorers import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video.supervisor import trim_heap
 

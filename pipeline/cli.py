@@ -135,7 +135,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     where = SearchFilter(args.path, args.label, args.after, args.before, args.kind)
     hits = search(args.index, args.query, args.topk, args.device, where)
-    from .jobs.tag.names import shown_name
+    from .jobs.tag.index_state import shown_name
 
     for hit in hits:
         hit["path"] = shown_name(hit["path"])  # a name that is not UTF-8 prints with its odd bytes as \xHH

@@ -28,7 +28,7 @@ from pipeline.video.supervisor import WorkerPool
 from pipeline.video.thumbnails import ThumbnailTask, jpeg, thumbnail_jpeg
 
 from ..tag.index import TagIndex, common_settings, open_indexes
-from ..tag.names import file_name, shown_name
+from ..tag.index_state import file_name, shown_name
 from ..tag.query import SearchFilter, index_model, text_search
 
 if TYPE_CHECKING:

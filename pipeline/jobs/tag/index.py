@@ -13,15 +13,12 @@ each table to the version state.json names, so a kill at any moment loses at mos
 the named versions only. A folder whose state.json is lost is refused, never wiped: ``repair_index`` rebuilds it from
 the tables (the settings are also kept in each table's schema metadata), or ``tag --restart`` starts over.
 
-Integrity. Lance keeps no checksums of its data pages, so every file a commit adds is hashed (SHA-256) and recorded
-in state.json with its size, beside each table's row count; ``verify_index`` checks them all, and a read that fails
-names the damaged file (``IndexDamaged``).
-
-Compaction. Every ``COMPACT_EVERY`` commits small fragments are merged and versions older than ``KEEP_VERSIONS``
-seconds are deleted, so neither the fragment list nor the version history grows with the archive, while a reader
-that opened a recent version keeps reading it; one whose version is gone reopens the latest committed one.
-
-A sharded run (torchrun) writes one such index per rank, ``OUT.index/rank-R-of-N/``; readers open them all.
+Integrity. Lance keeps no checksums of its data pages: each file a commit adds is hashed (SHA-256) into state.json
+with its size, beside each table's row count; ``verify_index`` checks them, a failed read names the file.
+Compaction. Every ``COMPACT_EVERY`` commits small fragments are merged and versions older than ``KEEP_VERSIONS`` s
+deleted, so neither fragments nor versions grow with the archive; a reader on a recent version keeps reading it, one
+whose version is gone reopens the latest committed one. A sharded run (torchrun) writes one such index per rank,
+``OUT.index/rank-R-of-N/``; readers open them all.
 """
 from __future__ import annotations
 
@@ -40,18 +37,21 @@ import pyarrow as pa
 
 from clip_model.errors import UserError
 
-from .checksums import checksums, differing, version_files
 from .index_state import (
     SETTINGS_KEY,
     TABLES,
     IndexDamaged,
     IndexState,
+    checksums,
+    differing,
+    file_name,
     import_lance,
     is_lance_error,
     sql_string,
+    stored_name,
+    version_files,
     writer_lock,
 )
-from .names import file_name, stored_name
 
 COMPACT_EVERY = 64  # commits between compactions
 KEEP_VERSIONS = 120.0  # seconds: compaction keeps the versions committed this recently (readers may hold them)

@@ -1,12 +1,16 @@
 """What an index folder is, beside its two tables: ``state.json`` (``IndexState``: format, settings, the committed
 version, row count and file checksums of each table, the next video id), written atomically; the tables' columns;
-the writer's lock; and the error a damaged file raises. ``index.py`` reads and commits the tables themselves."""
+the writer's lock; the error a damaged file raises; the checksums state.json keeps of the files each version reads;
+and file names as the index stores them. ``index.py`` reads and commits the tables themselves."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,3 +173,75 @@ def is_lance_error(e: BaseException) -> bool:
 def sql_string(value: str) -> str:
     """A SQL string literal: single quotes doubled."""
     return "'" + value.replace("'", "''") + "'"
+
+
+# SHA-256 of the files a tag index's committed versions read: Lance keeps no checksums of its data pages, so a flipped
+# bit would otherwise be read back as a wrong score without a word.
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_files(table: str, ds: Any) -> Iterator[str]:
+    """The files (relative to the index folder) that version ``ds`` of ``table`` reads: each fragment's data files and
+    deletion file, and each index segment's files. Lance writes each once and never changes it. Their number is bounded
+    by compaction, so listing them costs the same at every commit."""
+    root = Path(ds.uri)
+    for fragment in ds.get_fragments():
+        for data in fragment.data_files():
+            yield f"{table}.lance/data/{data.path}"
+        if deletion := fragment.deletion_file():
+            yield f"{table}.lance/{deletion}"
+    for index in ds.describe_indices():
+        for segment in index.segments:
+            folder = root / "_indices" / str(segment.uuid)
+            for name in sorted(os.listdir(folder)) if folder.is_dir() else ():
+                yield f"{table}.lance/_indices/{segment.uuid}/{name}"
+
+
+def checksums(folder: Path, files: list[str], known: Mapping[str, list]) -> dict[str, list]:
+    """[size, sha256] of each of ``files``, taken from ``known`` where it is there (only new files are hashed)."""
+    return {rel: known[rel] if rel in known else [os.path.getsize(folder / rel), sha256(folder / rel)]
+            for rel in files}
+
+
+def differing(folder: Path, recorded: Mapping[str, list], sizes_only: bool = False) -> list[str]:
+    """The recorded files that are missing or differ from their checksum (``sizes_only``: from their size)."""
+    bad = []
+    for rel, (size, digest) in sorted(recorded.items()):
+        path = folder / rel
+        try:
+            if os.path.getsize(path) != size or (not sizes_only and sha256(path) != digest):
+                bad.append(rel)
+        except OSError:
+            bad.append(rel)
+    return bad
+
+
+# File names as the index stores them, and as tables and terminals show them. A file name that is not UTF-8 (Python
+# gives its undecodable bytes as the surrogates U+DC80-U+DCFF) cannot be an Arrow string. The index stores each such
+# byte as NUL and two hex digits: no file name holds a NUL, so the escape is reversible and leaves every UTF-8 name as
+# it is. Outputs, search's table and the server show those bytes as ``\xHH``.
+
+_ESCAPED = re.compile("\x00([0-9a-f]{2})")
+
+
+def stored_name(path: str) -> str:
+    """A file name as the index stores it."""
+    if path.isascii():
+        return path
+    return "".join(f"\x00{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in path)
+
+
+def file_name(stored: str) -> str:
+    """The file name the index stored as ``stored`` (``stored_name``'s inverse)."""
+    return stored if "\x00" not in stored else _ESCAPED.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), stored)
+
+
+def shown_name(path: str) -> str:
+    """A file name to print or write in a table: bytes that are not UTF-8 as ``\\xHH``."""
+    return path if path.isascii() else os.fsencode(path).decode("utf-8", "backslashreplace")

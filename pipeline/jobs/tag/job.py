@@ -50,8 +50,7 @@ from pipeline.video.supervisor import Failure
 from ..distributed import barrier, init_distributed
 from .discover import LISTING_FAILURE, discover, file_stamp
 from .index import TagIndex, open_indexes
-from .index_state import VIDEO_COLUMNS, embedding_schema, index_folder
-from .names import file_name
+from .index_state import VIDEO_COLUMNS, embedding_schema, file_name, index_folder
 from .outputs import TopLabels, check_output, output_lock, top_labels, write_outputs
 from .part import Part, next_video_id
 from .table_indexes import build_indexes

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from clip_model.errors import UserError
 
-from .checksums import differing, version_files
 from .index import TagIndex
-from .index_state import SETTINGS_KEY, IndexState, import_lance, writer_lock
+from .index_state import SETTINGS_KEY, IndexState, differing, import_lance, version_files, writer_lock
 
 
 @dataclass(frozen=True)

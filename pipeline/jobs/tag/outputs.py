@@ -24,8 +24,7 @@ from pipeline.model.video_text import LabelScorer, VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
 from .index import SCAN_BATCH, TagIndex
-from .index_state import IndexDamaged, exclusive_lock
-from .names import file_name, shown_name
+from .index_state import IndexDamaged, exclusive_lock, file_name, shown_name
 
 FORMATS = (".parquet", ".csv", ".jsonl")
 # Tables written between two trim_heap calls. Each batch's short-lived NumPy, list and Arrow buffers fragment the

@@ -13,8 +13,7 @@ from pipeline.model.scorers import VideoState
 from pipeline.video.supervisor import Failure
 
 from .index import TagIndex
-from .index_state import VIDEO_COLUMNS, embedding_schema
-from .names import stored_name
+from .index_state import VIDEO_COLUMNS, embedding_schema, stored_name
 from .outputs import TopLabels
 
 

@@ -20,8 +20,7 @@ from pipeline.model.video_text import VideoTextModel
 from pipeline.video.supervisor import trim_heap
 
 from .index import TagIndex, common_settings, open_indexes
-from .index_state import sql_string
-from .names import file_name
+from .index_state import file_name, sql_string
 from .outputs import check_output, output_lock, top_labels, write_outputs
 
 HIT_COLUMNS = ["video_id", "path", "kind", "start_s", "end_s", "label", "score", "_distance"]

@@ -1,6 +1,6 @@
 """What a video (or window, or view) leaves for scoring once its frames are gone (``VideoState``: unit vectors and, for
-X-CLIP, visual tokens), and scoring label texts against those states, as one of three strategies (``families.Text`` picks it), each with its
-own label texts:
+X-CLIP, visual tokens), and scoring label texts against those states, as one of three strategies (``families.Text``
+picks it), each with its own label texts:
 
     LabelScorer        (C, E) unit texts, prompt-ensembled as embeddings     cosines = vectors @ texts.T
     TemplateScorer     (K, C, E) a unit text per template (ActionCLIP)        probabilities averaged over templates

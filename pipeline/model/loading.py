@@ -72,12 +72,14 @@ def bf16_speedup() -> tuple[float, str]:
     return speedup, where
 
 
-def measure_bf16_speedup(rounds: int = 9) -> float:
-    """The median over ``rounds`` of fp32 time / bf16 time of (1024, 768) @ (768, 3072) (a ViT-B MLP's shape), each
-    the best of 3, the two precisions timed in turn so that a burst of load falls on both (~1 s). The flags alone do
-    not say it: one host with AVX-512 BF16 ran ViT-B/32 2.9-3.7x faster in bf16, another (without AMX) 0.70x as
-    fast; and a single 0.1 s timing read 0.55x to 54.9x on one loaded host."""
-    a, b = torch.randn(1024, 768), torch.randn(768, 3072)
+def measure_bf16_speedup(rounds: int = 9, shape: tuple[int, int, int] = (1024, 768, 3072)) -> float:
+    """The median over ``rounds`` of fp32 time / bf16 time of (m, k) @ (k, n) for ``shape`` (m, k, n), by default a
+    ViT-B MLP's (1024, 768) @ (768, 3072), each the best of 3, the two precisions timed in turn so that a burst of
+    load falls on both (~1 s where bf16 is native; ~70 s where it is emulated, which the flags rule out first). The
+    flags alone do not say it: one host with AVX-512 BF16 ran ViT-B/32 2.9-3.7x faster in bf16, another (without
+    AMX) 0.70x as fast; and a single 0.1 s timing read 0.55x to 54.9x on one loaded host."""
+    m, k, n = shape
+    a, b = torch.randn(m, k), torch.randn(k, n)
     pairs = {dtype: (a.to(dtype), b.to(dtype)) for dtype in (torch.float32, torch.bfloat16)}
     for x, y in pairs.values():
         x @ y  # warm up

@@ -83,7 +83,10 @@ def _torchscript_archive(oc, path) -> None:
         del oc._buffers[name]
 
 
+# ViT-B-16's checkpoint keys are ViT-B-32's (only the patch embedding's shape differs, which
+# test_build_model_reads_architecture_from_shapes reads): the formats' readers see nothing new in it
 @pytest.mark.slow
+@pytest.mark.parametrize("pair", [m for m in MODELS if m != "ViT-B-16"], indirect=True)
 def test_every_format_loads_the_same_weights(pair, tmp_path):
     name, oc, ours = pair
     images, tokens = _inputs(ours)

@@ -211,8 +211,8 @@ def test_a_model_slower_than_the_stream_drops_the_oldest_windows_and_counts_them
     cannot keep up, so waiting windows are dropped, each counted; the same file read as fast as it decodes drops
     nothing (the reader waits for the model, which is slower than decoding)."""
     common = ["--labels", tmp_path / "labels.txt", "--model", "random:ViT-B/32", "--device", "cpu", "--precision",
-              "fp32", "--window", "1", "--stride", "0.1"]
-    live = _run("watch", clip, "--realtime", "--out", tmp_path / "live.jsonl", *common)
+              "fp32", "--window", "1"]
+    live = _run("watch", clip, "--realtime", "--out", tmp_path / "live.jsonl", "--stride", "0.1", *common)
     assert live.returncode == 0, live.stderr
     records = _lines(tmp_path / "live.jsonl")
     decided = [r["window"] for r in records if r["type"] == "window"]
@@ -222,7 +222,7 @@ def test_a_model_slower_than_the_stream_drops_the_oldest_windows_and_counts_them
     assert len(decided) + summary["dropped"] == 51 == summary["windows"] + summary["dropped"]
     assert max(r["dropped_so_far"] for r in records if r["type"] == "window") <= summary["dropped"]
     # read as fast as it decodes, every 0.5 s (11 windows, still more than the 2 that may wait for the model)
-    fast = _run("watch", clip, "--out", tmp_path / "file.jsonl", *common[:-1], "0.5")
+    fast = _run("watch", clip, "--out", tmp_path / "file.jsonl", "--stride", "0.5", *common)
     assert fast.returncode == 0, fast.stderr
     assert _lines(tmp_path / "file.jsonl")[-1]["dropped"] == 0
     assert sum(r["type"] == "window" for r in _lines(tmp_path / "file.jsonl")) == 11

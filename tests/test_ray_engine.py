@@ -99,7 +99,7 @@ def test_a_lost_node_loses_no_video_and_stores_none_twice(report):
 
 @pytest.mark.slow
 def test_nodes_removed_at_30_60_and_90_percent_lose_nothing_and_redo_only_what_they_held(report):
-    """A decode node, the GPU node holding the encoder actor, then the other decode node, removed while tag runs
+    """A decode node, the other decode node, then the GPU node holding the encoder actor, removed while tag runs
     (each replaced): every video is in the outputs exactly once with a local tag's labels, decoded as it would have
     been (PyAV, not the decord retry of a crash); the frames decoded again are at most those of the tasks the
     removed nodes held (one video each: a node has one CPU); the encoder ran on the GPU node."""

@@ -170,3 +170,20 @@ def stream_or_lose_node(task: tuple[str, str, int]):
         time.sleep(0.2)
         yield i
     return n
+
+
+def paced_windows(task, pace_s: float = 0.05):
+    """decode_windows, an item at most every ``pace_s`` seconds: a fast host's decoding slowed to the pace the node
+    removal checks need (adding a replacement node takes over a second, and the videos committed meanwhile must
+    not carry the job past its next removal). Where decoding is slower than that, nothing waits."""
+    from pipeline.features.window_decode import decode_windows
+
+    gen, last = decode_windows(task), time.monotonic()
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        time.sleep(max(0.0, last + pace_s - time.monotonic()))
+        last = time.monotonic()
+        yield item

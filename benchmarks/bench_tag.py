@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from datasets.synthetic import DIRECTIONS, moving_square_frames, write_video
-from pipeline.features.window_decode import WindowChunk, decode_windows
-from pipeline.video.open import DecodeRequest, decode_in_workers, decode_request
+from pipeline.features.window_decode import WindowChunk, WindowHeader, decode_windows
+from pipeline.video.open import DecodeRequest, DecodeWorkers, decode_in_workers, decode_request
 from pipeline.video.samplers import Sampling
 from pipeline.video.supervisor import rss_mb
 
@@ -327,10 +327,12 @@ def split(args, settings: TagSettings, tmp: Path) -> None:
         task = dataclasses.replace(settings, runtime=dataclasses.replace(settings.runtime, decode_workers=workers)
                                    ).resolved(model).task(str(video), model.preprocess)
         t, windows, ranges, used = time.perf_counter(), 0, 0, _cpu_seconds()
-        for _, o in decode_in_workers([task], num_workers=workers, fn=decode_windows, follow_up=range_tasks,
-                                      timeout_s=600):
-            windows += len(o.result.positions) if isinstance(o.result, WindowChunk) else 0
-            ranges += o.status == "ok"
+        with DecodeWorkers(decode_windows, num_workers=workers, timeout_s=600) as pool:
+            for t_, o in pool.run([task]):
+                if isinstance(o.result, WindowHeader):
+                    pool.submit_next(range_tasks(t_, o.result))
+                windows += len(o.result.positions) if isinstance(o.result, WindowChunk) else 0
+                ranges += o.status == "ok"
         seconds[workers], cpu[workers] = time.perf_counter() - t, _cpu_seconds() - used
         print(f"decode only, {workers} worker(s): {seconds[workers]:.1f} s for {windows} windows in {ranges} "
               f"range(s); {cpu[workers]:.1f} CPU s in all ({cpu[workers] / seconds[workers]:.2f} cores busy)")

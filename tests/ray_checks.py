@@ -36,9 +36,15 @@ def pool_outcomes() -> dict:
     streamed = []
     with RayPool(stream, timeout_s=3) as pool:
         streamed = [(o.task_id, o.status, o.result) for o in pool.map([("ok", 4), ("stall", 4)])]
+    withdrawn = []
+    with RayPool(behave, num_workers=2, timeout_s=60) as pool:
+        for o in pool.map([("sleep", 60), ("ok", 1), ("ok", 2), ("ok", 3)]):
+            withdrawn.append((o.task_id, o.status, o.result))
+            if len(withdrawn) == 1:
+                pool.withdraw(lambda t: t not in {("sleep", 60), ("ok", 2)})  # one running, one waiting
     retried = [(r.backend, o.status, o.result) for r, o in decode_in_workers(
         [DecodeRequest("x.mp4", Sampling())], fn=auto_segfaults, timeout_s=30, engine="ray")]
-    return {"outcomes": outcomes, "streamed": streamed, "retried": retried,
+    return {"outcomes": outcomes, "streamed": streamed, "withdrawn": withdrawn, "retried": retried,
             "seconds": round(time.monotonic() - start, 1)}
 
 

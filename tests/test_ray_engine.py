@@ -59,6 +59,7 @@ def test_the_ray_pool_gives_each_task_one_outcome_as_the_local_pool_does(report)
     streamed = {t: [(s, r) for i, s, r in pool["streamed"] if i == t] for t in (0, 1)}
     assert streamed[0] == [("part", 0), ("part", 1), ("part", 2), ("part", 3), ("ok", 4)]
     assert streamed[1] == [("part", 0), ("part", 1), ("timeout", None)]  # the deadline is on progress
+    assert pool["withdrawn"] == [[1, "ok", 2], [3, "ok", 6]]  # the sleeper cancelled, ("ok", 2) never started
     assert pool["retried"] == [["decord", "ok", "decord"]]  # a crash on auto is retried on decord, as locally
 
 

@@ -12,7 +12,7 @@ import pytest
 from videos import h264_bframes, reference_frames
 from worker_fns import behave
 
-from pipeline.video.open import DecodeRequest, decode_in_workers
+from pipeline.video.open import DecodeRequest, DecodeWorkers, decode_in_workers
 from pipeline.video.samplers import Sampling, segment_indices
 from pipeline.video.supervisor import Failure, WorkerPool
 
@@ -114,22 +114,23 @@ def test_tasks_submitted_while_mapping_run_in_that_map_the_first_ones_next():
 
 
 def test_withdrawn_tasks_are_stopped_or_never_started_and_say_nothing():
-    withdrawn: set = set()
     with WorkerPool(behave, num_workers=2, timeout_s=60) as pool:
         seen = []
-        for outcome in pool.map([("sleep", 30), ("ok", 1), ("ok", 2), ("ok", 3)], skip=lambda t: t in withdrawn):
+        for outcome in pool.map([("sleep", 30), ("ok", 1), ("ok", 2), ("ok", 3)]):
             seen.append((outcome.task_id, outcome.status, outcome.result))
-            withdrawn.update({("sleep", 30), ("ok", 2)})  # one running, one waiting
+            if len(seen) == 1:
+                pool.withdraw(lambda t: t not in {("sleep", 30), ("ok", 2)})  # one running, one waiting
         assert pool.restarts == 1  # the sleeper's worker, replaced
     assert seen == [(1, "ok", 2), (3, "ok", 6)]  # the sleeper never woke; ("ok", 2) never ran
 
 
-def test_follow_ups_run_ahead_of_waiting_requests_in_the_order_given():
-    def follow_up(request, outcome):
-        return [("ok", 100 + request[1]), ("ok", 200 + request[1])] if request[1] < 10 else []
-
-    seen = [(r, o.result) for r, o in decode_in_workers([("ok", 1), ("ok", 2)], num_workers=1, fn=behave,
-                                                        follow_up=follow_up)]
+def test_tasks_submitted_next_run_ahead_of_waiting_requests_in_the_order_given():
+    seen = []
+    with DecodeWorkers(behave, num_workers=1) as workers:
+        for r, o in workers.run([("ok", 1), ("ok", 2)]):
+            seen.append((r, o.result))
+            if r[1] < 10:
+                workers.submit_next([("ok", 100 + r[1]), ("ok", 200 + r[1])])
     assert seen == [(("ok", 1), 2), (("ok", 101), 202), (("ok", 201), 402), (("ok", 2), 4), (("ok", 102), 204),
                     (("ok", 202), 404)]
 

@@ -17,7 +17,7 @@ from pipeline.video import Backend
 from pipeline.video.open import keyframe_choice, open_video
 from pipeline.video.reader import VideoDecodeError, VideoInfo
 from pipeline.video.samplers import FrameChoice, sliding_windows
-from pipeline.video.supervisor import Outcome, trim_heap
+from pipeline.video.supervisor import trim_heap
 from pipeline.video.thumbnails import jpeg
 
 from .frame_geometry import FrameGeometry
@@ -61,8 +61,8 @@ class WindowTask:
 @dataclass(frozen=True)
 class WindowHeader:
     """First item of every attempt at a video or at one of its time ranges: a consumer starts (or starts over) on
-    it. A whole video's header lists its ``ranges``; its own worker decodes the first, and ``range_tasks`` (the
-    follow-up given to ``decode_in_workers``) asks other workers for the rest."""
+    it. A whole video's header lists its ``ranges``; its own worker decodes the first, and the consumer asks other
+    workers for the rest (``range_tasks``)."""
 
     info: VideoInfo
     bounds: tuple[tuple[float, float], ...]  # (start_s, end_s) of every window
@@ -100,11 +100,10 @@ def time_ranges(num_windows: int, duration: float, split: int, min_range_s: floa
     return tuple(zip(cuts[:-1], cuts[1:]))
 
 
-def range_tasks(task: WindowTask, outcome: Outcome) -> list[WindowTask]:
-    """``decode_in_workers``'s follow-up: a whole video's header asks for the tasks of its other time ranges (none
-    for any other outcome, a range's own header, or an unsplit video's)."""
-    header = outcome.result
-    if outcome.status != "part" or not isinstance(header, WindowHeader) or task.window_range is not None:
+def range_tasks(task: WindowTask, header: WindowHeader) -> list[WindowTask]:
+    """The tasks of a video's other time ranges, which its whole-video task's header asks for (none where ``task``
+    is a range's own, or the video is not split)."""
+    if task.window_range is not None:
         return []
     return [dataclasses.replace(task, window_range=r) for r in header.ranges[1:]]
 

@@ -34,7 +34,7 @@ from pipeline.model.runtime import RuntimeSettings
 from pipeline.model.scorers import VideoState
 from pipeline.model.video_text import VideoTextModel
 from pipeline.video import Engine
-from pipeline.video.open import decode_in_workers
+from pipeline.video.open import DecodeWorkers
 from pipeline.video.reader import VideoInfo
 from pipeline.video.supervisor import Failure, Outcome, trim_heap
 
@@ -121,19 +121,16 @@ class StageCounts:
 
 class WindowAssembly:
     """What ``embed_windows`` keeps while workers decode: the videos under way (keyed by path, as their queued chunks
-    are), the encoder batching their frames across videos, and the split videos already yielded (whatever of them
-    still runs or waits is withdrawn). ``take`` takes one worker outcome, a method per kind; ``encode`` runs the full
-    batches; each returns the videos that are now complete or failed."""
+    are) and the encoder batching their frames across videos. ``take`` takes one worker outcome, a method per kind;
+    ``encode`` runs the full batches; each returns the videos that are now complete or failed. It drives the split
+    of long videos on the ``workers`` decoding them: a video's header asks for its other time ranges next, and once
+    a split video is yielded, its tasks that still run or wait are withdrawn."""
 
-    def __init__(self, model: VideoTextModel, batch_size: int, counts: StageCounts | None = None,
-                 encoder: BatchEncoder | None = None):
-        self.model, self.counts = model, counts or StageCounts()
+    def __init__(self, model: VideoTextModel, batch_size: int, workers: DecodeWorkers,
+                 counts: StageCounts | None = None, encoder: BatchEncoder | None = None):
+        self.model, self.workers, self.counts = model, workers, counts or StageCounts()
         self.encoder = CrossVideoBatcher(model, batch_size, encoder)
         self.videos: dict[str, _Video] = {}
-        self.closed: set[str] = set()
-
-    def withdrawn(self, task: WindowTask) -> bool:
-        return task.path in self.closed
 
     def take(self, task: WindowTask, outcome: Outcome) -> Iterator[Result]:
         video = self._current(task)
@@ -173,6 +170,7 @@ class WindowAssembly:
     def _header(self, task: WindowTask, video: _Video | None, header: WindowHeader) -> None:
         path = task.path
         if task.window_range is None:  # the whole video (re)starts: forget any earlier attempt
+            self.workers.submit_next(range_tasks(task, header))
             self.encoder.drop(_chunk_filter(path))
             split = len(header.ranges) > 1 or (video is not None and video.split)
             self.videos[path] = _Video(task, header, set(header.ranges), split)
@@ -222,8 +220,8 @@ class WindowAssembly:
     def _close(self, path: str) -> None:
         video = self.videos.pop(path)
         self.encoder.drop(_chunk_filter(path))
-        if video.split:
-            self.closed.add(path)
+        if video.split:  # tasks of its other ranges may still run or wait
+            self.workers.withdraw(lambda task: task.path != path)
 
 
 def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_size: int = 32,
@@ -248,11 +246,10 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     tasks in flight on Ray (None: the cluster's CPUs)."""
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
-    assembly = WindowAssembly(model, batch_size, counts, encoder)
-    workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
-    for task, outcome in decode_in_workers(list(tasks), num_workers=workers, timeout_s=timeout_s,
-                                           max_rss_mb=max_rss_mb, fn=fn, follow_up=range_tasks,
-                                           skip=assembly.withdrawn, engine=engine,  # no outcome of them comes here
-                                           rerun_lost=lost_task, ray_slots=ray_slots):
-        yield from assembly.take(task, outcome)
+    num_workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
+    with DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
+                       rerun_lost=lost_task, ray_slots=ray_slots) as workers:
+        assembly = WindowAssembly(model, batch_size, workers, counts, encoder)
+        for task, outcome in workers.run(list(tasks)):
+            yield from assembly.take(task, outcome)
     yield from assembly.encode(flush=True)

@@ -136,60 +136,85 @@ TaskT = TypeVar("TaskT", bound=DecodeTask)
 MAX_LOST_RERUNS = 3  # reruns of a task whose machine was lost (Ray); after them its crash is an ordinary crash
 
 
+class DecodeWorkers:
+    """Supervised decode workers with their retries (the arguments are ``decode_in_workers``'), for a caller that
+    adds and withdraws tasks while they run: ``run`` yields what ``decode_in_workers`` yields; ``submit_next(tasks)``
+    runs more tasks next, in the order given, ahead of every task waiting (a long video's header asks for its other
+    time ranges); ``withdraw(keep)``: the tasks ``keep`` rejects, waiting or running, stop and send nothing more."""
+
+    def __init__(self, fn: Callable[[Any], Any] | None = None, *, num_workers: int = 2, timeout_s: float = 120.0,
+                 max_rss_mb: float = 2048.0, engine: Engine = "local",
+                 rerun_lost: Callable[[Any, Any], Any] | None = None, ray_slots: int | None = None):
+        pool_type: Any = WorkerPool
+        if engine == "ray":
+            from .ray_pool import RayPool as pool_type
+
+            num_workers = ray_slots  # type: ignore[assignment]  # None: the cluster's CPUs
+        self.pool = pool_type(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s,
+                              max_rss_mb=max_rss_mb)
+        self.rerun_lost = rerun_lost
+        self.withdraw = self.pool.withdraw
+        self._by_id: dict[int, Any] = {}
+
+    def __enter__(self) -> DecodeWorkers:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.pool.__exit__(*exc)
+
+    def submit_next(self, tasks: Sequence[Any]) -> None:
+        for task in reversed(tasks):  # reversed: they start in the order given
+            self._submit_first(task)
+
+    def _submit_first(self, task: Any) -> int:
+        task_id = self.pool.submit(task, first=True)
+        self._by_id[task_id] = task
+        return task_id
+
+    def run(self, requests: Sequence[Any]) -> Iterator[tuple[Any, Outcome]]:
+        self._by_id = dict(enumerate(requests))
+        first_parts: dict[int, Any] = {}  # task_id -> the first part it sent (a window task's header)
+        lost: dict[int, int] = {}  # task_id -> how many of its attempts lost their node
+        for outcome in self.pool.map(requests):
+            request = self._by_id[outcome.task_id]
+            if outcome.status == "part":
+                first_parts.setdefault(outcome.task_id, outcome.result)
+            first = first_parts.pop(outcome.task_id, None) if outcome.status != "part" else None
+            if outcome.node_lost and lost.get(outcome.task_id, 0) < MAX_LOST_RERUNS:
+                again = self.rerun_lost(request, first) if self.rerun_lost else request
+                lost[self._submit_first(again)] = lost.get(outcome.task_id, 0) + 1
+                continue
+            if outcome.status == "crash" and request.backend == "auto":
+                self._submit_first(dataclasses.replace(request, backend="decord"))
+                continue
+            yield request, outcome
+
+
 @overload
 def decode_in_workers(requests: Sequence[DecodeRequest], *, num_workers: int = ..., timeout_s: float = ...,
-                      max_rss_mb: float = ..., fn: None = None, follow_up: None = None, skip: None = None,
-                      engine: Engine = ...) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
+                      max_rss_mb: float = ..., fn: None = None, engine: Engine = ...,
+                      ) -> Iterator[tuple[DecodeRequest, Outcome]]: ...
 
 
 @overload
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = ..., timeout_s: float = ...,
-                      max_rss_mb: float = ..., fn: Callable[[TaskT], Any],
-                      follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
-                      skip: Callable[[TaskT], bool] | None = None, engine: Engine = ...,
+                      max_rss_mb: float = ..., fn: Callable[[TaskT], Any], engine: Engine = ...,
                       rerun_lost: Callable[[TaskT, Any], TaskT] | None = ..., ray_slots: int | None = ...,
                       ) -> Iterator[tuple[TaskT, Outcome]]: ...
 
 
 def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeout_s: float = 120.0,
-                      max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None,
-                      follow_up: Callable[[TaskT, Outcome], Sequence[TaskT]] | None = None,
-                      skip: Callable[[TaskT], bool] | None = None, engine: Engine = "local",
+                      max_rss_mb: float = 2048.0, fn: Callable[[TaskT], Any] | None = None, engine: Engine = "local",
                       rerun_lost: Callable[[TaskT, Any], TaskT] | None = None, ray_slots: int | None = None,
                       ) -> Iterator[tuple[TaskT, Outcome]]:
     """Decode each request (with ``fn``, default ``decode_request``, which takes ``DecodeRequest``s) in a supervised
     worker; yields (request, outcome) as each ends. A request on the ``auto`` backend (PyAV) whose worker crashed is
     retried next on decord, whose own FFmpeg build may get through; the retried result carries decord's warnings.
-    ``follow_up(request, outcome)``, asked of every outcome before it is yielded, returns more requests to run next,
-    in that order (a long video's first part asks for its other time ranges); their outcomes are yielded the same
-    way. ``skip(request)`` withdraws requests no longer wanted (``WorkerPool.map``: no further outcome comes).
     ``engine``: ``local`` worker processes (``num_workers`` of them), or Ray tasks on the connected cluster
     (``ray_pool.RayPool``: ``ray_slots`` at once, None: as many as it has CPUs), with the same outcomes. A task
     whose Ray node was lost runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)``
-    says (default: as it was); its outcomes until then are superseded, as a crashed attempt's are."""
-    pool_type: Any = WorkerPool
-    if engine == "ray":
-        from .ray_pool import RayPool as pool_type
-
-        num_workers = ray_slots  # type: ignore[assignment]  # None: the cluster's CPUs
-    with pool_type(fn or decode_request, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb) as pool:
-        by_id: dict[int, TaskT] = dict(enumerate(requests))
-        first_parts: dict[int, Any] = {}  # task_id -> the first part it sent (a window task's header)
-        lost: dict[int, int] = {}  # task_id -> how many of its attempts lost their node
-        for outcome in pool.map(requests, skip=skip):
-            request = by_id[outcome.task_id]
-            if outcome.status == "part":
-                first_parts.setdefault(outcome.task_id, outcome.result)
-            first = first_parts.pop(outcome.task_id, None) if outcome.status != "part" else None
-            if outcome.node_lost and lost.get(outcome.task_id, 0) < MAX_LOST_RERUNS:
-                again = rerun_lost(request, first) if rerun_lost else request
-                again_id = pool.submit(again, first=True)
-                by_id[again_id], lost[again_id] = again, lost.get(outcome.task_id, 0) + 1
-                continue
-            if outcome.status == "crash" and request.backend == "auto":
-                retry = dataclasses.replace(request, backend="decord")
-                by_id[pool.submit(retry, first=True)] = retry
-                continue
-            for more in reversed(follow_up(request, outcome) if follow_up is not None else ()):
-                by_id[pool.submit(more, first=True)] = more  # reversed: they start in the order given
-            yield request, outcome
+    says (default: as it was); its outcomes until then are superseded, as a crashed attempt's are. A caller that
+    adds or withdraws tasks while they run uses ``DecodeWorkers``."""
+    with DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
+                       rerun_lost=rerun_lost, ray_slots=ray_slots) as workers:
+        yield from workers.run(requests)

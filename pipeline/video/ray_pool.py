@@ -93,7 +93,7 @@ def _task_messages(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, A
 
 class RayPool:
     """``WorkerPool``'s interface on Ray: ``map`` yields one final Outcome per task (task_id = its position; ``submit``
-    numbers on), each preceded by its ``part`` outcomes; ``skip`` withdraws tasks no longer wanted."""
+    numbers on), each preceded by its ``part`` outcomes; ``withdraw`` stops tasks no longer wanted."""
 
     def __init__(self, fn: Callable[[Any], Any], *, num_workers: int | None = None, timeout_s: float = 120.0,
                  max_tasks: int = 500, max_rss_mb: float = 2048.0, stage: str = "decode"):
@@ -109,6 +109,7 @@ class RayPool:
                                   _generator_backpressure_num_objects=BACKPRESSURE)(_task_messages)
         self._pending: deque[tuple[int, Any]] = deque()
         self._running: dict[Any, tuple[int, Any, float]] = {}  # generator -> (task_id, task, deadline)
+        self._withdrawn: set[int] = set()  # task_ids that get no further outcome
         self._next_id = 0
 
     def __enter__(self) -> RayPool:
@@ -127,19 +128,23 @@ class RayPool:
         (self._pending.appendleft if first else self._pending.append)((task_id, task))
         return task_id
 
-    def map(self, tasks: Iterable[Any], *, skip: Callable[[Any], bool] | None = None) -> Iterator[Outcome]:
-        self._pending, self._next_id = deque(), 0
+    def withdraw(self, keep: Callable[[Any], bool]) -> None:
+        kept = [t for t in self._pending if keep(t[1])]
+        self._pending.clear()
+        self._pending.extend(kept)
+        self._withdrawn.update(task_id for task_id, task, _ in self._running.values() if not keep(task))
+
+    def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
+        self._pending, self._next_id, self._withdrawn = deque(), 0, set()
         for task in tasks:
             self.submit(task)
-        wanted: Callable[[Any], bool] = (lambda task: not skip(task)) if skip is not None else (lambda task: True)
         while self._pending or self._running:
-            for gen, (_, task, _) in list(self._running.items()):
-                if not wanted(task):
+            for gen, (task_id, _, _) in list(self._running.items()):
+                if task_id in self._withdrawn:
                     self._cancel(gen)
             while self._pending and len(self._running) < self.num_workers:
-                task_id, task = self._pending.popleft()
-                if wanted(task):  # no deadline until it starts: a task queued behind others is not late
-                    self._running[self._remote.remote(self.fn, task)] = (task_id, task, math.inf)
+                task_id, task = self._pending.popleft()  # no deadline until it starts: one queued is not late
+                self._running[self._remote.remote(self.fn, task)] = (task_id, task, math.inf)
             if not self._running:
                 continue
             now = time.monotonic()
@@ -149,18 +154,18 @@ class RayPool:
             if ready and rest:  # every task with an item ready is served this round, not just the first
                 ready += self.ray.wait(rest, num_returns=len(rest), timeout=0)[0]
             for gen in ready:
-                task = self._running[gen][1]
+                if self._running[gen][0] in self._withdrawn:  # since this round began: cancelled next round
+                    continue
                 outcome = self._take(gen)
                 if outcome is None:
                     continue
                 if outcome.status != "part":
                     del self._running[gen]
-                if wanted(task):  # else withdrawn since this round began
-                    yield outcome
-            for gen, (task_id, task, deadline) in list(self._running.items()):
+                yield outcome
+            for gen, (task_id, _, deadline) in list(self._running.items()):
                 if gen not in ready and time.monotonic() >= deadline:
                     self._cancel(gen)
-                    if wanted(task):
+                    if task_id not in self._withdrawn:
                         yield Outcome(task_id, "timeout", failure=timeout_failure(self.stage, self.timeout_s))
 
     def _take(self, gen: Any) -> Outcome | None:

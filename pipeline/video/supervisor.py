@@ -241,6 +241,7 @@ class WorkerPool:
         self.restarts = 0
         self._startup_failures = 0  # workers that died before saying ready, in a row
         self._pending: deque[tuple[int, Any]] = deque()  # (task_id, task) not yet given to a worker
+        self._withdrawn: set[int] = set()  # task_ids that get no further outcome
         self._next_id = 0
 
     def __enter__(self) -> WorkerPool:
@@ -278,32 +279,33 @@ class WorkerPool:
             self._pending.append((task_id, task))
         return task_id
 
-    def map(self, tasks: Iterable[Any], *, skip: Callable[[Any], bool] | None = None) -> Iterator[Outcome]:
-        """Yield one final Outcome for every task (task_id = its position in ``tasks``; ``submit`` numbers on from
-        there), in completion order, each preceded by the ``part`` outcomes of a generator task.
+    def withdraw(self, keep: Callable[[Any], bool]) -> None:
+        """Withdraw, while ``map`` runs, every task submitted so far that ``keep`` rejects: one still waiting never
+        starts, one running has its worker replaced, and none of them gets a further outcome."""
+        kept = [t for t in self._pending if keep(t[1])]
+        self._pending.clear()
+        self._pending.extend(kept)
+        self._withdrawn.update(w.task[0] for w in self._workers if w.task is not None and not keep(w.task[1]))
 
-        ``skip(task)``, asked again whenever the caller takes an outcome, withdraws a task that is no longer wanted:
-        one still waiting is dropped when its turn comes, one running has its worker replaced. A withdrawn task gets
-        no further outcome."""
+    def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
+        """Yield one final Outcome for every task (task_id = its position in ``tasks``; ``submit`` numbers on from
+        there), in completion order, each preceded by the ``part`` outcomes of a generator task; a task ``withdraw``
+        rejects gets none after that."""
         while len(self._workers) < self.num_workers:
             self._workers.append(_Worker(self._ctx, self.fn))
-        self._pending, self._next_id = deque(), 0
+        self._pending, self._next_id, self._withdrawn = deque(), 0, set()
         for task in tasks:
             self.submit(task)
-        pending = self._pending
+        pending = self._pending  # withdraw filters it in place
         running = 0
-        wanted: Callable[[Any], bool] = (lambda task: not skip(task)) if skip is not None else (lambda task: True)
         while pending or running:
             for w in list(self._workers):
-                if w.task is not None and not wanted(w.task[1]):
+                if w.task is not None and w.task[0] in self._withdrawn:
                     self._replace(w)
                     running -= 1
             for w in self._workers:
-                while w.ready and w.task is None and pending:
+                if w.ready and w.task is None and pending:
                     w.task = pending.popleft()
-                    if not wanted(w.task[1]):
-                        w.task = None
-                        continue
                     w.deadline = time.monotonic() + self.timeout_s
                     w.conn.send(w.task)
                     running += 1
@@ -314,12 +316,11 @@ class WorkerPool:
             timeout = max(0.0, min((w.deadline for w in busy), default=now + 1.0) - now)
             ready = wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout)
             for w in list(self._workers):
-                task = w.task
+                if w.task is not None and w.task[0] in self._withdrawn:  # since this batch began: replaced next round
+                    continue
                 outcome = self._poll(w, ready)
                 if outcome is not None:
                     running -= outcome.status != "part"
-                    if task is not None and not wanted(task[1]):
-                        continue  # withdrawn since this batch began (its worker, if still on it, goes next time)
                     yield outcome
 
     def _poll(self, w: _Worker, ready: list) -> Outcome | None:

@@ -327,10 +327,11 @@ def split(args, settings: TagSettings, tmp: Path) -> None:
         task = dataclasses.replace(settings, runtime=dataclasses.replace(settings.runtime, decode_workers=workers)
                                    ).resolved(model).task(str(video), model.preprocess)
         t, windows, ranges, used = time.perf_counter(), 0, 0, _cpu_seconds()
-        with DecodeWorkers(decode_windows, num_workers=workers, timeout_s=600) as pool:
-            for t_, o in pool.run([task]):
-                if isinstance(o.result, WindowHeader):
-                    pool.submit_next(range_tasks(t_, o.result))
+        decoders = DecodeWorkers(decode_windows, num_workers=workers, timeout_s=600)
+        with decoders.pool:
+            for t_, o in decoders.run([task]):
+                if isinstance(o.result, WindowHeader):  # a whole video's header names its other time ranges
+                    decoders.submit_next(range_tasks(t_, o.result))
                 windows += len(o.result.positions) if isinstance(o.result, WindowChunk) else 0
                 ranges += o.status == "ok"
         seconds[workers], cpu[workers] = time.perf_counter() - t, _cpu_seconds() - used

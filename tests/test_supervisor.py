@@ -126,7 +126,8 @@ def test_withdrawn_tasks_are_stopped_or_never_started_and_say_nothing():
 
 def test_tasks_submitted_next_run_ahead_of_waiting_requests_in_the_order_given():
     seen = []
-    with DecodeWorkers(behave, num_workers=1) as workers:
+    workers = DecodeWorkers(behave, num_workers=1)
+    with workers.pool:
         for r, o in workers.run([("ok", 1), ("ok", 2)]):
             seen.append((r, o.result))
             if r[1] < 10:

@@ -247,8 +247,9 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
     if len({t.path for t in tasks}) != len(tasks):
         raise ValueError("embed_windows takes each path once: its chunks and ranges are keyed by path")
     num_workers = max(1, min(decode_workers, sum(t.split for t in tasks)))
-    with DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
-                       rerun_lost=lost_task, ray_slots=ray_slots) as workers:
+    workers = DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
+                            rerun_lost=lost_task, ray_slots=ray_slots)
+    with workers.pool:
         assembly = WindowAssembly(model, batch_size, workers, counts, encoder)
         for task, outcome in workers.run(list(tasks)):
             yield from assembly.take(task, outcome)

@@ -140,7 +140,8 @@ class DecodeWorkers:
     """Supervised decode workers with their retries (the arguments are ``decode_in_workers``'), for a caller that
     adds and withdraws tasks while they run: ``run`` yields what ``decode_in_workers`` yields; ``submit_next(tasks)``
     runs more tasks next, in the order given, ahead of every task waiting (a long video's header asks for its other
-    time ranges); ``withdraw(keep)``: the tasks ``keep`` rejects, waiting or running, stop and send nothing more."""
+    time ranges); ``withdraw(keep)``: the tasks ``keep`` rejects, waiting or running, stop and send nothing more.
+    ``pool`` (a ``WorkerPool`` or ``RayPool``) is the context manager that stops the workers."""
 
     def __init__(self, fn: Callable[[Any], Any] | None = None, *, num_workers: int = 2, timeout_s: float = 120.0,
                  max_rss_mb: float = 2048.0, engine: Engine = "local",
@@ -155,12 +156,6 @@ class DecodeWorkers:
         self.rerun_lost = rerun_lost
         self.withdraw = self.pool.withdraw
         self._by_id: dict[int, Any] = {}
-
-    def __enter__(self) -> DecodeWorkers:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.pool.__exit__(*exc)
 
     def submit_next(self, tasks: Sequence[Any]) -> None:
         for task in reversed(tasks):  # reversed: they start in the order given
@@ -215,6 +210,7 @@ def decode_in_workers(requests: Sequence[TaskT], *, num_workers: int = 2, timeou
     whose Ray node was lost runs again, up to ``MAX_LOST_RERUNS`` times, as ``rerun_lost(request, its first part)``
     says (default: as it was); its outcomes until then are superseded, as a crashed attempt's are. A caller that
     adds or withdraws tasks while they run uses ``DecodeWorkers``."""
-    with DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
-                       rerun_lost=rerun_lost, ray_slots=ray_slots) as workers:
+    workers = DecodeWorkers(fn, num_workers=num_workers, timeout_s=timeout_s, max_rss_mb=max_rss_mb, engine=engine,
+                            rerun_lost=rerun_lost, ray_slots=ray_slots)
+    with workers.pool:
         yield from workers.run(requests)

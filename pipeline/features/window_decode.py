@@ -109,7 +109,7 @@ def range_tasks(task: WindowTask, header: WindowHeader) -> list[WindowTask]:
 
 
 def lost_task(task: WindowTask, first: Any) -> WindowTask:
-    """``decode_in_workers``' rerun of a task whose machine was lost: the same task, except that a whole video whose
+    """``DecodeWorkers``' rerun of a task whose machine was lost: the same task, except that a whole video whose
     header came (its other time ranges went out with it, ``range_tasks``) runs again as its own first range only,
     which the consumer takes as that range restarting."""
     if task.window_range is None and isinstance(first, WindowHeader):

@@ -236,11 +236,11 @@ def embed_windows(tasks: Sequence[WindowTask], model: VideoTextModel, *, batch_s
 
     A long video's time ranges (``window_decode.time_ranges``, ``split`` per task) are decoded by several workers at
     once, ahead of the videos still waiting, and its windows put back in time order; it fails if any range fails.
-    A video whose worker crashed on ``auto`` is retried on decord (``decode_in_workers``): its new header discards
+    A video whose worker crashed on ``auto`` is retried on decord (``DecodeWorkers``): its new header discards
     whatever the crashed attempt sent, and what the crashed attempt's other ranges still send is ignored (a decord
     retry is never split). A range whose own worker crashed is retried alone the same way. Once a split video is
     yielded (done, or failed by one range), its tasks still running or waiting are withdrawn. ``engine``: where the
-    decode workers run (``decode_in_workers``: local processes, or Ray tasks on the connected cluster). ``counts``,
+    decode workers run (``DecodeWorkers``: local processes, or Ray tasks on the connected cluster). ``counts``,
     if given, is kept up to date with the frames decoded and encoded so far (a progress line's stage rates).
     ``encoder``: where the frames are encoded (``encoders``: None is ``model`` in this process); ``ray_slots``: decode
     tasks in flight on Ray (None: the cluster's CPUs)."""

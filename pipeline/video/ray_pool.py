@@ -7,7 +7,7 @@ A task runs ``supervisor.run_task`` (what a pipe worker runs), so an item a deco
 ``part`` and its end as ``ok`` or ``error``; Ray holds at most ``BACKPRESSURE`` items of a task the driver has not
 taken, which bounds memory as the pipe's one item does. The deadline is on progress, as in ``WorkerPool``: a task
 that yields nothing for ``timeout_s`` is cancelled (its worker killed); a worker that dies (a segfault, an OOM
-kill) is a ``crash``, and so is a task whose node was lost, marked ``node_lost``. ``open.decode_in_workers``
+kill) is a ``crash``, and so is a task whose node was lost, marked ``node_lost``. ``open.DecodeWorkers``
 decides retries, as for the local pool: a lost task runs again as it was (up to ``MAX_LOST_RERUNS`` times), a crash
 on ``auto`` runs again on decord; Ray itself retries nothing.
 Workers are recycled after ``max_tasks`` tasks (decoders leak); memory is Ray's to watch.

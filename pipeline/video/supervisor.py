@@ -316,12 +316,11 @@ class WorkerPool:
             timeout = max(0.0, min((w.deadline for w in busy), default=now + 1.0) - now)
             ready = wait([w.conn for w in self._workers] + [w.proc.sentinel for w in self._workers], timeout)
             for w in list(self._workers):
-                if w.task is not None and w.task[0] in self._withdrawn:  # since this batch began: replaced next round
-                    continue
-                outcome = self._poll(w, ready)
+                outcome = self._poll(w, ready)  # a withdrawn task's too: a worker that just finished it is kept
                 if outcome is not None:
                     running -= outcome.status != "part"
-                    yield outcome
+                    if outcome.task_id not in self._withdrawn:  # else withdrawn since this batch began (its
+                        yield outcome  # worker, if still on it, is replaced next round)
 
     def _poll(self, w: _Worker, ready: list) -> Outcome | None:
         if w.conn in ready:

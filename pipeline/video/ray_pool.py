@@ -27,7 +27,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .supervisor import Failure, Outcome, error_payload, message_outcome, run_task, timeout_failure
+from .supervisor import (
+    Failure,
+    Outcome,
+    error_payload,
+    message_outcome,
+    run_task,
+    timeout_failure,
+    withdraw_waiting,
+)
 
 BACKPRESSURE = 2  # items of one task Ray computes ahead of the driver
 IDLE_WAIT_S = 1.0  # the longest wait for a next item while no started task has a deadline
@@ -129,9 +137,7 @@ class RayPool:
         return task_id
 
     def withdraw(self, keep: Callable[[Any], bool]) -> None:
-        kept = [t for t in self._pending if keep(t[1])]
-        self._pending.clear()
-        self._pending.extend(kept)
+        withdraw_waiting(self._pending, keep)
         self._withdrawn.update(task_id for task_id, task, _ in self._running.values() if not keep(task))
 
     def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:

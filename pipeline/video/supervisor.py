@@ -147,6 +147,14 @@ def run_task(fn: Callable[[Any], Any], task: Any) -> Iterator[tuple[str, Any]]:
         yield "error", error_payload(e)
 
 
+def withdraw_waiting(pending: deque[tuple[int, Any]], keep: Callable[[Any], bool]) -> None:
+    """Drop from ``pending``, in place (a pool's ``map`` holds it), the (task_id, task) pairs whose task ``keep``
+    rejects: the waiting half of both pools' ``withdraw``."""
+    kept = [t for t in pending if keep(t[1])]
+    pending.clear()
+    pending.extend(kept)
+
+
 def message_outcome(task_id: int, kind: str, payload: Any, stage: str) -> Outcome:
     """The Outcome of one of ``run_task``'s messages (part, ok or error); an error's stage is the pool's ``stage``
     unless the task named one."""
@@ -282,9 +290,7 @@ class WorkerPool:
     def withdraw(self, keep: Callable[[Any], bool]) -> None:
         """Withdraw, while ``map`` runs, every task submitted so far that ``keep`` rejects: one still waiting never
         starts, one running has its worker replaced, and none of them gets a further outcome."""
-        kept = [t for t in self._pending if keep(t[1])]
-        self._pending.clear()
-        self._pending.extend(kept)
+        withdraw_waiting(self._pending, keep)
         self._withdrawn.update(w.task[0] for w in self._workers if w.task is not None and not keep(w.task[1]))
 
     def map(self, tasks: Iterable[Any]) -> Iterator[Outcome]:
